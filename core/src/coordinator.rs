@@ -1,0 +1,493 @@
+//! The coordinator's protocol state: one [`Txn`] per live tid.
+//!
+//! Rules kept here (PROTOCOL.md):
+//! 1. `begin` allocates nothing durable: an undecided tid is presumed aborted
+//!    after a crash, which is why recovery only ever sees COMMIT records.
+//! 2. `enlist` is accepted only while the tid is active; a participant that
+//!    enlists again with a different incarnation lost the tid's state, so the
+//!    tid aborts.
+//! 3./4. `commit_requested` sends Prepare to every enlisted partition; the
+//!    votes decide. All YES/READ_ONLY gives [`Action::ForceCommit`]: the
+//!    decision is COMMIT only once the shell reports the record durable
+//!    (`commit_durable`), and only then are the client told and the commit
+//!    messages sent. Any NO, timeout or error aborts at once, unforced.
+//! 5. After COMMIT is durable every YES partition gets Commit, resent by the
+//!    shell until acknowledged; when the last acknowledges the tid is
+//!    finished ([`Action::LogFinished`]) and forgotten.
+//! 6. `decision` answers COMMITTED, ABORTED (also for unknown tids) or
+//!    PENDING while voting or forcing. Active tids answer PENDING too: a
+//!    client may still be working on them. Recovery never resurrects an
+//!    undecided tid, so ABORTED for an unknown tid can never be contradicted.
+//! 7. `recover_commit` re-drives phase 2 for every unfinished COMMIT record.
+//! 11. Every event is idempotent: repeating it repeats the answer.
+//!
+//! A COMMIT with no YES voter (nothing written, or every vote READ_ONLY)
+//! needs neither a record nor phase 2.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::{Millis, PartitionId, Tid};
+
+/// A participant's vote in phase 1, or why it has none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vote {
+    Yes,
+    ReadOnly,
+    No(String),
+    /// The prepare call failed or timed out: counts as NO.
+    Failed(String),
+}
+
+/// The outcome of a transaction as the client hears it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Committed,
+    Aborted(String),
+}
+
+/// What the coordinator answers when asked for a decision (rule 6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecisionAnswer {
+    Committed,
+    Aborted(String),
+    Pending,
+}
+
+/// Work the shell must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send Prepare to this partition (with the prepare timeout); report the
+    /// answer with [`Coordinator::vote`].
+    SendPrepare(Tid, PartitionId),
+    /// Force a COMMIT record naming these partitions to the decision log;
+    /// report with [`Coordinator::commit_durable`] (or
+    /// [`Coordinator::commit_log_failed`]).
+    ForceCommit(Tid, Vec<PartitionId>),
+    /// Send Commit to this partition until it acknowledges; report with
+    /// [`Coordinator::commit_acked`].
+    SendCommit(Tid, PartitionId),
+    /// Tell this partition the tid aborted. Best effort: a participant that
+    /// misses it asks, and hears ABORTED (presumed abort).
+    SendAbort(Tid, PartitionId),
+    /// Answer every client waiting on this tid's commit.
+    Reply(Tid, Outcome),
+    /// Every YES partition acknowledged the commit: mark the record finished
+    /// (no force needed: a lost mark only means phase 2 is re-driven).
+    LogFinished(Tid),
+}
+
+/// Why an event was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The tid is not known (never begun, forgotten, or from before a crash).
+    UnknownTid,
+    /// The tid exists but is no longer accepting enlistments/operations.
+    NotActive(&'static str),
+    /// The tid aborted; the reason says why.
+    Aborted(String),
+    /// The tid committed: an abort cannot be honoured.
+    AlreadyCommitted,
+    /// Too many open transactions.
+    TooManyOpen(usize),
+}
+
+/// Per-partition progress inside one tid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartState {
+    Enlisted,
+    VotedYes,
+    VotedReadOnly,
+    VotedNo,
+    Acked,
+}
+
+impl PartState {
+    pub fn name(self) -> &'static str {
+        match self {
+            PartState::Enlisted => "enlisted",
+            PartState::VotedYes => "voted-yes",
+            PartState::VotedReadOnly => "voted-read-only",
+            PartState::VotedNo => "voted-no",
+            PartState::Acked => "acked",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepting operations and enlistments.
+    Active,
+    /// Prepare sent, collecting votes.
+    Preparing,
+    /// Every vote was YES/READ_ONLY; the COMMIT record is being forced.
+    Deciding,
+    /// COMMIT is durable; resending Commit until every YES partition acks.
+    Committing,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Active => "active",
+            Phase::Preparing => "preparing",
+            Phase::Deciding => "deciding",
+            Phase::Committing => "committing",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub incarnation: u64,
+    pub state: PartState,
+}
+
+/// One live transaction.
+#[derive(Debug, Clone)]
+pub struct Txn {
+    pub phase: Phase,
+    pub deadline: Millis,
+    pub begun_at: Millis,
+    pub parts: BTreeMap<PartitionId, Part>,
+}
+
+/// The coordinator's protocol state.
+#[derive(Debug)]
+pub struct Coordinator {
+    live: HashMap<Tid, Txn>,
+    /// Outcomes of finished tids, kept so a repeated Commit or GetDecision
+    /// gets the same answer (rule 11). Bounded: oldest forgotten first.
+    finished: HashMap<Tid, Outcome>,
+    finished_order: VecDeque<Tid>,
+    finished_cap: usize,
+    max_open: usize,
+}
+
+impl Coordinator {
+    /// `max_open` bounds live transactions; `finished_cap` bounds how many
+    /// finished outcomes are remembered for repeated questions.
+    pub fn new(max_open: usize, finished_cap: usize) -> Self {
+        Self {
+            live: HashMap::new(),
+            finished: HashMap::new(),
+            finished_order: VecDeque::new(),
+            finished_cap: finished_cap.max(1),
+            max_open,
+        }
+    }
+
+    pub fn live(&self) -> impl Iterator<Item = (&Tid, &Txn)> {
+        self.live.iter()
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Rule 1: a new tid, active until `deadline`.
+    pub fn begin(&mut self, tid: Tid, now: Millis, deadline: Millis) -> Result<(), Refusal> {
+        if self.live.len() >= self.max_open {
+            return Err(Refusal::TooManyOpen(self.max_open));
+        }
+        self.live.insert(
+            tid,
+            Txn {
+                phase: Phase::Active,
+                deadline,
+                begun_at: now,
+                parts: BTreeMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Rule 2: a participant holds state for `tid`. Returns the deadline, and
+    /// the actions of an abort this enlistment caused (a participant that
+    /// restarted and lost the tid).
+    pub fn enlist(
+        &mut self,
+        tid: Tid,
+        partition: PartitionId,
+        incarnation: u64,
+        now: Millis,
+    ) -> (Result<Millis, Refusal>, Vec<Action>) {
+        let txn = match self.live.get_mut(&tid) {
+            Some(t) => t,
+            None => return (Err(self.refusal_for_unknown(tid)), vec![]),
+        };
+        if txn.phase != Phase::Active {
+            return (Err(Refusal::NotActive(txn.phase.name())), vec![]);
+        }
+        if now >= txn.deadline {
+            return (Err(Refusal::NotActive("past its deadline")), vec![]);
+        }
+        match txn.parts.get(&partition) {
+            Some(p) if p.incarnation != incarnation => {
+                let why = format!(
+                    "partition {partition} restarted and lost this transaction's earlier operations"
+                );
+                let actions = self.abort(tid, why.clone());
+                (Err(Refusal::Aborted(why)), actions)
+            }
+            Some(_) => (Ok(txn.deadline), vec![]),
+            None => {
+                txn.parts.insert(
+                    partition,
+                    Part {
+                        incarnation,
+                        state: PartState::Enlisted,
+                    },
+                );
+                (Ok(txn.deadline), vec![])
+            }
+        }
+    }
+
+    /// The client asks to commit (rules 3, 4, 11).
+    ///
+    /// `Ok(actions)` with no `Reply` means the outcome is not known yet: the
+    /// shell waits for a later `Reply` for this tid.
+    pub fn commit_requested(&mut self, tid: Tid, now: Millis) -> Result<Vec<Action>, Refusal> {
+        let Some(txn) = self.live.get_mut(&tid) else {
+            return match self.finished.get(&tid) {
+                Some(o) => Ok(vec![Action::Reply(tid, o.clone())]),
+                None => Err(Refusal::UnknownTid),
+            };
+        };
+        match txn.phase {
+            Phase::Active => {}
+            // Already underway: the repeated request waits for the same outcome.
+            Phase::Preparing | Phase::Deciding => return Ok(vec![]),
+            Phase::Committing => return Ok(vec![Action::Reply(tid, Outcome::Committed)]),
+        }
+        if now >= txn.deadline {
+            return Ok(self.abort(tid, "deadline passed before commit".into()));
+        }
+        if txn.parts.is_empty() {
+            // Nothing was written anywhere: trivially committed, nothing to force.
+            self.finish(tid, Outcome::Committed);
+            return Ok(vec![Action::Reply(tid, Outcome::Committed)]);
+        }
+        txn.phase = Phase::Preparing;
+        Ok(txn
+            .parts
+            .keys()
+            .map(|&p| Action::SendPrepare(tid, p))
+            .collect())
+    }
+
+    /// A vote (or a failed prepare) arrived from `partition` (rule 4).
+    pub fn vote(&mut self, tid: Tid, partition: PartitionId, vote: Vote) -> Vec<Action> {
+        let Some(txn) = self.live.get_mut(&tid) else {
+            return vec![];
+        };
+        if txn.phase != Phase::Preparing {
+            // A late or duplicate vote: the decision does not change.
+            return vec![];
+        }
+        let Some(part) = txn.parts.get_mut(&partition) else {
+            return vec![];
+        };
+        if part.state != PartState::Enlisted {
+            return vec![];
+        }
+        match vote {
+            Vote::Yes => part.state = PartState::VotedYes,
+            Vote::ReadOnly => part.state = PartState::VotedReadOnly,
+            Vote::No(why) => {
+                part.state = PartState::VotedNo;
+                return self.abort(tid, format!("partition {partition} voted NO: {why}"));
+            }
+            Vote::Failed(why) => {
+                return self.abort(tid, format!("partition {partition} did not vote: {why}"));
+            }
+        }
+        if txn.parts.values().any(|p| p.state == PartState::Enlisted) {
+            return vec![];
+        }
+        let yes: Vec<PartitionId> = txn
+            .parts
+            .iter()
+            .filter(|(_, p)| p.state == PartState::VotedYes)
+            .map(|(&id, _)| id)
+            .collect();
+        if yes.is_empty() {
+            // Every participant only read: nothing to force, no phase 2.
+            self.finish(tid, Outcome::Committed);
+            return vec![Action::Reply(tid, Outcome::Committed)];
+        }
+        txn.phase = Phase::Deciding;
+        vec![Action::ForceCommit(tid, yes)]
+    }
+
+    /// The COMMIT record is durable: the decision is made (rules 4, 5).
+    pub fn commit_durable(&mut self, tid: Tid) -> Vec<Action> {
+        let Some(txn) = self.live.get_mut(&tid) else {
+            return vec![];
+        };
+        if txn.phase != Phase::Deciding {
+            return vec![];
+        }
+        txn.phase = Phase::Committing;
+        let mut actions = vec![Action::Reply(tid, Outcome::Committed)];
+        actions.extend(
+            txn.parts
+                .iter()
+                .filter(|(_, p)| p.state == PartState::VotedYes)
+                .map(|(&id, _)| Action::SendCommit(tid, id)),
+        );
+        actions
+    }
+
+    /// Forcing the COMMIT record failed (disk error). The record may or may
+    /// not be on disk, so the tid must not be reported aborted: it stays
+    /// deciding and the client hears PENDING, exactly as if the coordinator
+    /// had crashed; recovery settles it.
+    pub fn commit_log_failed(&mut self, _tid: Tid) -> Vec<Action> {
+        vec![]
+    }
+
+    /// `partition` acknowledged the commit (rule 5).
+    pub fn commit_acked(&mut self, tid: Tid, partition: PartitionId) -> Vec<Action> {
+        let Some(txn) = self.live.get_mut(&tid) else {
+            return vec![];
+        };
+        if txn.phase != Phase::Committing {
+            return vec![];
+        }
+        if let Some(p) = txn.parts.get_mut(&partition) {
+            if p.state == PartState::VotedYes {
+                p.state = PartState::Acked;
+            }
+        }
+        if txn.parts.values().any(|p| p.state == PartState::VotedYes) {
+            return vec![];
+        }
+        self.finish(tid, Outcome::Committed);
+        vec![Action::LogFinished(tid)]
+    }
+
+    /// The client (or an operator) asks to abort a tid with no decision.
+    pub fn abort_requested(&mut self, tid: Tid, why: &str) -> Result<Vec<Action>, Refusal> {
+        match self.live.get(&tid).map(|t| t.phase) {
+            Some(Phase::Active | Phase::Preparing) => Ok(self.abort(tid, why.into())),
+            Some(Phase::Deciding | Phase::Committing) => Err(Refusal::AlreadyCommitted),
+            None => match self.finished.get(&tid) {
+                Some(Outcome::Committed) => Err(Refusal::AlreadyCommitted),
+                // Aborted or unknown (presumed abort): aborting again is a no-op.
+                _ => Ok(vec![]),
+            },
+        }
+    }
+
+    /// A prepare did not answer in time (rule 4: a timeout means ABORT).
+    pub fn prepare_timed_out(&mut self, tid: Tid, partition: PartitionId) -> Vec<Action> {
+        self.vote(tid, partition, Vote::Failed("prepare timed out".into()))
+    }
+
+    /// Aborts every active tid whose deadline has passed (abandoned clients,
+    /// C8).
+    pub fn expire(&mut self, now: Millis) -> Vec<Action> {
+        let expired: Vec<Tid> = self
+            .live
+            .iter()
+            .filter(|(_, t)| t.phase == Phase::Active && now >= t.deadline)
+            .map(|(&tid, _)| tid)
+            .collect();
+        expired
+            .into_iter()
+            .flat_map(|tid| self.abort(tid, "deadline passed before commit".into()))
+            .collect()
+    }
+
+    /// Rule 6: the decision for `tid`.
+    pub fn decision(&self, tid: Tid) -> DecisionAnswer {
+        match self.live.get(&tid).map(|t| t.phase) {
+            Some(Phase::Committing) => DecisionAnswer::Committed,
+            Some(_) => DecisionAnswer::Pending,
+            None => match self.finished.get(&tid) {
+                Some(Outcome::Committed) => DecisionAnswer::Committed,
+                Some(Outcome::Aborted(why)) => DecisionAnswer::Aborted(why.clone()),
+                None => DecisionAnswer::Aborted("unknown tid: presumed aborted".into()),
+            },
+        }
+    }
+
+    /// Rule 7: an unfinished COMMIT record read back at start.
+    pub fn recover_commit(
+        &mut self,
+        tid: Tid,
+        partitions: &[PartitionId],
+        now: Millis,
+    ) -> Vec<Action> {
+        let parts = partitions
+            .iter()
+            .map(|&p| {
+                (
+                    p,
+                    Part {
+                        incarnation: 0,
+                        state: PartState::VotedYes,
+                    },
+                )
+            })
+            .collect();
+        self.live.insert(
+            tid,
+            Txn {
+                phase: Phase::Committing,
+                deadline: now,
+                begun_at: now,
+                parts,
+            },
+        );
+        partitions
+            .iter()
+            .map(|&p| Action::SendCommit(tid, p))
+            .collect()
+    }
+
+    /// A finished COMMIT record read back at start: remembered so a client
+    /// asking again still hears COMMITTED.
+    pub fn recover_finished(&mut self, tid: Tid) {
+        self.finish(tid, Outcome::Committed);
+    }
+
+    fn abort(&mut self, tid: Tid, why: String) -> Vec<Action> {
+        let Some(txn) = self.live.get(&tid) else {
+            return vec![];
+        };
+        let mut actions: Vec<Action> = txn
+            .parts
+            .iter()
+            .filter(|(_, p)| p.state != PartState::VotedNo && p.state != PartState::VotedReadOnly)
+            .map(|(&id, _)| Action::SendAbort(tid, id))
+            .collect();
+        actions.push(Action::Reply(tid, Outcome::Aborted(why.clone())));
+        self.finish(tid, Outcome::Aborted(why));
+        actions
+    }
+
+    fn finish(&mut self, tid: Tid, outcome: Outcome) {
+        self.live.remove(&tid);
+        if self.finished.insert(tid, outcome).is_none() {
+            self.finished_order.push_back(tid);
+        }
+        while self.finished_order.len() > self.finished_cap {
+            if let Some(old) = self.finished_order.pop_front() {
+                self.finished.remove(&old);
+            }
+        }
+    }
+
+    fn refusal_for_unknown(&self, tid: Tid) -> Refusal {
+        match self.finished.get(&tid) {
+            Some(Outcome::Aborted(why)) => Refusal::Aborted(why.clone()),
+            Some(Outcome::Committed) => Refusal::NotActive("committed"),
+            None => Refusal::UnknownTid,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,186 @@
+use super::*;
+use uuid::Uuid;
+
+fn tid(n: u128) -> Tid {
+    Uuid::from_u128(n)
+}
+
+fn coord_with(parts: &[PartitionId]) -> (Coordinator, Tid) {
+    let mut c = Coordinator::new(100, 100);
+    let t = tid(1);
+    c.begin(t, 0, 1_000).unwrap();
+    for &p in parts {
+        assert_eq!(c.enlist(t, p, 7, 10).0, Ok(1_000));
+    }
+    (c, t)
+}
+
+#[test]
+fn all_yes_forces_commit_before_anyone_hears_committed() {
+    let (mut c, t) = coord_with(&[0, 1]);
+    let a = c.commit_requested(t, 20).unwrap();
+    assert_eq!(
+        a,
+        vec![Action::SendPrepare(t, 0), Action::SendPrepare(t, 1)]
+    );
+    assert_eq!(c.vote(t, 0, Vote::Yes), vec![]);
+    // The last YES asks for the record to be forced; no reply, no commit yet.
+    assert_eq!(
+        c.vote(t, 1, Vote::Yes),
+        vec![Action::ForceCommit(t, vec![0, 1])]
+    );
+    assert_eq!(c.decision(t), DecisionAnswer::Pending);
+    let a = c.commit_durable(t);
+    assert_eq!(
+        a,
+        vec![
+            Action::Reply(t, Outcome::Committed),
+            Action::SendCommit(t, 0),
+            Action::SendCommit(t, 1)
+        ]
+    );
+    assert_eq!(c.decision(t), DecisionAnswer::Committed);
+    assert_eq!(c.commit_acked(t, 0), vec![]);
+    assert_eq!(c.commit_acked(t, 1), vec![Action::LogFinished(t)]);
+    assert_eq!(c.live_count(), 0);
+    // Repeated commit and question after finishing: same answer (rule 11).
+    assert_eq!(
+        c.commit_requested(t, 30).unwrap(),
+        vec![Action::Reply(t, Outcome::Committed)]
+    );
+    assert_eq!(c.decision(t), DecisionAnswer::Committed);
+}
+
+#[test]
+fn a_no_vote_aborts_and_tells_the_others() {
+    let (mut c, t) = coord_with(&[0, 1, 2]);
+    c.commit_requested(t, 20).unwrap();
+    c.vote(t, 0, Vote::Yes);
+    let a = c.vote(t, 1, Vote::No("deadline passed".into()));
+    assert_eq!(a[0], Action::SendAbort(t, 0));
+    assert_eq!(a[1], Action::SendAbort(t, 2));
+    assert!(
+        matches!(&a[2], Action::Reply(_, Outcome::Aborted(why)) if why.contains("partition 1 voted NO"))
+    );
+    // A late vote changes nothing.
+    assert_eq!(c.vote(t, 2, Vote::Yes), vec![]);
+    assert!(matches!(c.decision(t), DecisionAnswer::Aborted(_)));
+    assert!(matches!(
+        c.commit_requested(t, 30).unwrap()[0],
+        Action::Reply(_, Outcome::Aborted(_))
+    ));
+}
+
+#[test]
+fn read_only_votes_need_no_record_and_no_phase_two() {
+    let (mut c, t) = coord_with(&[0, 1]);
+    c.commit_requested(t, 20).unwrap();
+    c.vote(t, 0, Vote::ReadOnly);
+    assert_eq!(
+        c.vote(t, 1, Vote::ReadOnly),
+        vec![Action::Reply(t, Outcome::Committed)]
+    );
+    // One writer among readers: the record names only the writer.
+    let (mut c, t) = coord_with(&[0, 1]);
+    c.commit_requested(t, 20).unwrap();
+    c.vote(t, 0, Vote::ReadOnly);
+    assert_eq!(
+        c.vote(t, 1, Vote::Yes),
+        vec![Action::ForceCommit(t, vec![1])]
+    );
+}
+
+#[test]
+fn prepare_timeout_aborts() {
+    let (mut c, t) = coord_with(&[0, 1]);
+    c.commit_requested(t, 20).unwrap();
+    c.vote(t, 0, Vote::Yes);
+    let a = c.prepare_timed_out(t, 1);
+    assert!(a.contains(&Action::SendAbort(t, 0)));
+    assert!(a.contains(&Action::SendAbort(t, 1)));
+}
+
+#[test]
+fn abort_is_refused_once_the_decision_is_commit() {
+    let (mut c, t) = coord_with(&[0]);
+    c.commit_requested(t, 20).unwrap();
+    c.vote(t, 0, Vote::Yes);
+    assert_eq!(
+        c.abort_requested(t, "client"),
+        Err(Refusal::AlreadyCommitted)
+    );
+    c.commit_durable(t);
+    assert_eq!(
+        c.abort_requested(t, "client"),
+        Err(Refusal::AlreadyCommitted)
+    );
+    c.commit_acked(t, 0);
+    assert_eq!(
+        c.abort_requested(t, "client"),
+        Err(Refusal::AlreadyCommitted)
+    );
+}
+
+#[test]
+fn enlist_rules() {
+    let (mut c, t) = coord_with(&[0]);
+    // Unknown tid.
+    assert_eq!(c.enlist(tid(9), 0, 7, 10).0, Err(Refusal::UnknownTid));
+    // Past the deadline.
+    assert_eq!(
+        c.enlist(t, 1, 7, 1_000).0,
+        Err(Refusal::NotActive("past its deadline"))
+    );
+    // Same partition, new incarnation: it lost the tid, which aborts.
+    let (r, a) = c.enlist(t, 0, 8, 10);
+    assert!(matches!(r, Err(Refusal::Aborted(_))));
+    assert!(a.contains(&Action::SendAbort(t, 0)));
+    assert!(matches!(c.decision(t), DecisionAnswer::Aborted(_)));
+    // Once preparing, no new enlistments.
+    let (mut c, t) = coord_with(&[0]);
+    c.commit_requested(t, 20).unwrap();
+    assert_eq!(
+        c.enlist(t, 1, 7, 10).0,
+        Err(Refusal::NotActive("preparing"))
+    );
+}
+
+#[test]
+fn expiry_aborts_only_active_tids_past_their_deadline() {
+    let (mut c, t) = coord_with(&[0]);
+    assert_eq!(c.expire(999), vec![]);
+    let a = c.expire(1_000);
+    assert_eq!(a[0], Action::SendAbort(t, 0));
+    assert!(matches!(c.decision(t), DecisionAnswer::Aborted(_)));
+}
+
+#[test]
+fn recovery_redrives_phase_two() {
+    let mut c = Coordinator::new(10, 10);
+    let t = tid(5);
+    assert_eq!(
+        c.recover_commit(t, &[0, 2], 0),
+        vec![Action::SendCommit(t, 0), Action::SendCommit(t, 2)]
+    );
+    assert_eq!(c.decision(t), DecisionAnswer::Committed);
+    c.commit_acked(t, 2);
+    assert_eq!(c.commit_acked(t, 0), vec![Action::LogFinished(t)]);
+    // Unknown tids are presumed aborted.
+    assert!(matches!(c.decision(tid(6)), DecisionAnswer::Aborted(_)));
+}
+
+#[test]
+fn open_transactions_are_bounded_and_finished_outcomes_too() {
+    let mut c = Coordinator::new(2, 2);
+    c.begin(tid(1), 0, 10).unwrap();
+    c.begin(tid(2), 0, 10).unwrap();
+    assert_eq!(c.begin(tid(3), 0, 10), Err(Refusal::TooManyOpen(2)));
+    for n in 1..=2 {
+        c.commit_requested(tid(n), 1).unwrap();
+    }
+    c.begin(tid(3), 0, 10).unwrap();
+    c.commit_requested(tid(3), 1).unwrap();
+    // Only the last two outcomes are remembered.
+    assert!(matches!(c.decision(tid(1)), DecisionAnswer::Aborted(_)));
+    assert_eq!(c.decision(tid(3)), DecisionAnswer::Committed);
+}

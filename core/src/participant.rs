@@ -1,0 +1,441 @@
+//! A participant's protocol state: per-tid write sets and the lock table.
+//!
+//! Rules kept here (PROTOCOL.md):
+//! 2. The shell enlists with the coordinator before the first operation of a
+//!    tid is acknowledged; [`Participant::enlisted`] records it.
+//! 3. `prepare` of a tid with writes asks the shell to persist the write set
+//!    ([`PrepareStep::Persist`]); the vote is YES only after the shell
+//!    reports it durable ([`Participant::prepared_durable`]). A tid that only
+//!    read votes READ_ONLY and releases its locks at once. An unknown tid
+//!    (lost in a crash, or already aborted) or one past its deadline votes NO.
+//! 8. A prepared tid with no decision is in doubt: [`Participant::due_questions`]
+//!    says when to ask the coordinator, with backoff, forever. Nothing here
+//!    ever decides a prepared tid on its own.
+//! 9. [`Participant::recover_prepared`] reloads a prepared tid at start and
+//!    takes its write locks again before anything else is served.
+//! 10. Before prepare, a tid may be aborted at any time (deadline, conflict);
+//!    after its prepare is persisted only the coordinator's decision ends it.
+//! 11. Commit and abort are idempotent; a commit for an unknown tid is
+//!    acknowledged (it was committed and forgotten, or never prepared here
+//!    and so has nothing to apply).
+//! 12. Strict 2PL with no-wait ([`crate::locks`]): locks are released only
+//!    when the decision has been applied.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::locks::{Acquired, LockTable, Mode};
+use crate::{Millis, PartitionId, Tid};
+
+/// Buffered writes of a tid: key to new value, `None` for a delete.
+pub type WriteSet = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Limits a participant enforces per tid and overall.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_ops_per_tid: usize,
+    pub max_open_tids: usize,
+    /// How long a prepared tid waits for its decision before asking.
+    pub in_doubt_after_ms: Millis,
+    /// Cap of the backoff between questions.
+    pub max_ask_interval_ms: Millis,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_ops_per_tid: 10_000,
+            max_open_tids: 10_000,
+            in_doubt_after_ms: 1_000,
+            max_ask_interval_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Active {
+        deadline: Millis,
+        ops: usize,
+    },
+    /// Prepare asked; the write set is being made durable.
+    Preparing,
+    /// Voted (or about to vote) YES: only the coordinator's decision ends it.
+    Prepared {
+        since: Millis,
+        asked: u32,
+        next_ask: Millis,
+    },
+    /// Commit received; the write set is being applied durably.
+    Committing,
+}
+
+#[derive(Debug)]
+struct TidEntry {
+    state: State,
+    writes: WriteSet,
+    /// Keys this tid holds a lock on.
+    locked: Vec<Vec<u8>>,
+}
+
+/// Why an operation inside a tid failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpError {
+    /// Not enlisted here (the shell enlists before the first operation).
+    UnknownTid,
+    /// The tid is past its operations phase.
+    NotActive(&'static str),
+    /// The deadline passed: the tid was aborted here.
+    DeadlinePassed,
+    /// Lock conflict with `holder`: the tid was aborted here (no-wait).
+    LockConflict {
+        holder: Tid,
+    },
+    TooManyOps(usize),
+    TooManyTids(usize),
+}
+
+/// What a read inside a tid should return.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadPlan {
+    /// The tid wrote the key itself: this is its value.
+    Own(Option<Vec<u8>>),
+    /// Read the committed value from the store (the shared lock is held).
+    Store,
+}
+
+/// What to do with a Prepare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrepareStep {
+    /// Persist this write set durably, then call `prepared_durable`.
+    Persist(WriteSet),
+    Yes,
+    ReadOnly,
+    No(String),
+}
+
+/// What to do with a Commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitStep {
+    /// Apply this write set and drop the prepared record in one durable
+    /// transaction, then call `commit_applied`.
+    Apply(WriteSet),
+    /// Nothing to apply: acknowledge.
+    Ack,
+}
+
+/// What to do with an Abort.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AbortStep {
+    /// Delete the prepared record (no force needed: a surviving record only
+    /// makes the participant ask, and hear ABORTED), then acknowledge.
+    DeletePrepared,
+    Ack,
+}
+
+/// Why a Commit or Abort was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolveError {
+    /// Commit for a tid that never prepared here.
+    NotPrepared,
+    /// Abort for a tid whose commit is being applied.
+    Committing,
+}
+
+/// One in-doubt tid, for listings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InDoubt {
+    pub tid: Tid,
+    pub since: Millis,
+    pub asked: u32,
+}
+
+#[derive(Debug)]
+pub struct Participant {
+    partition: PartitionId,
+    limits: Limits,
+    tids: HashMap<Tid, TidEntry>,
+    locks: LockTable,
+}
+
+impl Participant {
+    pub fn new(partition: PartitionId, limits: Limits) -> Self {
+        Self {
+            partition,
+            limits,
+            tids: HashMap::new(),
+            locks: LockTable::default(),
+        }
+    }
+
+    pub fn partition(&self) -> PartitionId {
+        self.partition
+    }
+
+    /// Whether the tid has state here (if not, the shell must enlist first).
+    pub fn knows(&self, tid: Tid) -> bool {
+        self.tids.contains_key(&tid)
+    }
+
+    /// The coordinator accepted our enlistment (rule 2).
+    pub fn enlisted(&mut self, tid: Tid, deadline: Millis) -> Result<(), OpError> {
+        if self.tids.contains_key(&tid) {
+            return Ok(());
+        }
+        if self.tids.len() >= self.limits.max_open_tids {
+            return Err(OpError::TooManyTids(self.limits.max_open_tids));
+        }
+        self.tids.insert(
+            tid,
+            TidEntry {
+                state: State::Active { deadline, ops: 0 },
+                writes: WriteSet::new(),
+                locked: vec![],
+            },
+        );
+        Ok(())
+    }
+
+    /// A read inside `tid`: takes a shared lock.
+    pub fn get(&mut self, tid: Tid, key: &[u8], now: Millis) -> Result<ReadPlan, OpError> {
+        self.operate(tid, key, Mode::Shared, now)?;
+        let entry = &self.tids[&tid];
+        Ok(match entry.writes.get(key) {
+            Some(v) => ReadPlan::Own(v.clone()),
+            None => ReadPlan::Store,
+        })
+    }
+
+    /// A write (`Some`) or delete (`None`) inside `tid`: takes an exclusive
+    /// lock and buffers the write until prepare.
+    pub fn write(
+        &mut self,
+        tid: Tid,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        now: Millis,
+    ) -> Result<(), OpError> {
+        self.operate(tid, key, Mode::Exclusive, now)?;
+        self.tids
+            .get_mut(&tid)
+            .expect("checked by operate")
+            .writes
+            .insert(key.to_vec(), value);
+        Ok(())
+    }
+
+    fn operate(&mut self, tid: Tid, key: &[u8], mode: Mode, now: Millis) -> Result<(), OpError> {
+        let entry = self.tids.get_mut(&tid).ok_or(OpError::UnknownTid)?;
+        let State::Active { deadline, ops } = &mut entry.state else {
+            return Err(OpError::NotActive(state_name(&entry.state)));
+        };
+        if now >= *deadline {
+            self.drop_tid(tid);
+            return Err(OpError::DeadlinePassed);
+        }
+        if *ops >= self.limits.max_ops_per_tid {
+            return Err(OpError::TooManyOps(self.limits.max_ops_per_tid));
+        }
+        *ops += 1;
+        match self.locks.acquire(key, tid, mode) {
+            Ok(Acquired::Granted) => {
+                entry.locked.push(key.to_vec());
+                Ok(())
+            }
+            Ok(Acquired::AlreadyHeld) => Ok(()),
+            Err(holder) => {
+                self.drop_tid(tid);
+                Err(OpError::LockConflict { holder })
+            }
+        }
+    }
+
+    /// Phase 1 (rule 3).
+    pub fn prepare(&mut self, tid: Tid, now: Millis) -> PrepareStep {
+        let Some(entry) = self.tids.get_mut(&tid) else {
+            return PrepareStep::No(
+                "unknown tid here: never enlisted, already aborted, or lost in a restart".into(),
+            );
+        };
+        match entry.state {
+            State::Active { deadline, .. } => {
+                if now >= deadline {
+                    self.drop_tid(tid);
+                    return PrepareStep::No("deadline passed".into());
+                }
+                if entry.writes.is_empty() {
+                    self.drop_tid(tid);
+                    return PrepareStep::ReadOnly;
+                }
+                entry.state = State::Preparing;
+                PrepareStep::Persist(entry.writes.clone())
+            }
+            // A repeated prepare while the first is being persisted: persisting
+            // again is harmless (the record is keyed by tid) and gives the same vote.
+            State::Preparing => PrepareStep::Persist(entry.writes.clone()),
+            State::Prepared { .. } | State::Committing => PrepareStep::Yes,
+        }
+    }
+
+    /// The prepared record of `tid` is durable. `Ok` means vote YES; `Err`
+    /// means the tid was aborted while it was being persisted: the shell must
+    /// delete the record again and vote NO.
+    pub fn prepared_durable(&mut self, tid: Tid, now: Millis) -> Result<(), String> {
+        match self.tids.get_mut(&tid) {
+            Some(entry) if matches!(entry.state, State::Preparing) => {
+                entry.state = State::Prepared {
+                    since: now,
+                    asked: 0,
+                    next_ask: now + self.limits.in_doubt_after_ms,
+                };
+                Ok(())
+            }
+            Some(entry) if matches!(entry.state, State::Prepared { .. } | State::Committing) => {
+                Ok(())
+            }
+            _ => Err("aborted while preparing".into()),
+        }
+    }
+
+    /// Phase 2, commit (rules 11, 12).
+    pub fn commit(&mut self, tid: Tid) -> Result<CommitStep, ResolveError> {
+        let Some(entry) = self.tids.get_mut(&tid) else {
+            return Ok(CommitStep::Ack);
+        };
+        match entry.state {
+            State::Prepared { .. } | State::Committing => {
+                entry.state = State::Committing;
+                Ok(CommitStep::Apply(entry.writes.clone()))
+            }
+            State::Active { .. } | State::Preparing => Err(ResolveError::NotPrepared),
+        }
+    }
+
+    /// The commit of `tid` is applied durably: release its locks.
+    pub fn commit_applied(&mut self, tid: Tid) {
+        if matches!(
+            self.tids.get(&tid).map(|e| &e.state),
+            Some(State::Committing)
+        ) {
+            self.drop_tid(tid);
+        }
+    }
+
+    /// Phase 2 abort, or an abort before prepare (rules 10, 11).
+    pub fn abort(&mut self, tid: Tid) -> Result<AbortStep, ResolveError> {
+        let Some(entry) = self.tids.get(&tid) else {
+            return Ok(AbortStep::Ack);
+        };
+        let step = match entry.state {
+            State::Committing => return Err(ResolveError::Committing),
+            State::Prepared { .. } => AbortStep::DeletePrepared,
+            // Preparing: the record may land after this; prepared_durable
+            // then finds the tid gone and has it deleted.
+            State::Active { .. } | State::Preparing => AbortStep::Ack,
+        };
+        self.drop_tid(tid);
+        Ok(step)
+    }
+
+    /// Aborts every active tid past its deadline (rule 10, C8). Returns them.
+    pub fn expire(&mut self, now: Millis) -> Vec<Tid> {
+        let expired: Vec<Tid> = self
+            .tids
+            .iter()
+            .filter(|(_, e)| matches!(e.state, State::Active { deadline, .. } if now >= deadline))
+            .map(|(&t, _)| t)
+            .collect();
+        for &t in &expired {
+            self.drop_tid(t);
+        }
+        expired
+    }
+
+    /// Rule 9: a prepared record read back at start. Takes its write locks.
+    pub fn recover_prepared(&mut self, tid: Tid, writes: WriteSet, now: Millis) {
+        let mut locked = Vec::with_capacity(writes.len());
+        for key in writes.keys() {
+            // Prepared write sets never overlap (they held exclusive locks
+            // together before the crash), so this cannot conflict.
+            if let Ok(Acquired::Granted) = self.locks.acquire(key, tid, Mode::Exclusive) {
+                locked.push(key.clone());
+            }
+        }
+        // Ask at once: after a restart the decision may have been made long ago.
+        let state = State::Prepared {
+            since: now,
+            asked: 0,
+            next_ask: now,
+        };
+        self.tids.insert(
+            tid,
+            TidEntry {
+                state,
+                writes,
+                locked,
+            },
+        );
+    }
+
+    /// Rule 8: prepared tids whose next question to the coordinator is due.
+    /// Each returned tid is rescheduled with exponential backoff.
+    pub fn due_questions(&mut self, now: Millis) -> Vec<Tid> {
+        let mut due = vec![];
+        for (&tid, entry) in self.tids.iter_mut() {
+            if let State::Prepared {
+                asked, next_ask, ..
+            } = &mut entry.state
+            {
+                if now >= *next_ask {
+                    due.push(tid);
+                    let backoff = (200u64 << (*asked).min(10)).min(self.limits.max_ask_interval_ms);
+                    *asked += 1;
+                    *next_ask = now + backoff;
+                }
+            }
+        }
+        due
+    }
+
+    /// Prepared tids still waiting for their decision.
+    pub fn in_doubt(&self) -> Vec<InDoubt> {
+        let mut v: Vec<InDoubt> = self
+            .tids
+            .iter()
+            .filter_map(|(&tid, e)| match e.state {
+                State::Prepared { since, asked, .. } => Some(InDoubt { tid, since, asked }),
+                _ => None,
+            })
+            .collect();
+        v.sort_by_key(|d| d.tid);
+        v
+    }
+
+    pub fn open_tids(&self) -> usize {
+        self.tids.len()
+    }
+
+    pub fn locked_keys(&self) -> usize {
+        self.locks.len()
+    }
+
+    /// Forgets `tid` and releases every lock it holds.
+    fn drop_tid(&mut self, tid: Tid) {
+        if let Some(entry) = self.tids.remove(&tid) {
+            for key in &entry.locked {
+                self.locks.release(key, tid);
+            }
+        }
+    }
+}
+
+fn state_name(s: &State) -> &'static str {
+    match s {
+        State::Active { .. } => "active",
+        State::Preparing => "preparing",
+        State::Prepared { .. } => "prepared",
+        State::Committing => "committing",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,150 @@
+use super::*;
+use uuid::Uuid;
+
+fn tid(n: u128) -> Tid {
+    Uuid::from_u128(n)
+}
+
+fn part() -> Participant {
+    Participant::new(0, Limits::default())
+}
+
+#[test]
+fn write_prepare_commit_releases_locks_only_after_apply() {
+    let mut p = part();
+    let t = tid(1);
+    p.enlisted(t, 100).unwrap();
+    p.write(t, b"a", Some(b"1".to_vec()), 0).unwrap();
+    assert_eq!(p.get(t, b"a", 0), Ok(ReadPlan::Own(Some(b"1".to_vec()))));
+    assert_eq!(p.get(t, b"b", 0), Ok(ReadPlan::Store));
+    let PrepareStep::Persist(ws) = p.prepare(t, 1) else {
+        panic!("expected persist")
+    };
+    assert_eq!(ws.len(), 1);
+    // No YES before the record is durable; after, a repeat answers YES.
+    p.prepared_durable(t, 2).unwrap();
+    assert_eq!(p.prepare(t, 3), PrepareStep::Yes);
+    // Operations after prepare are refused.
+    assert_eq!(
+        p.write(t, b"c", None, 3),
+        Err(OpError::NotActive("prepared"))
+    );
+    assert_eq!(p.in_doubt().len(), 1);
+    assert!(matches!(p.commit(t), Ok(CommitStep::Apply(_))));
+    assert_eq!(p.locked_keys(), 2, "locks held while the commit is applied");
+    p.commit_applied(t);
+    assert_eq!(p.locked_keys(), 0);
+    // A repeated commit for a forgotten tid is acknowledged.
+    assert_eq!(p.commit(t), Ok(CommitStep::Ack));
+}
+
+#[test]
+fn read_only_and_unknown_votes() {
+    let mut p = part();
+    let t = tid(1);
+    p.enlisted(t, 100).unwrap();
+    p.get(t, b"a", 0).unwrap();
+    assert_eq!(p.prepare(t, 1), PrepareStep::ReadOnly);
+    assert_eq!(p.locked_keys(), 0);
+    assert!(matches!(p.prepare(tid(2), 1), PrepareStep::No(_)));
+}
+
+#[test]
+fn conflicts_abort_the_requester_without_waiting() {
+    let mut p = part();
+    let (t1, t2) = (tid(1), tid(2));
+    p.enlisted(t1, 100).unwrap();
+    p.enlisted(t2, 100).unwrap();
+    p.write(t1, b"k", Some(vec![1]), 0).unwrap();
+    p.write(t2, b"other", Some(vec![1]), 0).unwrap();
+    assert_eq!(
+        p.get(t2, b"k", 0),
+        Err(OpError::LockConflict { holder: t1 })
+    );
+    // t2 is gone and released its own lock; it votes NO.
+    assert!(!p.knows(t2));
+    assert_eq!(p.locked_keys(), 1);
+    assert!(matches!(p.prepare(t2, 1), PrepareStep::No(_)));
+}
+
+#[test]
+fn deadline_aborts_unprepared_but_never_prepared_tids() {
+    let mut p = part();
+    let (t1, t2) = (tid(1), tid(2));
+    p.enlisted(t1, 10).unwrap();
+    p.enlisted(t2, 10).unwrap();
+    p.write(t1, b"a", Some(vec![1]), 0).unwrap();
+    p.write(t2, b"b", Some(vec![1]), 0).unwrap();
+    assert!(matches!(p.prepare(t2, 5), PrepareStep::Persist(_)));
+    p.prepared_durable(t2, 5).unwrap();
+    assert_eq!(p.expire(10), vec![t1]);
+    assert!(
+        p.knows(t2),
+        "a prepared tid waits for its decision (rule 10)"
+    );
+    assert_eq!(p.locked_keys(), 1);
+    // Deadline passed at prepare: NO.
+    let t3 = tid(3);
+    p.enlisted(t3, 10).unwrap();
+    assert!(matches!(p.prepare(t3, 11), PrepareStep::No(_)));
+}
+
+#[test]
+fn abort_while_persisting_makes_the_record_be_deleted() {
+    let mut p = part();
+    let t = tid(1);
+    p.enlisted(t, 100).unwrap();
+    p.write(t, b"a", Some(vec![1]), 0).unwrap();
+    assert!(matches!(p.prepare(t, 1), PrepareStep::Persist(_)));
+    assert_eq!(p.abort(t), Ok(AbortStep::Ack));
+    assert!(p.prepared_durable(t, 2).is_err());
+    assert_eq!(p.locked_keys(), 0);
+}
+
+#[test]
+fn recovered_prepared_tids_retake_locks_and_ask_with_backoff() {
+    let mut p = part();
+    let t = tid(1);
+    let mut ws = WriteSet::new();
+    ws.insert(b"a".to_vec(), Some(vec![1]));
+    p.recover_prepared(t, ws, 1_000);
+    assert_eq!(p.locked_keys(), 1);
+    let t2 = tid(2);
+    p.enlisted(t2, 10_000).unwrap();
+    assert_eq!(
+        p.write(t2, b"a", None, 1_000),
+        Err(OpError::LockConflict { holder: t })
+    );
+    assert_eq!(p.due_questions(1_000), vec![t]);
+    assert_eq!(p.due_questions(1_100), Vec::<Tid>::new());
+    assert_eq!(p.due_questions(1_200), vec![t]);
+    assert_eq!(
+        p.due_questions(1_500),
+        Vec::<Tid>::new(),
+        "second backoff is 400 ms"
+    );
+    assert_eq!(p.due_questions(1_600), vec![t]);
+    assert_eq!(p.abort(t), Ok(AbortStep::DeletePrepared));
+    assert_eq!(p.locked_keys(), 0);
+}
+
+#[test]
+fn limits() {
+    let mut p = Participant::new(
+        0,
+        Limits {
+            max_ops_per_tid: 2,
+            max_open_tids: 1,
+            ..Limits::default()
+        },
+    );
+    let t = tid(1);
+    p.enlisted(t, 100).unwrap();
+    assert_eq!(p.enlisted(tid(2), 100), Err(OpError::TooManyTids(1)));
+    p.write(t, b"a".as_slice(), None, 0).unwrap();
+    p.write(t, b"b".as_slice(), None, 0).unwrap();
+    assert_eq!(
+        p.write(t, b"c".as_slice(), None, 0),
+        Err(OpError::TooManyOps(2))
+    );
+}

@@ -1,0 +1,29 @@
+//! The twopc wire protocol and the few runtime helpers every process shares.
+//!
+//! - [`pb`]: the code generated from `twopc/v1/twopc.proto` (messages, the
+//!   `Coordinator` and `Participant` services, clients and servers).
+//! - [`tid`]: parsing and creating transaction ids (UUIDv7, so a tid also
+//!   tells its age, which the lock manager uses).
+//! - [`failpoint`]: named crash points, compiled in only with the
+//!   `failpoints` feature.
+//! - [`Backoff`]: the bounded exponential backoff used for every retry loop.
+
+pub mod failpoint;
+pub mod tid;
+
+mod backoff;
+pub use backoff::Backoff;
+
+/// Generated protobuf and gRPC code for package `twopc.v1`.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("twopc.v1");
+}
+
+/// Milliseconds since the Unix epoch: the clock deadlines are expressed in.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
