@@ -1,1 +1,130 @@
+//! The twopc coordinator: allocates tids, drives prepare and resolve
+//! against the participants, and keeps the durable decision log.
+//!
+//! Layout: the protocol itself is `twopc_core::coordinator` (no I/O);
+//! [`driver`] executes its actions (RPCs, forced log writes, retries);
+//! [`decision_log`] is the SQLite log with group commit; [`service`] is the
+//! gRPC face; [`peers`] the partition map.
+//!
+//! Start-up order keeps rule 7: the log is read back and every unfinished
+//! COMMIT re-entered into the core *before* the socket serves, so no
+//! question about a committed tid can be answered "aborted". Phase 2 for
+//! those tids is re-driven as soon as the runtime runs.
 
+pub mod decision_log;
+pub mod driver;
+pub mod error;
+pub mod peers;
+pub mod service;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use twopc_core::coordinator::Coordinator;
+use twopc_proto::pb::coordinator_server::CoordinatorServer;
+use twopc_proto::{now_unix_ms, runtime};
+
+use crate::decision_log::DecisionLog;
+use crate::driver::{Driver, Timeouts};
+use crate::peers::Peers;
+use crate::service::{CoordinatorService, Limits};
+
+/// Coordinator settings; every flag has an environment-variable twin.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to serve on (port 0 picks a free one; the chosen address is printed).
+    #[arg(long, env = "TWOPC_COORDINATOR_LISTEN", default_value = "127.0.0.1:7000")]
+    pub listen: String,
+    /// Directory of the decision log (created if missing).
+    #[arg(long, env = "TWOPC_COORDINATOR_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Number of partitions of the key space, fixed when the cluster is created.
+    #[arg(long, env = "TWOPC_PARTITIONS")]
+    pub partitions: u32,
+    /// Transaction timeout when the client asks for none.
+    #[arg(long, env = "TWOPC_DEFAULT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub default_timeout_ms: u64,
+    /// Longest transaction timeout a client may ask for.
+    #[arg(long, env = "TWOPC_MAX_TIMEOUT_MS", default_value_t = 300_000)]
+    pub max_timeout_ms: u64,
+    /// How long the coordinator waits for a vote before aborting.
+    #[arg(long, env = "TWOPC_PREPARE_TIMEOUT_MS", default_value_t = 2_000)]
+    pub prepare_timeout_ms: u64,
+    /// Open transactions allowed at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TWOPC_MAX_OPEN_TXNS", default_value_t = 10_000)]
+    pub max_open_txns: usize,
+    /// Finished commits remembered (in memory and in the log) to answer repeated questions.
+    #[arg(long, env = "TWOPC_KEEP_FINISHED", default_value_t = 100_000)]
+    pub keep_finished: usize,
+}
+
+/// Runs the coordinator until the process is stopped.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    anyhow::ensure!(config.partitions > 0, "--partitions must be at least 1");
+    anyhow::ensure!(config.prepare_timeout_ms > 0, "--prepare-timeout-ms must be positive");
+    failpoint_setup()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let (log, recovered) = DecisionLog::open(&config.data_dir, config.partitions, config.keep_finished)
+        .with_context(|| format!("cannot open the decision log in {}", config.data_dir.display()))?;
+
+    let peers = Peers::default();
+    for (partition, address) in &recovered.members {
+        if let Err(e) = peers.set(*partition, address) {
+            tracing::warn!(partition, "ignoring recorded address: {e}");
+        }
+    }
+    let mut core = Coordinator::new(config.max_open_txns, config.keep_finished);
+    for tid in &recovered.finished {
+        core.recover_finished(*tid);
+    }
+    let mut redo = vec![];
+    let now = now_unix_ms();
+    for (tid, partitions) in &recovered.unfinished {
+        tracing::info!(%tid, ?partitions, "recovery: re-driving phase 2 of a logged COMMIT");
+        redo.extend(core.recover_commit(*tid, partitions, now));
+    }
+    tracing::info!(
+        unfinished = recovered.unfinished.len(),
+        finished = recovered.finished.len(),
+        members = recovered.members.len(),
+        "recovery: decision log read back"
+    );
+
+    let timeouts = Timeouts {
+        prepare: Duration::from_millis(config.prepare_timeout_ms),
+        resolve_rpc: Duration::from_secs(2),
+        max_resend_interval: Duration::from_secs(2),
+    };
+    let driver = Driver::new(core, log, peers, timeouts);
+    let service = CoordinatorService {
+        driver: driver.clone(),
+        limits: Limits {
+            partitions: config.partitions,
+            default_timeout: Duration::from_millis(config.default_timeout_ms),
+            max_timeout: Duration::from_millis(config.max_timeout_ms),
+            commit_wait: Duration::from_millis(config.prepare_timeout_ms) + Duration::from_secs(30),
+        },
+    };
+
+    let (listener, local) = runtime::bind(&config.listen).await.map_err(anyhow::Error::msg)?;
+    driver.execute(redo);
+    tokio::spawn(driver.clone().expiry_loop(Duration::from_millis(100)));
+    tracing::info!(%local, partitions = config.partitions, "coordinator serving");
+    tonic::transport::Server::builder()
+        .add_service(CoordinatorServer::new(service))
+        .serve_with_incoming(runtime::announce(listener, local))
+        .await
+        .context("gRPC server failed")
+}
+
+fn failpoint_setup() -> anyhow::Result<()> {
+    twopc_proto::failpoint::setup_from_env().map_err(anyhow::Error::msg)
+}
+
+/// Entry point of the `twopc-coordinator` binary.
+pub fn main_with(config: Config) -> anyhow::Result<()> {
+    runtime::init_tracing();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(config))
+}

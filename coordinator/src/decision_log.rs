@@ -1,0 +1,271 @@
+//! The coordinator's durable decision log, in SQLite.
+//!
+//! What is on disk, and why:
+//! - `decisions`: one row per COMMIT decision, naming the partitions that
+//!   voted YES. A row is written and **fsynced** (WAL, `synchronous=FULL`)
+//!   before any commit message is sent and before the client hears COMMITTED
+//!   (rule 4). Aborts are never written: an absent tid is presumed aborted.
+//!   When every YES partition has acknowledged, the row is marked finished
+//!   without a force (rule 5): if that mark is lost in a crash, recovery
+//!   just re-drives phase 2 and participants acknowledge again (rule 11).
+//!   Finished rows are kept for a bounded number of newer decisions so a
+//!   client asking about its commit after a restart still hears COMMITTED,
+//!   then deleted.
+//! - `members`: the partition map (partition to address), forced on
+//!   registration so phase 2 can reach participants after a restart.
+//! - `meta`: the number of partitions the log was created for; opening it
+//!   with another number is refused.
+//!
+//! Writes go through one writer thread that drains every queued request
+//! into a single SQLite transaction: concurrent forced records share one
+//! fsync (group commit) and nobody is answered before that commit returns.
+//! At concurrency 1 the queue holds one request, so batching adds no wait.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
+
+use rusqlite::{Connection, params};
+use tokio::sync::oneshot;
+use twopc_core::{PartitionId, Tid};
+
+/// Most requests one group commit takes.
+const MAX_BATCH: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("decision log: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("decision log: {0}")]
+    Invalid(String),
+    #[error("decision log writer stopped")]
+    Stopped,
+}
+
+/// What the log held at start (rule 7).
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// COMMIT records whose phase 2 did not finish.
+    pub unfinished: Vec<(Tid, Vec<PartitionId>)>,
+    /// COMMIT records that finished (kept to answer repeated questions).
+    pub finished: Vec<Tid>,
+    pub members: Vec<(PartitionId, String)>,
+}
+
+enum Request {
+    Commit { tid: Tid, partitions: Vec<PartitionId>, done: oneshot::Sender<Result<(), LogError>> },
+    Finished { tid: Tid },
+    Register { partition: PartitionId, address: String, done: oneshot::Sender<Result<(), LogError>> },
+}
+
+impl Request {
+    fn forced(&self) -> bool {
+        !matches!(self, Request::Finished { .. })
+    }
+}
+
+/// Handle to the log's writer thread. Cheap to clone.
+#[derive(Clone)]
+pub struct DecisionLog {
+    tx: mpsc::Sender<Request>,
+}
+
+impl DecisionLog {
+    /// Opens (or creates) `dir/decisions.db`, checks it belongs to a cluster
+    /// of `partitions`, reads back what it holds, and starts the writer.
+    pub fn open(dir: &Path, partitions: u32, keep_finished: usize) -> Result<(Self, Recovered), LogError> {
+        let conn = Connection::open(dir.join("decisions.db"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS decisions (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 tid TEXT NOT NULL UNIQUE,
+                 partitions TEXT NOT NULL,
+                 finished INTEGER NOT NULL DEFAULT 0);
+             CREATE TABLE IF NOT EXISTS members (partition INTEGER PRIMARY KEY, address TEXT NOT NULL);",
+        )?;
+        check_partitions(&conn, partitions)?;
+        let recovered = read_back(&conn)?;
+        let (tx, rx) = mpsc::channel();
+        thread::Builder::new()
+            .name("decision-log".into())
+            .spawn(move || writer(conn, rx, keep_finished))
+            .map_err(|e| LogError::Invalid(format!("cannot start writer thread: {e}")))?;
+        Ok((Self { tx }, recovered))
+    }
+
+    /// Forces a COMMIT record. Returns once it is durable.
+    pub async fn force_commit(&self, tid: Tid, partitions: Vec<PartitionId>) -> Result<(), LogError> {
+        let (done, rx) = oneshot::channel();
+        self.tx.send(Request::Commit { tid, partitions, done }).map_err(|_| LogError::Stopped)?;
+        rx.await.map_err(|_| LogError::Stopped)?
+    }
+
+    /// Marks a COMMIT finished (not forced; see module docs).
+    pub fn finished(&self, tid: Tid) {
+        let _ = self.tx.send(Request::Finished { tid });
+    }
+
+    /// Records a participant's address durably.
+    pub async fn register(&self, partition: PartitionId, address: String) -> Result<(), LogError> {
+        let (done, rx) = oneshot::channel();
+        self.tx.send(Request::Register { partition, address, done }).map_err(|_| LogError::Stopped)?;
+        rx.await.map_err(|_| LogError::Stopped)?
+    }
+}
+
+fn check_partitions(conn: &Connection, partitions: u32) -> Result<(), LogError> {
+    let stored: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'partitions'", [], |r| r.get(0))
+        .map(Some)
+        .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+    match stored {
+        None => {
+            conn.execute("INSERT INTO meta (key, value) VALUES ('partitions', ?1)", params![partitions.to_string()])?;
+            Ok(())
+        }
+        Some(s) if s == partitions.to_string() => Ok(()),
+        Some(s) => Err(LogError::Invalid(format!(
+            "this data directory belongs to a cluster of {s} partitions, not {partitions}: \
+             pass --partitions {s} or use another data directory"
+        ))),
+    }
+}
+
+fn read_back(conn: &Connection) -> Result<Recovered, LogError> {
+    let mut out = Recovered::default();
+    let mut stmt = conn.prepare("SELECT tid, partitions, finished FROM decisions ORDER BY seq")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?)))?;
+    for row in rows {
+        let (tid, parts, finished) = row?;
+        let tid = Tid::parse_str(&tid).map_err(|e| LogError::Invalid(format!("corrupt tid {tid:?}: {e}")))?;
+        if finished {
+            out.finished.push(tid);
+        } else {
+            out.unfinished.push((tid, decode_partitions(&parts)?));
+        }
+    }
+    let mut stmt = conn.prepare("SELECT partition, address FROM members ORDER BY partition")?;
+    out.members = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+    Ok(out)
+}
+
+fn encode_partitions(p: &[PartitionId]) -> String {
+    p.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+}
+
+fn decode_partitions(s: &str) -> Result<Vec<PartitionId>, LogError> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse().map_err(|_| LogError::Invalid(format!("corrupt partition list {s:?}"))))
+        .collect()
+}
+
+/// The writer thread: one SQLite transaction per batch of queued requests.
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, keep_finished: usize) {
+    let mut finished_since_trim = 0usize;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let forced = batch.iter().any(Request::forced);
+        finished_since_trim += batch.iter().filter(|r| !r.forced()).count();
+        let trim = finished_since_trim >= 1024;
+        if trim {
+            finished_since_trim = 0;
+        }
+        let result = write_batch(&mut conn, &batch, forced, trim, keep_finished);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "decision log write failed");
+        }
+        for req in batch {
+            let r = result.as_ref().map(|_| ()).map_err(|e| LogError::Invalid(e.to_string()));
+            match req {
+                Request::Commit { done, .. } | Request::Register { done, .. } => {
+                    let _ = done.send(r);
+                }
+                Request::Finished { .. } => {}
+            }
+        }
+    }
+}
+
+fn write_batch(
+    conn: &mut Connection,
+    batch: &[Request],
+    forced: bool,
+    trim: bool,
+    keep_finished: usize,
+) -> Result<(), rusqlite::Error> {
+    // A batch with a forced record is fsynced at commit; one with only
+    // "finished" marks is not (WAL with synchronous=NORMAL).
+    conn.pragma_update(None, "synchronous", if forced { "FULL" } else { "NORMAL" })?;
+    let txn = conn.transaction()?;
+    for req in batch {
+        match req {
+            Request::Commit { tid, partitions, .. } => {
+                txn.execute(
+                    "INSERT OR IGNORE INTO decisions (tid, partitions) VALUES (?1, ?2)",
+                    params![tid.to_string(), encode_partitions(partitions)],
+                )?;
+            }
+            Request::Finished { tid } => {
+                txn.execute("UPDATE decisions SET finished = 1 WHERE tid = ?1", params![tid.to_string()])?;
+            }
+            Request::Register { partition, address, .. } => {
+                txn.execute(
+                    "INSERT INTO members (partition, address) VALUES (?1, ?2)
+                     ON CONFLICT(partition) DO UPDATE SET address = excluded.address",
+                    params![partition, address],
+                )?;
+            }
+        }
+    }
+    if trim {
+        txn.execute(
+            "DELETE FROM decisions WHERE finished = 1 AND seq NOT IN
+                 (SELECT seq FROM decisions WHERE finished = 1 ORDER BY seq DESC LIMIT ?1)",
+            params![keep_finished as i64],
+        )?;
+    }
+    txn.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn records_survive_reopen_and_finished_marks_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t1, t2) = (Tid::now_v7(), Tid::now_v7());
+        {
+            let (log, rec) = DecisionLog::open(dir.path(), 3, 10).unwrap();
+            assert!(rec.unfinished.is_empty());
+            log.force_commit(t1, vec![0, 2]).await.unwrap();
+            log.force_commit(t2, vec![1]).await.unwrap();
+            log.register(1, "127.0.0.1:9".into()).await.unwrap();
+            log.finished(t2);
+            // A forced write after the mark orders it before the reopen.
+            log.register(2, "127.0.0.1:10".into()).await.unwrap();
+        }
+        let (_log, rec) = DecisionLog::open(dir.path(), 3, 10).unwrap();
+        assert_eq!(rec.unfinished, vec![(t1, vec![0, 2])]);
+        assert_eq!(rec.finished, vec![t2]);
+        assert_eq!(rec.members, vec![(1, "127.0.0.1:9".to_string()), (2, "127.0.0.1:10".to_string())]);
+    }
+
+    #[test]
+    fn refuses_a_log_of_another_cluster_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(DecisionLog::open(dir.path(), 3, 10).unwrap());
+        let err = DecisionLog::open(dir.path(), 4, 10).err().unwrap().to_string();
+        assert!(err.contains("cluster of 3 partitions"), "{err}");
+    }
+}

@@ -1,0 +1,233 @@
+//! The shell around the coordinator core: it feeds events into
+//! [`twopc_core::coordinator::Coordinator`] and executes the actions that
+//! come out, in order.
+//!
+//! - `SendPrepare`: a Prepare RPC bounded by the prepare timeout; the answer
+//!   (or the timeout) goes back in as a vote.
+//! - `ForceCommit`: the decision log's forced write; only when it returns is
+//!   `commit_durable` fed in, which is what lets anyone hear COMMITTED. A
+//!   failed forced write stops the process (fail-stop): the record may or may
+//!   not be on disk, and only recovery can tell.
+//! - `SendCommit`: resent with capped exponential backoff until the
+//!   participant acknowledges (rule 5). The count of retries is unbounded by
+//!   design (the protocol requires it); their rate is bounded by the cap.
+//! - `SendAbort`: a few best-effort attempts; a participant that misses them
+//!   asks and hears ABORTED (presumed abort).
+//! - `Reply`: wakes every client waiting in Commit for this tid.
+//!
+//! The core sits behind a std mutex that is never held across an await.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use twopc_core::coordinator::{Action, Coordinator, Outcome, Vote};
+use twopc_core::{PartitionId, Tid};
+use twopc_proto::pb;
+use twopc_proto::{Backoff, failpoint, now_unix_ms};
+
+use crate::decision_log::DecisionLog;
+use crate::peers::Peers;
+
+/// Timeouts the driver uses.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub prepare: Duration,
+    pub resolve_rpc: Duration,
+    pub max_resend_interval: Duration,
+}
+
+pub struct Driver {
+    state: Mutex<State>,
+    pub log: DecisionLog,
+    pub peers: Peers,
+    timeouts: Timeouts,
+}
+
+pub struct State {
+    pub core: Coordinator,
+    waiters: HashMap<Tid, Vec<oneshot::Sender<Outcome>>>,
+    /// Phase-2 resend counts, for the admin listing.
+    pub retries: HashMap<(Tid, PartitionId), u32>,
+}
+
+impl Driver {
+    pub fn new(core: Coordinator, log: DecisionLog, peers: Peers, timeouts: Timeouts) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State { core, waiters: HashMap::new(), retries: HashMap::new() }),
+            log,
+            peers,
+            timeouts,
+        })
+    }
+
+    /// The core and its side tables. Never hold this across an await.
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the core and executes the actions it returns.
+    pub fn apply<T>(self: &Arc<Self>, f: impl FnOnce(&mut Coordinator) -> (T, Vec<Action>)) -> T {
+        let (out, actions) = f(&mut self.state().core);
+        self.execute(actions);
+        out
+    }
+
+    /// Registers a waiter for `tid`'s outcome, then runs `f`; both under
+    /// one lock so a `Reply` produced by `f` cannot be missed.
+    pub fn apply_and_wait<E>(
+        self: &Arc<Self>,
+        tid: Tid,
+        f: impl FnOnce(&mut Coordinator) -> Result<Vec<Action>, E>,
+    ) -> Result<oneshot::Receiver<Outcome>, E> {
+        let (tx, rx) = oneshot::channel();
+        let actions = {
+            let mut st = self.state();
+            let actions = f(&mut st.core)?;
+            st.waiters.entry(tid).or_default().push(tx);
+            actions
+        };
+        self.execute(actions);
+        Ok(rx)
+    }
+
+    pub fn execute(self: &Arc<Self>, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::SendPrepare(tid, p) => {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let vote = this.prepare(tid, p).await;
+                        this.apply(|c| ((), c.vote(tid, p, vote)));
+                    });
+                }
+                Action::ForceCommit(tid, parts) => {
+                    let this = self.clone();
+                    tokio::spawn(async move { this.force_commit(tid, parts).await });
+                }
+                Action::SendCommit(tid, p) => {
+                    let this = self.clone();
+                    tokio::spawn(async move { this.resend_commit(tid, p).await });
+                }
+                Action::SendAbort(tid, p) => {
+                    let this = self.clone();
+                    tokio::spawn(async move { this.send_abort(tid, p).await });
+                }
+                Action::Reply(tid, outcome) => {
+                    match &outcome {
+                        Outcome::Committed => tracing::debug!(%tid, "committed"),
+                        Outcome::Aborted(why) => tracing::info!(%tid, reason = %why, "aborted"),
+                    }
+                    let waiters = self.state().waiters.remove(&tid).unwrap_or_default();
+                    for w in waiters {
+                        let _ = w.send(outcome.clone());
+                    }
+                }
+                Action::LogFinished(tid) => {
+                    self.state().retries.retain(|(t, _), _| *t != tid);
+                    self.log.finished(tid);
+                }
+            }
+        }
+    }
+
+    async fn prepare(&self, tid: Tid, p: PartitionId) -> Vote {
+        let Some(mut client) = self.peers.client(p) else {
+            return Vote::Failed(format!("partition {p} is not registered"));
+        };
+        let req = pb::PrepareRequest { tid: tid.to_string() };
+        match tokio::time::timeout(self.timeouts.prepare, client.prepare(req)).await {
+            Err(_) => Vote::Failed(format!("no vote within {} ms", self.timeouts.prepare.as_millis())),
+            Ok(Err(status)) => Vote::Failed(format!("{}: {}", status.code(), status.message())),
+            Ok(Ok(resp)) => {
+                let resp = resp.into_inner();
+                match pb::Vote::try_from(resp.vote) {
+                    Ok(pb::Vote::Yes) => Vote::Yes,
+                    Ok(pb::Vote::ReadOnly) => Vote::ReadOnly,
+                    Ok(pb::Vote::No) => Vote::No(resp.reason),
+                    _ => Vote::Failed(format!("invalid vote {}", resp.vote)),
+                }
+            }
+        }
+    }
+
+    async fn force_commit(self: &Arc<Self>, tid: Tid, parts: Vec<PartitionId>) {
+        // C1: a crash here leaves no record; recovery presumes abort.
+        if let Err(e) = failpoint::hit("coordinator::before_decision_forced") {
+            tracing::warn!(%tid, "{e}: treating the forced write as failed");
+            return self.log_failed(tid);
+        }
+        match self.log.force_commit(tid, parts).await {
+            Ok(()) => {
+                tracing::info!(%tid, "decision COMMIT forced to the log");
+                // C2: a crash here must still commit everywhere after restart.
+                let _ = failpoint::hit("coordinator::after_decision_forced");
+                self.apply(|c| ((), c.commit_durable(tid)));
+            }
+            Err(e) => {
+                tracing::error!(%tid, error = %e, "forcing the COMMIT record failed");
+                self.log_failed(tid)
+            }
+        }
+    }
+
+    /// Fail-stop: after a failed forced write the record's fate is unknown,
+    /// so the process must not answer anything about this tid; restarting
+    /// and reading the log back is the only safe way on.
+    fn log_failed(&self, tid: Tid) {
+        tracing::error!(%tid, "stopping: the decision log could not be written; restart to recover");
+        std::process::exit(70);
+    }
+
+    async fn resend_commit(self: &Arc<Self>, tid: Tid, p: PartitionId) {
+        let mut backoff = Backoff::new(Duration::from_millis(50), self.timeouts.max_resend_interval);
+        loop {
+            match self.send_resolve(tid, p, true).await {
+                Ok(()) => break,
+                Err(e) => {
+                    let n = backoff.attempts() + 1;
+                    self.state().retries.insert((tid, p), n);
+                    tracing::warn!(%tid, partition = p, retry = n, error = %e, "commit not acknowledged; resending");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+        // C3: a crash after some partitions acknowledged.
+        let _ = failpoint::hit("coordinator::after_commit_acked");
+        self.apply(|c| ((), c.commit_acked(tid, p)));
+    }
+
+    async fn send_abort(&self, tid: Tid, p: PartitionId) {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
+        for _ in 0..3 {
+            if self.send_resolve(tid, p, false).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+        tracing::debug!(%tid, partition = p, "abort not delivered; the participant will ask");
+    }
+
+    async fn send_resolve(&self, tid: Tid, p: PartitionId, commit: bool) -> Result<(), String> {
+        let mut client = self.peers.client(p).ok_or_else(|| format!("partition {p} is not registered"))?;
+        let req = pb::ResolveRequest { tid: tid.to_string() };
+        let call = async {
+            if commit { client.commit(req).await.map(|_| ()) } else { client.abort(req).await.map(|_| ()) }
+        };
+        match tokio::time::timeout(self.timeouts.resolve_rpc, call).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(s)) => Err(format!("{}: {}", s.code(), s.message())),
+            Err(_) => Err("timed out".into()),
+        }
+    }
+
+    /// Aborts abandoned transactions at their deadline, forever.
+    pub async fn expiry_loop(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            self.apply(|c| ((), c.expire(now_unix_ms())));
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! The coordinator's error enum, mapped once to gRPC statuses.
+
+use tonic::Status;
+use twopc_core::Tid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("unknown tid {0}: it was never begun here, or it finished long ago (presumed aborted)")]
+    UnknownTid(Tid),
+    #[error("tid {tid} is {state}: it no longer accepts operations")]
+    NotActive { tid: Tid, state: &'static str },
+    #[error("tid {tid} aborted: {reason}")]
+    Aborted { tid: Tid, reason: String },
+    #[error("tid {0} already committed: it cannot be aborted")]
+    AlreadyCommitted(Tid),
+    #[error("too many open transactions ({0}): commit or abort some, or raise --max-open-txns")]
+    TooManyOpen(usize),
+    #[error("partition {0} has no registered participant: start it (it registers itself)")]
+    NotRegistered(u32),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<CoordinatorError> for Status {
+    fn from(e: CoordinatorError) -> Status {
+        let msg = e.to_string();
+        match e {
+            CoordinatorError::InvalidArgument(_) => Status::invalid_argument(msg),
+            CoordinatorError::UnknownTid(_) => Status::not_found(msg),
+            CoordinatorError::NotActive { .. } => Status::failed_precondition(msg),
+            CoordinatorError::Aborted { .. } => Status::aborted(msg),
+            CoordinatorError::AlreadyCommitted(_) => Status::failed_precondition(msg),
+            CoordinatorError::TooManyOpen(_) => Status::resource_exhausted(msg),
+            CoordinatorError::NotRegistered(_) => Status::failed_precondition(msg),
+            CoordinatorError::Unavailable(_) => Status::unavailable(msg),
+        }
+    }
+}
+
+impl CoordinatorError {
+    pub fn from_refusal(tid: Tid, r: twopc_core::coordinator::Refusal) -> Self {
+        use twopc_core::coordinator::Refusal;
+        match r {
+            Refusal::UnknownTid => CoordinatorError::UnknownTid(tid),
+            Refusal::NotActive(state) => CoordinatorError::NotActive { tid, state },
+            Refusal::Aborted(reason) => CoordinatorError::Aborted { tid, reason },
+            Refusal::AlreadyCommitted => CoordinatorError::AlreadyCommitted(tid),
+            Refusal::TooManyOpen(n) => CoordinatorError::TooManyOpen(n),
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! The partition map: where each participant serves, with one reusable
+//! gRPC channel per participant. Updated when a participant registers
+//! (possibly at a new address after a restart).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use twopc_core::PartitionId;
+use twopc_proto::pb::participant_client::ParticipantClient;
+
+#[derive(Default)]
+pub struct Peers {
+    map: Mutex<HashMap<PartitionId, (String, ParticipantClient<Channel>)>>,
+}
+
+impl Peers {
+    /// Sets (or replaces) the address of `partition`.
+    pub fn set(&self, partition: PartitionId, address: &str) -> Result<(), String> {
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| format!("bad participant address {address:?}: {e}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true);
+        let client = ParticipantClient::new(endpoint.connect_lazy());
+        let mut map = self.map.lock().unwrap();
+        if map.get(&partition).is_some_and(|(a, _)| a == address) {
+            return Ok(());
+        }
+        map.insert(partition, (address.to_string(), client));
+        Ok(())
+    }
+
+    pub fn client(&self, partition: PartitionId) -> Option<ParticipantClient<Channel>> {
+        self.map.lock().unwrap().get(&partition).map(|(_, c)| c.clone())
+    }
+
+    pub fn contains(&self, partition: PartitionId) -> bool {
+        self.map.lock().unwrap().contains_key(&partition)
+    }
+
+    pub fn addresses(&self) -> Vec<(PartitionId, String)> {
+        let mut v: Vec<_> = self.map.lock().unwrap().iter().map(|(&p, (a, _))| (p, a.clone())).collect();
+        v.sort();
+        v
+    }
+}

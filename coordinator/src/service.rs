@@ -1,0 +1,178 @@
+//! The `twopc.v1.Coordinator` gRPC service: validates requests, turns them
+//! into core events through the [`Driver`], and maps refusals to statuses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+use twopc_core::coordinator::{DecisionAnswer, Outcome};
+use twopc_proto::pb::{self, coordinator_server::Coordinator as CoordinatorRpc};
+use twopc_proto::{failpoint, now_unix_ms, tid};
+
+use crate::driver::Driver;
+use crate::error::CoordinatorError;
+
+/// Limits on what clients may ask for.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub partitions: u32,
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+    /// How long a Commit call waits for the outcome before answering
+    /// UNAVAILABLE (the client can then ask with GetDecision).
+    pub commit_wait: Duration,
+}
+
+pub struct CoordinatorService {
+    pub driver: Arc<Driver>,
+    pub limits: Limits,
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+impl CoordinatorService {
+    fn check_partition(&self, partition: u32) -> Result<(), CoordinatorError> {
+        if partition >= self.limits.partitions {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "partition {partition} is out of range: this cluster has partitions 0..{}",
+                self.limits.partitions
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl CoordinatorRpc for CoordinatorService {
+    async fn begin(&self, req: Request<pb::BeginRequest>) -> Reply<pb::BeginResponse> {
+        let asked = req.into_inner().timeout_ms;
+        let timeout = if asked == 0 { self.limits.default_timeout } else { Duration::from_millis(asked) };
+        let timeout = timeout.min(self.limits.max_timeout);
+        let tid = tid::new_tid();
+        let now = now_unix_ms();
+        let deadline = now + timeout.as_millis() as u64;
+        self.driver
+            .state()
+            .core
+            .begin(tid, now, deadline)
+            .map_err(|r| CoordinatorError::from_refusal(tid, r))?;
+        tracing::debug!(%tid, deadline, "begun");
+        Ok(Response::new(pb::BeginResponse { tid: tid.to_string(), deadline_unix_ms: deadline }))
+    }
+
+    async fn enlist(&self, req: Request<pb::EnlistRequest>) -> Reply<pb::EnlistResponse> {
+        let req = req.into_inner();
+        let tid = tid::parse(&req.tid)?;
+        self.check_partition(req.partition)?;
+        if !self.driver.peers.contains(req.partition) {
+            return Err(CoordinatorError::NotRegistered(req.partition).into());
+        }
+        let deadline = self
+            .driver
+            .apply(|c| c.enlist(tid, req.partition, req.incarnation, now_unix_ms()))
+            .map_err(|r| CoordinatorError::from_refusal(tid, r))?;
+        Ok(Response::new(pb::EnlistResponse { deadline_unix_ms: deadline }))
+    }
+
+    async fn commit(&self, req: Request<pb::CommitRequest>) -> Reply<pb::CommitResponse> {
+        let tid = tid::parse(&req.into_inner().tid)?;
+        let rx = self
+            .driver
+            .apply_and_wait(tid, |c| c.commit_requested(tid, now_unix_ms()))
+            .map_err(|r| CoordinatorError::from_refusal(tid, r))?;
+        let outcome = match tokio::time::timeout(self.limits.commit_wait, rx).await {
+            Ok(Ok(o)) => o,
+            _ => {
+                return Err(CoordinatorError::Unavailable(format!(
+                    "the outcome of tid {tid} is not known yet: ask again with GetDecision (twopc status {tid})"
+                ))
+                .into());
+            }
+        };
+        let (outcome, reason) = match outcome {
+            Outcome::Committed => (pb::Outcome::Committed, String::new()),
+            Outcome::Aborted(why) => (pb::Outcome::Aborted, why),
+        };
+        Ok(Response::new(pb::CommitResponse { outcome: outcome as i32, reason }))
+    }
+
+    async fn abort(&self, req: Request<pb::AbortRequest>) -> Reply<pb::AbortResponse> {
+        let tid = tid::parse(&req.into_inner().tid)?;
+        self.driver
+            .apply(|c| match c.abort_requested(tid, "aborted by the client") {
+                Ok(actions) => (Ok(()), actions),
+                Err(r) => (Err(r), vec![]),
+            })
+            .map_err(|r| CoordinatorError::from_refusal(tid, r))?;
+        Ok(Response::new(pb::AbortResponse {}))
+    }
+
+    async fn get_decision(&self, req: Request<pb::GetDecisionRequest>) -> Reply<pb::GetDecisionResponse> {
+        let tid = tid::parse(&req.into_inner().tid)?;
+        let (decision, reason) = match self.driver.state().core.decision(tid) {
+            DecisionAnswer::Committed => (pb::Decision::Committed, String::new()),
+            DecisionAnswer::Aborted(why) => (pb::Decision::Aborted, why),
+            DecisionAnswer::Pending => (pb::Decision::Pending, String::new()),
+        };
+        Ok(Response::new(pb::GetDecisionResponse { decision: decision as i32, reason }))
+    }
+
+    async fn register(&self, req: Request<pb::RegisterRequest>) -> Reply<pb::RegisterResponse> {
+        let req = req.into_inner();
+        self.check_partition(req.partition)?;
+        if req.address.is_empty() {
+            return Err(Status::invalid_argument("address is empty: pass the host:port the participant serves on"));
+        }
+        self.driver.log.register(req.partition, req.address.clone()).await.map_err(|e| {
+            Status::unavailable(format!("cannot record the registration: {e}"))
+        })?;
+        self.driver.peers.set(req.partition, &req.address).map_err(Status::invalid_argument)?;
+        tracing::info!(partition = req.partition, address = %req.address, incarnation = req.incarnation, "participant registered");
+        Ok(Response::new(pb::RegisterResponse { partitions: self.limits.partitions }))
+    }
+
+    async fn get_topology(&self, _req: Request<pb::GetTopologyRequest>) -> Reply<pb::Topology> {
+        let members = self
+            .driver
+            .peers
+            .addresses()
+            .into_iter()
+            .map(|(partition, address)| pb::PartitionAddress { partition, address })
+            .collect();
+        Ok(Response::new(pb::Topology { partitions: self.limits.partitions, members }))
+    }
+
+    async fn list_transactions(
+        &self,
+        _req: Request<pb::ListTransactionsRequest>,
+    ) -> Reply<pb::ListTransactionsResponse> {
+        let now = now_unix_ms();
+        let st = self.driver.state();
+        let mut transactions: Vec<pb::TransactionInfo> = st
+            .core
+            .live()
+            .map(|(tid, txn)| pb::TransactionInfo {
+                tid: tid.to_string(),
+                state: txn.phase.name().to_string(),
+                age_ms: now.saturating_sub(txn.begun_at),
+                deadline_unix_ms: txn.deadline,
+                participants: txn
+                    .parts
+                    .iter()
+                    .map(|(&partition, p)| pb::ParticipantInfo {
+                        partition,
+                        state: p.state.name().to_string(),
+                        retries: st.retries.get(&(*tid, partition)).copied().unwrap_or(0),
+                    })
+                    .collect(),
+            })
+            .collect();
+        transactions.sort_by(|a, b| a.tid.cmp(&b.tid));
+        Ok(Response::new(pb::ListTransactionsResponse { transactions }))
+    }
+
+    async fn set_failpoint(&self, req: Request<pb::SetFailpointRequest>) -> Reply<pb::SetFailpointResponse> {
+        failpoint::set_from_rpc(req.into_inner())?;
+        Ok(Response::new(pb::SetFailpointResponse {}))
+    }
+}

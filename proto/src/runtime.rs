@@ -1,0 +1,52 @@
+//! Process plumbing shared by the coordinator and participant binaries.
+//!
+//! A server binds its socket first, then prints exactly one line
+//! `listening on <addr>` on stdout, after recovery and just before it
+//! serves: tools and tests wait for that line (and learn the port when they
+//! asked for port 0). Logs go to stderr, so stdout stays machine-readable.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Installs the `tracing` subscriber: levels from `RUST_LOG` (default
+/// `info`), human-readable lines on stderr.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Binds `addr` (port 0 picks a free port). Warns when it is not loopback:
+/// this build has no TLS.
+pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), String> {
+    let parsed: SocketAddr = addr
+        .parse()
+        .map_err(|e| format!("listen address {addr:?} is not host:port with a numeric IP ({e}), e.g. 127.0.0.1:7000"))?;
+    let listener = TcpListener::bind(parsed).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| format!("cannot read the bound address: {e}"))?;
+    if !local.ip().is_loopback() {
+        tracing::warn!(%local, "listening on a non-loopback address without TLS");
+    }
+    Ok((listener, local))
+}
+
+/// Prints the readiness line and turns the listener into a tonic incoming
+/// stream. Accepted sockets get TCP_NODELAY: every message is a small
+/// request on the commit path, and Nagle would hold it back.
+pub fn announce(
+    listener: TcpListener,
+    local: SocketAddr,
+) -> impl tokio_stream::Stream<Item = std::io::Result<TcpStream>> {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening on {local}");
+    let _ = out.flush();
+    TcpListenerStream::new(listener).map(|s| {
+        let s = s?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    })
+}
