@@ -1,1 +1,56 @@
-fn main() {}
+//! `twopc`: one binary for every role. `twopc coordinator` and
+//! `twopc participant` run the servers; `twopc demo` starts a local cluster
+//! and runs a sample workload; every other subcommand is the client CLI.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "twopc",
+    version,
+    about = "twopc: a two-phase-commit transaction coordinator, its participants and client"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the coordinator (transaction ids, two-phase commit, decision log).
+    Coordinator(twopc_coordinator::Config),
+    /// Run a participant owning one partition of the key space.
+    Participant(twopc_participant::Config),
+    /// Start a local cluster (coordinator + participants) and run a sample workload.
+    Demo(twopc::demo::DemoArgs),
+    #[command(flatten)]
+    Client(twopc_client::cli::ClientCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.cmd {
+        Cmd::Coordinator(config) => report(twopc_coordinator::main_with(config)),
+        Cmd::Participant(config) => report(twopc_participant::main_with(config)),
+        Cmd::Demo(args) => report(runtime().and_then(|rt| rt.block_on(twopc::demo::run(args)))),
+        Cmd::Client(cmd) => match runtime() {
+            Ok(rt) => rt.block_on(twopc_client::cli::run(cmd)),
+            Err(e) => report(Err(e)),
+        },
+    };
+    std::process::exit(code);
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn report(r: anyhow::Result<()>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    }
+}

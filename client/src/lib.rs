@@ -1,1 +1,28 @@
+//! Client library for twopc, plus the client half of the `twopc` CLI.
+//!
+//! Transaction control (begin, commit, abort, decisions) goes to the
+//! coordinator; reads and writes go straight to the participant that owns the
+//! key, found with [`partition_for`] over the coordinator's topology. The
+//! client never decides anything itself: the coordinator's answer to
+//! `Commit` (or `GetDecision`) is the only source of truth about a tid, and a
+//! participant enlists itself, so a client that forgets a participant or
+//! crashes cannot break atomicity (PROTOCOL.md rules 2 and 6).
+//!
+//! - [`Client`]: a cheap-to-clone handle, safe to share between tasks.
+//! - [`Txn`]: one transaction's operations, by tid.
+//! - [`ClientError`]: every failure, printable as an actionable sentence.
+//! - [`cli`]: the `twopc` client subcommands.
 
+mod admin;
+pub mod cli;
+mod client;
+mod error;
+mod routing;
+mod txn;
+
+pub use admin::{FailpointTarget, InDoubtTid, PartitionInDoubt};
+pub use client::{Client, Decision, Topology};
+pub use error::ClientError;
+pub use routing::partition_for;
+pub use twopc_proto::pb::{ParticipantInfo, TransactionInfo};
+pub use txn::{Outcome, Txn};

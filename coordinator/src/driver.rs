@@ -212,9 +212,8 @@ impl Driver {
     async fn send_resolve(&self, tid: Tid, p: PartitionId, commit: bool) -> Result<(), String> {
         let mut client = self.peers.client(p).ok_or_else(|| format!("partition {p} is not registered"))?;
         let req = pb::ResolveRequest { tid: tid.to_string() };
-        let call = async {
-            if commit { client.commit(req).await.map(|_| ()) } else { client.abort(req).await.map(|_| ()) }
-        };
+        let call =
+            async { if commit { client.commit(req).await.map(|_| ()) } else { client.abort(req).await.map(|_| ()) } };
         match tokio::time::timeout(self.timeouts.resolve_rpc, call).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(s)) => Err(format!("{}: {}", s.code(), s.message())),

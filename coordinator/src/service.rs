@@ -51,11 +51,7 @@ impl CoordinatorRpc for CoordinatorService {
         let tid = tid::new_tid();
         let now = now_unix_ms();
         let deadline = now + timeout.as_millis() as u64;
-        self.driver
-            .state()
-            .core
-            .begin(tid, now, deadline)
-            .map_err(|r| CoordinatorError::from_refusal(tid, r))?;
+        self.driver.state().core.begin(tid, now, deadline).map_err(|r| CoordinatorError::from_refusal(tid, r))?;
         tracing::debug!(%tid, deadline, "begun");
         Ok(Response::new(pb::BeginResponse { tid: tid.to_string(), deadline_unix_ms: deadline }))
     }
@@ -123,9 +119,11 @@ impl CoordinatorRpc for CoordinatorService {
         if req.address.is_empty() {
             return Err(Status::invalid_argument("address is empty: pass the host:port the participant serves on"));
         }
-        self.driver.log.register(req.partition, req.address.clone()).await.map_err(|e| {
-            Status::unavailable(format!("cannot record the registration: {e}"))
-        })?;
+        self.driver
+            .log
+            .register(req.partition, req.address.clone())
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot record the registration: {e}")))?;
         self.driver.peers.set(req.partition, &req.address).map_err(Status::invalid_argument)?;
         tracing::info!(partition = req.partition, address = %req.address, incarnation = req.incarnation, "participant registered");
         Ok(Response::new(pb::RegisterResponse { partitions: self.limits.partitions }))

@@ -189,15 +189,7 @@ impl Coordinator {
         if self.live.len() >= self.max_open {
             return Err(Refusal::TooManyOpen(self.max_open));
         }
-        self.live.insert(
-            tid,
-            Txn {
-                phase: Phase::Active,
-                deadline,
-                begun_at: now,
-                parts: BTreeMap::new(),
-            },
-        );
+        self.live.insert(tid, Txn { phase: Phase::Active, deadline, begun_at: now, parts: BTreeMap::new() });
         Ok(())
     }
 
@@ -223,21 +215,13 @@ impl Coordinator {
         }
         match txn.parts.get(&partition) {
             Some(p) if p.incarnation != incarnation => {
-                let why = format!(
-                    "partition {partition} restarted and lost this transaction's earlier operations"
-                );
+                let why = format!("partition {partition} restarted and lost this transaction's earlier operations");
                 let actions = self.abort(tid, why.clone());
                 (Err(Refusal::Aborted(why)), actions)
             }
             Some(_) => (Ok(txn.deadline), vec![]),
             None => {
-                txn.parts.insert(
-                    partition,
-                    Part {
-                        incarnation,
-                        state: PartState::Enlisted,
-                    },
-                );
+                txn.parts.insert(partition, Part { incarnation, state: PartState::Enlisted });
                 (Ok(txn.deadline), vec![])
             }
         }
@@ -269,11 +253,7 @@ impl Coordinator {
             return Ok(vec![Action::Reply(tid, Outcome::Committed)]);
         }
         txn.phase = Phase::Preparing;
-        Ok(txn
-            .parts
-            .keys()
-            .map(|&p| Action::SendPrepare(tid, p))
-            .collect())
+        Ok(txn.parts.keys().map(|&p| Action::SendPrepare(tid, p)).collect())
     }
 
     /// A vote (or a failed prepare) arrived from `partition` (rule 4).
@@ -305,12 +285,8 @@ impl Coordinator {
         if txn.parts.values().any(|p| p.state == PartState::Enlisted) {
             return vec![];
         }
-        let yes: Vec<PartitionId> = txn
-            .parts
-            .iter()
-            .filter(|(_, p)| p.state == PartState::VotedYes)
-            .map(|(&id, _)| id)
-            .collect();
+        let yes: Vec<PartitionId> =
+            txn.parts.iter().filter(|(_, p)| p.state == PartState::VotedYes).map(|(&id, _)| id).collect();
         if yes.is_empty() {
             // Every participant only read: nothing to force, no phase 2.
             self.finish(tid, Outcome::Committed);
@@ -394,10 +370,7 @@ impl Coordinator {
             .filter(|(_, t)| t.phase == Phase::Active && now >= t.deadline)
             .map(|(&tid, _)| tid)
             .collect();
-        expired
-            .into_iter()
-            .flat_map(|tid| self.abort(tid, "deadline passed before commit".into()))
-            .collect()
+        expired.into_iter().flat_map(|tid| self.abort(tid, "deadline passed before commit".into())).collect()
     }
 
     /// Rule 6: the decision for `tid`.
@@ -414,37 +387,10 @@ impl Coordinator {
     }
 
     /// Rule 7: an unfinished COMMIT record read back at start.
-    pub fn recover_commit(
-        &mut self,
-        tid: Tid,
-        partitions: &[PartitionId],
-        now: Millis,
-    ) -> Vec<Action> {
-        let parts = partitions
-            .iter()
-            .map(|&p| {
-                (
-                    p,
-                    Part {
-                        incarnation: 0,
-                        state: PartState::VotedYes,
-                    },
-                )
-            })
-            .collect();
-        self.live.insert(
-            tid,
-            Txn {
-                phase: Phase::Committing,
-                deadline: now,
-                begun_at: now,
-                parts,
-            },
-        );
-        partitions
-            .iter()
-            .map(|&p| Action::SendCommit(tid, p))
-            .collect()
+    pub fn recover_commit(&mut self, tid: Tid, partitions: &[PartitionId], now: Millis) -> Vec<Action> {
+        let parts = partitions.iter().map(|&p| (p, Part { incarnation: 0, state: PartState::VotedYes })).collect();
+        self.live.insert(tid, Txn { phase: Phase::Committing, deadline: now, begun_at: now, parts });
+        partitions.iter().map(|&p| Action::SendCommit(tid, p)).collect()
     }
 
     /// A finished COMMIT record read back at start: remembered so a client

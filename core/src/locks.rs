@@ -59,9 +59,7 @@ impl LockTable {
                 }
             }
             (h @ Holders::Shared(_), Mode::Exclusive) => {
-                let Holders::Shared(hs) = &*h else {
-                    unreachable!()
-                };
+                let Holders::Shared(hs) = &*h else { unreachable!() };
                 match hs.iter().find(|&&o| o != tid) {
                     Some(&other) => Err(other),
                     None => {
@@ -69,11 +67,7 @@ impl LockTable {
                         // holding this key, so report it as held.
                         let was_holder = !hs.is_empty();
                         *h = Holders::Exclusive(tid);
-                        Ok(if was_holder {
-                            Acquired::AlreadyHeld
-                        } else {
-                            Acquired::Granted
-                        })
+                        Ok(if was_holder { Acquired::AlreadyHeld } else { Acquired::Granted })
                     }
                 }
             }
@@ -131,10 +125,7 @@ mod tests {
         assert_eq!(t.acquire(b"k", tid(1), Mode::Exclusive), Err(tid(2)));
         assert_eq!(t.acquire(b"k", tid(3), Mode::Exclusive), Err(tid(1)));
         t.release(b"k", tid(2));
-        assert_eq!(
-            t.acquire(b"k", tid(1), Mode::Exclusive),
-            Ok(Acquired::AlreadyHeld)
-        );
+        assert_eq!(t.acquire(b"k", tid(1), Mode::Exclusive), Ok(Acquired::AlreadyHeld));
         assert_eq!(t.acquire(b"k", tid(2), Mode::Shared), Err(tid(1)));
         t.release(b"k", tid(1));
         assert!(t.is_empty());
@@ -143,18 +134,9 @@ mod tests {
     #[test]
     fn exclusive_holder_may_read_and_write_again() {
         let mut t = LockTable::default();
-        assert_eq!(
-            t.acquire(b"k", tid(1), Mode::Exclusive),
-            Ok(Acquired::Granted)
-        );
-        assert_eq!(
-            t.acquire(b"k", tid(1), Mode::Shared),
-            Ok(Acquired::AlreadyHeld)
-        );
-        assert_eq!(
-            t.acquire(b"k", tid(1), Mode::Exclusive),
-            Ok(Acquired::AlreadyHeld)
-        );
+        assert_eq!(t.acquire(b"k", tid(1), Mode::Exclusive), Ok(Acquired::Granted));
+        assert_eq!(t.acquire(b"k", tid(1), Mode::Shared), Ok(Acquired::AlreadyHeld));
+        assert_eq!(t.acquire(b"k", tid(1), Mode::Exclusive), Ok(Acquired::AlreadyHeld));
         assert_eq!(t.holders(b"k"), vec![tid(1)]);
     }
 }

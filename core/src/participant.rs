@@ -21,7 +21,7 @@
 //! 12. Strict 2PL with no-wait ([`crate::locks`]): locks are released only
 //!    when the decision has been applied.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crate::locks::{Acquired, LockTable, Mode};
 use crate::{Millis, PartitionId, Tid};
@@ -42,12 +42,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_ops_per_tid: 10_000,
-            max_open_tids: 10_000,
-            in_doubt_after_ms: 1_000,
-            max_ask_interval_ms: 5_000,
-        }
+        Self { max_ops_per_tid: 10_000, max_open_tids: 10_000, in_doubt_after_ms: 1_000, max_ask_interval_ms: 5_000 }
     }
 }
 
@@ -90,6 +85,8 @@ pub enum OpError {
     LockConflict {
         holder: Tid,
     },
+    /// The tid was aborted here earlier (conflict, deadline, abort).
+    AlreadyAborted,
     TooManyOps(usize),
     TooManyTids(usize),
 }
@@ -155,7 +152,15 @@ pub struct Participant {
     limits: Limits,
     tids: HashMap<Tid, TidEntry>,
     locks: LockTable,
+    /// Tids aborted here before prepare, remembered (bounded) so that a
+    /// later operation on one is refused instead of silently starting it
+    /// afresh without the writes it lost.
+    aborted: HashSet<Tid>,
+    aborted_order: VecDeque<Tid>,
 }
+
+/// How many locally aborted tids are remembered.
+const ABORTED_MEMORY: usize = 100_000;
 
 impl Participant {
     pub fn new(partition: PartitionId, limits: Limits) -> Self {
@@ -164,6 +169,8 @@ impl Participant {
             limits,
             tids: HashMap::new(),
             locks: LockTable::default(),
+            aborted: HashSet::new(),
+            aborted_order: VecDeque::new(),
         }
     }
 
@@ -176,21 +183,25 @@ impl Participant {
         self.tids.contains_key(&tid)
     }
 
+    /// Whether the tid was aborted here (and is still remembered).
+    pub fn aborted_here(&self, tid: Tid) -> bool {
+        self.aborted.contains(&tid)
+    }
+
     /// The coordinator accepted our enlistment (rule 2).
     pub fn enlisted(&mut self, tid: Tid, deadline: Millis) -> Result<(), OpError> {
         if self.tids.contains_key(&tid) {
             return Ok(());
+        }
+        if self.aborted.contains(&tid) {
+            return Err(OpError::AlreadyAborted);
         }
         if self.tids.len() >= self.limits.max_open_tids {
             return Err(OpError::TooManyTids(self.limits.max_open_tids));
         }
         self.tids.insert(
             tid,
-            TidEntry {
-                state: State::Active { deadline, ops: 0 },
-                writes: WriteSet::new(),
-                locked: vec![],
-            },
+            TidEntry { state: State::Active { deadline, ops: 0 }, writes: WriteSet::new(), locked: vec![] },
         );
         Ok(())
     }
@@ -207,29 +218,22 @@ impl Participant {
 
     /// A write (`Some`) or delete (`None`) inside `tid`: takes an exclusive
     /// lock and buffers the write until prepare.
-    pub fn write(
-        &mut self,
-        tid: Tid,
-        key: &[u8],
-        value: Option<Vec<u8>>,
-        now: Millis,
-    ) -> Result<(), OpError> {
+    pub fn write(&mut self, tid: Tid, key: &[u8], value: Option<Vec<u8>>, now: Millis) -> Result<(), OpError> {
         self.operate(tid, key, Mode::Exclusive, now)?;
-        self.tids
-            .get_mut(&tid)
-            .expect("checked by operate")
-            .writes
-            .insert(key.to_vec(), value);
+        self.tids.get_mut(&tid).expect("checked by operate").writes.insert(key.to_vec(), value);
         Ok(())
     }
 
     fn operate(&mut self, tid: Tid, key: &[u8], mode: Mode, now: Millis) -> Result<(), OpError> {
+        if self.aborted.contains(&tid) {
+            return Err(OpError::AlreadyAborted);
+        }
         let entry = self.tids.get_mut(&tid).ok_or(OpError::UnknownTid)?;
         let State::Active { deadline, ops } = &mut entry.state else {
             return Err(OpError::NotActive(state_name(&entry.state)));
         };
         if now >= *deadline {
-            self.drop_tid(tid);
+            self.abort_locally(tid);
             return Err(OpError::DeadlinePassed);
         }
         if *ops >= self.limits.max_ops_per_tid {
@@ -243,7 +247,7 @@ impl Participant {
             }
             Ok(Acquired::AlreadyHeld) => Ok(()),
             Err(holder) => {
-                self.drop_tid(tid);
+                self.abort_locally(tid);
                 Err(OpError::LockConflict { holder })
             }
         }
@@ -252,14 +256,15 @@ impl Participant {
     /// Phase 1 (rule 3).
     pub fn prepare(&mut self, tid: Tid, now: Millis) -> PrepareStep {
         let Some(entry) = self.tids.get_mut(&tid) else {
-            return PrepareStep::No(
-                "unknown tid here: never enlisted, already aborted, or lost in a restart".into(),
-            );
+            if self.aborted.contains(&tid) {
+                return PrepareStep::No("aborted here earlier (lock conflict, deadline or abort)".into());
+            }
+            return PrepareStep::No("unknown tid here: never enlisted, or lost in a restart".into());
         };
         match entry.state {
             State::Active { deadline, .. } => {
                 if now >= deadline {
-                    self.drop_tid(tid);
+                    self.abort_locally(tid);
                     return PrepareStep::No("deadline passed".into());
                 }
                 if entry.writes.is_empty() {
@@ -282,16 +287,10 @@ impl Participant {
     pub fn prepared_durable(&mut self, tid: Tid, now: Millis) -> Result<(), String> {
         match self.tids.get_mut(&tid) {
             Some(entry) if matches!(entry.state, State::Preparing) => {
-                entry.state = State::Prepared {
-                    since: now,
-                    asked: 0,
-                    next_ask: now + self.limits.in_doubt_after_ms,
-                };
+                entry.state = State::Prepared { since: now, asked: 0, next_ask: now + self.limits.in_doubt_after_ms };
                 Ok(())
             }
-            Some(entry) if matches!(entry.state, State::Prepared { .. } | State::Committing) => {
-                Ok(())
-            }
+            Some(entry) if matches!(entry.state, State::Prepared { .. } | State::Committing) => Ok(()),
             _ => Err("aborted while preparing".into()),
         }
     }
@@ -312,10 +311,7 @@ impl Participant {
 
     /// The commit of `tid` is applied durably: release its locks.
     pub fn commit_applied(&mut self, tid: Tid) {
-        if matches!(
-            self.tids.get(&tid).map(|e| &e.state),
-            Some(State::Committing)
-        ) {
+        if matches!(self.tids.get(&tid).map(|e| &e.state), Some(State::Committing)) {
             self.drop_tid(tid);
         }
     }
@@ -332,7 +328,7 @@ impl Participant {
             // then finds the tid gone and has it deleted.
             State::Active { .. } | State::Preparing => AbortStep::Ack,
         };
-        self.drop_tid(tid);
+        self.abort_locally(tid);
         Ok(step)
     }
 
@@ -345,7 +341,7 @@ impl Participant {
             .map(|(&t, _)| t)
             .collect();
         for &t in &expired {
-            self.drop_tid(t);
+            self.abort_locally(t);
         }
         expired
     }
@@ -361,19 +357,8 @@ impl Participant {
             }
         }
         // Ask at once: after a restart the decision may have been made long ago.
-        let state = State::Prepared {
-            since: now,
-            asked: 0,
-            next_ask: now,
-        };
-        self.tids.insert(
-            tid,
-            TidEntry {
-                state,
-                writes,
-                locked,
-            },
-        );
+        let state = State::Prepared { since: now, asked: 0, next_ask: now };
+        self.tids.insert(tid, TidEntry { state, writes, locked });
     }
 
     /// Rule 8: prepared tids whose next question to the coordinator is due.
@@ -381,10 +366,7 @@ impl Participant {
     pub fn due_questions(&mut self, now: Millis) -> Vec<Tid> {
         let mut due = vec![];
         for (&tid, entry) in self.tids.iter_mut() {
-            if let State::Prepared {
-                asked, next_ask, ..
-            } = &mut entry.state
-            {
+            if let State::Prepared { asked, next_ask, .. } = &mut entry.state {
                 if now >= *next_ask {
                     due.push(tid);
                     let backoff = (200u64 << (*asked).min(10)).min(self.limits.max_ask_interval_ms);
@@ -416,6 +398,19 @@ impl Participant {
 
     pub fn locked_keys(&self) -> usize {
         self.locks.len()
+    }
+
+    /// Drops `tid` as aborted, and remembers that it was.
+    fn abort_locally(&mut self, tid: Tid) {
+        self.drop_tid(tid);
+        if self.aborted.insert(tid) {
+            self.aborted_order.push_back(tid);
+            if self.aborted_order.len() > ABORTED_MEMORY {
+                if let Some(old) = self.aborted_order.pop_front() {
+                    self.aborted.remove(&old);
+                }
+            }
+        }
     }
 
     /// Forgets `tid` and releases every lock it holds.

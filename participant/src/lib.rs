@@ -1,1 +1,111 @@
+//! A twopc participant: owns one partition of the key space, stores its
+//! committed data and prepared write sets in SQLite, holds the locks of the
+//! transactions that touch it, and votes in two-phase commit.
+//!
+//! Layout: the protocol is `twopc_core::participant` (no I/O); [`node`] is
+//! the shell that enlists, persists and runs the timers; [`store`] the
+//! SQLite file with group commit; [`service`] the gRPC face.
+//!
+//! Start-up order keeps rule 9: prepared write sets are read back and their
+//! locks re-taken *before* the socket serves, so no new transaction can
+//! touch a key an in-doubt tid wrote. Then the participant registers with
+//! the coordinator (at its possibly new address) and asks about every
+//! recovered tid at once.
 
+pub mod error;
+pub mod node;
+pub mod service;
+pub mod store;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use tonic::transport::Endpoint;
+use twopc_core::participant::{Limits, Participant};
+use twopc_proto::pb::coordinator_client::CoordinatorClient;
+use twopc_proto::pb::participant_server::ParticipantServer;
+use twopc_proto::{now_unix_ms, runtime};
+
+use crate::node::Node;
+use crate::service::{InputLimits, ParticipantService};
+use crate::store::Store;
+
+/// Participant settings; every flag has an environment-variable twin.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// The partition this participant owns (0-based), fixed for its data directory.
+    #[arg(long, env = "TWOPC_PARTITION")]
+    pub partition: u32,
+    /// Address to serve on (port 0 picks a free one; the chosen address is printed).
+    #[arg(long, env = "TWOPC_PARTICIPANT_LISTEN", default_value = "127.0.0.1:7100")]
+    pub listen: String,
+    /// Address to register with the coordinator (default: the bound address).
+    #[arg(long, env = "TWOPC_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// The coordinator's host:port.
+    #[arg(long, env = "TWOPC_COORDINATOR", default_value = "127.0.0.1:7000")]
+    pub coordinator: String,
+    /// Directory of this partition's data (created if missing).
+    #[arg(long, env = "TWOPC_PARTICIPANT_DATA_DIR")]
+    pub data_dir: PathBuf,
+    #[arg(long, env = "TWOPC_MAX_KEY_BYTES", default_value_t = 1024)]
+    pub max_key_bytes: usize,
+    #[arg(long, env = "TWOPC_MAX_VALUE_BYTES", default_value_t = 1 << 20)]
+    pub max_value_bytes: usize,
+    #[arg(long, env = "TWOPC_MAX_OPS_PER_TID", default_value_t = 10_000)]
+    pub max_ops_per_tid: usize,
+    #[arg(long, env = "TWOPC_MAX_OPEN_TIDS", default_value_t = 10_000)]
+    pub max_open_tids: usize,
+    /// How long a prepared tid waits for its decision before asking the coordinator.
+    #[arg(long, env = "TWOPC_IN_DOUBT_AFTER_MS", default_value_t = 1_000)]
+    pub in_doubt_after_ms: u64,
+}
+
+/// Runs the participant until the process is stopped.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    twopc_proto::failpoint::setup_from_env().map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let (store, prepared) = Store::open(&config.data_dir, config.partition)
+        .with_context(|| format!("cannot open the partition store in {}", config.data_dir.display()))?;
+    let limits = Limits {
+        max_ops_per_tid: config.max_ops_per_tid,
+        max_open_tids: config.max_open_tids,
+        in_doubt_after_ms: config.in_doubt_after_ms,
+        ..Limits::default()
+    };
+    let mut core = Participant::new(config.partition, limits);
+    let now = now_unix_ms();
+    for (tid, writes) in prepared {
+        tracing::info!(%tid, keys = writes.len(), "recovery: prepared tid reloaded, locks re-taken; in doubt");
+        core.recover_prepared(tid, writes, now);
+    }
+    let coordinator = Endpoint::from_shared(format!("http://{}", config.coordinator))
+        .with_context(|| format!("bad coordinator address {:?}", config.coordinator))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .connect_lazy();
+    let node = Node::new(core, store, CoordinatorClient::new(coordinator));
+    let service = ParticipantService {
+        node: node.clone(),
+        limits: InputLimits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes },
+    };
+
+    let (listener, local) = runtime::bind(&config.listen).await.map_err(anyhow::Error::msg)?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| local.to_string());
+    tokio::spawn(node.clone().register_loop(advertise));
+    tokio::spawn(node.clone().timer_loop(Duration::from_millis(100)));
+    tracing::info!(%local, partition = config.partition, "participant serving");
+    tonic::transport::Server::builder()
+        .add_service(ParticipantServer::new(service))
+        .serve_with_incoming(runtime::announce(listener, local))
+        .await
+        .context("gRPC server failed")
+}
+
+/// Entry point of the `twopc-participant` binary.
+pub fn main_with(config: Config) -> anyhow::Result<()> {
+    runtime::init_tracing();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(config))
+}

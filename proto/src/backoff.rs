@@ -12,11 +12,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            next: initial,
-            max,
-            attempts: 0,
-        }
+        Self { next: initial, max, attempts: 0 }
     }
 
     /// The delay before the next attempt; each call doubles it up to the cap.

@@ -61,9 +61,8 @@ pub fn setup_from_env() -> Result<(), String> {
         return Ok(());
     }
     for item in spec.split(';').filter(|s| !s.trim().is_empty()) {
-        let (name, actions) = item
-            .split_once('=')
-            .ok_or_else(|| format!("FAILPOINTS entry {item:?} is not name=action"))?;
+        let (name, actions) =
+            item.split_once('=').ok_or_else(|| format!("FAILPOINTS entry {item:?} is not name=action"))?;
         configure(name.trim(), actions.trim())?;
     }
     Ok(())
@@ -78,8 +77,7 @@ pub fn configure(name: &str, actions: &str) -> Result<(), String> {
             fail::remove(name);
             Ok(())
         } else {
-            fail::cfg(name, actions)
-                .map_err(|e| format!("failpoint {name}: bad action {actions:?}: {e}"))
+            fail::cfg(name, actions).map_err(|e| format!("failpoint {name}: bad action {actions:?}: {e}"))
         }
     }
     #[cfg(not(feature = "failpoints"))]
@@ -93,11 +91,6 @@ pub fn set_from_rpc(req: crate::pb::SetFailpointRequest) -> Result<(), tonic::St
     if req.name.is_empty() {
         return Err(tonic::Status::invalid_argument("failpoint name is empty"));
     }
-    configure(&req.name, &req.actions).map_err(|e| {
-        if ENABLED {
-            tonic::Status::invalid_argument(e)
-        } else {
-            tonic::Status::failed_precondition(e)
-        }
-    })
+    configure(&req.name, &req.actions)
+        .map_err(|e| if ENABLED { tonic::Status::invalid_argument(e) } else { tonic::Status::failed_precondition(e) })
 }

@@ -23,9 +23,9 @@ pub fn init_tracing() {
 /// Binds `addr` (port 0 picks a free port). Warns when it is not loopback:
 /// this build has no TLS.
 pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), String> {
-    let parsed: SocketAddr = addr
-        .parse()
-        .map_err(|e| format!("listen address {addr:?} is not host:port with a numeric IP ({e}), e.g. 127.0.0.1:7000"))?;
+    let parsed: SocketAddr = addr.parse().map_err(|e| {
+        format!("listen address {addr:?} is not host:port with a numeric IP ({e}), e.g. 127.0.0.1:7000")
+    })?;
     let listener = TcpListener::bind(parsed).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| format!("cannot read the bound address: {e}"))?;
     if !local.ip().is_loopback() {

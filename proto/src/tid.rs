@@ -13,13 +13,9 @@ pub fn new_tid() -> Tid {
 /// Parses a tid from the wire, with an error message a person can act on.
 pub fn parse(s: &str) -> Result<Tid, tonic::Status> {
     if s.is_empty() {
-        return Err(tonic::Status::invalid_argument(
-            "tid is empty: pass the tid that Begin returned",
-        ));
+        return Err(tonic::Status::invalid_argument("tid is empty: pass the tid that Begin returned"));
     }
     Uuid::parse_str(s).map_err(|e| {
-        tonic::Status::invalid_argument(format!(
-            "tid {s:?} is not a UUID ({e}): pass the tid that Begin returned"
-        ))
+        tonic::Status::invalid_argument(format!("tid {s:?} is not a UUID ({e}): pass the tid that Begin returned"))
     })
 }

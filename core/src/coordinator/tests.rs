@@ -19,35 +19,19 @@ fn coord_with(parts: &[PartitionId]) -> (Coordinator, Tid) {
 fn all_yes_forces_commit_before_anyone_hears_committed() {
     let (mut c, t) = coord_with(&[0, 1]);
     let a = c.commit_requested(t, 20).unwrap();
-    assert_eq!(
-        a,
-        vec![Action::SendPrepare(t, 0), Action::SendPrepare(t, 1)]
-    );
+    assert_eq!(a, vec![Action::SendPrepare(t, 0), Action::SendPrepare(t, 1)]);
     assert_eq!(c.vote(t, 0, Vote::Yes), vec![]);
     // The last YES asks for the record to be forced; no reply, no commit yet.
-    assert_eq!(
-        c.vote(t, 1, Vote::Yes),
-        vec![Action::ForceCommit(t, vec![0, 1])]
-    );
+    assert_eq!(c.vote(t, 1, Vote::Yes), vec![Action::ForceCommit(t, vec![0, 1])]);
     assert_eq!(c.decision(t), DecisionAnswer::Pending);
     let a = c.commit_durable(t);
-    assert_eq!(
-        a,
-        vec![
-            Action::Reply(t, Outcome::Committed),
-            Action::SendCommit(t, 0),
-            Action::SendCommit(t, 1)
-        ]
-    );
+    assert_eq!(a, vec![Action::Reply(t, Outcome::Committed), Action::SendCommit(t, 0), Action::SendCommit(t, 1)]);
     assert_eq!(c.decision(t), DecisionAnswer::Committed);
     assert_eq!(c.commit_acked(t, 0), vec![]);
     assert_eq!(c.commit_acked(t, 1), vec![Action::LogFinished(t)]);
     assert_eq!(c.live_count(), 0);
     // Repeated commit and question after finishing: same answer (rule 11).
-    assert_eq!(
-        c.commit_requested(t, 30).unwrap(),
-        vec![Action::Reply(t, Outcome::Committed)]
-    );
+    assert_eq!(c.commit_requested(t, 30).unwrap(), vec![Action::Reply(t, Outcome::Committed)]);
     assert_eq!(c.decision(t), DecisionAnswer::Committed);
 }
 
@@ -59,16 +43,11 @@ fn a_no_vote_aborts_and_tells_the_others() {
     let a = c.vote(t, 1, Vote::No("deadline passed".into()));
     assert_eq!(a[0], Action::SendAbort(t, 0));
     assert_eq!(a[1], Action::SendAbort(t, 2));
-    assert!(
-        matches!(&a[2], Action::Reply(_, Outcome::Aborted(why)) if why.contains("partition 1 voted NO"))
-    );
+    assert!(matches!(&a[2], Action::Reply(_, Outcome::Aborted(why)) if why.contains("partition 1 voted NO")));
     // A late vote changes nothing.
     assert_eq!(c.vote(t, 2, Vote::Yes), vec![]);
     assert!(matches!(c.decision(t), DecisionAnswer::Aborted(_)));
-    assert!(matches!(
-        c.commit_requested(t, 30).unwrap()[0],
-        Action::Reply(_, Outcome::Aborted(_))
-    ));
+    assert!(matches!(c.commit_requested(t, 30).unwrap()[0], Action::Reply(_, Outcome::Aborted(_))));
 }
 
 #[test]
@@ -76,18 +55,12 @@ fn read_only_votes_need_no_record_and_no_phase_two() {
     let (mut c, t) = coord_with(&[0, 1]);
     c.commit_requested(t, 20).unwrap();
     c.vote(t, 0, Vote::ReadOnly);
-    assert_eq!(
-        c.vote(t, 1, Vote::ReadOnly),
-        vec![Action::Reply(t, Outcome::Committed)]
-    );
+    assert_eq!(c.vote(t, 1, Vote::ReadOnly), vec![Action::Reply(t, Outcome::Committed)]);
     // One writer among readers: the record names only the writer.
     let (mut c, t) = coord_with(&[0, 1]);
     c.commit_requested(t, 20).unwrap();
     c.vote(t, 0, Vote::ReadOnly);
-    assert_eq!(
-        c.vote(t, 1, Vote::Yes),
-        vec![Action::ForceCommit(t, vec![1])]
-    );
+    assert_eq!(c.vote(t, 1, Vote::Yes), vec![Action::ForceCommit(t, vec![1])]);
 }
 
 #[test]
@@ -105,20 +78,11 @@ fn abort_is_refused_once_the_decision_is_commit() {
     let (mut c, t) = coord_with(&[0]);
     c.commit_requested(t, 20).unwrap();
     c.vote(t, 0, Vote::Yes);
-    assert_eq!(
-        c.abort_requested(t, "client"),
-        Err(Refusal::AlreadyCommitted)
-    );
+    assert_eq!(c.abort_requested(t, "client"), Err(Refusal::AlreadyCommitted));
     c.commit_durable(t);
-    assert_eq!(
-        c.abort_requested(t, "client"),
-        Err(Refusal::AlreadyCommitted)
-    );
+    assert_eq!(c.abort_requested(t, "client"), Err(Refusal::AlreadyCommitted));
     c.commit_acked(t, 0);
-    assert_eq!(
-        c.abort_requested(t, "client"),
-        Err(Refusal::AlreadyCommitted)
-    );
+    assert_eq!(c.abort_requested(t, "client"), Err(Refusal::AlreadyCommitted));
 }
 
 #[test]
@@ -127,10 +91,7 @@ fn enlist_rules() {
     // Unknown tid.
     assert_eq!(c.enlist(tid(9), 0, 7, 10).0, Err(Refusal::UnknownTid));
     // Past the deadline.
-    assert_eq!(
-        c.enlist(t, 1, 7, 1_000).0,
-        Err(Refusal::NotActive("past its deadline"))
-    );
+    assert_eq!(c.enlist(t, 1, 7, 1_000).0, Err(Refusal::NotActive("past its deadline")));
     // Same partition, new incarnation: it lost the tid, which aborts.
     let (r, a) = c.enlist(t, 0, 8, 10);
     assert!(matches!(r, Err(Refusal::Aborted(_))));
@@ -139,10 +100,7 @@ fn enlist_rules() {
     // Once preparing, no new enlistments.
     let (mut c, t) = coord_with(&[0]);
     c.commit_requested(t, 20).unwrap();
-    assert_eq!(
-        c.enlist(t, 1, 7, 10).0,
-        Err(Refusal::NotActive("preparing"))
-    );
+    assert_eq!(c.enlist(t, 1, 7, 10).0, Err(Refusal::NotActive("preparing")));
 }
 
 #[test]
@@ -158,10 +116,7 @@ fn expiry_aborts_only_active_tids_past_their_deadline() {
 fn recovery_redrives_phase_two() {
     let mut c = Coordinator::new(10, 10);
     let t = tid(5);
-    assert_eq!(
-        c.recover_commit(t, &[0, 2], 0),
-        vec![Action::SendCommit(t, 0), Action::SendCommit(t, 2)]
-    );
+    assert_eq!(c.recover_commit(t, &[0, 2], 0), vec![Action::SendCommit(t, 0), Action::SendCommit(t, 2)]);
     assert_eq!(c.decision(t), DecisionAnswer::Committed);
     c.commit_acked(t, 2);
     assert_eq!(c.commit_acked(t, 0), vec![Action::LogFinished(t)]);

@@ -17,18 +17,13 @@ fn write_prepare_commit_releases_locks_only_after_apply() {
     p.write(t, b"a", Some(b"1".to_vec()), 0).unwrap();
     assert_eq!(p.get(t, b"a", 0), Ok(ReadPlan::Own(Some(b"1".to_vec()))));
     assert_eq!(p.get(t, b"b", 0), Ok(ReadPlan::Store));
-    let PrepareStep::Persist(ws) = p.prepare(t, 1) else {
-        panic!("expected persist")
-    };
+    let PrepareStep::Persist(ws) = p.prepare(t, 1) else { panic!("expected persist") };
     assert_eq!(ws.len(), 1);
     // No YES before the record is durable; after, a repeat answers YES.
     p.prepared_durable(t, 2).unwrap();
     assert_eq!(p.prepare(t, 3), PrepareStep::Yes);
     // Operations after prepare are refused.
-    assert_eq!(
-        p.write(t, b"c", None, 3),
-        Err(OpError::NotActive("prepared"))
-    );
+    assert_eq!(p.write(t, b"c", None, 3), Err(OpError::NotActive("prepared")));
     assert_eq!(p.in_doubt().len(), 1);
     assert!(matches!(p.commit(t), Ok(CommitStep::Apply(_))));
     assert_eq!(p.locked_keys(), 2, "locks held while the commit is applied");
@@ -57,12 +52,12 @@ fn conflicts_abort_the_requester_without_waiting() {
     p.enlisted(t2, 100).unwrap();
     p.write(t1, b"k", Some(vec![1]), 0).unwrap();
     p.write(t2, b"other", Some(vec![1]), 0).unwrap();
-    assert_eq!(
-        p.get(t2, b"k", 0),
-        Err(OpError::LockConflict { holder: t1 })
-    );
-    // t2 is gone and released its own lock; it votes NO.
+    assert_eq!(p.get(t2, b"k", 0), Err(OpError::LockConflict { holder: t1 }));
+    // t2 is gone and released its own lock; it votes NO, and a later
+    // operation on it is refused rather than starting it afresh.
     assert!(!p.knows(t2));
+    assert!(p.aborted_here(t2));
+    assert_eq!(p.enlisted(t2, 100), Err(OpError::AlreadyAborted));
     assert_eq!(p.locked_keys(), 1);
     assert!(matches!(p.prepare(t2, 1), PrepareStep::No(_)));
 }
@@ -78,10 +73,7 @@ fn deadline_aborts_unprepared_but_never_prepared_tids() {
     assert!(matches!(p.prepare(t2, 5), PrepareStep::Persist(_)));
     p.prepared_durable(t2, 5).unwrap();
     assert_eq!(p.expire(10), vec![t1]);
-    assert!(
-        p.knows(t2),
-        "a prepared tid waits for its decision (rule 10)"
-    );
+    assert!(p.knows(t2), "a prepared tid waits for its decision (rule 10)");
     assert_eq!(p.locked_keys(), 1);
     // Deadline passed at prepare: NO.
     let t3 = tid(3);
@@ -111,18 +103,11 @@ fn recovered_prepared_tids_retake_locks_and_ask_with_backoff() {
     assert_eq!(p.locked_keys(), 1);
     let t2 = tid(2);
     p.enlisted(t2, 10_000).unwrap();
-    assert_eq!(
-        p.write(t2, b"a", None, 1_000),
-        Err(OpError::LockConflict { holder: t })
-    );
+    assert_eq!(p.write(t2, b"a", None, 1_000), Err(OpError::LockConflict { holder: t }));
     assert_eq!(p.due_questions(1_000), vec![t]);
     assert_eq!(p.due_questions(1_100), Vec::<Tid>::new());
     assert_eq!(p.due_questions(1_200), vec![t]);
-    assert_eq!(
-        p.due_questions(1_500),
-        Vec::<Tid>::new(),
-        "second backoff is 400 ms"
-    );
+    assert_eq!(p.due_questions(1_500), Vec::<Tid>::new(), "second backoff is 400 ms");
     assert_eq!(p.due_questions(1_600), vec![t]);
     assert_eq!(p.abort(t), Ok(AbortStep::DeletePrepared));
     assert_eq!(p.locked_keys(), 0);
@@ -130,21 +115,11 @@ fn recovered_prepared_tids_retake_locks_and_ask_with_backoff() {
 
 #[test]
 fn limits() {
-    let mut p = Participant::new(
-        0,
-        Limits {
-            max_ops_per_tid: 2,
-            max_open_tids: 1,
-            ..Limits::default()
-        },
-    );
+    let mut p = Participant::new(0, Limits { max_ops_per_tid: 2, max_open_tids: 1, ..Limits::default() });
     let t = tid(1);
     p.enlisted(t, 100).unwrap();
     assert_eq!(p.enlisted(tid(2), 100), Err(OpError::TooManyTids(1)));
     p.write(t, b"a".as_slice(), None, 0).unwrap();
     p.write(t, b"b".as_slice(), None, 0).unwrap();
-    assert_eq!(
-        p.write(t, b"c".as_slice(), None, 0),
-        Err(OpError::TooManyOps(2))
-    );
+    assert_eq!(p.write(t, b"c".as_slice(), None, 0), Err(OpError::TooManyOps(2)));
 }

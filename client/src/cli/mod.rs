@@ -1,0 +1,343 @@
+//! The client subcommands of the `twopc` binary.
+//!
+//! The CLI is stateless: every invocation connects afresh and names its
+//! transaction by tid, so a transaction can be driven step by step from a
+//! shell (`begin`, `put --tid`, `commit --tid`) or in one go with `run`.
+//! Exit codes are part of the interface for scripts: 0 success or
+//! COMMITTED, 1 ABORTED outcome, 2 any error. Errors go to stderr as
+//! `error: <sentence>`.
+
+mod statement;
+
+use std::time::Duration;
+
+use twopc_proto::pb;
+use uuid::Uuid;
+
+use crate::{Client, ClientError, Decision, FailpointTarget, Outcome};
+use statement::Statement;
+
+/// Where to find the cluster; every client command takes it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnArgs {
+    /// Coordinator address, host:port.
+    #[arg(long, global = false, env = "TWOPC_COORDINATOR", default_value = "127.0.0.1:7000")]
+    pub coordinator: String,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ClientCommand {
+    /// Start a transaction; prints its tid and deadline.
+    Begin {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// How long the transaction may stay open (default: the server's).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+    },
+    /// Read a key inside a transaction (shared lock).
+    Get {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long)]
+        tid: Uuid,
+        key: String,
+    },
+    /// Write a key inside a transaction (exclusive lock).
+    Put {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long)]
+        tid: Uuid,
+        key: String,
+        value: String,
+    },
+    /// Delete a key inside a transaction (exclusive lock).
+    Delete {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long)]
+        tid: Uuid,
+        key: String,
+    },
+    /// Read a key's committed value, outside any transaction.
+    Read {
+        #[command(flatten)]
+        conn: ConnArgs,
+        key: String,
+    },
+    /// Commit a transaction: prints COMMITTED (exit 0) or ABORTED (exit 1).
+    Commit {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long)]
+        tid: Uuid,
+    },
+    /// Abort a transaction.
+    Abort {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long)]
+        tid: Uuid,
+    },
+    /// The coordinator's decision for a tid: COMMITTED, ABORTED or PENDING.
+    Status {
+        #[command(flatten)]
+        conn: ConnArgs,
+        tid: Uuid,
+    },
+    /// Run one transaction: `put KEY VALUE`, `get KEY`, `delete KEY`
+    /// statements as arguments, or one per line on stdin.
+    Run {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Statements, e.g. "put a 1" "get a"; read from stdin if none.
+        statements: Vec<String>,
+    },
+    /// The partition map.
+    Topology {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Every participant's prepared tids still waiting for a decision.
+    InDoubt {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// The coordinator's live and unfinished transactions.
+    Transactions {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Arm a failpoint in a running process; empty ACTIONS disarms it.
+    Failpoint {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// `coordinator` or a partition number.
+        #[arg(long)]
+        target: FailpointTarget,
+        name: String,
+        /// fail-rs actions, e.g. "return(abort)", "1*sleep(500)".
+        #[arg(default_value = "")]
+        actions: String,
+    },
+}
+
+/// Runs one client command and returns the process exit code.
+pub async fn run(cmd: ClientCommand) -> i32 {
+    let is_run = matches!(cmd, ClientCommand::Run { .. });
+    match execute(cmd).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if is_run && e.is_retryable_abort() { 1 } else { 2 }
+        }
+    }
+}
+
+async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
+    use ClientCommand as C;
+    match cmd {
+        C::Begin { conn, timeout_ms } => {
+            let txn = connect(&conn).await?.begin(timeout_ms.map(Duration::from_millis)).await?;
+            println!("{}", txn.tid());
+            println!("deadline_unix_ms={}", txn.deadline_unix_ms());
+        }
+        C::Get { conn, tid, key } => {
+            let value = connect(&conn).await?.txn(tid, 0).get(key.as_bytes()).await?;
+            println!("{}", value.as_deref().map_or("(not found)".into(), show));
+        }
+        C::Put { conn, tid, key, value } => {
+            let txn = connect(&conn).await?.txn(tid, 0);
+            txn.put(key.as_bytes(), value.as_bytes()).await?;
+            println!("ok");
+        }
+        C::Delete { conn, tid, key } => {
+            connect(&conn).await?.txn(tid, 0).delete(key.as_bytes()).await?;
+            println!("ok");
+        }
+        C::Read { conn, key } => {
+            let value = connect(&conn).await?.read(key.as_bytes()).await?;
+            println!("{}", value.as_deref().map_or("(not found)".into(), show));
+        }
+        C::Commit { conn, tid } => {
+            let outcome = connect(&conn).await?.txn(tid, 0).commit().await?;
+            return Ok(print_outcome(&outcome));
+        }
+        C::Abort { conn, tid } => {
+            connect(&conn).await?.txn(tid, 0).abort().await?;
+            println!("ABORTED");
+        }
+        C::Status { conn, tid } => match connect(&conn).await?.status(tid).await? {
+            Decision::Committed => println!("COMMITTED"),
+            Decision::Aborted { reason } => println!("{}", aborted_line(&reason)),
+            Decision::Pending => println!("PENDING"),
+        },
+        C::Run { conn, timeout_ms, statements } => {
+            return run_statements(&conn, timeout_ms, statements).await;
+        }
+        C::Topology { conn } => {
+            let topology = connect(&conn).await?.topology().await?;
+            println!("partitions: {}", topology.partitions);
+            for p in 0..topology.partitions {
+                println!("  {p}  {}", topology.address(p).unwrap_or("(not registered)"));
+            }
+        }
+        C::InDoubt { conn } => {
+            for part in connect(&conn).await?.in_doubt().await? {
+                match part.tids {
+                    Ok(tids) if tids.is_empty() => println!("partition {}: (none)", part.partition),
+                    Ok(tids) => {
+                        println!("partition {}:", part.partition);
+                        for t in tids {
+                            println!("  {}  prepared {}ms ago  asked {} times", t.tid, t.prepared_for_ms, t.asked);
+                        }
+                    }
+                    Err(e) => println!("partition {}: error: {e}", part.partition),
+                }
+            }
+        }
+        C::Transactions { conn } => {
+            let txns = connect(&conn).await?.transactions().await?;
+            if txns.is_empty() {
+                println!("(none)");
+            }
+            let now = twopc_proto::now_unix_ms();
+            for t in &txns {
+                println!("{}", transaction_line(t, now));
+            }
+        }
+        C::Failpoint { conn, target, name, actions } => {
+            connect(&conn).await?.set_failpoint(target, &name, &actions).await?;
+            println!("ok");
+        }
+    }
+    Ok(0)
+}
+
+async fn connect(conn: &ConnArgs) -> Result<Client, ClientError> {
+    Client::connect(&conn.coordinator).await
+}
+
+/// `twopc run`: parse everything first, then begin, execute, commit.
+async fn run_statements(conn: &ConnArgs, timeout_ms: Option<u64>, args: Vec<String>) -> Result<i32, ClientError> {
+    let parsed = if args.is_empty() {
+        let input = tokio::task::spawn_blocking(|| std::io::read_to_string(std::io::stdin()))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|e| ClientError::InvalidArgument(format!("cannot read stdin: {e}")))?;
+        statement::parse_all(input.lines(), "line")
+    } else {
+        statement::parse_all(args.iter().map(String::as_str), "statement")
+    };
+    let statements = parsed.map_err(ClientError::InvalidArgument)?;
+    if statements.is_empty() {
+        return Err(ClientError::InvalidArgument(
+            "no statements: pass them as arguments or one per line on stdin".into(),
+        ));
+    }
+    let txn = connect(conn).await?.begin(timeout_ms.map(Duration::from_millis)).await?;
+    for stmt in &statements {
+        let result = match stmt {
+            Statement::Put { key, value } => txn.put(key.as_bytes(), value.as_bytes()).await,
+            Statement::Delete { key } => txn.delete(key.as_bytes()).await,
+            Statement::Get { key } => txn.get(key.as_bytes()).await.map(|v| match v {
+                Some(v) => println!("{key} = {}", show(&v)),
+                None => println!("{key} (not found)"),
+            }),
+        };
+        if let Err(e) = result {
+            // Best effort: the coordinator aborts it at its deadline anyway.
+            let _ = txn.abort().await;
+            println!("tid {}", txn.tid());
+            return Err(e);
+        }
+    }
+    let outcome = txn.commit().await?;
+    println!("tid {}", txn.tid());
+    Ok(print_outcome(&outcome))
+}
+
+fn print_outcome(outcome: &Outcome) -> i32 {
+    match outcome {
+        Outcome::Committed => {
+            println!("COMMITTED");
+            0
+        }
+        Outcome::Aborted { reason } => {
+            println!("{}", aborted_line(reason));
+            1
+        }
+    }
+}
+
+fn aborted_line(reason: &str) -> String {
+    if reason.is_empty() { "ABORTED".into() } else { format!("ABORTED: {reason}") }
+}
+
+fn show(value: &[u8]) -> String {
+    String::from_utf8_lossy(value).into_owned()
+}
+
+fn transaction_line(t: &pb::TransactionInfo, now_ms: u64) -> String {
+    let deadline = match t.deadline_unix_ms {
+        0 => "no deadline".to_string(),
+        d if d >= now_ms => format!("deadline in {}ms", d - now_ms),
+        d => format!("deadline passed {}ms ago", now_ms - d),
+    };
+    let parts: Vec<String> = t
+        .participants
+        .iter()
+        .map(|p| match p.retries {
+            0 => format!("p{}:{}", p.partition, p.state),
+            r => format!("p{}:{}(retries {r})", p.partition, p.state),
+        })
+        .collect();
+    format!("{}  {}  age {}ms  {}  {}", t.tid, t.state, t.age_ms, deadline, parts.join(" ")).trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: ClientCommand,
+    }
+
+    #[test]
+    fn commands_parse() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+        let cli = Cli::try_parse_from(["twopc", "run", "put a 1", "get a"]).unwrap();
+        assert!(matches!(cli.cmd, ClientCommand::Run { statements, .. } if statements.len() == 2));
+        let cli = Cli::try_parse_from(["twopc", "failpoint", "--target", "1", "x"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            ClientCommand::Failpoint { target: FailpointTarget::Partition(1), actions, .. } if actions.is_empty()
+        ));
+        assert!(Cli::try_parse_from(["twopc", "commit", "--tid", "nope"]).is_err());
+    }
+
+    #[test]
+    fn transaction_lines() {
+        let t = pb::TransactionInfo {
+            tid: "t1".into(),
+            state: "committing".into(),
+            age_ms: 40,
+            deadline_unix_ms: 1_500,
+            participants: vec![
+                pb::ParticipantInfo { partition: 0, state: "voted-yes".into(), retries: 2 },
+                pb::ParticipantInfo { partition: 1, state: "acked".into(), retries: 0 },
+            ],
+        };
+        assert_eq!(
+            transaction_line(&t, 1_000),
+            "t1  committing  age 40ms  deadline in 500ms  p0:voted-yes(retries 2) p1:acked"
+        );
+    }
+}

@@ -1,0 +1,279 @@
+//! The shared client handle: a coordinator channel, the topology, and one
+//! cached channel per participant address.
+//!
+//! The topology is only a routing hint. A participant that restarts may come
+//! back at a new address, so an UNAVAILABLE from a participant (or a
+//! partition with no address) triggers one refresh from the coordinator.
+//! Only a committed `read` is retried after that: an operation inside a
+//! transaction may have hit a participant that lost the tid, and repeating
+//! it elsewhere could not bring that state back; the coordinator will abort
+//! the tid, so the error goes to the caller.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use tonic::{Code, Response, Status};
+use twopc_proto::pb;
+use twopc_proto::pb::coordinator_client::CoordinatorClient;
+use twopc_proto::pb::participant_client::ParticipantClient;
+use uuid::Uuid;
+
+use crate::error::error_chain;
+use crate::routing::{endpoint, partition_for};
+use crate::{ClientError, Txn};
+
+/// A handle to a twopc cluster. Cheap to clone; clones share channels.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("coordinator", &self.inner.coordinator_addr).finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    coordinator_addr: String,
+    coordinator: CoordinatorClient<Channel>,
+    routes: Mutex<Routes>,
+}
+
+#[derive(Default)]
+struct Routes {
+    topology: Topology,
+    /// Keyed by address, so a partition that moves gets a new channel and
+    /// one that stays keeps its connection.
+    channels: HashMap<String, ParticipantClient<Channel>>,
+}
+
+/// The partition map as the coordinator last reported it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topology {
+    pub partitions: u32,
+    /// Indexed by partition; `None` where no participant has registered.
+    pub addresses: Vec<Option<String>>,
+}
+
+impl Topology {
+    /// The registered address of partition `p`, if any.
+    pub fn address(&self, p: u32) -> Option<&str> {
+        self.addresses.get(p as usize)?.as_deref()
+    }
+
+    fn from_pb(t: pb::Topology) -> Self {
+        let mut addresses = vec![None; t.partitions as usize];
+        for m in t.members {
+            if let Some(slot) = addresses.get_mut(m.partition as usize)
+                && !m.address.is_empty()
+            {
+                *slot = Some(m.address);
+            }
+        }
+        Topology { partitions: t.partitions, addresses }
+    }
+}
+
+/// What the coordinator knows about a tid (PROTOCOL.md rule 6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Committed,
+    /// Also the answer for a tid the coordinator never heard of.
+    Aborted {
+        reason: String,
+    },
+    /// Still deciding: ask again later.
+    Pending,
+}
+
+/// One participant, resolved for one call.
+pub(crate) struct Route {
+    pub partition: u32,
+    pub address: String,
+    pub client: ParticipantClient<Channel>,
+}
+
+impl Route {
+    pub(crate) fn error(&self, status: Status) -> ClientError {
+        ClientError::from_rpc(status, || format!("partition {} at {}", self.partition, self.address))
+    }
+}
+
+impl Client {
+    /// Connects to the coordinator at `host:port` (or `http://host:port`)
+    /// and fetches the topology.
+    pub async fn connect(coordinator_addr: &str) -> Result<Client, ClientError> {
+        let channel = endpoint(coordinator_addr)?.connect().await.map_err(|e| {
+            ClientError::Unavailable(format!(
+                "cannot reach the coordinator at {coordinator_addr} ({}); is it running?",
+                error_chain(&e)
+            ))
+        })?;
+        let client = Client {
+            inner: Arc::new(Inner {
+                coordinator_addr: coordinator_addr.to_string(),
+                coordinator: CoordinatorClient::new(channel),
+                routes: Mutex::new(Routes::default()),
+            }),
+        };
+        client.topology().await?;
+        Ok(client)
+    }
+
+    /// Starts a transaction. `None` (or zero) takes the server's default
+    /// timeout; the server caps it at its maximum.
+    pub async fn begin(&self, timeout: Option<Duration>) -> Result<Txn, ClientError> {
+        let timeout_ms = timeout.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let resp = self
+            .coordinator()
+            .begin(pb::BeginRequest { timeout_ms })
+            .await
+            .map_err(|s| self.coordinator_error(s))?
+            .into_inner();
+        let tid = Uuid::parse_str(&resp.tid)
+            .map_err(|e| Status::unknown(format!("the coordinator returned a malformed tid {:?}: {e}", resp.tid)))?;
+        Ok(self.txn(tid, resp.deadline_unix_ms))
+    }
+
+    /// Attaches to an existing transaction; `deadline_unix_ms` may be 0 when
+    /// unknown (it is informational only).
+    pub fn txn(&self, tid: Uuid, deadline_unix_ms: u64) -> Txn {
+        Txn::new(self.clone(), tid, deadline_unix_ms)
+    }
+
+    /// Reads the committed value of `key`, outside any transaction.
+    pub async fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        let req = pb::ReadRequest { key: key.to_vec() };
+        let resp = self
+            .on_key(key, true, move |mut c| {
+                let req = req.clone();
+                async move { c.read(req).await }
+            })
+            .await?;
+        Ok(resp.found.then_some(resp.value))
+    }
+
+    /// The coordinator's decision for `tid`.
+    pub async fn status(&self, tid: Uuid) -> Result<Decision, ClientError> {
+        let resp = self
+            .coordinator()
+            .get_decision(pb::GetDecisionRequest { tid: tid.to_string() })
+            .await
+            .map_err(|s| self.coordinator_error(s))?
+            .into_inner();
+        match resp.decision() {
+            pb::Decision::Committed => Ok(Decision::Committed),
+            pb::Decision::Aborted => Ok(Decision::Aborted { reason: resp.reason }),
+            pb::Decision::Pending => Ok(Decision::Pending),
+            pb::Decision::Unspecified => {
+                Err(Status::unknown("the coordinator answered GetDecision without a decision").into())
+            }
+        }
+    }
+
+    /// Fetches the topology afresh from the coordinator and routes by it
+    /// from now on.
+    pub async fn topology(&self) -> Result<Topology, ClientError> {
+        let resp = self
+            .coordinator()
+            .get_topology(pb::GetTopologyRequest {})
+            .await
+            .map_err(|s| self.coordinator_error(s))?
+            .into_inner();
+        let topology = Topology::from_pb(resp);
+        tracing::debug!(?topology, "topology refreshed");
+        let mut routes = self.routes();
+        routes.channels.retain(|addr, _| topology.addresses.iter().flatten().any(|a| a == addr));
+        routes.topology = topology.clone();
+        Ok(topology)
+    }
+
+    pub(crate) fn coordinator(&self) -> CoordinatorClient<Channel> {
+        self.inner.coordinator.clone()
+    }
+
+    pub(crate) fn coordinator_error(&self, status: Status) -> ClientError {
+        ClientError::from_rpc(status, || format!("the coordinator at {}", self.inner.coordinator_addr))
+    }
+
+    fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
+        // A panic while holding the lock cannot leave Routes half-updated in
+        // a harmful way: it is only a cache.
+        self.inner.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached route to partition `p`, or `None` if it has no address.
+    fn lookup(&self, p: u32) -> Result<Option<Route>, ClientError> {
+        let mut routes = self.routes();
+        let Some(address) = routes.topology.address(p).map(str::to_string) else {
+            return Ok(None);
+        };
+        let client = match routes.channels.get(&address) {
+            Some(c) => c.clone(),
+            None => {
+                let c = ParticipantClient::new(endpoint(&address)?.connect_lazy());
+                routes.channels.insert(address.clone(), c.clone());
+                c
+            }
+        };
+        Ok(Some(Route { partition: p, address, client }))
+    }
+
+    /// The route to partition `p`, refreshing the topology once if it has
+    /// no address yet (its participant may have registered since).
+    pub(crate) async fn route_partition(&self, p: u32) -> Result<Route, ClientError> {
+        if let Some(r) = self.lookup(p)? {
+            return Ok(r);
+        }
+        let topology = self.topology().await?;
+        if p >= topology.partitions {
+            return Err(ClientError::InvalidArgument(format!(
+                "partition {p} does not exist: the cluster has {} partitions",
+                topology.partitions
+            )));
+        }
+        self.lookup(p)?.ok_or_else(|| {
+            ClientError::Unavailable(format!("partition {p} has no registered participant; is it running?"))
+        })
+    }
+
+    async fn route_key(&self, key: &[u8]) -> Result<Route, ClientError> {
+        let partitions = self.routes().topology.partitions;
+        if partitions == 0 {
+            return Err(ClientError::Unavailable(format!(
+                "the coordinator at {} reports no partitions; is the cluster set up?",
+                self.inner.coordinator_addr
+            )));
+        }
+        self.route_partition(partition_for(key, partitions)).await
+    }
+
+    /// Runs one participant RPC on the partition owning `key`. On
+    /// UNAVAILABLE it refreshes the topology, and repeats the call once only
+    /// if `retry` (safe for committed reads alone; see the module doc).
+    pub(crate) async fn on_key<T, F, Fut>(&self, key: &[u8], retry: bool, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(ParticipantClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let route = self.route_key(key).await?;
+        match call(route.client.clone()).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) if s.code() == Code::Unavailable => {
+                if let Err(e) = self.topology().await {
+                    tracing::debug!(error = %e, "topology refresh failed");
+                }
+                if !retry {
+                    return Err(route.error(s));
+                }
+                let route = self.route_key(key).await?;
+                call(route.client.clone()).await.map(Response::into_inner).map_err(|s| route.error(s))
+            }
+            Err(s) => Err(route.error(s)),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The library's one error type.
+//!
+//! A gRPC status is kept whole so callers can branch on its code: ABORTED
+//! means "this transaction is gone, retry it from begin", which is the one
+//! error a well-behaved application expects to see under contention. Every
+//! error displays as `CODE: message` so a person reading it knows both the
+//! category and what to do next.
+
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A service answered with this status.
+    #[error("{}", describe_status(.0))]
+    Status(#[from] Status),
+    /// A process could not be reached, or a partition has nobody serving it.
+    #[error("UNAVAILABLE: {0}")]
+    Unavailable(String),
+    /// The caller passed something unusable (an address, a statement).
+    #[error("INVALID_ARGUMENT: {0}")]
+    InvalidArgument(String),
+}
+
+impl ClientError {
+    /// The gRPC code this error corresponds to, whatever its variant.
+    pub fn code(&self) -> Code {
+        match self {
+            ClientError::Status(s) => s.code(),
+            ClientError::Unavailable(_) => Code::Unavailable,
+            ClientError::InvalidArgument(_) => Code::InvalidArgument,
+        }
+    }
+
+    /// True when the transaction was aborted (e.g. a lock conflict) and the
+    /// whole transaction should be retried from `begin`.
+    pub fn is_retryable_abort(&self) -> bool {
+        self.code() == Code::Aborted
+    }
+
+    /// Turns an RPC failure into an error naming the peer when it could not
+    /// be reached: tonic's own transport messages never say where they went.
+    pub(crate) fn from_rpc(status: Status, peer: impl FnOnce() -> String) -> Self {
+        if status.code() == Code::Unavailable {
+            ClientError::Unavailable(format!("{} is unavailable ({}); is it running?", peer(), status.message()))
+        } else {
+            ClientError::Status(status)
+        }
+    }
+}
+
+fn describe_status(s: &Status) -> String {
+    let name = code_name(s.code());
+    let mut out = match s.message() {
+        "" => name.to_string(),
+        msg => format!("{name}: {msg}"),
+    };
+    if s.code() == Code::Aborted && !s.message().contains("retry") {
+        out.push_str(": retry the transaction");
+    }
+    out
+}
+
+/// The canonical UPPER_SNAKE name of a gRPC code.
+pub(crate) fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Renders an error with its whole source chain: tonic's transport errors
+/// say only "transport error" at the top and the cause underneath.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aborted_status_says_to_retry() {
+        let e = ClientError::Status(Status::aborted("lock conflict on key \"a\" with tid 0190"));
+        assert_eq!(e.to_string(), "ABORTED: lock conflict on key \"a\" with tid 0190: retry the transaction");
+        assert!(e.is_retryable_abort());
+    }
+
+    #[test]
+    fn aborted_status_that_already_says_retry_is_not_repeated() {
+        let e = ClientError::Status(Status::aborted("conflict: retry the transaction"));
+        assert_eq!(e.to_string(), "ABORTED: conflict: retry the transaction");
+    }
+
+    #[test]
+    fn other_statuses_show_code_and_message() {
+        let e = ClientError::Status(Status::failed_precondition("tid already committed"));
+        assert_eq!(e.to_string(), "FAILED_PRECONDITION: tid already committed");
+        assert!(!e.is_retryable_abort());
+        let e = ClientError::Status(Status::not_found(""));
+        assert_eq!(e.to_string(), "NOT_FOUND");
+    }
+
+    #[test]
+    fn own_variants_show_their_code() {
+        let e = ClientError::Unavailable("partition 2 has no registered participant; is it running?".into());
+        assert_eq!(e.to_string(), "UNAVAILABLE: partition 2 has no registered participant; is it running?");
+        assert_eq!(e.code(), Code::Unavailable);
+        let e = ClientError::InvalidArgument("bad".into());
+        assert_eq!(e.to_string(), "INVALID_ARGUMENT: bad");
+    }
+
+    #[test]
+    fn unavailable_rpc_names_the_peer() {
+        let e =
+            ClientError::from_rpc(Status::unavailable("tcp connect error"), || "partition 1 at 127.0.0.1:7101".into());
+        assert_eq!(
+            e.to_string(),
+            "UNAVAILABLE: partition 1 at 127.0.0.1:7101 is unavailable (tcp connect error); is it running?"
+        );
+        let e = ClientError::from_rpc(Status::aborted("x"), || unreachable!());
+        assert!(e.is_retryable_abort());
+    }
+}

@@ -1,0 +1,73 @@
+//! Key placement and address handling.
+//!
+//! [`partition_for`] decides where every key lives on disk. It must never
+//! change: a different hash or modulus would send reads of existing keys to
+//! partitions that never stored them. The tests pin concrete values so that
+//! any change fails loudly.
+
+use std::time::Duration;
+
+use tonic::transport::Endpoint;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::ClientError;
+
+/// How long to wait for a TCP connection before calling a peer unavailable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The partition that owns `key`: `xxh3_64(key) % partitions`.
+///
+/// # Panics
+/// If `partitions` is 0.
+pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
+    assert!(partitions > 0, "partition_for: a cluster has at least one partition");
+    (xxh3_64(key) % u64::from(partitions)) as u32
+}
+
+/// An endpoint for `addr`, given as `host:port` or `http://host:port`.
+pub(crate) fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
+    let addr = addr.trim();
+    if addr.is_empty() {
+        return Err(ClientError::InvalidArgument("empty address: expected host:port".into()));
+    }
+    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let endpoint = Endpoint::from_shared(uri)
+        .map_err(|e| ClientError::InvalidArgument(format!("{addr:?} is not a host:port address ({e})")))?;
+    Ok(endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_is_xxh3_64() {
+        // Published XXH3-64 value for the empty input (seed 0).
+        assert_eq!(xxh3_64(b""), 0x2D06_8005_38D3_94C2);
+    }
+
+    #[test]
+    fn placement_never_changes() {
+        let cases: [(&[u8], u32, u32); 8] = [
+            (b"", 3, 1),
+            (b"a", 3, 1),
+            (b"b", 3, 2),
+            (b"account-17", 3, 2),
+            (b"a", 4, 3),
+            (b"hello", 7, 1),
+            (b"hello", 1, 0),
+            (b"\x00\xff", 16, 3),
+        ];
+        for (key, n, want) in cases {
+            assert_eq!(partition_for(key, n), want, "key {key:?} over {n}");
+        }
+    }
+
+    #[test]
+    fn endpoints_accept_both_forms() {
+        assert_eq!(endpoint("127.0.0.1:7000").unwrap().uri().to_string(), "http://127.0.0.1:7000/");
+        assert_eq!(endpoint("http://h:1").unwrap().uri().to_string(), "http://h:1/");
+        assert!(endpoint("").is_err());
+        assert!(endpoint("not an address").is_err());
+    }
+}

@@ -1,0 +1,132 @@
+//! One transaction, by tid.
+//!
+//! A `Txn` holds no state beyond its tid: the participants hold the locks
+//! and writes, and enlist themselves with the coordinator (PROTOCOL.md rule
+//! 2), so commit needs no list of touched partitions and a clone, or another
+//! process attached by tid, is the same transaction. An error from any
+//! operation leaves the tid to be aborted; `commit` is safe to repeat.
+
+use twopc_proto::pb;
+use uuid::Uuid;
+
+use crate::{Client, ClientError};
+
+/// How a commit ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Committed,
+    /// Why, in the coordinator's words (which participant, what happened).
+    Aborted {
+        reason: String,
+    },
+}
+
+/// A transaction handle; clones refer to the same transaction.
+#[derive(Debug, Clone)]
+pub struct Txn {
+    client: Client,
+    tid: Uuid,
+    deadline_unix_ms: u64,
+}
+
+impl Txn {
+    pub(crate) fn new(client: Client, tid: Uuid, deadline_unix_ms: u64) -> Self {
+        Txn { client, tid, deadline_unix_ms }
+    }
+
+    pub fn tid(&self) -> Uuid {
+        self.tid
+    }
+
+    /// When the coordinator will abort this transaction if it is still
+    /// open; 0 when unknown (attached by tid).
+    pub fn deadline_unix_ms(&self) -> u64 {
+        self.deadline_unix_ms
+    }
+
+    /// Reads `key` under a shared lock.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        let req = pb::GetRequest { tid: self.tid.to_string(), key: key.to_vec() };
+        let resp = self
+            .client
+            .on_key(key, false, move |mut c| {
+                let req = req.clone();
+                async move { c.get(req).await }
+            })
+            .await?;
+        Ok(resp.found.then_some(resp.value))
+    }
+
+    /// Writes `key` under an exclusive lock.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), ClientError> {
+        let req = pb::PutRequest { tid: self.tid.to_string(), key: key.to_vec(), value: value.to_vec() };
+        self.client
+            .on_key(key, false, move |mut c| {
+                let req = req.clone();
+                async move { c.put(req).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes `key` under an exclusive lock.
+    pub async fn delete(&self, key: &[u8]) -> Result<(), ClientError> {
+        let req = pb::DeleteRequest { tid: self.tid.to_string(), key: key.to_vec() };
+        self.client
+            .on_key(key, false, move |mut c| {
+                let req = req.clone();
+                async move { c.delete(req).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Asks the coordinator to run two-phase commit. COMMITTED is only
+    /// answered once the decision is durable. An UNAVAILABLE error leaves
+    /// the outcome unknown: ask [`Client::status`].
+    pub async fn commit(&self) -> Result<Outcome, ClientError> {
+        let resp = self
+            .client
+            .coordinator()
+            .commit(pb::CommitRequest { tid: self.tid.to_string() })
+            .await
+            .map_err(|s| self.client.coordinator_error(s))?
+            .into_inner();
+        match resp.outcome() {
+            pb::Outcome::Committed => Ok(Outcome::Committed),
+            pb::Outcome::Aborted => Ok(Outcome::Aborted { reason: resp.reason }),
+            pb::Outcome::Unspecified => {
+                Err(tonic::Status::unknown("the coordinator answered Commit without an outcome").into())
+            }
+        }
+    }
+
+    /// Aborts the transaction. Fails with FAILED_PRECONDITION if it already
+    /// committed.
+    pub async fn abort(&self) -> Result<(), ClientError> {
+        self.client
+            .coordinator()
+            .abort(pb::AbortRequest { tid: self.tid.to_string() })
+            .await
+            .map_err(|s| self.client.coordinator_error(s))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// Callers spawn transactions on tokio tasks, so the futures must be Send.
+    #[allow(dead_code, clippy::let_underscore_future)]
+    fn futures_are_send(t: Txn, c: Client) {
+        assert_send(&t.get(b"k"));
+        assert_send(&t.put(b"k", b"v"));
+        assert_send(&t.commit());
+        assert_send(&c.read(b"k"));
+        assert_send(&c.in_doubt());
+        assert_send(&c.begin(None));
+    }
+}

@@ -1,0 +1,67 @@
+//! The participant's error enum, mapped once to gRPC statuses.
+
+use tonic::Status;
+use twopc_core::Tid;
+use twopc_core::participant::{OpError, ResolveError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParticipantError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("tid {tid} aborted here: {reason}; retry the transaction")]
+    Aborted { tid: Tid, reason: String },
+    #[error("tid {tid}: {why}")]
+    FailedPrecondition { tid: Tid, why: String },
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("coordinator unreachable: {0}")]
+    CoordinatorUnavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<ParticipantError> for Status {
+    fn from(e: ParticipantError) -> Status {
+        let msg = e.to_string();
+        match e {
+            ParticipantError::InvalidArgument(_) => Status::invalid_argument(msg),
+            ParticipantError::Aborted { .. } => Status::aborted(msg),
+            ParticipantError::FailedPrecondition { .. } => Status::failed_precondition(msg),
+            ParticipantError::ResourceExhausted(_) => Status::resource_exhausted(msg),
+            ParticipantError::CoordinatorUnavailable(_) => Status::unavailable(msg),
+            ParticipantError::Internal(_) => Status::internal(msg),
+        }
+    }
+}
+
+impl ParticipantError {
+    pub fn from_op(tid: Tid, e: OpError, key: &[u8]) -> Self {
+        let key = String::from_utf8_lossy(key);
+        match e {
+            OpError::UnknownTid => Self::FailedPrecondition { tid, why: "not enlisted at this participant".into() },
+            OpError::NotActive(state) => Self::FailedPrecondition {
+                tid,
+                why: format!("is {state}: no more operations are accepted after commit was asked"),
+            },
+            OpError::DeadlinePassed => Self::Aborted { tid, reason: "its deadline passed".into() },
+            OpError::AlreadyAborted => Self::Aborted { tid, reason: "it was aborted earlier".into() },
+            OpError::LockConflict { holder } => {
+                Self::Aborted { tid, reason: format!("lock conflict on key {key:?} held by tid {holder}") }
+            }
+            OpError::TooManyOps(n) => {
+                Self::ResourceExhausted(format!("tid {tid} reached the limit of {n} operations at this participant"))
+            }
+            OpError::TooManyTids(n) => Self::ResourceExhausted(format!(
+                "this participant already holds {n} open transactions; retry later or raise --max-open-tids"
+            )),
+        }
+    }
+
+    pub fn from_resolve(tid: Tid, e: ResolveError) -> Self {
+        let why = match e {
+            ResolveError::NotPrepared => "commit asked for a tid that has not prepared here",
+            ResolveError::Committing => "abort asked for a tid whose commit is being applied",
+        };
+        Self::FailedPrecondition { tid, why: why.into() }
+    }
+}

@@ -1,0 +1,250 @@
+//! The shell around the participant core: it enlists with the coordinator,
+//! runs the store's durable writes between core events, and runs the timers
+//! (deadline expiry, in-doubt questions).
+//!
+//! Ordering that the protocol depends on:
+//! - enlist (an RPC to the coordinator) completes before the first
+//!   operation of a tid is applied or acknowledged (rule 2);
+//! - the YES vote is returned only after `Store::prepare` has fsynced
+//!   (rule 3); failpoints sit on both sides of that write;
+//! - a commit is acknowledged only after `Store::commit` has fsynced, and
+//!   locks are released only after that too (rule 12);
+//! - a prepared tid is only ever ended by a decision: from the
+//!   coordinator's Commit/Abort, or from its answer to GetDecision (rule 8).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use twopc_core::participant::{AbortStep, CommitStep, Participant, PrepareStep, ReadPlan};
+use twopc_core::{PartitionId, Tid};
+use twopc_proto::pb::{self, coordinator_client::CoordinatorClient};
+use twopc_proto::{failpoint, now_unix_ms};
+
+use crate::error::ParticipantError;
+use crate::store::Store;
+
+/// A participant's vote, as returned on the wire.
+pub enum VoteReply {
+    Yes,
+    ReadOnly,
+    No(String),
+}
+
+pub struct Node {
+    core: Mutex<Participant>,
+    pub store: Store,
+    coordinator: CoordinatorClient<Channel>,
+    pub partition: PartitionId,
+    /// Random per process start: tells the coordinator when this
+    /// participant restarted and lost unprepared tids.
+    pub incarnation: u64,
+}
+
+impl Node {
+    pub fn new(core: Participant, store: Store, coordinator: CoordinatorClient<Channel>) -> Arc<Self> {
+        let partition = core.partition();
+        Arc::new(Self {
+            core: Mutex::new(core),
+            store,
+            coordinator,
+            partition,
+            incarnation: {
+                let (time, random) = uuid::Uuid::now_v7().as_u64_pair();
+                time ^ random
+            },
+        })
+    }
+
+    pub fn core(&self) -> MutexGuard<'_, Participant> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rule 2: make sure the coordinator knows we hold state for `tid`.
+    async fn ensure_enlisted(&self, tid: Tid) -> Result<(), ParticipantError> {
+        {
+            let core = self.core();
+            if core.knows(tid) {
+                return Ok(());
+            }
+            if core.aborted_here(tid) {
+                return Err(ParticipantError::Aborted { tid, reason: "it was aborted earlier".into() });
+            }
+        }
+        let req = pb::EnlistRequest { tid: tid.to_string(), partition: self.partition, incarnation: self.incarnation };
+        let resp = self.coordinator.clone().enlist(req).await.map_err(|s| match s.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                ParticipantError::CoordinatorUnavailable(s.message().to_string())
+            }
+            tonic::Code::Aborted => ParticipantError::Aborted { tid, reason: s.message().to_string() },
+            _ => ParticipantError::FailedPrecondition { tid, why: format!("enlist refused: {}", s.message()) },
+        })?;
+        self.core()
+            .enlisted(tid, resp.into_inner().deadline_unix_ms)
+            .map_err(|e| ParticipantError::from_op(tid, e, b""))
+    }
+
+    pub async fn get(&self, tid: Tid, key: &[u8]) -> Result<Option<Vec<u8>>, ParticipantError> {
+        self.ensure_enlisted(tid).await?;
+        let plan = self.core().get(tid, key, now_unix_ms());
+        let plan = plan.map_err(|e| self.op_failed(tid, e, key))?;
+        match plan {
+            ReadPlan::Own(v) => Ok(v),
+            ReadPlan::Store => self.read(key),
+        }
+    }
+
+    pub async fn write(&self, tid: Tid, key: &[u8], value: Option<Vec<u8>>) -> Result<(), ParticipantError> {
+        self.ensure_enlisted(tid).await?;
+        let result = self.core().write(tid, key, value, now_unix_ms());
+        result.map_err(|e| self.op_failed(tid, e, key))
+    }
+
+    pub fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ParticipantError> {
+        self.store.read(key).map_err(|e| ParticipantError::Internal(e.to_string()))
+    }
+
+    /// An operation failed in the core; if that aborted the tid here, tell
+    /// the coordinator at once (best effort) so it stops waiting for it.
+    /// Must be called without the core lock held.
+    fn op_failed(&self, tid: Tid, e: twopc_core::participant::OpError, key: &[u8]) -> ParticipantError {
+        if self.core().aborted_here(tid) {
+            self.tell_coordinator_aborted(tid);
+        }
+        ParticipantError::from_op(tid, e, key)
+    }
+
+    fn tell_coordinator_aborted(&self, tid: Tid) {
+        let mut c = self.coordinator.clone();
+        tokio::spawn(async move {
+            let _ = c.abort(pb::AbortRequest { tid: tid.to_string() }).await;
+        });
+    }
+
+    /// Phase 1 (rule 3).
+    pub async fn prepare(&self, tid: Tid) -> Result<VoteReply, ParticipantError> {
+        let step = self.core().prepare(tid, now_unix_ms());
+        let writes = match step {
+            PrepareStep::Yes => return Ok(VoteReply::Yes),
+            PrepareStep::ReadOnly => return Ok(VoteReply::ReadOnly),
+            PrepareStep::No(why) => return Ok(VoteReply::No(why)),
+            PrepareStep::Persist(writes) => writes,
+        };
+        // C4: a crash before the prepared state is durable.
+        self.failpoint("participant::before_prepare_durable")?;
+        self.store.prepare(tid, &writes).await.map_err(|e| ParticipantError::Internal(e.to_string()))?;
+        // C5: durable, but the vote is never sent.
+        self.failpoint("participant::after_prepare_durable")?;
+        let durable = self.core().prepared_durable(tid, now_unix_ms());
+        if let Err(why) = durable {
+            let _ = self.store.delete_prepared(tid).await;
+            return Ok(VoteReply::No(why));
+        }
+        tracing::debug!(%tid, "prepared, voting YES");
+        Ok(VoteReply::Yes)
+    }
+
+    /// Phase 2, commit (from the coordinator, or learned by asking).
+    pub async fn commit(&self, tid: Tid) -> Result<(), ParticipantError> {
+        // C6: voted YES, the decision never arrives.
+        self.failpoint("participant::before_commit_applied")?;
+        let step = self.core().commit(tid).map_err(|e| ParticipantError::from_resolve(tid, e))?;
+        if let CommitStep::Apply(writes) = step {
+            self.store.commit(tid, writes).await.map_err(|e| ParticipantError::Internal(e.to_string()))?;
+            self.core().commit_applied(tid);
+            tracing::debug!(%tid, "commit applied");
+        }
+        // C7: applied, but the acknowledgement is never sent.
+        self.failpoint("participant::after_commit_applied")?;
+        Ok(())
+    }
+
+    /// Phase 2 abort, or an abort before prepare.
+    pub async fn abort(&self, tid: Tid) -> Result<(), ParticipantError> {
+        let step = self.core().abort(tid).map_err(|e| ParticipantError::from_resolve(tid, e))?;
+        if step == AbortStep::DeletePrepared {
+            self.store.delete_prepared(tid).await.map_err(|e| ParticipantError::Internal(e.to_string()))?;
+            tracing::info!(%tid, "prepared tid aborted");
+        }
+        Ok(())
+    }
+
+    fn failpoint(&self, name: &'static str) -> Result<(), ParticipantError> {
+        failpoint::hit(name).map_err(|e| ParticipantError::Internal(e.to_string()))
+    }
+
+    /// Rule 8/10 timers: aborts expired tids and asks about in-doubt ones.
+    pub async fn timer_loop(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let now = now_unix_ms();
+            let (expired, due) = {
+                let mut core = self.core();
+                (core.expire(now), core.due_questions(now))
+            };
+            for tid in expired {
+                tracing::info!(%tid, "deadline passed before prepare: aborted here");
+                self.tell_coordinator_aborted(tid);
+            }
+            for tid in due {
+                let this = self.clone();
+                tokio::spawn(async move { this.ask_decision(tid).await });
+            }
+        }
+    }
+
+    /// Asks the coordinator for `tid`'s decision and applies it if known.
+    async fn ask_decision(&self, tid: Tid) {
+        let req = pb::GetDecisionRequest { tid: tid.to_string() };
+        let mut coordinator = self.coordinator.clone();
+        let resp = match tokio::time::timeout(Duration::from_secs(2), coordinator.get_decision(req)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(s)) => return tracing::warn!(%tid, error = %s.message(), "in doubt: coordinator did not answer"),
+            Err(_) => return tracing::warn!(%tid, "in doubt: coordinator did not answer in time"),
+        };
+        let result = match pb::Decision::try_from(resp.decision) {
+            Ok(pb::Decision::Committed) => {
+                tracing::info!(%tid, "in doubt: learned COMMIT");
+                self.commit(tid).await
+            }
+            Ok(pb::Decision::Aborted) => {
+                tracing::info!(%tid, reason = %resp.reason, "in doubt: learned ABORT");
+                self.abort(tid).await
+            }
+            _ => {
+                tracing::info!(%tid, "in doubt: decision still pending");
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(%tid, error = %e, "applying the learned decision failed; will ask again");
+        }
+    }
+
+    /// Registers with the coordinator, retrying with backoff until it answers.
+    pub async fn register_loop(self: Arc<Self>, address: String) {
+        let mut backoff = twopc_proto::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        loop {
+            let req = pb::RegisterRequest {
+                partition: self.partition,
+                address: address.clone(),
+                incarnation: self.incarnation,
+            };
+            match self.coordinator.clone().register(req).await {
+                Ok(_) => {
+                    tracing::info!(partition = self.partition, %address, "registered with the coordinator");
+                    return;
+                }
+                Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                    tracing::error!("the coordinator refused our registration: {}", s.message());
+                    std::process::exit(2);
+                }
+                Err(s) => {
+                    tracing::warn!(error = %s.message(), "coordinator not reachable; retrying registration");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+}

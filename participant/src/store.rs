@@ -1,0 +1,250 @@
+//! A participant's durable state, in one SQLite file (`partition.db`).
+//!
+//! - `kv`: committed data. Changed only by applying a prepared write set.
+//! - `prepared`: the write set of every tid that voted YES and has not had
+//!   its decision applied. Written and **fsynced** before the YES vote is
+//!   sent (rule 3); read back at start to re-take locks (rule 9).
+//! - `meta`: the partition number this file belongs to; opening it as
+//!   another partition is refused.
+//!
+//! Applying a commit deletes the prepared row and writes the data in one
+//! forced transaction, and only if the row was still there: a repeated
+//! commit therefore never applies twice (rule 11), and after the
+//! acknowledgement nothing depends on memory. Deleting a prepared row on
+//! abort is not forced: if it survives a crash the participant asks, and
+//! hears ABORTED.
+//!
+//! All writes go through one writer thread that takes every queued request
+//! into one SQLite transaction (group commit: concurrent prepares and
+//! commits share one fsync; nobody is answered before it returns). Reads of
+//! committed data use a second connection (WAL readers do not block the
+//! writer).
+
+use std::path::Path;
+use std::sync::{Mutex, mpsc};
+use std::thread;
+
+use prost::Message;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+use twopc_core::participant::WriteSet;
+use twopc_core::{PartitionId, Tid};
+use twopc_proto::pb;
+
+const MAX_BATCH: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store: {0}")]
+    Invalid(String),
+    #[error("store writer stopped")]
+    Stopped,
+}
+
+enum Write {
+    Prepare { tid: Tid, writes: Vec<u8> },
+    Commit { tid: Tid, writes: WriteSet },
+    DeletePrepared { tid: Tid },
+}
+
+impl Write {
+    fn forced(&self) -> bool {
+        !matches!(self, Write::DeletePrepared { .. })
+    }
+}
+
+type Done = oneshot::Sender<Result<(), String>>;
+
+pub struct Store {
+    tx: mpsc::Sender<(Write, Done)>,
+    reader: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens (or creates) `dir/partition.db` for `partition` and returns the
+    /// prepared write sets it holds.
+    pub fn open(dir: &Path, partition: PartitionId) -> Result<(Self, Vec<(Tid, WriteSet)>), StoreError> {
+        let path = dir.join("partition.db");
+        let conn = Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS prepared (tid TEXT PRIMARY KEY, writes BLOB NOT NULL);",
+        )?;
+        check_partition(&conn, partition)?;
+        let prepared = read_prepared(&conn)?;
+        let reader = Connection::open(&path)?;
+        let (tx, rx) = mpsc::channel();
+        thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer(conn, rx))
+            .map_err(|e| StoreError::Invalid(format!("cannot start writer thread: {e}")))?;
+        Ok((Self { tx, reader: Mutex::new(reader) }, prepared))
+    }
+
+    /// Makes `tid`'s write set durable. Returns once fsynced.
+    pub async fn prepare(&self, tid: Tid, writes: &WriteSet) -> Result<(), StoreError> {
+        self.submit(Write::Prepare { tid, writes: encode(writes) }).await
+    }
+
+    /// Applies `tid`'s write set and drops its prepared row, durably; a no-op
+    /// if the row is already gone.
+    pub async fn commit(&self, tid: Tid, writes: WriteSet) -> Result<(), StoreError> {
+        self.submit(Write::Commit { tid, writes }).await
+    }
+
+    /// Drops `tid`'s prepared row (not forced).
+    pub async fn delete_prepared(&self, tid: Tid) -> Result<(), StoreError> {
+        self.submit(Write::DeletePrepared { tid }).await
+    }
+
+    /// The committed value of `key`.
+    pub fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stmt = conn.prepare_cached("SELECT value FROM kv WHERE key = ?1")?;
+        Ok(stmt.query_row(params![key], |r| r.get(0)).optional()?)
+    }
+
+    async fn submit(&self, w: Write) -> Result<(), StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.tx.send((w, done)).map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)?.map_err(StoreError::Invalid)
+    }
+}
+
+fn encode(writes: &WriteSet) -> Vec<u8> {
+    pb::WriteSet { writes: writes.iter().map(|(k, v)| pb::Write { key: k.clone(), value: v.clone() }).collect() }
+        .encode_to_vec()
+}
+
+fn decode(bytes: &[u8]) -> Result<WriteSet, StoreError> {
+    let ws =
+        pb::WriteSet::decode(bytes).map_err(|e| StoreError::Invalid(format!("corrupt prepared write set: {e}")))?;
+    Ok(ws.writes.into_iter().map(|w| (w.key, w.value)).collect())
+}
+
+fn check_partition(conn: &Connection, partition: PartitionId) -> Result<(), StoreError> {
+    let stored: Option<String> =
+        conn.query_row("SELECT value FROM meta WHERE key = 'partition'", [], |r| r.get(0)).optional()?;
+    match stored {
+        None => {
+            conn.execute("INSERT INTO meta (key, value) VALUES ('partition', ?1)", params![partition.to_string()])?;
+            Ok(())
+        }
+        Some(s) if s == partition.to_string() => Ok(()),
+        Some(s) => Err(StoreError::Invalid(format!(
+            "this data directory holds partition {s}, not {partition}: pass --partition {s} or use another directory"
+        ))),
+    }
+}
+
+fn read_prepared(conn: &Connection) -> Result<Vec<(Tid, WriteSet)>, StoreError> {
+    let mut stmt = conn.prepare("SELECT tid, writes FROM prepared")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+    let mut out = vec![];
+    for row in rows {
+        let (tid, writes) = row?;
+        let tid = Tid::parse_str(&tid).map_err(|e| StoreError::Invalid(format!("corrupt tid {tid:?}: {e}")))?;
+        out.push((tid, decode(&writes)?));
+    }
+    Ok(out)
+}
+
+fn writer(mut conn: Connection, rx: mpsc::Receiver<(Write, Done)>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let result = write_batch(&mut conn, &batch).map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "store write failed");
+        }
+        for (_, done) in batch {
+            let _ = done.send(result.clone());
+        }
+    }
+}
+
+fn write_batch(conn: &mut Connection, batch: &[(Write, Done)]) -> Result<(), rusqlite::Error> {
+    let forced = batch.iter().any(|(w, _)| w.forced());
+    conn.pragma_update(None, "synchronous", if forced { "FULL" } else { "NORMAL" })?;
+    let txn = conn.transaction()?;
+    for (w, _) in batch {
+        match w {
+            Write::Prepare { tid, writes } => {
+                txn.execute(
+                    "INSERT OR REPLACE INTO prepared (tid, writes) VALUES (?1, ?2)",
+                    params![tid.to_string(), writes],
+                )?;
+            }
+            Write::Commit { tid, writes } => {
+                let was_prepared = txn.execute("DELETE FROM prepared WHERE tid = ?1", params![tid.to_string()])? > 0;
+                if was_prepared {
+                    for (key, value) in writes {
+                        match value {
+                            Some(v) => txn.execute(
+                                "INSERT INTO kv (key, value) VALUES (?1, ?2)
+                                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                                params![key, v],
+                            )?,
+                            None => txn.execute("DELETE FROM kv WHERE key = ?1", params![key])?,
+                        };
+                    }
+                }
+            }
+            Write::DeletePrepared { tid } => {
+                txn.execute("DELETE FROM prepared WHERE tid = ?1", params![tid.to_string()])?;
+            }
+        }
+    }
+    txn.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ws(pairs: &[(&str, Option<&str>)]) -> WriteSet {
+        pairs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec()))).collect()
+    }
+
+    #[tokio::test]
+    async fn prepared_survives_reopen_and_commit_applies_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tid::now_v7();
+        let writes = ws(&[("a", Some("1")), ("b", None)]);
+        {
+            let (s, prepared) = Store::open(dir.path(), 0).unwrap();
+            assert!(prepared.is_empty());
+            s.prepare(t, &writes).await.unwrap();
+        }
+        let (s, prepared) = Store::open(dir.path(), 0).unwrap();
+        assert_eq!(prepared, vec![(t, writes.clone())]);
+        s.commit(t, writes.clone()).await.unwrap();
+        assert_eq!(s.read(b"a").unwrap(), Some(b"1".to_vec()));
+        // A second commit of the same tid finds no prepared row and changes nothing.
+        let other = ws(&[("a", Some("2"))]);
+        s.commit(t, other).await.unwrap();
+        assert_eq!(s.read(b"a").unwrap(), Some(b"1".to_vec()));
+        drop(s);
+        let (s, prepared) = Store::open(dir.path(), 0).unwrap();
+        assert!(prepared.is_empty());
+        assert_eq!(s.read(b"a").unwrap(), Some(b"1".to_vec()));
+    }
+
+    #[test]
+    fn refuses_another_partitions_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path(), 1).unwrap());
+        let err = Store::open(dir.path(), 2).err().unwrap().to_string();
+        assert!(err.contains("holds partition 1"), "{err}");
+    }
+}

@@ -1,0 +1,6 @@
+//! The `twopc` binary's library side: starting local clusters of real
+//! processes ([`cluster`]) for `twopc demo` and for the integration tests,
+//! and the demo workload ([`demo`]).
+
+pub mod cluster;
+pub mod demo;
