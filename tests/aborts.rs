@@ -1,0 +1,83 @@
+//! Abort paths: a client abort, a participant voting NO, and lock conflicts
+//! that resolve without deadlock (PROTOCOL.md rules 3, 4, 10, 12).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use twopc::cluster::ClusterOptions;
+use twopc_client::{Decision, Outcome};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_abort_discards_writes_everywhere() {
+    let tc = TestCluster::three().await;
+    let (a, b) = (tc.key_on(0, "abort"), tc.key_on(1, "abort"));
+    let txn = tc.client.begin(None).await.unwrap();
+    txn.put(a.as_bytes(), b"1").await.unwrap();
+    txn.put(b.as_bytes(), b"1").await.unwrap();
+    txn.abort().await.unwrap();
+    assert!(matches!(tc.client.status(txn.tid()).await.unwrap(), Decision::Aborted { .. }));
+    // Commit after abort reports the abort; abort again is a no-op.
+    assert!(matches!(txn.commit().await.unwrap(), Outcome::Aborted { .. }));
+    txn.abort().await.unwrap();
+    tc.wait_settled().await;
+    assert_eq!(tc.read(&a).await, None);
+    assert_eq!(tc.read(&b).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_vote_aborts_the_transaction_everywhere() {
+    // Partition 1 restarts after the writes: it lost the unprepared tid
+    // (rule 9) and votes NO; partition 0 prepared and must abort.
+    let mut tc = TestCluster::three().await;
+    let (a, b) = (tc.key_on(0, "no"), tc.key_on(1, "no"));
+    let txn = tc.client.begin(None).await.unwrap();
+    txn.put(a.as_bytes(), b"1").await.unwrap();
+    txn.put(b.as_bytes(), b"1").await.unwrap();
+    tc.cluster.restart_participant(1, &[]).unwrap();
+    tc.cluster.wait_registered(SETTLE).await.unwrap();
+    match txn.commit().await.unwrap() {
+        Outcome::Aborted { reason } => assert!(reason.contains("partition 1"), "reason names the voter: {reason}"),
+        o => panic!("expected ABORTED, got {o:?}"),
+    }
+    tc.reconnect().await;
+    tc.wait_settled().await;
+    assert_eq!(tc.read(&a).await, None);
+    assert_eq!(tc.read(&b).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_aborts_an_abandoned_commit_everywhere() {
+    let tc = TestCluster::three().await;
+    let (a, b) = (tc.key_on(0, "late"), tc.key_on(2, "late"));
+    let txn = tc.client.begin(Some(Duration::from_millis(300))).await.unwrap();
+    txn.put(a.as_bytes(), b"1").await.unwrap();
+    txn.put(b.as_bytes(), b"1").await.unwrap();
+    // Wait until the coordinator itself has aborted the tid at its deadline.
+    tc.wait_decision(txn.tid(), |d| matches!(d, Decision::Aborted { .. })).await;
+    assert!(matches!(txn.commit().await.unwrap(), Outcome::Aborted { .. }));
+    tc.wait_settled().await;
+    assert_eq!(tc.read(&a).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_conflicts_abort_the_requester_without_deadlock() {
+    let tc = TestCluster::start(ClusterOptions::default()).await;
+    let (a, b) = (tc.key_on(0, "lock"), tc.key_on(1, "lock"));
+    // The classic deadlock shape: t1 holds a and wants b, t2 holds b and wants a.
+    let t1 = tc.client.begin(None).await.unwrap();
+    let t2 = tc.client.begin(None).await.unwrap();
+    t1.put(a.as_bytes(), b"t1").await.unwrap();
+    t2.put(b.as_bytes(), b"t2").await.unwrap();
+    let err = t1.put(b.as_bytes(), b"t1").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Aborted, "{err}");
+    assert!(err.to_string().contains("lock conflict"), "{err}");
+    // t1 is aborted everywhere, which releases a; t2 can finish.
+    t2.put(a.as_bytes(), b"t2").await.unwrap();
+    assert_eq!(t2.commit().await.unwrap(), Outcome::Committed);
+    assert!(matches!(t1.commit().await.unwrap(), Outcome::Aborted { .. }));
+    tc.wait_value(&a, Some("t2")).await;
+    tc.wait_value(&b, Some("t2")).await;
+    tc.wait_settled().await;
+}

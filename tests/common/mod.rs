@@ -1,0 +1,186 @@
+//! Shared harness of the integration tests: a real cluster of `twopc`
+//! processes on loopback ports chosen at run time, data in a temporary
+//! directory, a client, and the checks of PROTOCOL.md's invariants.
+//!
+//! Every wait polls a condition against a deadline; nothing sleeps and
+//! hopes. Processes die with their handles (and with the test process), and
+//! the temporary directory goes with the harness, also when a test fails.
+//! Set `TWOPC_KEEP_TEST_DATA=1` to keep the directory (logs included).
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use twopc::cluster::{ClusterOptions, LocalCluster};
+use twopc_client::{Client, Decision, Outcome, partition_for};
+use twopc_proto::pb;
+
+pub const SETTLE: Duration = Duration::from_secs(30);
+
+pub struct TestCluster {
+    pub cluster: LocalCluster,
+    pub client: Client,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if std::env::var_os("TWOPC_KEEP_TEST_DATA").is_some() {
+            if let Some(d) = self.dir.take() {
+                eprintln!("test data kept in {}", d.keep().display());
+            }
+        } else if std::thread::panicking() {
+            // Show the processes' logs of a failing test.
+            for name in ["coordinator", "p0", "p1", "p2"] {
+                let path = self.cluster.dir.join(format!("{name}.log"));
+                if let Ok(log) = std::fs::read_to_string(&path) {
+                    let lines: Vec<&str> = log.lines().collect();
+                    let tail = &lines[lines.len().saturating_sub(40)..];
+                    eprintln!("---- {name}.log (last {} lines)\n{}", tail.len(), tail.join("\n"));
+                }
+            }
+        }
+    }
+}
+
+pub fn fp(spec: &str) -> Vec<(String, String)> {
+    vec![("FAILPOINTS".to_string(), spec.to_string())]
+}
+
+impl TestCluster {
+    pub async fn start(opts: ClusterOptions) -> Self {
+        let dir = tempfile::Builder::new().prefix("twopc-test-").tempdir().expect("temp dir");
+        let cluster = LocalCluster::start(env!("CARGO_BIN_EXE_twopc").as_ref(), dir.path(), opts).expect("cluster");
+        cluster.wait_registered(SETTLE).await.expect("participants register");
+        let client = Client::connect(&cluster.coordinator_addr()).await.expect("client connects");
+        TestCluster { cluster, client, dir: Some(dir) }
+    }
+
+    pub async fn three() -> Self {
+        Self::start(ClusterOptions::default()).await
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.cluster.participants.len() as u32
+    }
+
+    /// A key named after `name` that lives on partition `p`.
+    pub fn key_on(&self, p: u32, name: &str) -> String {
+        (0..).map(|i| format!("{name}-{i}")).find(|k| partition_for(k.as_bytes(), self.partitions()) == p).unwrap()
+    }
+
+    /// A fresh client (after restarts, so it sees the new topology).
+    pub async fn reconnect(&mut self) {
+        self.cluster.wait_registered(SETTLE).await.expect("participants register again");
+        self.client = connect_until(&self.cluster.coordinator_addr()).await;
+    }
+
+    pub async fn read(&self, key: &str) -> Option<String> {
+        self.client.read(key.as_bytes()).await.expect("plain read").map(|v| String::from_utf8(v).unwrap())
+    }
+
+    /// Polls a plain read until it returns `want`.
+    pub async fn wait_value(&self, key: &str, want: Option<&str>) {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let got = self.client.read(key.as_bytes()).await.ok().flatten();
+            let got = got.map(|v| String::from_utf8(v).unwrap());
+            if got.as_deref() == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "key {key}: wanted {want:?}, still {got:?} after {SETTLE:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls until the coordinator answers `want` about `tid`.
+    pub async fn wait_decision(&self, tid: uuid::Uuid, want: fn(&Decision) -> bool) -> Decision {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            if let Ok(d) = self.client.status(tid).await {
+                if want(&d) {
+                    return d;
+                }
+                assert!(Instant::now() < deadline, "tid {tid}: decision still {d:?}");
+            }
+            assert!(Instant::now() < deadline, "tid {tid}: coordinator not answering");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Liveness after recovery (PROTOCOL.md): polls until no participant
+    /// holds a prepared tid, an open tid or a lock, and the coordinator has
+    /// no unfinished transaction.
+    pub async fn wait_settled(&self) {
+        let deadline = Instant::now() + SETTLE;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.unsettled().await {
+                None => return,
+                Some(why) => last = why,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("cluster did not settle within {SETTLE:?}: {last}");
+    }
+
+    async fn unsettled(&self) -> Option<String> {
+        for (p, proc) in self.cluster.participants.iter().enumerate() {
+            let mut c = match pb::participant_client::ParticipantClient::connect(format!("http://{}", proc.addr)).await
+            {
+                Ok(c) => c,
+                Err(e) => return Some(format!("partition {p} unreachable: {e}")),
+            };
+            let r = match c.list_in_doubt(pb::ListInDoubtRequest {}).await {
+                Ok(r) => r.into_inner(),
+                Err(e) => return Some(format!("partition {p}: {e}")),
+            };
+            if !r.tids.is_empty() || r.open_tids > 0 || r.locked_keys > 0 {
+                return Some(format!(
+                    "partition {p}: {} in doubt, {} open tids, {} locked keys",
+                    r.tids.len(),
+                    r.open_tids,
+                    r.locked_keys
+                ));
+            }
+        }
+        match self.client.transactions().await {
+            Ok(t) if t.is_empty() => None,
+            Ok(t) => Some(format!("coordinator has {} unfinished transactions: {:?}", t.len(), t)),
+            Err(e) => Some(format!("coordinator: {e}")),
+        }
+    }
+
+    /// Begins, writes every `(key, value)`, commits; returns the tid and outcome.
+    pub async fn write_txn(&self, writes: &[(&str, &str)]) -> (uuid::Uuid, Outcome) {
+        let txn = self.client.begin(Some(Duration::from_secs(30))).await.expect("begin");
+        for (k, v) in writes {
+            txn.put(k.as_bytes(), v.as_bytes()).await.expect("put");
+        }
+        let outcome = txn.commit().await.expect("commit answers");
+        (txn.tid(), outcome)
+    }
+}
+
+/// Connects, retrying while the coordinator is restarting.
+pub async fn connect_until(addr: &str) -> Client {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        match Client::connect(addr).await {
+            Ok(c) => return c,
+            Err(e) => assert!(Instant::now() < deadline, "cannot connect to {addr}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Atomicity check: the values of `keys` are all `Some(value)` or all absent.
+pub async fn all_or_nothing(tc: &TestCluster, keys: &[&str], value: &str) -> bool {
+    let mut seen = vec![];
+    for k in keys {
+        seen.push(tc.read(k).await);
+    }
+    let all = seen.iter().all(|v| v.as_deref() == Some(value));
+    let none = seen.iter().all(|v| v.is_none());
+    assert!(all || none, "half-committed: {keys:?} = {seen:?}");
+    all
+}
