@@ -243,8 +243,8 @@ impl LocalCluster {
         let deadline = Instant::now() + timeout;
         let mut last = String::from("coordinator not reachable");
         while Instant::now() < deadline {
-            if let Ok(mut c) = CoordinatorClient::connect(format!("http://{}", self.coordinator_addr())).await {
-                if let Ok(t) = c.get_topology(GetTopologyRequest {}).await {
+            if let Ok(mut c) = CoordinatorClient::connect(format!("http://{}", self.coordinator_addr())).await
+                && let Ok(t) = c.get_topology(GetTopologyRequest {}).await {
                     let got: Vec<(u32, String)> =
                         t.into_inner().members.into_iter().map(|m| (m.partition, m.address)).collect();
                     if want.iter().all(|w| got.contains(w)) {
@@ -252,7 +252,6 @@ impl LocalCluster {
                     }
                     last = format!("registered: {got:?}, expected {want:?}");
                 }
-            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         bail!("participants did not register within {timeout:?}: {last}")

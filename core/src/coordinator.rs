@@ -6,8 +6,8 @@
 //! 2. `enlist` is accepted only while the tid is active; a participant that
 //!    enlists again with a different incarnation lost the tid's state, so the
 //!    tid aborts.
-//! 3./4. `commit_requested` sends Prepare to every enlisted partition; the
-//!    votes decide. All YES/READ_ONLY gives [`Action::ForceCommit`]: the
+//! 3. `commit_requested` sends Prepare to every enlisted partition.
+//! 4. The votes decide. All YES/READ_ONLY gives [`Action::ForceCommit`]: the
 //!    decision is COMMIT only once the shell reports the record durable
 //!    (`commit_durable`), and only then are the client told and the commit
 //!    messages sent. Any NO, timeout or error aborts at once, unforced.
@@ -331,11 +331,10 @@ impl Coordinator {
         if txn.phase != Phase::Committing {
             return vec![];
         }
-        if let Some(p) = txn.parts.get_mut(&partition) {
-            if p.state == PartState::VotedYes {
+        if let Some(p) = txn.parts.get_mut(&partition)
+            && p.state == PartState::VotedYes {
                 p.state = PartState::Acked;
             }
-        }
         if txn.parts.values().any(|p| p.state == PartState::VotedYes) {
             return vec![];
         }

@@ -366,14 +366,13 @@ impl Participant {
     pub fn due_questions(&mut self, now: Millis) -> Vec<Tid> {
         let mut due = vec![];
         for (&tid, entry) in self.tids.iter_mut() {
-            if let State::Prepared { asked, next_ask, .. } = &mut entry.state {
-                if now >= *next_ask {
+            if let State::Prepared { asked, next_ask, .. } = &mut entry.state
+                && now >= *next_ask {
                     due.push(tid);
                     let backoff = (200u64 << (*asked).min(10)).min(self.limits.max_ask_interval_ms);
                     *asked += 1;
                     *next_ask = now + backoff;
                 }
-            }
         }
         due
     }
@@ -405,11 +404,10 @@ impl Participant {
         self.drop_tid(tid);
         if self.aborted.insert(tid) {
             self.aborted_order.push_back(tid);
-            if self.aborted_order.len() > ABORTED_MEMORY {
-                if let Some(old) = self.aborted_order.pop_front() {
+            if self.aborted_order.len() > ABORTED_MEMORY
+                && let Some(old) = self.aborted_order.pop_front() {
                     self.aborted.remove(&old);
                 }
-            }
         }
     }
 
