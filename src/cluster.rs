@@ -129,11 +129,13 @@ pub struct ClusterOptions {
     pub coordinator_args: Vec<String>,
     /// Extra participant flags.
     pub participant_args: Vec<String>,
+    /// Start participants only for partitions below this (default: all).
+    pub start_partitions: Option<u32>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { partitions: 3, coordinator_args: vec![], participant_args: vec![] }
+        Self { partitions: 3, coordinator_args: vec![], participant_args: vec![], start_partitions: None }
     }
 }
 
@@ -154,11 +156,16 @@ impl LocalCluster {
         let coordinator = start_coordinator(exe, dir, &opts, "127.0.0.1:0", &[])?;
         let mut cluster =
             LocalCluster { dir: dir.to_path_buf(), exe: exe.to_path_buf(), opts, coordinator, participants: vec![] };
-        for p in 0..cluster.opts.partitions {
+        for p in 0..cluster.opts.start_partitions.unwrap_or(cluster.opts.partitions) {
             let proc = cluster.spawn_participant(p, &[])?;
             cluster.participants.push(proc);
         }
         Ok(cluster)
+    }
+
+    /// Number of partitions of the cluster (participants may be fewer).
+    pub fn partitions(&self) -> u32 {
+        self.opts.partitions
     }
 
     pub fn coordinator_addr(&self) -> String {
@@ -244,14 +251,15 @@ impl LocalCluster {
         let mut last = String::from("coordinator not reachable");
         while Instant::now() < deadline {
             if let Ok(mut c) = CoordinatorClient::connect(format!("http://{}", self.coordinator_addr())).await
-                && let Ok(t) = c.get_topology(GetTopologyRequest {}).await {
-                    let got: Vec<(u32, String)> =
-                        t.into_inner().members.into_iter().map(|m| (m.partition, m.address)).collect();
-                    if want.iter().all(|w| got.contains(w)) {
-                        return Ok(());
-                    }
-                    last = format!("registered: {got:?}, expected {want:?}");
+                && let Ok(t) = c.get_topology(GetTopologyRequest {}).await
+            {
+                let got: Vec<(u32, String)> =
+                    t.into_inner().members.into_iter().map(|m| (m.partition, m.address)).collect();
+                if want.iter().all(|w| got.contains(w)) {
+                    return Ok(());
                 }
+                last = format!("registered: {got:?}, expected {want:?}");
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         bail!("participants did not register within {timeout:?}: {last}")

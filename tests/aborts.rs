@@ -62,22 +62,29 @@ async fn the_deadline_aborts_an_abandoned_commit_everywhere() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lock_conflicts_abort_the_requester_without_deadlock() {
+async fn lock_conflicts_resolve_by_wait_die_without_deadlock() {
     let tc = TestCluster::start(ClusterOptions::default()).await;
     let (a, b) = (tc.key_on(0, "lock"), tc.key_on(1, "lock"));
-    // The classic deadlock shape: t1 holds a and wants b, t2 holds b and wants a.
-    let t1 = tc.client.begin(None).await.unwrap();
-    let t2 = tc.client.begin(None).await.unwrap();
-    t1.put(a.as_bytes(), b"t1").await.unwrap();
-    t2.put(b.as_bytes(), b"t2").await.unwrap();
-    let err = t1.put(b.as_bytes(), b"t1").await.unwrap_err();
+    // The classic deadlock shape: old holds a and wants b, young holds b and wants a.
+    let old = tc.client.begin(None).await.unwrap();
+    let young = tc.client.begin(None).await.unwrap();
+    old.put(a.as_bytes(), b"old").await.unwrap();
+    young.put(b.as_bytes(), b"young").await.unwrap();
+    // The older tid waits for b...
+    let waiting = {
+        let (old, b) = (old.clone(), b.clone());
+        tokio::spawn(async move { old.put(b.as_bytes(), b"old").await })
+    };
+    // ...and the younger one asking for a dies at once, releasing b. (If
+    // the younger request arrives first the outcome is the same: the older
+    // then finds b free.)
+    let err = young.put(a.as_bytes(), b"young").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Aborted, "{err}");
     assert!(err.to_string().contains("lock conflict"), "{err}");
-    // t1 is aborted everywhere, which releases a; t2 can finish.
-    t2.put(a.as_bytes(), b"t2").await.unwrap();
-    assert_eq!(t2.commit().await.unwrap(), Outcome::Committed);
-    assert!(matches!(t1.commit().await.unwrap(), Outcome::Aborted { .. }));
-    tc.wait_value(&a, Some("t2")).await;
-    tc.wait_value(&b, Some("t2")).await;
+    waiting.await.unwrap().expect("the older tid gets the lock once the younger one is gone");
+    assert_eq!(old.commit().await.unwrap(), Outcome::Committed);
+    assert!(matches!(young.commit().await.unwrap(), Outcome::Aborted { .. }));
+    tc.wait_value(&a, Some("old")).await;
+    tc.wait_value(&b, Some("old")).await;
     tc.wait_settled().await;
 }

@@ -7,8 +7,11 @@
 
 use std::str::FromStr;
 
+use tonic::transport::Channel;
 use twopc_proto::pb;
+use twopc_proto::pb::participant_client::ParticipantClient;
 
+use crate::client::{ADMIN_TIMEOUT, within};
 use crate::{Client, ClientError};
 
 /// A prepared tid that a participant holds without knowing its decision.
@@ -70,13 +73,8 @@ impl Client {
 
     async fn in_doubt_at(&self, p: u32) -> Result<Vec<InDoubtTid>, String> {
         let route = self.route_partition(p).await.map_err(|e| e.to_string())?;
-        let resp = route
-            .client
-            .clone()
-            .list_in_doubt(pb::ListInDoubtRequest {})
-            .await
-            .map_err(|s| route.error(s).to_string())?
-            .into_inner();
+        let call = |mut c: ParticipantClient<Channel>| async move { c.list_in_doubt(pb::ListInDoubtRequest {}).await };
+        let resp = route.call(Some(ADMIN_TIMEOUT), &call).await.map_err(|s| route.error(s).to_string())?.into_inner();
         Ok(resp
             .tids
             .into_iter()
@@ -86,11 +84,14 @@ impl Client {
 
     /// The coordinator's live and unfinished transactions.
     pub async fn transactions(&self) -> Result<Vec<pb::TransactionInfo>, ClientError> {
-        let resp = self
-            .coordinator()
-            .list_transactions(pb::ListTransactionsRequest {})
-            .await
-            .map_err(|s| self.coordinator_error(s))?;
+        let mut coordinator = self.coordinator();
+        let resp = within(
+            Some(ADMIN_TIMEOUT),
+            || self.coordinator_peer(),
+            coordinator.list_transactions(pb::ListTransactionsRequest {}),
+        )
+        .await
+        .map_err(|s| self.coordinator_error(s))?;
         Ok(resp.into_inner().transactions)
     }
 

@@ -90,6 +90,25 @@ pub enum Decision {
     Pending,
 }
 
+/// How long a committed read or an admin call may go unanswered before the
+/// peer is reported as stuck: none of them waits for locks.
+pub(crate) const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs an RPC future, giving up after `limit` with DEADLINE_EXCEEDED naming
+/// `peer`: a wedged process must not hang the caller forever.
+pub(crate) async fn within<T>(
+    limit: Option<Duration>,
+    peer: impl FnOnce() -> String,
+    fut: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let Some(limit) = limit else {
+        return fut.await;
+    };
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        Err(Status::deadline_exceeded(format!("{} did not answer within {}ms", peer(), limit.as_millis())))
+    })
+}
+
 /// One participant, resolved for one call.
 pub(crate) struct Route {
     pub partition: u32,
@@ -98,8 +117,21 @@ pub(crate) struct Route {
 }
 
 impl Route {
+    pub(crate) fn peer(&self) -> String {
+        format!("partition {} at {}", self.partition, self.address)
+    }
+
     pub(crate) fn error(&self, status: Status) -> ClientError {
-        ClientError::from_rpc(status, || format!("partition {} at {}", self.partition, self.address))
+        ClientError::from_rpc(status, || self.peer())
+    }
+
+    /// Calls `call` on this participant within `limit`.
+    pub(crate) async fn call<T, F, Fut>(&self, limit: Option<Duration>, call: &F) -> Result<Response<T>, Status>
+    where
+        F: Fn(ParticipantClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        within(limit, || self.peer(), call(self.client.clone())).await
     }
 }
 
@@ -149,7 +181,7 @@ impl Client {
     pub async fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
         let req = pb::ReadRequest { key: key.to_vec() };
         let resp = self
-            .on_key(key, true, move |mut c| {
+            .on_key(key, true, Some(ADMIN_TIMEOUT), move |mut c| {
                 let req = req.clone();
                 async move { c.read(req).await }
             })
@@ -196,8 +228,12 @@ impl Client {
         self.inner.coordinator.clone()
     }
 
+    pub(crate) fn coordinator_peer(&self) -> String {
+        format!("the coordinator at {}", self.inner.coordinator_addr)
+    }
+
     pub(crate) fn coordinator_error(&self, status: Status) -> ClientError {
-        ClientError::from_rpc(status, || format!("the coordinator at {}", self.inner.coordinator_addr))
+        ClientError::from_rpc(status, || self.coordinator_peer())
     }
 
     fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
@@ -252,16 +288,23 @@ impl Client {
         self.route_partition(partition_for(key, partitions)).await
     }
 
-    /// Runs one participant RPC on the partition owning `key`. On
-    /// UNAVAILABLE it refreshes the topology, and repeats the call once only
-    /// if `retry` (safe for committed reads alone; see the module doc).
-    pub(crate) async fn on_key<T, F, Fut>(&self, key: &[u8], retry: bool, call: F) -> Result<T, ClientError>
+    /// Runs one participant RPC on the partition owning `key`, within
+    /// `limit`. On UNAVAILABLE it refreshes the topology, and repeats the
+    /// call once only if `retry` (safe for committed reads alone; see the
+    /// module doc).
+    pub(crate) async fn on_key<T, F, Fut>(
+        &self,
+        key: &[u8],
+        retry: bool,
+        limit: Option<Duration>,
+        call: F,
+    ) -> Result<T, ClientError>
     where
         F: Fn(ParticipantClient<Channel>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let route = self.route_key(key).await?;
-        match call(route.client.clone()).await {
+        match route.call(limit, &call).await {
             Ok(r) => Ok(r.into_inner()),
             Err(s) if s.code() == Code::Unavailable => {
                 if let Err(e) = self.topology().await {

@@ -6,6 +6,8 @@
 //! process attached by tid, is the same transaction. An error from any
 //! operation leaves the tid to be aborted; `commit` is safe to repeat.
 
+use std::time::Duration;
+
 use twopc_proto::pb;
 use uuid::Uuid;
 
@@ -44,12 +46,23 @@ impl Txn {
         self.deadline_unix_ms
     }
 
+    /// How long an operation may wait (e.g. for a lock): until a little
+    /// after the deadline, when the coordinator aborts the tid anyway.
+    /// Unlimited when the deadline is unknown.
+    fn limit(&self) -> Option<Duration> {
+        const GRACE: Duration = Duration::from_secs(2);
+        (self.deadline_unix_ms > 0).then(|| {
+            let left = self.deadline_unix_ms.saturating_sub(twopc_proto::now_unix_ms());
+            Duration::from_millis(left) + GRACE
+        })
+    }
+
     /// Reads `key` under a shared lock.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
         let req = pb::GetRequest { tid: self.tid.to_string(), key: key.to_vec() };
         let resp = self
             .client
-            .on_key(key, false, move |mut c| {
+            .on_key(key, false, self.limit(), move |mut c| {
                 let req = req.clone();
                 async move { c.get(req).await }
             })
@@ -61,7 +74,7 @@ impl Txn {
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), ClientError> {
         let req = pb::PutRequest { tid: self.tid.to_string(), key: key.to_vec(), value: value.to_vec() };
         self.client
-            .on_key(key, false, move |mut c| {
+            .on_key(key, false, self.limit(), move |mut c| {
                 let req = req.clone();
                 async move { c.put(req).await }
             })
@@ -73,7 +86,7 @@ impl Txn {
     pub async fn delete(&self, key: &[u8]) -> Result<(), ClientError> {
         let req = pb::DeleteRequest { tid: self.tid.to_string(), key: key.to_vec() };
         self.client
-            .on_key(key, false, move |mut c| {
+            .on_key(key, false, self.limit(), move |mut c| {
                 let req = req.clone();
                 async move { c.delete(req).await }
             })

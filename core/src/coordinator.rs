@@ -211,7 +211,9 @@ impl Coordinator {
             return (Err(Refusal::NotActive(txn.phase.name())), vec![]);
         }
         if now >= txn.deadline {
-            return (Err(Refusal::NotActive("past its deadline")), vec![]);
+            let why = "deadline passed before commit".to_string();
+            let actions = self.abort(tid, why.clone());
+            return (Err(Refusal::Aborted(why)), actions);
         }
         match txn.parts.get(&partition) {
             Some(p) if p.incarnation != incarnation => {
@@ -332,9 +334,10 @@ impl Coordinator {
             return vec![];
         }
         if let Some(p) = txn.parts.get_mut(&partition)
-            && p.state == PartState::VotedYes {
-                p.state = PartState::Acked;
-            }
+            && p.state == PartState::VotedYes
+        {
+            p.state = PartState::Acked;
+        }
         if txn.parts.values().any(|p| p.state == PartState::VotedYes) {
             return vec![];
         }

@@ -1,10 +1,9 @@
 //! Key locks for strict two-phase locking at a participant (rule 12).
 //!
 //! Shared locks for reads, exclusive for writes, held until the tid's
-//! decision is applied. Conflicts use **no-wait**: a request that conflicts
-//! fails at once, naming the holder, and the participant aborts the
-//! requester. Nobody ever waits, so there is no deadlock to detect; the
-//! client retries the whole transaction.
+//! decision is applied. A conflicting request is refused with the tids
+//! holding the lock; the participant decides by age whether the requester
+//! waits or dies (wait-die, see `participant`).
 
 use std::collections::HashMap;
 
@@ -37,8 +36,8 @@ pub enum Acquired {
 }
 
 impl LockTable {
-    /// Grants `mode` on `key` to `tid`, or returns a tid holding a conflicting lock.
-    pub fn acquire(&mut self, key: &[u8], tid: Tid, mode: Mode) -> Result<Acquired, Tid> {
+    /// Grants `mode` on `key` to `tid`, or returns the other tids holding it.
+    pub fn acquire(&mut self, key: &[u8], tid: Tid, mode: Mode) -> Result<Acquired, Vec<Tid>> {
         let Some(holders) = self.locks.get_mut(key) else {
             let h = match mode {
                 Mode::Shared => Holders::Shared(vec![tid]),
@@ -49,7 +48,7 @@ impl LockTable {
         };
         match (holders, mode) {
             (Holders::Exclusive(h), _) if *h == tid => Ok(Acquired::AlreadyHeld),
-            (Holders::Exclusive(h), _) => Err(*h),
+            (Holders::Exclusive(h), _) => Err(vec![*h]),
             (Holders::Shared(hs), Mode::Shared) => {
                 if hs.contains(&tid) {
                     Ok(Acquired::AlreadyHeld)
@@ -60,16 +59,13 @@ impl LockTable {
             }
             (h @ Holders::Shared(_), Mode::Exclusive) => {
                 let Holders::Shared(hs) = &*h else { unreachable!() };
-                match hs.iter().find(|&&o| o != tid) {
-                    Some(&other) => Err(other),
-                    None => {
-                        // Sole reader upgrades. It was already recorded as
-                        // holding this key, so report it as held.
-                        let was_holder = !hs.is_empty();
-                        *h = Holders::Exclusive(tid);
-                        Ok(if was_holder { Acquired::AlreadyHeld } else { Acquired::Granted })
-                    }
+                let others: Vec<Tid> = hs.iter().copied().filter(|&o| o != tid).collect();
+                if !others.is_empty() {
+                    return Err(others);
                 }
+                // The sole reader upgrades; it already holds the key.
+                *h = Holders::Exclusive(tid);
+                Ok(Acquired::AlreadyHeld)
             }
         }
     }
@@ -122,11 +118,11 @@ mod tests {
         let mut t = LockTable::default();
         assert_eq!(t.acquire(b"k", tid(1), Mode::Shared), Ok(Acquired::Granted));
         assert_eq!(t.acquire(b"k", tid(2), Mode::Shared), Ok(Acquired::Granted));
-        assert_eq!(t.acquire(b"k", tid(1), Mode::Exclusive), Err(tid(2)));
-        assert_eq!(t.acquire(b"k", tid(3), Mode::Exclusive), Err(tid(1)));
+        assert_eq!(t.acquire(b"k", tid(1), Mode::Exclusive), Err(vec![tid(2)]));
+        assert_eq!(t.acquire(b"k", tid(3), Mode::Exclusive), Err(vec![tid(1), tid(2)]));
         t.release(b"k", tid(2));
         assert_eq!(t.acquire(b"k", tid(1), Mode::Exclusive), Ok(Acquired::AlreadyHeld));
-        assert_eq!(t.acquire(b"k", tid(2), Mode::Shared), Err(tid(1)));
+        assert_eq!(t.acquire(b"k", tid(2), Mode::Shared), Err(vec![tid(1)]));
         t.release(b"k", tid(1));
         assert!(t.is_empty());
     }

@@ -18,8 +18,10 @@
 //! 11. Commit and abort are idempotent; a commit for an unknown tid is
 //!    acknowledged (it was committed and forgotten, or never prepared here
 //!    and so has nothing to apply).
-//! 12. Strict 2PL with no-wait ([`crate::locks`]): locks are released only
-//!    when the decision has been applied.
+//! 12. Strict 2PL with wait-die on tid age ([`crate::locks`]): on a
+//!    conflict an older tid waits ([`OpError::MustWait`]) and a younger one
+//!    is aborted, so there is never a deadlock. Locks are released only when
+//!    the decision has been applied.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -87,6 +89,12 @@ pub enum OpError {
     },
     /// The tid was aborted here earlier (conflict, deadline, abort).
     AlreadyAborted,
+    /// Not a failure: the key is locked by a younger tid, and the requester
+    /// (older) waits. The shell retries when a lock is released; nothing
+    /// changed here.
+    MustWait {
+        holder: Tid,
+    },
     TooManyOps(usize),
     TooManyTids(usize),
 }
@@ -239,17 +247,25 @@ impl Participant {
         if *ops >= self.limits.max_ops_per_tid {
             return Err(OpError::TooManyOps(self.limits.max_ops_per_tid));
         }
-        *ops += 1;
         match self.locks.acquire(key, tid, mode) {
-            Ok(Acquired::Granted) => {
-                entry.locked.push(key.to_vec());
+            Ok(granted) => {
+                *ops += 1;
+                if granted == Acquired::Granted {
+                    entry.locked.push(key.to_vec());
+                }
                 Ok(())
             }
-            Ok(Acquired::AlreadyHeld) => Ok(()),
-            Err(holder) => {
-                self.abort_locally(tid);
-                Err(OpError::LockConflict { holder })
-            }
+            // Wait-die: an older tid (smaller UUIDv7) waits for younger
+            // holders; a younger one dies. Waits only ever point from old to
+            // young, so they cannot form a cycle.
+            Err(holders) => match holders.iter().min() {
+                Some(&oldest) if oldest < tid => {
+                    self.abort_locally(tid);
+                    Err(OpError::LockConflict { holder: oldest })
+                }
+                Some(&holder) => Err(OpError::MustWait { holder }),
+                None => unreachable!("a refused lock has holders"),
+            },
         }
     }
 
@@ -367,12 +383,13 @@ impl Participant {
         let mut due = vec![];
         for (&tid, entry) in self.tids.iter_mut() {
             if let State::Prepared { asked, next_ask, .. } = &mut entry.state
-                && now >= *next_ask {
-                    due.push(tid);
-                    let backoff = (200u64 << (*asked).min(10)).min(self.limits.max_ask_interval_ms);
-                    *asked += 1;
-                    *next_ask = now + backoff;
-                }
+                && now >= *next_ask
+            {
+                due.push(tid);
+                let backoff = (200u64 << (*asked).min(10)).min(self.limits.max_ask_interval_ms);
+                *asked += 1;
+                *next_ask = now + backoff;
+            }
         }
         due
     }
@@ -405,9 +422,10 @@ impl Participant {
         if self.aborted.insert(tid) {
             self.aborted_order.push_back(tid);
             if self.aborted_order.len() > ABORTED_MEMORY
-                && let Some(old) = self.aborted_order.pop_front() {
-                    self.aborted.remove(&old);
-                }
+                && let Some(old) = self.aborted_order.pop_front()
+            {
+                self.aborted.remove(&old);
+            }
         }
     }
 

@@ -10,6 +10,8 @@ pub enum ParticipantError {
     InvalidArgument(String),
     #[error("tid {tid} aborted here: {reason}; retry the transaction")]
     Aborted { tid: Tid, reason: String },
+    #[error("unknown tid {0}: begin a transaction first and use the tid it returns")]
+    UnknownTid(Tid),
     #[error("tid {tid}: {why}")]
     FailedPrecondition { tid: Tid, why: String },
     #[error("{0}")]
@@ -26,6 +28,7 @@ impl From<ParticipantError> for Status {
         match e {
             ParticipantError::InvalidArgument(_) => Status::invalid_argument(msg),
             ParticipantError::Aborted { .. } => Status::aborted(msg),
+            ParticipantError::UnknownTid(_) => Status::not_found(msg),
             ParticipantError::FailedPrecondition { .. } => Status::failed_precondition(msg),
             ParticipantError::ResourceExhausted(_) => Status::resource_exhausted(msg),
             ParticipantError::CoordinatorUnavailable(_) => Status::unavailable(msg),
@@ -45,9 +48,11 @@ impl ParticipantError {
             },
             OpError::DeadlinePassed => Self::Aborted { tid, reason: "its deadline passed".into() },
             OpError::AlreadyAborted => Self::Aborted { tid, reason: "it was aborted earlier".into() },
-            OpError::LockConflict { holder } => {
-                Self::Aborted { tid, reason: format!("lock conflict on key {key:?} held by tid {holder}") }
-            }
+            OpError::MustWait { holder } => Self::Internal(format!("lock wait on tid {holder} escaped the wait loop")),
+            OpError::LockConflict { holder } => Self::Aborted {
+                tid,
+                reason: format!("lock conflict on key {key:?} with older tid {holder} (wait-die)"),
+            },
             OpError::TooManyOps(n) => {
                 Self::ResourceExhausted(format!("tid {tid} reached the limit of {n} operations at this participant"))
             }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tonic::transport::Channel;
-use twopc_core::participant::{AbortStep, CommitStep, Participant, PrepareStep, ReadPlan};
+use twopc_core::participant::{AbortStep, CommitStep, OpError, Participant, PrepareStep, ReadPlan};
 use twopc_core::{PartitionId, Tid};
 use twopc_proto::pb::{self, coordinator_client::CoordinatorClient};
 use twopc_proto::{failpoint, now_unix_ms};
@@ -39,6 +39,8 @@ pub struct Node {
     /// Random per process start: tells the coordinator when this
     /// participant restarted and lost unprepared tids.
     pub incarnation: u64,
+    /// Signalled whenever locks may have been released (wait-die waiters).
+    released: tokio::sync::Notify,
 }
 
 impl Node {
@@ -53,6 +55,7 @@ impl Node {
                 let (time, random) = uuid::Uuid::now_v7().as_u64_pair();
                 time ^ random
             },
+            released: tokio::sync::Notify::new(),
         })
     }
 
@@ -77,6 +80,7 @@ impl Node {
                 ParticipantError::CoordinatorUnavailable(s.message().to_string())
             }
             tonic::Code::Aborted => ParticipantError::Aborted { tid, reason: s.message().to_string() },
+            tonic::Code::NotFound => ParticipantError::UnknownTid(tid),
             _ => ParticipantError::FailedPrecondition { tid, why: format!("enlist refused: {}", s.message()) },
         })?;
         self.core()
@@ -86,8 +90,7 @@ impl Node {
 
     pub async fn get(&self, tid: Tid, key: &[u8]) -> Result<Option<Vec<u8>>, ParticipantError> {
         self.ensure_enlisted(tid).await?;
-        let plan = self.core().get(tid, key, now_unix_ms());
-        let plan = plan.map_err(|e| self.op_failed(tid, e, key))?;
+        let plan = self.until_granted(tid, key, |core| core.get(tid, key, now_unix_ms())).await?;
         match plan {
             ReadPlan::Own(v) => Ok(v),
             ReadPlan::Store => self.read(key),
@@ -96,8 +99,38 @@ impl Node {
 
     pub async fn write(&self, tid: Tid, key: &[u8], value: Option<Vec<u8>>) -> Result<(), ParticipantError> {
         self.ensure_enlisted(tid).await?;
-        let result = self.core().write(tid, key, value, now_unix_ms());
-        result.map_err(|e| self.op_failed(tid, e, key))
+        self.until_granted(tid, key, |core| core.write(tid, key, value.clone(), now_unix_ms())).await
+    }
+
+    /// Runs a locking operation, waiting while wait-die says the tid must
+    /// wait. Each release of any lock wakes the waiters to try again; the
+    /// tid's deadline bounds the wait (the core aborts it then).
+    async fn until_granted<T>(
+        &self,
+        tid: Tid,
+        key: &[u8],
+        mut op: impl FnMut(&mut Participant) -> Result<T, OpError>,
+    ) -> Result<T, ParticipantError> {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let result = op(&mut self.core());
+            match result {
+                Ok(v) => return Ok(v),
+                Err(OpError::MustWait { .. }) => {
+                    // Re-check at least every 100 ms so the deadline is noticed.
+                    let _ = tokio::time::timeout(Duration::from_millis(100), released).await;
+                }
+                Err(e) => return Err(self.op_failed(tid, e, key)),
+            }
+        }
+    }
+
+    /// Wakes operations waiting for a lock; called after anything that may
+    /// have released locks.
+    fn locks_released(&self) {
+        self.released.notify_waiters();
     }
 
     pub fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ParticipantError> {
@@ -107,8 +140,9 @@ impl Node {
     /// An operation failed in the core; if that aborted the tid here, tell
     /// the coordinator at once (best effort) so it stops waiting for it.
     /// Must be called without the core lock held.
-    fn op_failed(&self, tid: Tid, e: twopc_core::participant::OpError, key: &[u8]) -> ParticipantError {
+    fn op_failed(&self, tid: Tid, e: OpError, key: &[u8]) -> ParticipantError {
         if self.core().aborted_here(tid) {
+            self.locks_released();
             self.tell_coordinator_aborted(tid);
         }
         ParticipantError::from_op(tid, e, key)
@@ -126,8 +160,14 @@ impl Node {
         let step = self.core().prepare(tid, now_unix_ms());
         let writes = match step {
             PrepareStep::Yes => return Ok(VoteReply::Yes),
-            PrepareStep::ReadOnly => return Ok(VoteReply::ReadOnly),
-            PrepareStep::No(why) => return Ok(VoteReply::No(why)),
+            PrepareStep::ReadOnly => {
+                self.locks_released();
+                return Ok(VoteReply::ReadOnly);
+            }
+            PrepareStep::No(why) => {
+                self.locks_released();
+                return Ok(VoteReply::No(why));
+            }
             PrepareStep::Persist(writes) => writes,
         };
         // C4: a crash before the prepared state is durable.
@@ -152,6 +192,7 @@ impl Node {
         if let CommitStep::Apply(writes) = step {
             self.store.commit(tid, writes).await.map_err(|e| ParticipantError::Internal(e.to_string()))?;
             self.core().commit_applied(tid);
+            self.locks_released();
             tracing::debug!(%tid, "commit applied");
         }
         // C7: applied, but the acknowledgement is never sent.
@@ -162,6 +203,7 @@ impl Node {
     /// Phase 2 abort, or an abort before prepare.
     pub async fn abort(&self, tid: Tid) -> Result<(), ParticipantError> {
         let step = self.core().abort(tid).map_err(|e| ParticipantError::from_resolve(tid, e))?;
+        self.locks_released();
         if step == AbortStep::DeletePrepared {
             self.store.delete_prepared(tid).await.map_err(|e| ParticipantError::Internal(e.to_string()))?;
             tracing::info!(%tid, "prepared tid aborted");
@@ -183,6 +225,9 @@ impl Node {
                 let mut core = self.core();
                 (core.expire(now), core.due_questions(now))
             };
+            if !expired.is_empty() {
+                self.locks_released();
+            }
             for tid in expired {
                 tracing::info!(%tid, "deadline passed before prepare: aborted here");
                 self.tell_coordinator_aborted(tid);

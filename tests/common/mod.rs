@@ -60,11 +60,12 @@ impl TestCluster {
     }
 
     pub fn partitions(&self) -> u32 {
-        self.cluster.participants.len() as u32
+        self.cluster.partitions()
     }
 
     /// A key named after `name` that lives on partition `p`.
     pub fn key_on(&self, p: u32, name: &str) -> String {
+        assert!(p < self.partitions(), "no partition {p}");
         (0..).map(|i| format!("{name}-{i}")).find(|k| partition_for(k.as_bytes(), self.partitions()) == p).unwrap()
     }
 

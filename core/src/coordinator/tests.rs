@@ -91,7 +91,11 @@ fn enlist_rules() {
     // Unknown tid.
     assert_eq!(c.enlist(tid(9), 0, 7, 10).0, Err(Refusal::UnknownTid));
     // Past the deadline.
-    assert_eq!(c.enlist(t, 1, 7, 1_000).0, Err(Refusal::NotActive("past its deadline")));
+    // Past the deadline: the tid aborts (in a coordinator of its own here).
+    let (mut late, lt) = coord_with(&[0]);
+    let (r, a) = late.enlist(lt, 1, 7, 1_000);
+    assert!(matches!(r, Err(Refusal::Aborted(why)) if why.contains("deadline")));
+    assert!(a.contains(&Action::SendAbort(lt, 0)));
     // Same partition, new incarnation: it lost the tid, which aborts.
     let (r, a) = c.enlist(t, 0, 8, 10);
     assert!(matches!(r, Err(Refusal::Aborted(_))));

@@ -45,21 +45,26 @@ fn read_only_and_unknown_votes() {
 }
 
 #[test]
-fn conflicts_abort_the_requester_without_waiting() {
+fn wait_die_older_waits_younger_dies() {
     let mut p = part();
-    let (t1, t2) = (tid(1), tid(2));
-    p.enlisted(t1, 100).unwrap();
-    p.enlisted(t2, 100).unwrap();
-    p.write(t1, b"k", Some(vec![1]), 0).unwrap();
-    p.write(t2, b"other", Some(vec![1]), 0).unwrap();
-    assert_eq!(p.get(t2, b"k", 0), Err(OpError::LockConflict { holder: t1 }));
-    // t2 is gone and released its own lock; it votes NO, and a later
-    // operation on it is refused rather than starting it afresh.
-    assert!(!p.knows(t2));
-    assert!(p.aborted_here(t2));
-    assert_eq!(p.enlisted(t2, 100), Err(OpError::AlreadyAborted));
-    assert_eq!(p.locked_keys(), 1);
-    assert!(matches!(p.prepare(t2, 1), PrepareStep::No(_)));
+    let (old, young) = (tid(1), tid(2));
+    p.enlisted(old, 100).unwrap();
+    p.enlisted(young, 100).unwrap();
+    p.write(old, b"a", Some(vec![1]), 0).unwrap();
+    p.write(young, b"b", Some(vec![1]), 0).unwrap();
+    // The older tid waits for the younger holder; nothing changes.
+    assert_eq!(p.write(old, b"b", Some(vec![2]), 0), Err(OpError::MustWait { holder: young }));
+    assert!(p.knows(old));
+    // The younger one asking for the older one's key dies and releases b.
+    assert_eq!(p.get(young, b"a", 0), Err(OpError::LockConflict { holder: old }));
+    assert!(!p.knows(young));
+    assert!(p.aborted_here(young));
+    // A later operation on it is refused rather than starting it afresh.
+    assert_eq!(p.enlisted(young, 100), Err(OpError::AlreadyAborted));
+    assert!(matches!(p.prepare(young, 1), PrepareStep::No(_)));
+    // Now the older one gets b.
+    p.write(old, b"b", Some(vec![2]), 0).unwrap();
+    assert_eq!(p.locked_keys(), 2);
 }
 
 #[test]
@@ -103,7 +108,7 @@ fn recovered_prepared_tids_retake_locks_and_ask_with_backoff() {
     assert_eq!(p.locked_keys(), 1);
     let t2 = tid(2);
     p.enlisted(t2, 10_000).unwrap();
-    assert_eq!(p.write(t2, b"a", None, 1_000), Err(OpError::LockConflict { holder: t }));
+    assert_eq!(p.write(t2, b"a", None, 1_000), Err(OpError::LockConflict { holder: t }), "younger than the holder");
     assert_eq!(p.due_questions(1_000), vec![t]);
     assert_eq!(p.due_questions(1_100), Vec::<Tid>::new());
     assert_eq!(p.due_questions(1_200), vec![t]);

@@ -1,0 +1,106 @@
+//! Bad input gets a precise gRPC status and a message a person can act on,
+//! never a panic or a silent default; and the servers keep working after.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tonic::Code;
+use twopc::cluster::ClusterOptions;
+use twopc_client::Outcome;
+use twopc_proto::pb;
+
+fn expect_code<T: std::fmt::Debug>(r: Result<T, twopc_client::ClientError>, code: Code, words: &str) {
+    let err = r.expect_err("expected an error");
+    assert_eq!(err.code(), code, "{err}");
+    assert!(err.to_string().contains(words), "message {:?} should mention {words:?}", err.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_precise_statuses() {
+    let opts = ClusterOptions {
+        participant_args: vec!["--max-key-bytes".into(), "16".into(), "--max-value-bytes".into(), "32".into()],
+        ..Default::default()
+    };
+    let tc = TestCluster::start(opts).await;
+    let key = tc.key_on(0, "k");
+
+    // Unknown tid: a well-formed UUID that was never begun.
+    let ghost = tc.client.txn(uuid::Uuid::now_v7(), 0);
+    expect_code(ghost.put(key.as_bytes(), b"v").await, Code::NotFound, "unknown tid");
+    expect_code(ghost.commit().await, Code::NotFound, "unknown tid");
+
+    // Empty and oversized keys and values.
+    let txn = tc.client.begin(None).await.unwrap();
+    expect_code(txn.put(b"", b"v").await, Code::InvalidArgument, "key is empty");
+    expect_code(txn.put(&[b'k'; 17], b"v").await, Code::InvalidArgument, "over the limit of 16");
+    expect_code(txn.put(key.as_bytes(), &[b'v'; 33]).await, Code::InvalidArgument, "over the limit of 32");
+    expect_code(tc.client.read(b"").await, Code::InvalidArgument, "key is empty");
+
+    // Operation after commit, and abort after commit.
+    txn.put(key.as_bytes(), b"v").await.unwrap();
+    assert_eq!(txn.commit().await.unwrap(), Outcome::Committed);
+    expect_code(txn.put(key.as_bytes(), b"w").await, Code::FailedPrecondition, "operations");
+    expect_code(txn.abort().await, Code::FailedPrecondition, "already committed");
+
+    // A tid past its deadline.
+    let late = tc.client.begin(Some(Duration::from_millis(200))).await.unwrap();
+    let deadline = late.deadline_unix_ms();
+    while twopc_proto::now_unix_ms() <= deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    expect_code(late.put(key.as_bytes(), b"v").await, Code::Aborted, "deadline");
+
+    // Lock conflict.
+    let t1 = tc.client.begin(None).await.unwrap();
+    let t2 = tc.client.begin(None).await.unwrap();
+    t1.put(key.as_bytes(), b"1").await.unwrap();
+    expect_code(t2.get(key.as_bytes()).await, Code::Aborted, "lock conflict");
+    t1.abort().await.unwrap();
+
+    // Malformed tids and partitions on the raw wire.
+    let mut raw =
+        pb::coordinator_client::CoordinatorClient::connect(format!("http://{}", tc.cluster.coordinator_addr()))
+            .await
+            .unwrap();
+    let s = raw.commit(pb::CommitRequest { tid: "not-a-uuid".into() }).await.unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("not a UUID"), "{s:?}");
+    let s =
+        raw.enlist(pb::EnlistRequest { tid: late.tid().to_string(), partition: 7, incarnation: 1 }).await.unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("out of range"), "{s:?}");
+
+    // Everything still works afterwards.
+    let (_, o) = tc.write_txn(&[(&key, "after")]).await;
+    assert_eq!(o, Outcome::Committed);
+    tc.wait_settled().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregistered_participant_and_open_transaction_limit() {
+    let opts = ClusterOptions {
+        start_partitions: Some(2),
+        coordinator_args: vec!["--max-open-txns".into(), "2".into()],
+        ..Default::default()
+    };
+    let tc = TestCluster::start(opts).await;
+    let t1 = tc.client.begin(None).await.unwrap();
+    // Partition 2 never started, so nobody is registered for it.
+    let key = tc.key_on(2, "nobody");
+    expect_code(t1.put(key.as_bytes(), b"v").await, Code::Unavailable, "partition 2");
+    let mut raw =
+        pb::coordinator_client::CoordinatorClient::connect(format!("http://{}", tc.cluster.coordinator_addr()))
+            .await
+            .unwrap();
+    let s =
+        raw.enlist(pb::EnlistRequest { tid: t1.tid().to_string(), partition: 2, incarnation: 1 }).await.unwrap_err();
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    assert!(s.message().contains("no registered participant"), "{s:?}");
+
+    let _t2 = tc.client.begin(None).await.unwrap();
+    expect_code(tc.client.begin(None).await, Code::ResourceExhausted, "too many open transactions");
+    t1.abort().await.unwrap();
+    tc.client.begin(None).await.expect("a slot is free again");
+}
