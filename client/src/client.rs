@@ -314,7 +314,7 @@ impl Client {
                     return Err(route.error(s));
                 }
                 let route = self.route_key(key).await?;
-                call(route.client.clone()).await.map(Response::into_inner).map_err(|s| route.error(s))
+                route.call(limit, &call).await.map(Response::into_inner).map_err(|s| route.error(s))
             }
             Err(s) => Err(route.error(s)),
         }

@@ -24,12 +24,12 @@
 //! A COMMIT with no YES voter (nothing written, or every vote READ_ONLY)
 //! needs neither a record nor phase 2.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::{Millis, PartitionId, Tid};
 
 /// A participant's vote in phase 1, or why it has none.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Vote {
     Yes,
     ReadOnly,
@@ -39,14 +39,14 @@ pub enum Vote {
 }
 
 /// The outcome of a transaction as the client hears it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Outcome {
     Committed,
     Aborted(String),
 }
 
 /// What the coordinator answers when asked for a decision (rule 6).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DecisionAnswer {
     Committed,
     Aborted(String),
@@ -54,7 +54,7 @@ pub enum DecisionAnswer {
 }
 
 /// Work the shell must do, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Action {
     /// Send Prepare to this partition (with the prepare timeout); report the
     /// answer with [`Coordinator::vote`].
@@ -77,7 +77,7 @@ pub enum Action {
 }
 
 /// Why an event was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Refusal {
     /// The tid is not known (never begun, forgotten, or from before a crash).
     UnknownTid,
@@ -92,7 +92,7 @@ pub enum Refusal {
 }
 
 /// Per-partition progress inside one tid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PartState {
     Enlisted,
     VotedYes,
@@ -113,7 +113,7 @@ impl PartState {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Phase {
     /// Accepting operations and enlistments.
     Active,
@@ -136,14 +136,14 @@ impl Phase {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Part {
     pub incarnation: u64,
     pub state: PartState,
 }
 
 /// One live transaction.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Txn {
     pub phase: Phase,
     pub deadline: Millis,
@@ -152,12 +152,12 @@ pub struct Txn {
 }
 
 /// The coordinator's protocol state.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Coordinator {
-    live: HashMap<Tid, Txn>,
+    live: BTreeMap<Tid, Txn>,
     /// Outcomes of finished tids, kept so a repeated Commit or GetDecision
     /// gets the same answer (rule 11). Bounded: oldest forgotten first.
-    finished: HashMap<Tid, Outcome>,
+    finished: BTreeMap<Tid, Outcome>,
     finished_order: VecDeque<Tid>,
     finished_cap: usize,
     max_open: usize,
@@ -168,8 +168,8 @@ impl Coordinator {
     /// finished outcomes are remembered for repeated questions.
     pub fn new(max_open: usize, finished_cap: usize) -> Self {
         Self {
-            live: HashMap::new(),
-            finished: HashMap::new(),
+            live: BTreeMap::new(),
+            finished: BTreeMap::new(),
             finished_order: VecDeque::new(),
             finished_cap: finished_cap.max(1),
             max_open,

@@ -14,6 +14,7 @@
 
 pub mod coordinator;
 pub mod locks;
+pub mod model;
 pub mod participant;
 
 pub use uuid::Uuid as Tid;

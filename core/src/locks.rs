@@ -5,29 +5,29 @@
 //! holding the lock; the participant decides by age whether the requester
 //! waits or dies (wait-die, see `participant`).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use crate::Tid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mode {
     Shared,
     Exclusive,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Holders {
     Shared(Vec<Tid>),
     Exclusive(Tid),
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
 pub struct LockTable {
-    locks: HashMap<Vec<u8>, Holders>,
+    locks: BTreeMap<Vec<u8>, Holders>,
 }
 
 /// Outcome of a lock request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Acquired {
     /// Newly granted (or upgraded): the caller must release it later.
     Granted,

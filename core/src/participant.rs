@@ -23,7 +23,7 @@
 //!    is aborted, so there is never a deadlock. Locks are released only when
 //!    the decision has been applied.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::locks::{Acquired, LockTable, Mode};
 use crate::{Millis, PartitionId, Tid};
@@ -32,7 +32,7 @@ use crate::{Millis, PartitionId, Tid};
 pub type WriteSet = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 /// Limits a participant enforces per tid and overall.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Limits {
     pub max_ops_per_tid: usize,
     pub max_open_tids: usize,
@@ -48,7 +48,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum State {
     Active {
         deadline: Millis,
@@ -66,7 +66,7 @@ enum State {
     Committing,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct TidEntry {
     state: State,
     writes: WriteSet,
@@ -75,7 +75,7 @@ struct TidEntry {
 }
 
 /// Why an operation inside a tid failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum OpError {
     /// Not enlisted here (the shell enlists before the first operation).
     UnknownTid,
@@ -100,7 +100,7 @@ pub enum OpError {
 }
 
 /// What a read inside a tid should return.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ReadPlan {
     /// The tid wrote the key itself: this is its value.
     Own(Option<Vec<u8>>),
@@ -109,7 +109,7 @@ pub enum ReadPlan {
 }
 
 /// What to do with a Prepare.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PrepareStep {
     /// Persist this write set durably, then call `prepared_durable`.
     Persist(WriteSet),
@@ -119,7 +119,7 @@ pub enum PrepareStep {
 }
 
 /// What to do with a Commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CommitStep {
     /// Apply this write set and drop the prepared record in one durable
     /// transaction, then call `commit_applied`.
@@ -129,7 +129,7 @@ pub enum CommitStep {
 }
 
 /// What to do with an Abort.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum AbortStep {
     /// Delete the prepared record (no force needed: a surviving record only
     /// makes the participant ask, and hear ABORTED), then acknowledge.
@@ -138,7 +138,7 @@ pub enum AbortStep {
 }
 
 /// Why a Commit or Abort was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ResolveError {
     /// Commit for a tid that never prepared here.
     NotPrepared,
@@ -147,23 +147,23 @@ pub enum ResolveError {
 }
 
 /// One in-doubt tid, for listings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct InDoubt {
     pub tid: Tid,
     pub since: Millis,
     pub asked: u32,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Participant {
     partition: PartitionId,
     limits: Limits,
-    tids: HashMap<Tid, TidEntry>,
+    tids: BTreeMap<Tid, TidEntry>,
     locks: LockTable,
     /// Tids aborted here before prepare, remembered (bounded) so that a
     /// later operation on one is refused instead of silently starting it
     /// afresh without the writes it lost.
-    aborted: HashSet<Tid>,
+    aborted: BTreeSet<Tid>,
     aborted_order: VecDeque<Tid>,
 }
 
@@ -175,9 +175,9 @@ impl Participant {
         Self {
             partition,
             limits,
-            tids: HashMap::new(),
+            tids: BTreeMap::new(),
             locks: LockTable::default(),
-            aborted: HashSet::new(),
+            aborted: BTreeSet::new(),
             aborted_order: VecDeque::new(),
         }
     }

@@ -9,6 +9,15 @@
 
 mod statement;
 
+/// Prints a line to stdout, ignoring a closed pipe: `twopc begin | head -1`
+/// must not panic when `head` exits before the second line.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use std::time::Duration;
 
 use twopc_proto::pb;
@@ -142,25 +151,25 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
     match cmd {
         C::Begin { conn, timeout_ms } => {
             let txn = connect(&conn).await?.begin(timeout_ms.map(Duration::from_millis)).await?;
-            println!("{}", txn.tid());
-            println!("deadline_unix_ms={}", txn.deadline_unix_ms());
+            out!("{}", txn.tid());
+            out!("deadline_unix_ms={}", txn.deadline_unix_ms());
         }
         C::Get { conn, tid, key } => {
             let value = connect(&conn).await?.txn(tid, 0).get(key.as_bytes()).await?;
-            println!("{}", value.as_deref().map_or("(not found)".into(), show));
+            out!("{}", value.as_deref().map_or("(not found)".into(), show));
         }
         C::Put { conn, tid, key, value } => {
             let txn = connect(&conn).await?.txn(tid, 0);
             txn.put(key.as_bytes(), value.as_bytes()).await?;
-            println!("ok");
+            out!("ok");
         }
         C::Delete { conn, tid, key } => {
             connect(&conn).await?.txn(tid, 0).delete(key.as_bytes()).await?;
-            println!("ok");
+            out!("ok");
         }
         C::Read { conn, key } => {
             let value = connect(&conn).await?.read(key.as_bytes()).await?;
-            println!("{}", value.as_deref().map_or("(not found)".into(), show));
+            out!("{}", value.as_deref().map_or("(not found)".into(), show));
         }
         C::Commit { conn, tid } => {
             let outcome = connect(&conn).await?.txn(tid, 0).commit().await?;
@@ -168,50 +177,50 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
         }
         C::Abort { conn, tid } => {
             connect(&conn).await?.txn(tid, 0).abort().await?;
-            println!("ABORTED");
+            out!("ABORTED");
         }
         C::Status { conn, tid } => match connect(&conn).await?.status(tid).await? {
-            Decision::Committed => println!("COMMITTED"),
-            Decision::Aborted { reason } => println!("{}", aborted_line(&reason)),
-            Decision::Pending => println!("PENDING"),
+            Decision::Committed => out!("COMMITTED"),
+            Decision::Aborted { reason } => out!("{}", aborted_line(&reason)),
+            Decision::Pending => out!("PENDING"),
         },
         C::Run { conn, timeout_ms, statements } => {
             return run_statements(&conn, timeout_ms, statements).await;
         }
         C::Topology { conn } => {
             let topology = connect(&conn).await?.topology().await?;
-            println!("partitions: {}", topology.partitions);
+            out!("partitions: {}", topology.partitions);
             for p in 0..topology.partitions {
-                println!("  {p}  {}", topology.address(p).unwrap_or("(not registered)"));
+                out!("  {p}  {}", topology.address(p).unwrap_or("(not registered)"));
             }
         }
         C::InDoubt { conn } => {
             for part in connect(&conn).await?.in_doubt().await? {
                 match part.tids {
-                    Ok(tids) if tids.is_empty() => println!("partition {}: (none)", part.partition),
+                    Ok(tids) if tids.is_empty() => out!("partition {}: (none)", part.partition),
                     Ok(tids) => {
-                        println!("partition {}:", part.partition);
+                        out!("partition {}:", part.partition);
                         for t in tids {
-                            println!("  {}  prepared {}ms ago  asked {} times", t.tid, t.prepared_for_ms, t.asked);
+                            out!("  {}  prepared {}ms ago  asked {} times", t.tid, t.prepared_for_ms, t.asked);
                         }
                     }
-                    Err(e) => println!("partition {}: error: {e}", part.partition),
+                    Err(e) => out!("partition {}: error: {e}", part.partition),
                 }
             }
         }
         C::Transactions { conn } => {
             let txns = connect(&conn).await?.transactions().await?;
             if txns.is_empty() {
-                println!("(none)");
+                out!("(none)");
             }
             let now = twopc_proto::now_unix_ms();
             for t in &txns {
-                println!("{}", transaction_line(t, now));
+                out!("{}", transaction_line(t, now));
             }
         }
         C::Failpoint { conn, target, name, actions } => {
             connect(&conn).await?.set_failpoint(target, &name, &actions).await?;
-            println!("ok");
+            out!("ok");
         }
     }
     Ok(0)
@@ -245,30 +254,30 @@ async fn run_statements(conn: &ConnArgs, timeout_ms: Option<u64>, args: Vec<Stri
             Statement::Put { key, value } => txn.put(key.as_bytes(), value.as_bytes()).await,
             Statement::Delete { key } => txn.delete(key.as_bytes()).await,
             Statement::Get { key } => txn.get(key.as_bytes()).await.map(|v| match v {
-                Some(v) => println!("{key} = {}", show(&v)),
-                None => println!("{key} (not found)"),
+                Some(v) => out!("{key} = {}", show(&v)),
+                None => out!("{key} (not found)"),
             }),
         };
         if let Err(e) = result {
             // Best effort: the coordinator aborts it at its deadline anyway.
             let _ = txn.abort().await;
-            println!("tid {}", txn.tid());
+            out!("tid {}", txn.tid());
             return Err(e);
         }
     }
     let outcome = txn.commit().await?;
-    println!("tid {}", txn.tid());
+    out!("tid {}", txn.tid());
     Ok(print_outcome(&outcome))
 }
 
 fn print_outcome(outcome: &Outcome) -> i32 {
     match outcome {
         Outcome::Committed => {
-            println!("COMMITTED");
+            out!("COMMITTED");
             0
         }
         Outcome::Aborted { reason } => {
-            println!("{}", aborted_line(reason));
+            out!("{}", aborted_line(reason));
             1
         }
     }

@@ -1,0 +1,596 @@
+//! Exhaustive model checking of the protocol cores.
+//!
+//! A [`World`] is one coordinator core, N participant cores, what each has
+//! on disk, the messages in flight, and what the client was told. From the
+//! moment the client may ask to commit one transaction (written on every
+//! partition, or only read on some), [`check`] explores **every**
+//! interleaving breadth-first: any in-flight message delivered in any order
+//! (reordering), lost or delivered twice (within budgets), timeouts firing
+//! at any moment, forced writes completing or not, the deadline passing,
+//! and the coordinator or a participant crashing at any step (within
+//! budgets) and restarting from exactly what it had made durable. The cores
+//! are the real ones; only the shells (network, disks, timers) are modelled.
+//!
+//! Checked in every reachable state:
+//! - **agreement**: no participant applied COMMIT while another dropped its
+//!   prepared state as aborted;
+//! - **validity**: a COMMIT record exists only if every writer voted YES and
+//!   every reader voted YES or READ_ONLY;
+//! - **durability**: a participant applies COMMIT only if the COMMIT record
+//!   is durable, and a client told COMMITTED always finds the record;
+//! - **no contradiction**: a client told ABORTED never sees the tid commit,
+//!   and a client is never told two different outcomes;
+//! - **prepared means bound**: a participant drops prepared state as
+//!   aborted only if no COMMIT record exists.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::coordinator::{self, Action, Coordinator, Outcome, Phase, Vote};
+use crate::participant::{AbortStep, CommitStep, Limits, Participant, PrepareStep, WriteSet};
+use crate::{PartitionId, Tid};
+
+const TID: Tid = Tid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
+const DEADLINE: u64 = 100;
+
+/// What to explore.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Participants that write a key.
+    pub writers: u32,
+    /// Participants that only read a key (they vote READ_ONLY).
+    pub readers: u32,
+    pub coordinator_crashes: u8,
+    /// Crashes allowed in total across participants.
+    pub participant_crashes: u8,
+    pub losses: u8,
+    pub duplicates: u8,
+    /// Stop after this many states (0: no bound).
+    pub max_states: usize,
+}
+
+/// What the exploration found.
+#[derive(Debug)]
+pub struct Report {
+    pub states: usize,
+    pub transitions: usize,
+    pub max_depth: usize,
+    pub elapsed: Duration,
+    /// The first violated invariant, with the trace of events leading to it.
+    pub violation: Option<(String, Vec<String>)>,
+    /// Whether `max_states` cut the exploration short.
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Msg {
+    Prepare(PartitionId),
+    Vote(PartitionId, VoteMsg),
+    Commit(PartitionId),
+    Abort(PartitionId),
+    Ack(PartitionId),
+    Ask(PartitionId),
+    Answer(PartitionId, Answer),
+    /// A participant that aborted on its own tells the coordinator.
+    AbortRequest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum VoteMsg {
+    Yes,
+    ReadOnly,
+    No,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Answer {
+    Committed,
+    Aborted,
+    Pending,
+}
+
+/// One participant's disk and shell state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Disk {
+    prepared: Option<WriteSet>,
+    /// A prepare write issued but not yet durable.
+    persisting: Option<WriteSet>,
+    /// A commit apply issued but not yet durable.
+    applying: Option<WriteSet>,
+    committed: bool,
+    /// Dropped its prepared state as aborted.
+    aborted_prepared: bool,
+    voted: Option<VoteMsg>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct World {
+    coord: Coordinator,
+    /// Durable COMMIT records: partitions, finished.
+    log: BTreeMap<Tid, (Vec<PartitionId>, bool)>,
+    forcing: Option<Vec<PartitionId>>,
+    parts: Vec<Participant>,
+    disks: Vec<Disk>,
+    net: BTreeMap<Msg, u8>,
+    told: Option<Outcome>,
+    commit_asked: bool,
+    abort_asked: bool,
+    now: u64,
+    coord_crashes: u8,
+    part_crashes: u8,
+    losses: u8,
+    dups: u8,
+    writers: u32,
+    bad: Option<String>,
+}
+
+fn key(p: PartitionId) -> Vec<u8> {
+    vec![b'k', p as u8]
+}
+
+impl World {
+    fn initial(cfg: &Config) -> World {
+        let n = cfg.writers + cfg.readers;
+        let mut coord = Coordinator::new(16, 16);
+        coord.begin(TID, 0, DEADLINE).expect("begin");
+        let mut parts = vec![];
+        for p in 0..n {
+            assert!(coord.enlist(TID, p, 1, 0).0.is_ok());
+            let mut part = Participant::new(p, Limits::default());
+            part.enlisted(TID, DEADLINE).expect("enlisted");
+            if p < cfg.writers {
+                part.write(TID, &key(p), Some(b"v".to_vec()), 0).expect("write");
+            } else {
+                part.get(TID, &key(p), 0).expect("read");
+            }
+            parts.push(part);
+        }
+        let disk = Disk {
+            prepared: None,
+            persisting: None,
+            applying: None,
+            committed: false,
+            aborted_prepared: false,
+            voted: None,
+        };
+        World {
+            coord,
+            log: BTreeMap::new(),
+            forcing: None,
+            parts,
+            disks: vec![disk; n as usize],
+            net: BTreeMap::new(),
+            told: None,
+            commit_asked: false,
+            abort_asked: false,
+            now: 0,
+            coord_crashes: cfg.coordinator_crashes,
+            part_crashes: cfg.participant_crashes,
+            losses: cfg.losses,
+            dups: cfg.duplicates,
+            writers: cfg.writers,
+            bad: None,
+        }
+    }
+
+    fn send(&mut self, m: Msg) {
+        // A second copy of an identical message adds nothing the
+        // duplication budget does not already explore; cap at 1.
+        self.net.insert(m, 1);
+    }
+
+    fn take(&mut self, m: &Msg) {
+        self.net.remove(m);
+    }
+
+    fn run(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::SendPrepare(_, p) => self.send(Msg::Prepare(p)),
+                Action::ForceCommit(_, parts) => self.forcing = Some(parts),
+                Action::SendCommit(_, p) => self.send(Msg::Commit(p)),
+                Action::SendAbort(_, p) => self.send(Msg::Abort(p)),
+                Action::Reply(_, outcome) => match &self.told {
+                    Some(o) if !same_outcome(o, &outcome) => {
+                        self.bad = Some(format!("client told {o:?} and then {outcome:?}"))
+                    }
+                    _ => self.told = Some(outcome),
+                },
+                Action::LogFinished(tid) => {
+                    if let Some(r) = self.log.get_mut(&tid) {
+                        r.1 = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every event enabled in this state, by name.
+    fn events(&self) -> Vec<Event> {
+        let mut ev = vec![];
+        if !self.commit_asked {
+            ev.push(Event::ClientCommit);
+        }
+        if !self.abort_asked {
+            ev.push(Event::ClientAbort);
+        }
+        for m in self.net.keys() {
+            ev.push(Event::Deliver(m.clone(), false));
+            if self.dups > 0 {
+                ev.push(Event::Deliver(m.clone(), true));
+            }
+            if self.losses > 0 {
+                ev.push(Event::Lose(m.clone()));
+            }
+        }
+        if self.forcing.is_some() {
+            ev.push(Event::LogDurable);
+        }
+        if let Some(txn) = self.coord.live().find(|(t, _)| **t == TID).map(|(_, t)| t) {
+            for (&p, part) in &txn.parts {
+                if txn.phase == Phase::Preparing && part.state == coordinator::PartState::Enlisted {
+                    ev.push(Event::PrepareTimeout(p));
+                }
+                if txn.phase == Phase::Committing
+                    && part.state == coordinator::PartState::VotedYes
+                    && !self.net.contains_key(&Msg::Commit(p))
+                {
+                    ev.push(Event::ResendCommit(p));
+                }
+            }
+        }
+        for (p, d) in self.disks.iter().enumerate() {
+            let p = p as PartitionId;
+            if d.persisting.is_some() {
+                ev.push(Event::PrepareDurable(p));
+            }
+            if d.applying.is_some() {
+                ev.push(Event::ApplyDurable(p));
+            }
+            if !self.parts[p as usize].in_doubt().is_empty() && !self.net.contains_key(&Msg::Ask(p)) {
+                ev.push(Event::AskDecision(p));
+            }
+            if self.part_crashes > 0 {
+                ev.push(Event::CrashParticipant(p));
+            }
+        }
+        if self.now < DEADLINE {
+            ev.push(Event::DeadlinePasses);
+        }
+        if self.coord_crashes > 0 {
+            ev.push(Event::CrashCoordinator);
+        }
+        ev
+    }
+
+    fn apply(&mut self, e: &Event) {
+        match e {
+            Event::ClientCommit => {
+                self.commit_asked = true;
+                if let Ok(a) = self.coord.commit_requested(TID, self.now) {
+                    self.run(a);
+                }
+            }
+            Event::ClientAbort => {
+                self.abort_asked = true;
+                if let Ok(a) = self.coord.abort_requested(TID, "client") {
+                    self.run(a);
+                }
+            }
+            Event::Lose(m) => {
+                self.losses -= 1;
+                self.take(m);
+            }
+            Event::Deliver(m, dup) => {
+                if *dup {
+                    self.dups -= 1;
+                } else {
+                    self.take(m);
+                }
+                self.deliver(m.clone());
+            }
+            Event::LogDurable => {
+                let parts = self.forcing.take().expect("forcing");
+                self.log.entry(TID).or_insert((parts, false));
+                let a = self.coord.commit_durable(TID);
+                self.run(a);
+            }
+            Event::PrepareTimeout(p) => {
+                let a = self.coord.prepare_timed_out(TID, *p);
+                self.run(a);
+            }
+            Event::ResendCommit(p) => self.send(Msg::Commit(*p)),
+            Event::PrepareDurable(p) => {
+                let i = *p as usize;
+                self.disks[i].prepared = self.disks[i].persisting.take();
+                match self.parts[i].prepared_durable(TID, self.now) {
+                    Ok(()) => self.vote(*p, VoteMsg::Yes),
+                    Err(_) => {
+                        self.disks[i].prepared = None;
+                        self.vote(*p, VoteMsg::No);
+                    }
+                }
+            }
+            Event::ApplyDurable(p) => {
+                let i = *p as usize;
+                let _ = self.disks[i].applying.take();
+                // The store applies only if the prepared row is still there.
+                if self.disks[i].prepared.take().is_some() {
+                    self.disks[i].committed = true;
+                }
+                self.parts[i].commit_applied(TID);
+                self.send(Msg::Ack(*p));
+            }
+            Event::AskDecision(p) => self.send(Msg::Ask(*p)),
+            Event::DeadlinePasses => {
+                self.now = DEADLINE;
+                let a = self.coord.expire(self.now);
+                self.run(a);
+                for i in 0..self.parts.len() {
+                    if !self.parts[i].expire(self.now).is_empty() {
+                        self.send(Msg::AbortRequest);
+                    }
+                }
+            }
+            Event::CrashCoordinator => {
+                self.coord_crashes -= 1;
+                self.forcing = None;
+                let mut c = Coordinator::new(16, 16);
+                let mut actions = vec![];
+                for (&tid, (parts, finished)) in &self.log {
+                    if *finished {
+                        c.recover_finished(tid);
+                    } else {
+                        actions.extend(c.recover_commit(tid, parts, self.now));
+                    }
+                }
+                self.coord = c;
+                self.run(actions);
+            }
+            Event::CrashParticipant(p) => {
+                self.part_crashes -= 1;
+                let i = *p as usize;
+                let d = &mut self.disks[i];
+                d.persisting = None;
+                d.applying = None;
+                let mut part = Participant::new(*p, Limits::default());
+                if let Some(ws) = &d.prepared {
+                    part.recover_prepared(TID, ws.clone(), self.now);
+                }
+                self.parts[i] = part;
+            }
+        }
+    }
+
+    fn vote(&mut self, p: PartitionId, v: VoteMsg) {
+        self.disks[p as usize].voted.get_or_insert(v);
+        self.send(Msg::Vote(p, v));
+    }
+
+    fn deliver(&mut self, m: Msg) {
+        match m {
+            Msg::Prepare(p) => match self.parts[p as usize].prepare(TID, self.now) {
+                PrepareStep::Persist(ws) => self.disks[p as usize].persisting = Some(ws),
+                PrepareStep::Yes => self.vote(p, VoteMsg::Yes),
+                PrepareStep::ReadOnly => self.vote(p, VoteMsg::ReadOnly),
+                PrepareStep::No(_) => self.vote(p, VoteMsg::No),
+            },
+            Msg::Vote(p, v) => {
+                let vote = match v {
+                    VoteMsg::Yes => Vote::Yes,
+                    VoteMsg::ReadOnly => Vote::ReadOnly,
+                    VoteMsg::No => Vote::No("no".into()),
+                };
+                let a = self.coord.vote(TID, p, vote);
+                self.run(a);
+            }
+            Msg::Commit(p) | Msg::Answer(p, Answer::Committed) => self.commit_at(p, matches!(m, Msg::Commit(_))),
+            Msg::Abort(p) | Msg::Answer(p, Answer::Aborted) => self.abort_at(p),
+            Msg::Answer(_, Answer::Pending) => {}
+            Msg::Ack(p) => {
+                let a = self.coord.commit_acked(TID, p);
+                self.run(a);
+            }
+            Msg::Ask(p) => {
+                let answer = match self.coord.decision(TID) {
+                    coordinator::DecisionAnswer::Committed => Answer::Committed,
+                    coordinator::DecisionAnswer::Aborted(_) => Answer::Aborted,
+                    coordinator::DecisionAnswer::Pending => Answer::Pending,
+                };
+                self.send(Msg::Answer(p, answer));
+            }
+            Msg::AbortRequest => {
+                if let Ok(a) = self.coord.abort_requested(TID, "participant aborted") {
+                    self.run(a);
+                }
+            }
+        }
+    }
+
+    fn commit_at(&mut self, p: PartitionId, ack: bool) {
+        let i = p as usize;
+        match self.parts[i].commit(TID) {
+            Ok(CommitStep::Apply(ws)) => self.disks[i].applying = Some(ws),
+            Ok(CommitStep::Ack) if ack => self.send(Msg::Ack(p)),
+            Ok(CommitStep::Ack) => {}
+            Err(_) => {}
+        }
+    }
+
+    fn abort_at(&mut self, p: PartitionId) {
+        let i = p as usize;
+        if let Ok(AbortStep::DeletePrepared) = self.parts[i].abort(TID) {
+            self.disks[i].prepared = None;
+            self.disks[i].aborted_prepared = true;
+        }
+    }
+
+    /// The invariants of the module docs; `Some(why)` when one is broken.
+    fn violation(&self) -> Option<String> {
+        if let Some(b) = &self.bad {
+            return Some(b.clone());
+        }
+        let record = self.log.contains_key(&TID);
+        let committed = self.disks.iter().any(|d| d.committed);
+        let aborted = self.disks.iter().any(|d| d.aborted_prepared);
+        if committed && aborted {
+            return Some("agreement: one participant committed, another aborted its prepared state".into());
+        }
+        if committed && !record {
+            return Some("durability: a participant committed without a durable COMMIT record".into());
+        }
+        if aborted && record {
+            return Some("a participant dropped prepared state while a COMMIT record exists".into());
+        }
+        if record {
+            for (p, d) in self.disks.iter().enumerate() {
+                let writer = (p as u32) < self.writers;
+                let ok = match d.voted {
+                    Some(VoteMsg::Yes) => true,
+                    Some(VoteMsg::ReadOnly) => !writer,
+                    _ => false,
+                };
+                if !ok {
+                    return Some(format!("validity: COMMIT recorded but partition {p} voted {:?}", d.voted));
+                }
+            }
+        }
+        match &self.told {
+            Some(Outcome::Committed) if !record => {
+                Some("durability: client told COMMITTED without a durable record".into())
+            }
+            Some(Outcome::Aborted(_)) if record || committed => Some("client told ABORTED but the tid commits".into()),
+            _ => None,
+        }
+    }
+}
+
+fn same_outcome(a: &Outcome, b: &Outcome) -> bool {
+    matches!((a, b), (Outcome::Committed, Outcome::Committed) | (Outcome::Aborted(_), Outcome::Aborted(_)))
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    ClientCommit,
+    ClientAbort,
+    Deliver(Msg, bool),
+    Lose(Msg),
+    LogDurable,
+    PrepareTimeout(PartitionId),
+    ResendCommit(PartitionId),
+    PrepareDurable(PartitionId),
+    ApplyDurable(PartitionId),
+    AskDecision(PartitionId),
+    DeadlinePasses,
+    CrashCoordinator,
+    CrashParticipant(PartitionId),
+}
+
+/// Explores every state reachable from the start of commit, breadth-first.
+pub fn check(cfg: &Config) -> Report {
+    let started = Instant::now();
+    let init = World::initial(cfg);
+    let mut seen: HashSet<World> = HashSet::new();
+    // Each queued state carries its parent index, to rebuild a trace.
+    let mut trail: Vec<(usize, Option<Event>)> = vec![(usize::MAX, None)];
+    let mut queue: VecDeque<(World, usize, usize)> = VecDeque::new();
+    seen.insert(init.clone());
+    queue.push_back((init, 0, 0));
+    let (mut transitions, mut max_depth, mut truncated) = (0, 0, false);
+    while let Some((world, at, depth)) = queue.pop_front() {
+        max_depth = max_depth.max(depth);
+        if let Some(why) = world.violation() {
+            return Report {
+                states: seen.len(),
+                transitions,
+                max_depth,
+                elapsed: started.elapsed(),
+                violation: Some((why, trace(&trail, at))),
+                truncated,
+            };
+        }
+        for e in world.events() {
+            let mut next = world.clone();
+            next.apply(&e);
+            // Only the trail needs the event; keep the clone for the queue.
+            transitions += 1;
+            if cfg.max_states > 0 && seen.len() >= cfg.max_states {
+                truncated = true;
+                continue;
+            }
+            if seen.insert(next.clone()) {
+                trail.push((at, Some(e)));
+                queue.push_back((next, trail.len() - 1, depth + 1));
+            }
+        }
+    }
+    Report { states: seen.len(), transitions, max_depth, elapsed: started.elapsed(), violation: None, truncated }
+}
+
+fn trace(trail: &[(usize, Option<Event>)], mut at: usize) -> Vec<String> {
+    let mut steps = vec![];
+    while at != usize::MAX {
+        steps.push(trail[at].1.as_ref().map_or("start".to_string(), |e| format!("{e:?}")));
+        at = trail[at].0;
+    }
+    steps.reverse();
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(cfg: Config) -> Report {
+        let r = check(&cfg);
+        eprintln!(
+            "model check {cfg:?}: {} states, {} transitions, depth {}, {:.2?}",
+            r.states, r.transitions, r.max_depth, r.elapsed
+        );
+        if let Some((why, trace)) = &r.violation {
+            panic!("invariant violated: {why}\ntrace:\n  {}", trace.join("\n  "));
+        }
+        assert!(!r.truncated, "exploration was cut short");
+        assert!(r.states > 1000, "suspiciously small state space");
+        r
+    }
+
+    #[test]
+    fn two_writers_with_coordinator_and_participant_crashes() {
+        run(Config {
+            writers: 2,
+            readers: 0,
+            coordinator_crashes: 1,
+            participant_crashes: 1,
+            losses: 0,
+            duplicates: 0,
+            max_states: 0,
+        });
+    }
+
+    #[test]
+    fn a_writer_and_a_reader_with_crashes_loss_and_duplication() {
+        run(Config {
+            writers: 1,
+            readers: 1,
+            coordinator_crashes: 1,
+            participant_crashes: 1,
+            losses: 1,
+            duplicates: 1,
+            max_states: 0,
+        });
+    }
+
+    #[test]
+    fn two_writers_with_message_loss() {
+        run(Config {
+            writers: 2,
+            readers: 0,
+            coordinator_crashes: 0,
+            participant_crashes: 0,
+            losses: 1,
+            duplicates: 0,
+            max_states: 0,
+        });
+    }
+}
