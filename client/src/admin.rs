@@ -52,6 +52,23 @@ impl FromStr for FailpointTarget {
     }
 }
 
+/// Asks one participant directly for its in-doubt tids, without the
+/// coordinator: this is how an operator looks while the coordinator is down.
+pub async fn in_doubt_at_address(address: &str) -> Result<PartitionInDoubt, ClientError> {
+    let peer = || format!("participant at {address}");
+    let mut client = ParticipantClient::new(crate::routing::endpoint(address)?.connect_lazy());
+    let resp = within(Some(ADMIN_TIMEOUT), peer, client.list_in_doubt(pb::ListInDoubtRequest {}))
+        .await
+        .map_err(|s| ClientError::from_rpc(s, peer))?
+        .into_inner();
+    let tids = resp
+        .tids
+        .into_iter()
+        .map(|t| InDoubtTid { tid: t.tid, prepared_for_ms: t.prepared_for_ms, asked: t.asked })
+        .collect();
+    Ok(PartitionInDoubt { partition: resp.partition, address: Some(address.to_string()), tids: Ok(tids) })
+}
+
 impl Client {
     /// Every partition's in-doubt tids, asked in parallel over a fresh
     /// topology.

@@ -40,7 +40,10 @@ impl ClientError {
     /// Turns an RPC failure into an error naming the peer when it could not
     /// be reached: tonic's own transport messages never say where they went.
     pub(crate) fn from_rpc(status: Status, peer: impl FnOnce() -> String) -> Self {
-        if status.code() == Code::Unavailable {
+        // A peer that dies mid-call shows up as UNKNOWN "transport error"
+        // (the HTTP/2 stream was reset), not UNAVAILABLE.
+        let lost = status.code() == Code::Unknown && status.message().contains("transport error");
+        if status.code() == Code::Unavailable || lost {
             ClientError::Unavailable(format!("{} is unavailable ({}); is it running?", peer(), status.message()))
         } else {
             ClientError::Status(status)

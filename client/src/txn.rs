@@ -103,7 +103,13 @@ impl Txn {
             .coordinator()
             .commit(pb::CommitRequest { tid: self.tid.to_string() })
             .await
-            .map_err(|s| self.client.coordinator_error(s))?
+            .map_err(|s| match self.client.coordinator_error(s) {
+                ClientError::Unavailable(why) => ClientError::Unavailable(format!(
+                    "{why}; the outcome of tid {tid} is unknown: ask with `twopc status {tid}` once it is back",
+                    tid = self.tid
+                )),
+                e => e,
+            })?
             .into_inner();
         match resp.outcome() {
             pb::Outcome::Committed => Ok(Outcome::Committed),

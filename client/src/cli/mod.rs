@@ -114,6 +114,10 @@ pub enum ClientCommand {
     InDoubt {
         #[command(flatten)]
         conn: ConnArgs,
+        /// Ask these participants (host:port) directly instead of looking
+        /// them up at the coordinator: works while the coordinator is down.
+        #[arg(long = "participant")]
+        participants: Vec<String>,
     },
     /// The coordinator's live and unfinished transactions.
     Transactions {
@@ -194,8 +198,20 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
                 out!("  {p}  {}", topology.address(p).unwrap_or("(not registered)"));
             }
         }
-        C::InDoubt { conn } => {
-            for part in connect(&conn).await?.in_doubt().await? {
+        C::InDoubt { conn, participants } => {
+            let parts = if participants.is_empty() {
+                connect(&conn).await?.in_doubt().await?
+            } else {
+                let mut parts = vec![];
+                for address in &participants {
+                    match crate::admin::in_doubt_at_address(address).await {
+                        Ok(p) => parts.push(p),
+                        Err(e) => out!("{address}: error: {e}"),
+                    }
+                }
+                parts
+            };
+            for part in parts {
                 match part.tids {
                     Ok(tids) if tids.is_empty() => out!("partition {}: (none)", part.partition),
                     Ok(tids) => {
