@@ -137,7 +137,13 @@ impl Driver {
             return Vote::Failed(format!("partition {p} is not registered"));
         };
         let req = pb::PrepareRequest { tid: tid.to_string() };
-        match tokio::time::timeout(self.timeouts.prepare, client.prepare(req)).await {
+        // The wait for a slot counts against the prepare timeout too.
+        let slots = self.peers.slots(p);
+        let call = async {
+            let _slot = slots.acquire().await;
+            client.prepare(req).await
+        };
+        match tokio::time::timeout(self.timeouts.prepare, call).await {
             Err(_) => Vote::Failed(format!("no vote within {} ms", self.timeouts.prepare.as_millis())),
             Ok(Err(status)) => Vote::Failed(format!("{}: {}", status.code(), status.message())),
             Ok(Ok(resp)) => {
@@ -212,8 +218,11 @@ impl Driver {
     async fn send_resolve(&self, tid: Tid, p: PartitionId, commit: bool) -> Result<(), String> {
         let mut client = self.peers.client(p).ok_or_else(|| format!("partition {p} is not registered"))?;
         let req = pb::ResolveRequest { tid: tid.to_string() };
-        let call =
-            async { if commit { client.commit(req).await.map(|_| ()) } else { client.abort(req).await.map(|_| ()) } };
+        let slots = self.peers.slots(p);
+        let call = async {
+            let _slot = slots.acquire().await;
+            if commit { client.commit(req).await.map(|_| ()) } else { client.abort(req).await.map(|_| ()) }
+        };
         match tokio::time::timeout(self.timeouts.resolve_rpc, call).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(s)) => Err(format!("{}: {}", s.code(), s.message())),

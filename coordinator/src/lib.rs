@@ -54,6 +54,10 @@ pub struct Config {
     /// Open transactions allowed at once; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "TWOPC_MAX_OPEN_TXNS", default_value_t = 10_000)]
     pub max_open_txns: usize,
+    /// Prepare/commit calls in flight per participant (bulkhead): a slow
+    /// participant holds at most this many.
+    #[arg(long, env = "TWOPC_MAX_INFLIGHT_PER_PARTICIPANT", default_value_t = 256)]
+    pub max_inflight_per_participant: usize,
     /// Finished commits remembered (in memory and in the log) to answer repeated questions.
     #[arg(long, env = "TWOPC_KEEP_FINISHED", default_value_t = 100_000)]
     pub keep_finished: usize,
@@ -69,7 +73,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (log, recovered) = DecisionLog::open(&config.data_dir, config.partitions, config.keep_finished)
         .with_context(|| format!("cannot open the decision log in {}", config.data_dir.display()))?;
 
-    let peers = Peers::default();
+    let peers = Peers::new(config.max_inflight_per_participant);
     for (partition, address) in &recovered.members {
         if let Err(e) = peers.set(*partition, address) {
             tracing::warn!(partition, "ignoring recorded address: {e}");

@@ -1,21 +1,40 @@
 //! The partition map: where each participant serves, with one reusable
 //! gRPC channel per participant. Updated when a participant registers
 //! (possibly at a new address after a restart).
+//!
+//! Bulkhead: each participant has a bounded number of prepare and commit
+//! calls in flight (a semaphore per partition). A slow or dead participant
+//! therefore ties up at most that many calls, and the transactions touching
+//! it wait or time out, while transactions on other participants proceed.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 use tonic::transport::{Channel, Endpoint};
 use twopc_core::PartitionId;
 use twopc_proto::pb::participant_client::ParticipantClient;
 
-#[derive(Default)]
 pub struct Peers {
     map: Mutex<HashMap<PartitionId, (String, ParticipantClient<Channel>)>>,
+    inflight: Mutex<HashMap<PartitionId, Arc<Semaphore>>>,
+    max_inflight: usize,
 }
 
 impl Peers {
+    /// `max_inflight`: prepare/commit calls allowed in flight per participant.
+    pub fn new(max_inflight: usize) -> Self {
+        Self { map: Mutex::default(), inflight: Mutex::default(), max_inflight: max_inflight.max(1) }
+    }
+
+    /// The in-flight limit of `partition` (kept across re-registrations).
+    pub fn slots(&self, partition: PartitionId) -> Arc<Semaphore> {
+        let mut m = self.inflight.lock().unwrap();
+        m.entry(partition).or_insert_with(|| Arc::new(Semaphore::new(self.max_inflight))).clone()
+    }
+
     /// Sets (or replaces) the address of `partition`.
     pub fn set(&self, partition: PartitionId, address: &str) -> Result<(), String> {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
