@@ -60,8 +60,9 @@ pub enum Action {
     /// answer with [`Coordinator::vote`].
     SendPrepare(Tid, PartitionId),
     /// Force a COMMIT record naming these partitions to the decision log;
-    /// report with [`Coordinator::commit_durable`] (or
-    /// [`Coordinator::commit_log_failed`]).
+    /// report with [`Coordinator::commit_durable`]. If the write fails the
+    /// record's fate is unknown and the shell must stop (fail-stop):
+    /// recovery reads the log back and settles the tid.
     ForceCommit(Tid, Vec<PartitionId>),
     /// Send Commit to this partition until it acknowledges; report with
     /// [`Coordinator::commit_acked`].
@@ -315,14 +316,6 @@ impl Coordinator {
                 .map(|(&id, _)| Action::SendCommit(tid, id)),
         );
         actions
-    }
-
-    /// Forcing the COMMIT record failed (disk error). The record may or may
-    /// not be on disk, so the tid must not be reported aborted: it stays
-    /// deciding and the client hears PENDING, exactly as if the coordinator
-    /// had crashed; recovery settles it.
-    pub fn commit_log_failed(&mut self, _tid: Tid) -> Vec<Action> {
-        vec![]
     }
 
     /// `partition` acknowledged the commit (rule 5).
