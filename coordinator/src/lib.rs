@@ -116,7 +116,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     driver.execute(redo);
     tokio::spawn(driver.clone().expiry_loop(Duration::from_millis(100)));
     tracing::info!(%local, partitions = config.partitions, "coordinator serving");
+    let (health, reflection) = runtime::standard_services("twopc.v1.Coordinator").await.map_err(anyhow::Error::msg)?;
     tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
         .add_service(CoordinatorServer::new(service))
         .serve_with_incoming(runtime::announce(listener, local))
         .await

@@ -97,7 +97,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(node.clone().register_loop(advertise));
     tokio::spawn(node.clone().timer_loop(Duration::from_millis(100)));
     tracing::info!(%local, partition = config.partition, "participant serving");
+    let (health, reflection) = runtime::standard_services("twopc.v1.Participant").await.map_err(anyhow::Error::msg)?;
     tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
         .add_service(ParticipantServer::new(service))
         .serve_with_incoming(runtime::announce(listener, local))
         .await

@@ -22,6 +22,9 @@ pub mod pb {
     tonic::include_proto!("twopc.v1");
 }
 
+/// The encoded protobuf descriptors of `twopc.v1`, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/twopc_descriptor.bin"));
+
 /// Milliseconds since the Unix epoch: the clock deadlines are expressed in.
 pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)

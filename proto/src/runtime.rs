@@ -50,3 +50,25 @@ pub fn announce(
         Ok(s)
     })
 }
+
+/// The standard gRPC health service (reporting `service` as SERVING) and
+/// server reflection for `twopc.v1`, so stock tools (grpcurl,
+/// grpc-health-probe) and clients in other languages need no .proto file.
+pub async fn standard_services(
+    service: &str,
+) -> Result<
+    (
+        tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+        tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    ),
+    String,
+> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_service_status(service, tonic_health::ServingStatus::Serving).await;
+    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("cannot build the reflection service: {e}"))?;
+    Ok((health, reflection))
+}
