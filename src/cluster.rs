@@ -93,6 +93,16 @@ impl Proc {
         }
     }
 
+    /// Asks the process to stop gracefully (SIGTERM).
+    pub fn terminate(&mut self) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+
     /// Whether the process is still running (false once it exited or was killed).
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {

@@ -2,5 +2,6 @@
 //! processes ([`cluster`]) for `twopc demo` and for the integration tests,
 //! and the demo workload ([`demo`]).
 
+pub mod bench;
 pub mod cluster;
 pub mod demo;

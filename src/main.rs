@@ -23,6 +23,8 @@ enum Cmd {
     Participant(twopc_participant::Config),
     /// Start a local cluster (coordinator + participants) and run a sample workload.
     Demo(twopc::demo::DemoArgs),
+    /// Benchmark transactions (throughput, latency, and its distance from the 2×RTT + 2×fsync floor).
+    Bench(twopc::bench::BenchArgs),
     #[command(flatten)]
     Client(twopc_client::cli::ClientCommand),
 }
@@ -33,6 +35,7 @@ fn main() {
         Cmd::Coordinator(config) => report(twopc_coordinator::main_with(config)),
         Cmd::Participant(config) => report(twopc_participant::main_with(config)),
         Cmd::Demo(args) => report(runtime().and_then(|rt| rt.block_on(twopc::demo::run(args)))),
+        Cmd::Bench(args) => report(twopc::bench::main_with(args)),
         Cmd::Client(cmd) => match runtime() {
             Ok(rt) => rt.block_on(twopc_client::cli::run(cmd)),
             Err(e) => report(Err(e)),

@@ -63,6 +63,9 @@ pub struct Config {
     pub keep_finished: usize,
 }
 
+/// How long a graceful shutdown waits for calls in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Runs the coordinator until the process is stopped.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     anyhow::ensure!(config.partitions > 0, "--partitions must be at least 1");
@@ -121,9 +124,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(health)
         .add_service(reflection)
         .add_service(CoordinatorServer::new(service))
-        .serve_with_incoming(runtime::announce(listener, local))
+        .serve_with_incoming_shutdown(runtime::announce(listener, local), runtime::shutdown_signal(SHUTDOWN_GRACE))
         .await
-        .context("gRPC server failed")
+        .context("gRPC server failed")?;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 fn failpoint_setup() -> anyhow::Result<()> {

@@ -62,6 +62,9 @@ pub struct Config {
     pub in_doubt_after_ms: u64,
 }
 
+/// How long a graceful shutdown waits for calls in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Runs the participant until the process is stopped.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     twopc_proto::failpoint::setup_from_env().map_err(anyhow::Error::msg)?;
@@ -102,9 +105,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(health)
         .add_service(reflection)
         .add_service(ParticipantServer::new(service))
-        .serve_with_incoming(runtime::announce(listener, local))
+        .serve_with_incoming_shutdown(runtime::announce(listener, local), runtime::shutdown_signal(SHUTDOWN_GRACE))
         .await
-        .context("gRPC server failed")
+        .context("gRPC server failed")?;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 /// Entry point of the `twopc-participant` binary.

@@ -72,3 +72,33 @@ pub async fn standard_services(
         .map_err(|e| format!("cannot build the reflection service: {e}"))?;
     Ok((health, reflection))
 }
+
+/// Resolves on SIGTERM or Ctrl-C: the server then stops accepting new
+/// calls and lets the ones in flight finish (a commit in flight still gets
+/// its answer; a decision already forced is re-driven after the restart).
+/// A watchdog exits the process `grace` after the signal even if some call
+/// never finishes, so shutdown is bounded.
+pub async fn shutdown_signal(grace: std::time::Duration) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM ({e}); only Ctrl-C stops gracefully");
+            let _ = tokio::signal::ctrl_c().await;
+            return arm_watchdog(grace);
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    arm_watchdog(grace);
+}
+
+fn arm_watchdog(grace: std::time::Duration) {
+    tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: no new calls; finishing those in flight");
+    std::thread::spawn(move || {
+        std::thread::sleep(grace);
+        tracing::warn!("calls still in flight after the grace period; exiting anyway");
+        std::process::exit(0);
+    });
+}
