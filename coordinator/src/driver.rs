@@ -133,28 +133,37 @@ impl Driver {
     }
 
     async fn prepare(&self, tid: Tid, p: PartitionId) -> Vote {
-        let Some(mut client) = self.peers.client(p) else {
+        let Some(client) = self.peers.client(p) else {
             return Vote::Failed(format!("partition {p} is not registered"));
         };
-        let req = pb::PrepareRequest { tid: tid.to_string() };
         // The wait for a slot counts against the prepare timeout too.
         let slots = self.peers.slots(p);
+        let batcher = self.peers.batchers(p).prepare.clone();
         let call = async {
             let _slot = slots.acquire().await;
-            client.prepare(req).await
+            let send = move |tids: Vec<String>| {
+                let mut c = client.clone();
+                async move {
+                    let resp = c.prepare_batch(pb::TidBatch { tids }).await?.into_inner();
+                    Ok(resp
+                        .results
+                        .into_iter()
+                        .map(item_status)
+                        .map(|r| r.map(|(v, reason)| pb::PrepareResponse { vote: v, reason }))
+                        .collect())
+                }
+            };
+            batcher.call(tid.to_string(), send).await
         };
         match tokio::time::timeout(self.timeouts.prepare, call).await {
             Err(_) => Vote::Failed(format!("no vote within {} ms", self.timeouts.prepare.as_millis())),
             Ok(Err(status)) => Vote::Failed(format!("{}: {}", status.code(), status.message())),
-            Ok(Ok(resp)) => {
-                let resp = resp.into_inner();
-                match pb::Vote::try_from(resp.vote) {
-                    Ok(pb::Vote::Yes) => Vote::Yes,
-                    Ok(pb::Vote::ReadOnly) => Vote::ReadOnly,
-                    Ok(pb::Vote::No) => Vote::No(resp.reason),
-                    _ => Vote::Failed(format!("invalid vote {}", resp.vote)),
-                }
-            }
+            Ok(Ok(resp)) => match pb::Vote::try_from(resp.vote) {
+                Ok(pb::Vote::Yes) => Vote::Yes,
+                Ok(pb::Vote::ReadOnly) => Vote::ReadOnly,
+                Ok(pb::Vote::No) => Vote::No(resp.reason),
+                _ => Vote::Failed(format!("invalid vote {}", resp.vote)),
+            },
         }
     }
 
@@ -216,12 +225,21 @@ impl Driver {
     }
 
     async fn send_resolve(&self, tid: Tid, p: PartitionId, commit: bool) -> Result<(), String> {
-        let mut client = self.peers.client(p).ok_or_else(|| format!("partition {p} is not registered"))?;
-        let req = pb::ResolveRequest { tid: tid.to_string() };
+        let client = self.peers.client(p).ok_or_else(|| format!("partition {p} is not registered"))?;
         let slots = self.peers.slots(p);
+        let batchers = self.peers.batchers(p);
+        let batcher = if commit { batchers.commit.clone() } else { batchers.abort.clone() };
         let call = async {
             let _slot = slots.acquire().await;
-            if commit { client.commit(req).await.map(|_| ()) } else { client.abort(req).await.map(|_| ()) }
+            let send = move |tids: Vec<String>| {
+                let mut c = client.clone();
+                async move {
+                    let batch = pb::TidBatch { tids };
+                    let resp = if commit { c.commit_batch(batch).await? } else { c.abort_batch(batch).await? };
+                    Ok(resp.into_inner().results.into_iter().map(|r| resolve_status(r.code, r.message)).collect())
+                }
+            };
+            batcher.call(tid.to_string(), send).await
         };
         match tokio::time::timeout(self.timeouts.resolve_rpc, call).await {
             Ok(Ok(())) => Ok(()),
@@ -237,5 +255,20 @@ impl Driver {
             tick.tick().await;
             self.apply(|c| ((), c.expire(now_unix_ms())));
         }
+    }
+}
+
+/// One item of a batch answer as the unary call would have answered it.
+fn item_status(r: pb::PrepareResult) -> Result<(i32, String), tonic::Status> {
+    match r.code {
+        0 => Ok((r.vote, r.reason)),
+        code => Err(tonic::Status::new(tonic::Code::from(code), r.message)),
+    }
+}
+
+fn resolve_status(code: i32, message: String) -> Result<(), tonic::Status> {
+    match code {
+        0 => Ok(()),
+        code => Err(tonic::Status::new(tonic::Code::from(code), message)),
     }
 }

@@ -33,6 +33,9 @@ use crate::service::{CoordinatorService, Limits};
 /// Coordinator settings; every flag has an environment-variable twin.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
+    /// Tokio worker threads (1: a single-threaded runtime).
+    #[arg(long, env = "TWOPC_WORKER_THREADS", default_value_t = 2)]
+    pub worker_threads: usize,
     /// Address to serve on (port 0 picks a free one; the chosen address is printed).
     #[arg(long, env = "TWOPC_COORDINATOR_LISTEN", default_value = "127.0.0.1:7000")]
     pub listen: String,
@@ -138,5 +141,5 @@ fn failpoint_setup() -> anyhow::Result<()> {
 /// Entry point of the `twopc-coordinator` binary.
 pub fn main_with(config: Config) -> anyhow::Result<()> {
     runtime::init_tracing();
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(config))
+    runtime::build_runtime(config.worker_threads)?.block_on(run(config))
 }

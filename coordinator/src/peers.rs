@@ -15,18 +15,51 @@ use tokio::sync::Semaphore;
 
 use tonic::transport::{Channel, Endpoint};
 use twopc_core::PartitionId;
-use twopc_proto::pb::participant_client::ParticipantClient;
+use twopc_proto::batch::Batcher;
+use twopc_proto::pb::{self, participant_client::ParticipantClient};
 
 pub struct Peers {
     map: Mutex<HashMap<PartitionId, (String, ParticipantClient<Channel>)>>,
     inflight: Mutex<HashMap<PartitionId, Arc<Semaphore>>>,
+    batchers: Mutex<HashMap<PartitionId, Arc<PeerBatchers>>>,
     max_inflight: usize,
 }
+
+/// Prepare, commit and abort calls to one participant, each batched
+/// ([`twopc_proto::batch`]): one RPC carries every tid queued meanwhile.
+pub struct PeerBatchers {
+    pub prepare: Arc<Batcher<String, pb::PrepareResponse>>,
+    pub commit: Arc<Batcher<String, ()>>,
+    pub abort: Arc<Batcher<String, ()>>,
+}
+
+/// Most tids in one batch RPC, and batch RPCs in flight per kind and participant.
+const MAX_BATCH: usize = 256;
+const BATCHES_IN_FLIGHT: usize = 2;
 
 impl Peers {
     /// `max_inflight`: prepare/commit calls allowed in flight per participant.
     pub fn new(max_inflight: usize) -> Self {
-        Self { map: Mutex::default(), inflight: Mutex::default(), max_inflight: max_inflight.max(1) }
+        Self {
+            map: Mutex::default(),
+            inflight: Mutex::default(),
+            batchers: Mutex::default(),
+            max_inflight: max_inflight.max(1),
+        }
+    }
+
+    /// The batchers of `partition` (kept across re-registrations).
+    pub fn batchers(&self, partition: PartitionId) -> Arc<PeerBatchers> {
+        let mut m = self.batchers.lock().unwrap();
+        m.entry(partition)
+            .or_insert_with(|| {
+                Arc::new(PeerBatchers {
+                    prepare: Batcher::new(MAX_BATCH, BATCHES_IN_FLIGHT),
+                    commit: Batcher::new(MAX_BATCH, BATCHES_IN_FLIGHT),
+                    abort: Batcher::new(MAX_BATCH, BATCHES_IN_FLIGHT),
+                })
+            })
+            .clone()
     }
 
     /// The in-flight limit of `partition` (kept across re-registrations).

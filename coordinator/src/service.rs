@@ -42,6 +42,22 @@ impl CoordinatorService {
     }
 }
 
+impl CoordinatorService {
+    /// Rule 2, for one enlistment (unary or inside a batch).
+    fn enlist_one(&self, req: pb::EnlistRequest) -> Result<u64, Status> {
+        let tid = tid::parse(&req.tid)?;
+        self.check_partition(req.partition)?;
+        if !self.driver.peers.contains(req.partition) {
+            return Err(CoordinatorError::NotRegistered(req.partition).into());
+        }
+        let deadline = self
+            .driver
+            .apply(|c| c.enlist(tid, req.partition, req.incarnation, now_unix_ms()))
+            .map_err(|r| CoordinatorError::from_refusal(tid, r))?;
+        Ok(deadline)
+    }
+}
+
 #[tonic::async_trait]
 impl CoordinatorRpc for CoordinatorService {
     async fn begin(&self, req: Request<pb::BeginRequest>) -> Reply<pb::BeginResponse> {
@@ -57,17 +73,23 @@ impl CoordinatorRpc for CoordinatorService {
     }
 
     async fn enlist(&self, req: Request<pb::EnlistRequest>) -> Reply<pb::EnlistResponse> {
-        let req = req.into_inner();
-        let tid = tid::parse(&req.tid)?;
-        self.check_partition(req.partition)?;
-        if !self.driver.peers.contains(req.partition) {
-            return Err(CoordinatorError::NotRegistered(req.partition).into());
-        }
-        let deadline = self
-            .driver
-            .apply(|c| c.enlist(tid, req.partition, req.incarnation, now_unix_ms()))
-            .map_err(|r| CoordinatorError::from_refusal(tid, r))?;
+        let deadline = self.enlist_one(req.into_inner())?;
         Ok(Response::new(pb::EnlistResponse { deadline_unix_ms: deadline }))
+    }
+
+    async fn enlist_batch(&self, req: Request<pb::EnlistBatchRequest>) -> Reply<pb::EnlistBatchResponse> {
+        let results = req
+            .into_inner()
+            .requests
+            .into_iter()
+            .map(|r| match self.enlist_one(r) {
+                Ok(deadline) => pb::EnlistResult { code: 0, message: String::new(), deadline_unix_ms: deadline },
+                Err(s) => {
+                    pb::EnlistResult { code: s.code() as i32, message: s.message().to_string(), deadline_unix_ms: 0 }
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::EnlistBatchResponse { results }))
     }
 
     async fn commit(&self, req: Request<pb::CommitRequest>) -> Reply<pb::CommitResponse> {

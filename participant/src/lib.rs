@@ -34,6 +34,9 @@ use crate::store::Store;
 /// Participant settings; every flag has an environment-variable twin.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
+    /// Tokio worker threads (1: a single-threaded runtime).
+    #[arg(long, env = "TWOPC_WORKER_THREADS", default_value_t = 2)]
+    pub worker_threads: usize,
     /// The partition this participant owns (0-based), fixed for its data directory.
     #[arg(long, env = "TWOPC_PARTITION")]
     pub partition: u32,
@@ -115,5 +118,5 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// Entry point of the `twopc-participant` binary.
 pub fn main_with(config: Config) -> anyhow::Result<()> {
     runtime::init_tracing();
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(config))
+    runtime::build_runtime(config.worker_threads)?.block_on(run(config))
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use twopc_core::participant::{AbortStep, CommitStep, OpError, Participant, PrepareStep, ReadPlan};
 use twopc_core::{PartitionId, Tid};
+use twopc_proto::batch::Batcher;
 use twopc_proto::pb::{self, coordinator_client::CoordinatorClient};
 use twopc_proto::{failpoint, now_unix_ms};
 
@@ -41,6 +42,8 @@ pub struct Node {
     pub incarnation: u64,
     /// Signalled whenever locks may have been released (wait-die waiters).
     released: tokio::sync::Notify,
+    /// Enlistments batched into EnlistBatch calls under load.
+    enlists: Arc<Batcher<pb::EnlistRequest, u64>>,
 }
 
 impl Node {
@@ -56,6 +59,7 @@ impl Node {
                 time ^ random
             },
             released: tokio::sync::Notify::new(),
+            enlists: Batcher::new(256, 2),
         })
     }
 
@@ -75,7 +79,22 @@ impl Node {
             }
         }
         let req = pb::EnlistRequest { tid: tid.to_string(), partition: self.partition, incarnation: self.incarnation };
-        let resp = self.coordinator.clone().enlist(req).await.map_err(|s| match s.code() {
+        let coordinator = self.coordinator.clone();
+        let send = move |requests: Vec<pb::EnlistRequest>| {
+            let mut c = coordinator.clone();
+            async move {
+                let resp = c.enlist_batch(pb::EnlistBatchRequest { requests }).await?.into_inner();
+                Ok(resp
+                    .results
+                    .into_iter()
+                    .map(|r| match r.code {
+                        0 => Ok(r.deadline_unix_ms),
+                        code => Err(tonic::Status::new(tonic::Code::from(code), r.message)),
+                    })
+                    .collect())
+            }
+        };
+        let deadline = self.enlists.call(req, send).await.map_err(|s| match s.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 ParticipantError::CoordinatorUnavailable(s.message().to_string())
             }
@@ -83,9 +102,7 @@ impl Node {
             tonic::Code::NotFound => ParticipantError::UnknownTid(tid),
             _ => ParticipantError::FailedPrecondition { tid, why: format!("enlist refused: {}", s.message()) },
         })?;
-        self.core()
-            .enlisted(tid, resp.into_inner().deadline_unix_ms)
-            .map_err(|e| ParticipantError::from_op(tid, e, b""))
+        self.core().enlisted(tid, deadline).map_err(|e| ParticipantError::from_op(tid, e, b""))
     }
 
     pub async fn get(&self, tid: Tid, key: &[u8]) -> Result<Option<Vec<u8>>, ParticipantError> {

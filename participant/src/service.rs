@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use futures::future::join_all;
 use tonic::{Request, Response, Status};
 use twopc_proto::pb::{self, participant_server::Participant as ParticipantRpc};
 use twopc_proto::{failpoint, now_unix_ms, tid};
@@ -50,6 +51,40 @@ impl ParticipantService {
     }
 }
 
+impl ParticipantService {
+    async fn prepare_one(&self, tid: &str) -> Result<pb::PrepareResponse, Status> {
+        let tid = tid::parse(tid)?;
+        let (vote, reason) = match self.node.prepare(tid).await? {
+            VoteReply::Yes => (pb::Vote::Yes, String::new()),
+            VoteReply::ReadOnly => (pb::Vote::ReadOnly, String::new()),
+            VoteReply::No(why) => (pb::Vote::No, why),
+        };
+        Ok(pb::PrepareResponse { vote: vote as i32, reason })
+    }
+
+    async fn resolve_one(&self, tid: &str, commit: bool) -> Result<(), Status> {
+        let tid = tid::parse(tid)?;
+        if commit {
+            self.node.commit(tid).await?
+        } else {
+            self.node.abort(tid).await?
+        }
+        Ok(())
+    }
+
+    async fn resolve_batch(&self, batch: pb::TidBatch, commit: bool) -> pb::ResolveBatchResponse {
+        let answers = join_all(batch.tids.iter().map(|t| self.resolve_one(t, commit))).await;
+        let results = answers
+            .into_iter()
+            .map(|r| match r {
+                Ok(()) => pb::ResolveResult { code: 0, message: String::new() },
+                Err(s) => pb::ResolveResult { code: s.code() as i32, message: s.message().to_string() },
+            })
+            .collect();
+        pb::ResolveBatchResponse { results }
+    }
+}
+
 #[tonic::async_trait]
 impl ParticipantRpc for ParticipantService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Reply<pb::GetResponse> {
@@ -85,25 +120,41 @@ impl ParticipantRpc for ParticipantService {
     }
 
     async fn prepare(&self, req: Request<pb::PrepareRequest>) -> Reply<pb::PrepareResponse> {
-        let tid = tid::parse(&req.into_inner().tid)?;
-        let (vote, reason) = match self.node.prepare(tid).await? {
-            VoteReply::Yes => (pb::Vote::Yes, String::new()),
-            VoteReply::ReadOnly => (pb::Vote::ReadOnly, String::new()),
-            VoteReply::No(why) => (pb::Vote::No, why),
-        };
-        Ok(Response::new(pb::PrepareResponse { vote: vote as i32, reason }))
+        Ok(Response::new(self.prepare_one(&req.into_inner().tid).await?))
     }
 
     async fn commit(&self, req: Request<pb::ResolveRequest>) -> Reply<pb::ResolveResponse> {
-        let tid = tid::parse(&req.into_inner().tid)?;
-        self.node.commit(tid).await?;
+        self.resolve_one(&req.into_inner().tid, true).await?;
         Ok(Response::new(pb::ResolveResponse {}))
     }
 
     async fn abort(&self, req: Request<pb::ResolveRequest>) -> Reply<pb::ResolveResponse> {
-        let tid = tid::parse(&req.into_inner().tid)?;
-        self.node.abort(tid).await?;
+        self.resolve_one(&req.into_inner().tid, false).await?;
         Ok(Response::new(pb::ResolveResponse {}))
+    }
+
+    async fn prepare_batch(&self, req: Request<pb::TidBatch>) -> Reply<pb::PrepareBatchResponse> {
+        // Every tid is handled concurrently, so their durable writes share
+        // the store's group commit.
+        let answers = join_all(req.into_inner().tids.iter().map(|t| self.prepare_one(t))).await;
+        let results = answers
+            .into_iter()
+            .map(|r| match r {
+                Ok(v) => pb::PrepareResult { code: 0, message: String::new(), vote: v.vote, reason: v.reason },
+                Err(s) => {
+                    pb::PrepareResult { code: s.code() as i32, message: s.message().to_string(), ..Default::default() }
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::PrepareBatchResponse { results }))
+    }
+
+    async fn commit_batch(&self, req: Request<pb::TidBatch>) -> Reply<pb::ResolveBatchResponse> {
+        Ok(Response::new(self.resolve_batch(req.into_inner(), true).await))
+    }
+
+    async fn abort_batch(&self, req: Request<pb::TidBatch>) -> Reply<pb::ResolveBatchResponse> {
+        Ok(Response::new(self.resolve_batch(req.into_inner(), false).await))
     }
 
     async fn list_in_doubt(&self, _req: Request<pb::ListInDoubtRequest>) -> Reply<pb::ListInDoubtResponse> {

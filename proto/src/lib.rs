@@ -6,9 +6,11 @@
 //!   tells its age, which the lock manager uses).
 //! - [`failpoint`]: named crash points, compiled in only with the
 //!   `failpoints` feature.
+//! - [`batch`]: natural batching of calls to one peer (many items, one RPC).
 //! - [`runtime`]: logging set-up and the listening socket every server uses.
 //! - [`Backoff`]: the bounded exponential backoff used for every retry loop.
 
+pub mod batch;
 pub mod failpoint;
 pub mod runtime;
 pub mod tid;

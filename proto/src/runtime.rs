@@ -102,3 +102,15 @@ fn arm_watchdog(grace: std::time::Duration) {
         std::process::exit(0);
     });
 }
+
+/// Builds the process's tokio runtime: `threads == 1` gives a
+/// current-thread runtime (no cross-thread wake-ups: on a small machine
+/// shared with other processes that is usually fastest), more gives a
+/// multi-thread runtime with that many workers.
+pub fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    }
+}

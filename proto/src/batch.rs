@@ -1,0 +1,146 @@
+//! Natural batching of calls to one peer: the RPC-level twin of group
+//! commit.
+//!
+//! Callers submit one item each. If fewer than `max_in_flight` batch RPCs
+//! are under way, a sender starts at once with whatever is queued, so a
+//! lone call (concurrency 1) goes out immediately, alone, with no timer and
+//! no added latency. While batches are in flight, new items queue up and
+//! leave together in the next RPC. Under load the number of RPCs per item
+//! drops to 1 / batch size, which is where the throughput of a 2PC
+//! coordinator comes from (every transaction costs an enlist, a prepare and
+//! a commit per participant).
+//!
+//! Bounded: at most `max_batch` items per RPC and `max_in_flight` RPCs; the
+//! queue itself is bounded by the callers (each waits for its answer, and
+//! the coordinator bounds open transactions and in-flight calls).
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+use tonic::Status;
+
+type Waiter<Resp> = oneshot::Sender<Result<Resp, Status>>;
+
+struct Queue<Req, Resp> {
+    items: Vec<(Req, Waiter<Resp>)>,
+    senders: usize,
+}
+
+pub struct Batcher<Req, Resp> {
+    queue: Mutex<Queue<Req, Resp>>,
+    max_batch: usize,
+    max_in_flight: usize,
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
+    pub fn new(max_batch: usize, max_in_flight: usize) -> Arc<Self> {
+        Arc::new(Self {
+            queue: Mutex::new(Queue { items: vec![], senders: 0 }),
+            max_batch: max_batch.max(1),
+            max_in_flight: max_in_flight.max(1),
+        })
+    }
+
+    /// Submits `req` and waits for its answer. `send` performs one batch
+    /// RPC and returns one result per item, in order.
+    pub async fn call<F, Fut>(self: &Arc<Self>, req: Req, send: F) -> Result<Resp, Status>
+    where
+        F: Fn(Vec<Req>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<Result<Resp, Status>>, Status>> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let start_sender = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.items.push((req, tx));
+            let start = q.senders < self.max_in_flight;
+            if start {
+                q.senders += 1;
+            }
+            start
+        };
+        if start_sender {
+            let this = self.clone();
+            tokio::spawn(async move { this.send_loop(send).await });
+        }
+        rx.await.unwrap_or_else(|_| Err(Status::internal("batch sender stopped")))
+    }
+
+    async fn send_loop<F, Fut>(self: Arc<Self>, send: F)
+    where
+        F: Fn(Vec<Req>) -> Fut,
+        Fut: Future<Output = Result<Vec<Result<Resp, Status>>, Status>>,
+    {
+        loop {
+            let batch = {
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                if q.items.is_empty() {
+                    // Decided under the lock, so an item pushed after this
+                    // point sees one sender fewer and starts its own.
+                    q.senders -= 1;
+                    return;
+                }
+                let n = q.items.len().min(self.max_batch);
+                q.items.drain(..n).collect::<Vec<_>>()
+            };
+            let (reqs, waiters): (Vec<Req>, Vec<Waiter<Resp>>) = batch.into_iter().unzip();
+            let n = reqs.len();
+            match send(reqs).await {
+                Ok(results) if results.len() == n => {
+                    for (w, r) in waiters.into_iter().zip(results) {
+                        let _ = w.send(r);
+                    }
+                }
+                Ok(results) => {
+                    let why = format!("batch answer has {} results for {n} items", results.len());
+                    for w in waiters {
+                        let _ = w.send(Err(Status::internal(why.clone())));
+                    }
+                }
+                Err(status) => {
+                    for w in waiters {
+                        let _ = w.send(Err(status.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn a_lone_call_goes_alone_and_concurrent_calls_share_rpcs() {
+        let b: Arc<Batcher<u32, u32>> = Batcher::new(64, 1);
+        let rpcs = Arc::new(AtomicUsize::new(0));
+        let send = {
+            let rpcs = rpcs.clone();
+            move |items: Vec<u32>| {
+                let rpcs = rpcs.clone();
+                async move {
+                    rpcs.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                    Ok(items.into_iter().map(|i| Ok(i * 2)).collect())
+                }
+            }
+        };
+        assert_eq!(b.call(1, send.clone()).await.unwrap(), 2);
+        assert_eq!(rpcs.load(Ordering::Relaxed), 1);
+        let calls: Vec<_> = (0..100).map(|i| b.call(i, send.clone())).collect();
+        // join_all polls every call once before any answer: all are queued.
+        let out: Vec<u32> = futures::future::join_all(calls).await.into_iter().map(Result::unwrap).collect();
+        assert_eq!(out, (0..100).map(|i| i * 2).collect::<Vec<_>>());
+        let rpcs = rpcs.load(Ordering::Relaxed);
+        assert!(rpcs <= 5, "100 concurrent calls took {rpcs} RPCs");
+    }
+
+    #[tokio::test]
+    async fn a_failed_rpc_fails_every_item_of_its_batch() {
+        let b: Arc<Batcher<u32, u32>> = Batcher::new(8, 2);
+        let r = b.call(1, |_items: Vec<u32>| async { Err(Status::unavailable("down")) }).await;
+        assert_eq!(r.unwrap_err().code(), tonic::Code::Unavailable);
+    }
+}
