@@ -129,9 +129,10 @@ async fn c6_participant_crash_after_yes_retakes_locks_and_applies_commit() {
     let p1 = in_doubt.iter().find(|p| p.partition == 1).unwrap();
     let tids: Vec<String> = p1.tids.as_ref().unwrap().iter().map(|t| t.tid.clone()).collect();
     assert_eq!(tids, vec![txn.tid().to_string()]);
-    let other = tc.client.begin(None).await.unwrap();
+    // A newcomer waits for the in-doubt tid's lock until its own deadline.
+    let other = tc.client.begin(Some(Duration::from_millis(500))).await.unwrap();
     let err = other.put(keys[1].as_bytes(), b"w").await.unwrap_err();
-    assert!(err.to_string().contains("lock conflict"), "the in-doubt tid must hold its lock: {err}");
+    assert!(err.to_string().contains("deadline"), "the in-doubt tid must hold its lock: {err}");
     // Let the commit through: it learns COMMIT and applies it.
     arm(&tc, FailpointTarget::Partition(1), "participant::before_commit_applied", "").await;
     tc.wait_settled().await;

@@ -74,6 +74,13 @@ struct TidEntry {
     locked: Vec<Vec<u8>>,
 }
 
+impl TidEntry {
+    /// Past its operations: it will take no more locks, only release them.
+    fn done_operating(&self) -> bool {
+        !matches!(self.state, State::Active { .. })
+    }
+}
+
 /// Why an operation inside a tid failed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum OpError {
@@ -257,8 +264,15 @@ impl Participant {
             }
             // Wait-die: an older tid (smaller UUIDv7) waits for younger
             // holders; a younger one dies. Waits only ever point from old to
-            // young, so they cannot form a cycle.
+            // young, so they cannot form a cycle. Exception: a holder that
+            // has finished its operations (preparing, prepared, committing)
+            // never waits for anything again, so waiting for it cannot be
+            // part of a cycle either: anyone may wait for it. This keeps
+            // transactions from dying on locks that phase 2 is about to free.
             Err(holders) => match holders.iter().min() {
+                _ if holders.iter().all(|h| self.tids.get(h).is_some_and(|e| e.done_operating())) => {
+                    Err(OpError::MustWait { holder: holders[0] })
+                }
                 Some(&oldest) if oldest < tid => {
                     self.abort_locally(tid);
                     Err(OpError::LockConflict { holder: oldest })

@@ -108,7 +108,8 @@ fn recovered_prepared_tids_retake_locks_and_ask_with_backoff() {
     assert_eq!(p.locked_keys(), 1);
     let t2 = tid(2);
     p.enlisted(t2, 10_000).unwrap();
-    assert_eq!(p.write(t2, b"a", None, 1_000), Err(OpError::LockConflict { holder: t }), "younger than the holder");
+    // The prepared holder is done operating: the newcomer waits for it.
+    assert_eq!(p.write(t2, b"a", None, 1_000), Err(OpError::MustWait { holder: t }));
     assert_eq!(p.due_questions(1_000), vec![t]);
     assert_eq!(p.due_questions(1_100), Vec::<Tid>::new());
     assert_eq!(p.due_questions(1_200), vec![t]);
@@ -127,4 +128,22 @@ fn limits() {
     p.write(t, b"a".as_slice(), None, 0).unwrap();
     p.write(t, b"b".as_slice(), None, 0).unwrap();
     assert_eq!(p.write(t, b"c".as_slice(), None, 0), Err(OpError::TooManyOps(2)));
+}
+
+#[test]
+fn anyone_waits_for_a_prepared_holder_instead_of_dying() {
+    let mut p = part();
+    let (old, young) = (tid(1), tid(2));
+    p.enlisted(old, 100).unwrap();
+    p.enlisted(young, 100).unwrap();
+    p.write(old, b"a", Some(vec![1]), 0).unwrap();
+    assert!(matches!(p.prepare(old, 1), PrepareStep::Persist(_)));
+    // The younger tid would die under plain wait-die; the holder is done
+    // operating, so it waits for phase 2 instead.
+    assert_eq!(p.write(young, b"a", Some(vec![2]), 1), Err(OpError::MustWait { holder: old }));
+    assert!(p.knows(young));
+    p.prepared_durable(old, 2).unwrap();
+    assert!(matches!(p.commit(old), Ok(CommitStep::Apply(_))));
+    p.commit_applied(old);
+    p.write(young, b"a", Some(vec![2]), 3).unwrap();
 }
