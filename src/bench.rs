@@ -721,8 +721,8 @@ impl Worker {
                 Workload::Transfer => {
                     let (from, to) = self.keys.transfer_pair();
                     let (from, to) = (self.keys.name(from), self.keys.name(to));
-                    let a = balance(txn.get(from.as_bytes()).await?);
-                    let b = balance(txn.get(to.as_bytes()).await?);
+                    let a = balance(txn.get_for_update(from.as_bytes()).await?);
+                    let b = balance(txn.get_for_update(to.as_bytes()).await?);
                     txn.put(from.as_bytes(), (a - 1).to_string().as_bytes()).await?;
                     txn.put(to.as_bytes(), (b + 1).to_string().as_bytes()).await?;
                 }

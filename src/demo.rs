@@ -162,8 +162,8 @@ fn account(a: u32) -> String {
 async fn transfer(client: &Client, from: u32, to: u32, amount: i64) -> anyhow::Result<bool> {
     let txn = client.begin(Some(Duration::from_secs(10))).await?;
     let result: Result<(), twopc_client::ClientError> = async {
-        let a = balance(txn.get(account(from).as_bytes()).await?);
-        let b = balance(txn.get(account(to).as_bytes()).await?);
+        let a = balance(txn.get_for_update(account(from).as_bytes()).await?);
+        let b = balance(txn.get_for_update(account(to).as_bytes()).await?);
         txn.put(account(from).as_bytes(), (a - amount).to_string().as_bytes()).await?;
         txn.put(account(to).as_bytes(), (b + amount).to_string().as_bytes()).await?;
         Ok(())

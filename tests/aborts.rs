@@ -88,3 +88,40 @@ async fn lock_conflicts_resolve_by_wait_die_without_deadlock() {
     tc.wait_value(&b, Some("old")).await;
     tc.wait_settled().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_for_update_queues_read_modify_writes_instead_of_aborting() {
+    let tc = TestCluster::three().await;
+    let a = tc.key_on(0, "rmw");
+    let (_, o) = tc.write_txn(&[(&a, "0")]).await;
+    assert_eq!(o, Outcome::Committed);
+    // Twenty concurrent increments of one key, each read-for-update then
+    // write: they queue on the exclusive lock (older ones wait), so the
+    // young ones die only when they arrive after an older one; retry those.
+    let mut handles = vec![];
+    for _ in 0..20 {
+        let (client, a) = (tc.client.clone(), a.clone());
+        handles.push(tokio::spawn(async move {
+            loop {
+                let txn = client.begin(None).await.unwrap();
+                let step = async {
+                    let v: i64 =
+                        String::from_utf8(txn.get_for_update(a.as_bytes()).await?.unwrap()).unwrap().parse().unwrap();
+                    txn.put(a.as_bytes(), (v + 1).to_string().as_bytes()).await?;
+                    txn.commit().await
+                };
+                match step.await {
+                    Ok(Outcome::Committed) => return,
+                    Ok(Outcome::Aborted { .. }) => continue,
+                    Err(e) if e.is_retryable_abort() => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    tc.wait_value(&a, Some("20")).await;
+    tc.wait_settled().await;
+}

@@ -59,7 +59,19 @@ impl Txn {
 
     /// Reads `key` under a shared lock.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
-        let req = pb::GetRequest { tid: self.tid.to_string(), key: key.to_vec() };
+        self.read(key, false).await
+    }
+
+    /// Reads `key` under an exclusive lock, for a key this transaction is
+    /// about to write (read-modify-write): two transactions doing the same
+    /// then queue instead of both taking shared locks and one dying on the
+    /// upgrade.
+    pub async fn get_for_update(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        self.read(key, true).await
+    }
+
+    async fn read(&self, key: &[u8], for_update: bool) -> Result<Option<Vec<u8>>, ClientError> {
+        let req = pb::GetRequest { tid: self.tid.to_string(), key: key.to_vec(), for_update };
         let resp = self
             .client
             .on_key(key, false, self.limit(), move |mut c| {

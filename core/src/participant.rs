@@ -223,7 +223,17 @@ impl Participant {
 
     /// A read inside `tid`: takes a shared lock.
     pub fn get(&mut self, tid: Tid, key: &[u8], now: Millis) -> Result<ReadPlan, OpError> {
-        self.operate(tid, key, Mode::Shared, now)?;
+        self.read(tid, key, Mode::Shared, now)
+    }
+
+    /// A read inside `tid` that takes the exclusive lock at once, for a key
+    /// the tid is about to write.
+    pub fn get_for_update(&mut self, tid: Tid, key: &[u8], now: Millis) -> Result<ReadPlan, OpError> {
+        self.read(tid, key, Mode::Exclusive, now)
+    }
+
+    fn read(&mut self, tid: Tid, key: &[u8], mode: Mode, now: Millis) -> Result<ReadPlan, OpError> {
+        self.operate(tid, key, mode, now)?;
         let entry = &self.tids[&tid];
         Ok(match entry.writes.get(key) {
             Some(v) => ReadPlan::Own(v.clone()),

@@ -105,9 +105,17 @@ impl Node {
         self.core().enlisted(tid, deadline).map_err(|e| ParticipantError::from_op(tid, e, b""))
     }
 
-    pub async fn get(&self, tid: Tid, key: &[u8]) -> Result<Option<Vec<u8>>, ParticipantError> {
+    pub async fn get(&self, tid: Tid, key: &[u8], for_update: bool) -> Result<Option<Vec<u8>>, ParticipantError> {
         self.ensure_enlisted(tid).await?;
-        let plan = self.until_granted(tid, key, |core| core.get(tid, key, now_unix_ms())).await?;
+        let plan = self
+            .until_granted(tid, key, |core| {
+                if for_update {
+                    core.get_for_update(tid, key, now_unix_ms())
+                } else {
+                    core.get(tid, key, now_unix_ms())
+                }
+            })
+            .await?;
         match plan {
             ReadPlan::Own(v) => Ok(v),
             ReadPlan::Store => self.read(key),

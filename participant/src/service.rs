@@ -91,7 +91,7 @@ impl ParticipantRpc for ParticipantService {
         let req = req.into_inner();
         let tid = tid::parse(&req.tid)?;
         self.check_key(&req.key)?;
-        let value = self.node.get(tid, &req.key).await?;
+        let value = self.node.get(tid, &req.key, req.for_update).await?;
         Ok(Response::new(pb::GetResponse { found: value.is_some(), value: value.unwrap_or_default() }))
     }
 
