@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::error::error_chain;
 use crate::routing::{endpoint, partition_for};
 use crate::{ClientError, Txn};
+use twopc_proto::batch::Batcher;
 
 /// A handle to a twopc cluster. Cheap to clone; clones share channels.
 #[derive(Clone)]
@@ -41,7 +42,16 @@ struct Inner {
     coordinator_addr: String,
     coordinator: CoordinatorClient<Channel>,
     routes: Mutex<Routes>,
+    /// Begin calls of concurrent transactions share BeginBatch RPCs.
+    begins: Arc<Batcher<pb::BeginRequest, pb::BeginResponse>>,
+    /// Operations of concurrent transactions share OperateBatch RPCs, per
+    /// participant address.
+    operations: Mutex<HashMap<String, Arc<Batcher<pb::Operation, pb::OperationResult>>>>,
 }
+
+/// Most items in one batch RPC, and batch RPCs in flight per peer.
+const MAX_BATCH: usize = 256;
+const BATCHES_IN_FLIGHT: usize = 2;
 
 #[derive(Default)]
 struct Routes {
@@ -150,6 +160,8 @@ impl Client {
                 coordinator_addr: coordinator_addr.to_string(),
                 coordinator: CoordinatorClient::new(channel),
                 routes: Mutex::new(Routes::default()),
+                begins: Batcher::new(MAX_BATCH, BATCHES_IN_FLIGHT),
+                operations: Mutex::default(),
             }),
         };
         client.topology().await?;
@@ -160,12 +172,27 @@ impl Client {
     /// timeout; the server caps it at its maximum.
     pub async fn begin(&self, timeout: Option<Duration>) -> Result<Txn, ClientError> {
         let timeout_ms = timeout.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let coordinator = self.coordinator();
+        let send = move |requests: Vec<pb::BeginRequest>| {
+            let mut c = coordinator.clone();
+            async move {
+                let resp = c.begin_batch(pb::BeginBatchRequest { requests }).await?.into_inner();
+                Ok(resp
+                    .results
+                    .into_iter()
+                    .map(|r| match r.code {
+                        0 => Ok(pb::BeginResponse { tid: r.tid, deadline_unix_ms: r.deadline_unix_ms }),
+                        code => Err(Status::new(Code::from(code), r.message)),
+                    })
+                    .collect())
+            }
+        };
         let resp = self
-            .coordinator()
-            .begin(pb::BeginRequest { timeout_ms })
+            .inner
+            .begins
+            .call(pb::BeginRequest { timeout_ms }, send)
             .await
-            .map_err(|s| self.coordinator_error(s))?
-            .into_inner();
+            .map_err(|s| self.coordinator_error(s))?;
         let tid = Uuid::parse_str(&resp.tid)
             .map_err(|e| Status::unknown(format!("the coordinator returned a malformed tid {:?}: {e}", resp.tid)))?;
         Ok(self.txn(tid, resp.deadline_unix_ms))
@@ -286,6 +313,50 @@ impl Client {
             )));
         }
         self.route_partition(partition_for(key, partitions)).await
+    }
+
+    /// Runs one operation of a transaction on the partition owning `key`,
+    /// within `limit`, batched with the concurrent operations of other
+    /// transactions on the same participant. On UNAVAILABLE it refreshes the
+    /// topology (the participant may have moved) and fails: the participant
+    /// may have lost the transaction.
+    pub(crate) async fn operate(
+        &self,
+        key: &[u8],
+        op: pb::Operation,
+        limit: Option<Duration>,
+    ) -> Result<pb::OperationResult, ClientError> {
+        let route = self.route_key(key).await?;
+        let batcher = {
+            let mut m = self.inner.operations.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(route.address.clone()).or_insert_with(|| Batcher::new(MAX_BATCH, BATCHES_IN_FLIGHT)).clone()
+        };
+        let client = route.client.clone();
+        let send = move |operations: Vec<pb::Operation>| {
+            let mut c = client.clone();
+            async move {
+                let resp = c.operate_batch(pb::OperationBatch { operations }).await?.into_inner();
+                Ok(resp
+                    .results
+                    .into_iter()
+                    .map(|r| match r.code {
+                        0 => Ok(r),
+                        code => Err(Status::new(Code::from(code), r.message)),
+                    })
+                    .collect())
+            }
+        };
+        match within(limit, || route.peer(), batcher.call(op, send)).await {
+            Ok(r) => Ok(r),
+            Err(s) => {
+                if s.code() == Code::Unavailable
+                    && let Err(e) = self.topology().await
+                {
+                    tracing::debug!(error = %e, "topology refresh failed");
+                }
+                Err(route.error(s))
+            }
+        }
     }
 
     /// Runs one participant RPC on the partition owning `key`, within

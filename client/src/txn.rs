@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use twopc_proto::pb;
+use twopc_proto::pb::operation::Kind;
 use uuid::Uuid;
 
 use crate::{Client, ClientError};
@@ -71,39 +72,66 @@ impl Txn {
     }
 
     async fn read(&self, key: &[u8], for_update: bool) -> Result<Option<Vec<u8>>, ClientError> {
-        let req = pb::GetRequest { tid: self.tid.to_string(), key: key.to_vec(), for_update };
-        let resp = self
-            .client
-            .on_key(key, false, self.limit(), move |mut c| {
-                let req = req.clone();
-                async move { c.get(req).await }
-            })
-            .await?;
+        let kind = if for_update { Kind::GetForUpdate } else { Kind::Get };
+        let resp = self.operate(kind, key, vec![]).await?;
         Ok(resp.found.then_some(resp.value))
     }
 
     /// Writes `key` under an exclusive lock.
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), ClientError> {
-        let req = pb::PutRequest { tid: self.tid.to_string(), key: key.to_vec(), value: value.to_vec() };
-        self.client
-            .on_key(key, false, self.limit(), move |mut c| {
-                let req = req.clone();
-                async move { c.put(req).await }
-            })
-            .await?;
-        Ok(())
+        self.operate(Kind::Put, key, value.to_vec()).await.map(drop)
     }
 
     /// Deletes `key` under an exclusive lock.
     pub async fn delete(&self, key: &[u8]) -> Result<(), ClientError> {
-        let req = pb::DeleteRequest { tid: self.tid.to_string(), key: key.to_vec() };
-        self.client
-            .on_key(key, false, self.limit(), move |mut c| {
-                let req = req.clone();
-                async move { c.delete(req).await }
-            })
-            .await?;
-        Ok(())
+        self.operate(Kind::Delete, key, vec![]).await.map(drop)
+    }
+
+    /// Sends the operation batched with other transactions' operations; if
+    /// it has to wait for a lock (a batch never waits), resends it alone
+    /// with its unary call, which waits.
+    async fn operate(&self, kind: Kind, key: &[u8], value: Vec<u8>) -> Result<pb::OperationResult, ClientError> {
+        let tid = self.tid.to_string();
+        let op = pb::Operation { tid: tid.clone(), kind: kind as i32, key: key.to_vec(), value: value.clone() };
+        let done = self.client.operate(key, op, self.limit()).await?;
+        if !done.must_wait {
+            return Ok(done);
+        }
+        let limit = self.limit();
+        let key_vec = key.to_vec();
+        match kind {
+            Kind::Get | Kind::GetForUpdate => {
+                let req = pb::GetRequest { tid, key: key_vec, for_update: kind == Kind::GetForUpdate };
+                let r = self
+                    .client
+                    .on_key(key, false, limit, move |mut c| {
+                        let req = req.clone();
+                        async move { c.get(req).await }
+                    })
+                    .await?;
+                Ok(pb::OperationResult { found: r.found, value: r.value, ..Default::default() })
+            }
+            Kind::Unspecified => Err(ClientError::InvalidArgument("operation kind is missing".into())),
+            Kind::Put | Kind::Delete => {
+                let (put, del) = (
+                    pb::PutRequest { tid: tid.clone(), key: key_vec.clone(), value },
+                    pb::DeleteRequest { tid, key: key_vec },
+                );
+                self.client
+                    .on_key(key, false, limit, move |mut c| {
+                        let (put, del) = (put.clone(), del.clone());
+                        async move {
+                            if kind == Kind::Put {
+                                c.put(put).await.map(|r| r.map(drop))
+                            } else {
+                                c.delete(del).await.map(|r| r.map(drop))
+                            }
+                        }
+                    })
+                    .await?;
+                Ok(pb::OperationResult::default())
+            }
+        }
     }
 
     /// Asks the coordinator to run two-phase commit. COMMITTED is only

@@ -43,6 +43,19 @@ impl CoordinatorService {
 }
 
 impl CoordinatorService {
+    /// Rule 1, for one Begin (unary or inside a batch).
+    fn begin_one(&self, req: pb::BeginRequest) -> Result<pb::BeginResponse, Status> {
+        let asked = req.timeout_ms;
+        let timeout = if asked == 0 { self.limits.default_timeout } else { Duration::from_millis(asked) };
+        let timeout = timeout.min(self.limits.max_timeout);
+        let tid = tid::new_tid();
+        let now = now_unix_ms();
+        let deadline = now + timeout.as_millis() as u64;
+        self.driver.state().core.begin(tid, now, deadline).map_err(|r| CoordinatorError::from_refusal(tid, r))?;
+        tracing::debug!(%tid, deadline, "begun");
+        Ok(pb::BeginResponse { tid: tid.to_string(), deadline_unix_ms: deadline })
+    }
+
     /// Rule 2, for one enlistment (unary or inside a batch).
     fn enlist_one(&self, req: pb::EnlistRequest) -> Result<u64, Status> {
         let tid = tid::parse(&req.tid)?;
@@ -61,15 +74,27 @@ impl CoordinatorService {
 #[tonic::async_trait]
 impl CoordinatorRpc for CoordinatorService {
     async fn begin(&self, req: Request<pb::BeginRequest>) -> Reply<pb::BeginResponse> {
-        let asked = req.into_inner().timeout_ms;
-        let timeout = if asked == 0 { self.limits.default_timeout } else { Duration::from_millis(asked) };
-        let timeout = timeout.min(self.limits.max_timeout);
-        let tid = tid::new_tid();
-        let now = now_unix_ms();
-        let deadline = now + timeout.as_millis() as u64;
-        self.driver.state().core.begin(tid, now, deadline).map_err(|r| CoordinatorError::from_refusal(tid, r))?;
-        tracing::debug!(%tid, deadline, "begun");
-        Ok(Response::new(pb::BeginResponse { tid: tid.to_string(), deadline_unix_ms: deadline }))
+        Ok(Response::new(self.begin_one(req.into_inner())?))
+    }
+
+    async fn begin_batch(&self, req: Request<pb::BeginBatchRequest>) -> Reply<pb::BeginBatchResponse> {
+        let results = req
+            .into_inner()
+            .requests
+            .into_iter()
+            .map(|r| match self.begin_one(r) {
+                Ok(b) => pb::BeginResult {
+                    code: 0,
+                    message: String::new(),
+                    tid: b.tid,
+                    deadline_unix_ms: b.deadline_unix_ms,
+                },
+                Err(s) => {
+                    pb::BeginResult { code: s.code() as i32, message: s.message().to_string(), ..Default::default() }
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::BeginBatchResponse { results }))
     }
 
     async fn enlist(&self, req: Request<pb::EnlistRequest>) -> Reply<pb::EnlistResponse> {

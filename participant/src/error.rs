@@ -20,6 +20,9 @@ pub enum ParticipantError {
     CoordinatorUnavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// The operation must wait for a lock and the caller asked not to.
+    #[error("the operation must wait for a lock")]
+    WouldWait,
 }
 
 impl From<ParticipantError> for Status {
@@ -32,7 +35,7 @@ impl From<ParticipantError> for Status {
             ParticipantError::FailedPrecondition { .. } => Status::failed_precondition(msg),
             ParticipantError::ResourceExhausted(_) => Status::resource_exhausted(msg),
             ParticipantError::CoordinatorUnavailable(_) => Status::unavailable(msg),
-            ParticipantError::Internal(_) => Status::internal(msg),
+            ParticipantError::Internal(_) | ParticipantError::WouldWait => Status::internal(msg),
         }
     }
 }

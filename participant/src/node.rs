@@ -105,10 +105,16 @@ impl Node {
         self.core().enlisted(tid, deadline).map_err(|e| ParticipantError::from_op(tid, e, b""))
     }
 
-    pub async fn get(&self, tid: Tid, key: &[u8], for_update: bool) -> Result<Option<Vec<u8>>, ParticipantError> {
+    pub async fn get(
+        &self,
+        tid: Tid,
+        key: &[u8],
+        for_update: bool,
+        wait: bool,
+    ) -> Result<Option<Vec<u8>>, ParticipantError> {
         self.ensure_enlisted(tid).await?;
         let plan = self
-            .until_granted(tid, key, |core| {
+            .until_granted(tid, key, wait, |core| {
                 if for_update {
                     core.get_for_update(tid, key, now_unix_ms())
                 } else {
@@ -122,18 +128,26 @@ impl Node {
         }
     }
 
-    pub async fn write(&self, tid: Tid, key: &[u8], value: Option<Vec<u8>>) -> Result<(), ParticipantError> {
+    pub async fn write(
+        &self,
+        tid: Tid,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        wait: bool,
+    ) -> Result<(), ParticipantError> {
         self.ensure_enlisted(tid).await?;
-        self.until_granted(tid, key, |core| core.write(tid, key, value.clone(), now_unix_ms())).await
+        self.until_granted(tid, key, wait, |core| core.write(tid, key, value.clone(), now_unix_ms())).await
     }
 
     /// Runs a locking operation, waiting while wait-die says the tid must
-    /// wait. Each release of any lock wakes the waiters to try again; the
-    /// tid's deadline bounds the wait (the core aborts it then).
+    /// wait (or, without `wait`, failing with `WouldWait`, nothing done).
+    /// Each release of any lock wakes the waiters to try again; the tid's
+    /// deadline bounds the wait (the core aborts it then).
     async fn until_granted<T>(
         &self,
         tid: Tid,
         key: &[u8],
+        wait: bool,
         mut op: impl FnMut(&mut Participant) -> Result<T, OpError>,
     ) -> Result<T, ParticipantError> {
         loop {
@@ -143,6 +157,7 @@ impl Node {
             let result = op(&mut self.core());
             match result {
                 Ok(v) => return Ok(v),
+                Err(OpError::MustWait { .. }) if !wait => return Err(ParticipantError::WouldWait),
                 Err(OpError::MustWait { .. }) => {
                     // Re-check at least every 100 ms so the deadline is noticed.
                     let _ = tokio::time::timeout(Duration::from_millis(100), released).await;

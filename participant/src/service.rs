@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use twopc_proto::pb::{self, participant_server::Participant as ParticipantRpc};
 use twopc_proto::{failpoint, now_unix_ms, tid};
 
+use crate::error::ParticipantError;
 use crate::node::{Node, VoteReply};
 
 /// Input limits, checked before anything else.
@@ -62,6 +63,36 @@ impl ParticipantService {
         Ok(pb::PrepareResponse { vote: vote as i32, reason })
     }
 
+    /// One operation of a batch, as its unary twin runs it except that it
+    /// never waits for a lock.
+    async fn operate_one(&self, op: pb::Operation) -> Result<pb::OperationResult, Status> {
+        use pb::operation::Kind;
+        let tid = tid::parse(&op.tid)?;
+        self.check_key(&op.key)?;
+        let found = |v: Option<Vec<u8>>| pb::OperationResult {
+            found: v.is_some(),
+            value: v.unwrap_or_default(),
+            ..Default::default()
+        };
+        // Inside a batch an operation never waits for a lock (see OperationResult.must_wait).
+        let done = match op.kind() {
+            Kind::Get => self.node.get(tid, &op.key, false, false).await.map(found),
+            Kind::GetForUpdate => self.node.get(tid, &op.key, true, false).await.map(found),
+            Kind::Put => {
+                self.check_value(&op.value)?;
+                self.node.write(tid, &op.key, Some(op.value), false).await.map(|()| pb::OperationResult::default())
+            }
+            Kind::Delete => self.node.write(tid, &op.key, None, false).await.map(|()| pb::OperationResult::default()),
+            Kind::Unspecified => {
+                return Err(Status::invalid_argument("operation kind is missing: GET, GET_FOR_UPDATE, PUT or DELETE"));
+            }
+        };
+        match done {
+            Err(ParticipantError::WouldWait) => Ok(pb::OperationResult { must_wait: true, ..Default::default() }),
+            other => Ok(other?),
+        }
+    }
+
     async fn resolve_one(&self, tid: &str, commit: bool) -> Result<(), Status> {
         let tid = tid::parse(tid)?;
         if commit {
@@ -91,7 +122,7 @@ impl ParticipantRpc for ParticipantService {
         let req = req.into_inner();
         let tid = tid::parse(&req.tid)?;
         self.check_key(&req.key)?;
-        let value = self.node.get(tid, &req.key, req.for_update).await?;
+        let value = self.node.get(tid, &req.key, req.for_update, true).await?;
         Ok(Response::new(pb::GetResponse { found: value.is_some(), value: value.unwrap_or_default() }))
     }
 
@@ -100,7 +131,7 @@ impl ParticipantRpc for ParticipantService {
         let tid = tid::parse(&req.tid)?;
         self.check_key(&req.key)?;
         self.check_value(&req.value)?;
-        self.node.write(tid, &req.key, Some(req.value)).await?;
+        self.node.write(tid, &req.key, Some(req.value), true).await?;
         Ok(Response::new(pb::PutResponse {}))
     }
 
@@ -108,7 +139,7 @@ impl ParticipantRpc for ParticipantService {
         let req = req.into_inner();
         let tid = tid::parse(&req.tid)?;
         self.check_key(&req.key)?;
-        self.node.write(tid, &req.key, None).await?;
+        self.node.write(tid, &req.key, None, true).await?;
         Ok(Response::new(pb::DeleteResponse {}))
     }
 
@@ -147,6 +178,21 @@ impl ParticipantRpc for ParticipantService {
             })
             .collect();
         Ok(Response::new(pb::PrepareBatchResponse { results }))
+    }
+
+    async fn operate_batch(&self, req: Request<pb::OperationBatch>) -> Reply<pb::OperationBatchResponse> {
+        let answers = join_all(req.into_inner().operations.into_iter().map(|op| self.operate_one(op))).await;
+        let results = answers
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|s| pb::OperationResult {
+                    code: s.code() as i32,
+                    message: s.message().to_string(),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        Ok(Response::new(pb::OperationBatchResponse { results }))
     }
 
     async fn commit_batch(&self, req: Request<pb::TidBatch>) -> Reply<pb::ResolveBatchResponse> {
