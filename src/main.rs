@@ -4,6 +4,11 @@
 
 use clap::{Parser, Subcommand};
 
+// Every RPC allocates many small buffers; mimalloc's thread-local free
+// lists measured clearly faster than glibc malloc on this workload.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "twopc",
