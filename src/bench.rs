@@ -172,6 +172,13 @@ pub struct Floor {
     pub fsync_in_temp_dir: bool,
     /// 2 × RTT + 2 × fsync.
     pub floor_us: f64,
+    /// Median time for one round of N concurrent fsyncs (N = partitions,
+    /// each on its own file in the same directory), as the participants'
+    /// prepares do when they share one disk.
+    pub parallel_fsync_median_us: f64,
+    /// 2 × RTT + (N concurrent fsyncs) + fsync: the floor on this machine,
+    /// where every process shares one disk whose flushes serialize.
+    pub shared_disk_floor_us: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -256,6 +263,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let dir = fsync_dir.clone();
         tokio::task::spawn_blocking(move || measure_fsync(&dir)).await??
     };
+    let parallel_fsync = {
+        let dir = fsync_dir.clone();
+        tokio::task::spawn_blocking(move || measure_parallel_fsync(&dir, partitions as usize)).await??
+    };
     drop(fsync_tmp);
     let floor = Floor {
         rtt_median_us: micros(rtt),
@@ -263,6 +274,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         fsync_dir: fsync_dir.display().to_string(),
         fsync_in_temp_dir,
         floor_us: micros(2 * rtt + 2 * fsync),
+        parallel_fsync_median_us: micros(parallel_fsync),
+        shared_disk_floor_us: micros(2 * rtt + parallel_fsync + fsync),
     };
     eprintln!(
         "floor: RTT {:.1} µs, fsync {:.1} µs{} → 2×RTT + 2×fsync = {:.1} µs",
@@ -417,6 +430,47 @@ fn measure_fsync(dir: &Path) -> anyhow::Result<Duration> {
     drop(f);
     let _ = std::fs::remove_file(&path);
     result.with_context(|| format!("fsync measurement in {}", dir.display()))?;
+    Ok(median(samples))
+}
+
+/// Median time of a round of `n` threads each appending 4 KiB to its own
+/// file and syncing it, all at once.
+fn measure_parallel_fsync(dir: &Path, n: usize) -> anyhow::Result<Duration> {
+    use std::io::Write;
+    use std::sync::Barrier;
+    let n = n.max(1);
+    let start = Arc::new(Barrier::new(n + 1));
+    let done = Arc::new(Barrier::new(n + 1));
+    let mut threads = vec![];
+    for i in 0..n {
+        let path = dir.join(format!("bench-pfsync-{}-{i}.tmp", std::process::id()));
+        let (start, done) = (start.clone(), done.clone());
+        threads.push(std::thread::spawn(move || -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+            let block = [0x5au8; 4096];
+            let mut result = Ok(());
+            for _ in 0..FSYNC_SAMPLES {
+                start.wait();
+                if result.is_ok() {
+                    result = f.write_all(&block).and_then(|()| f.sync_data());
+                }
+                done.wait();
+            }
+            drop(f);
+            let _ = std::fs::remove_file(&path);
+            result
+        }));
+    }
+    let mut samples = Vec::with_capacity(FSYNC_SAMPLES);
+    for _ in 0..FSYNC_SAMPLES {
+        let t = Instant::now();
+        start.wait();
+        done.wait();
+        samples.push(t.elapsed());
+    }
+    for t in threads {
+        t.join().map_err(|_| anyhow::anyhow!("fsync thread panicked"))?.context("parallel fsync measurement")?;
+    }
     Ok(median(samples))
 }
 
@@ -798,6 +852,12 @@ fn print_report(r: &Report) {
         fmt_us(f.floor_us.round() as u64),
         f.fsync_dir,
         if f.fsync_in_temp_dir { ", a temporary directory: the cluster is external" } else { "" }
+    );
+    println!(
+        "shared-disk floor: 2 × RTT + {} concurrent fsyncs {:.1} µs + fsync = {} (this machine's processes share one disk)",
+        r.partitions,
+        f.parallel_fsync_median_us,
+        fmt_us(f.shared_disk_floor_us.round() as u64)
     );
     let ratio = |us: u64| if f.floor_us > 0.0 { us as f64 / f.floor_us } else { 0.0 };
     for (title, p) in
