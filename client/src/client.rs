@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::error::error_chain;
 use crate::routing::{endpoint, partition_for};
 use crate::{ClientError, Txn};
-use twopc_proto::batch::Batcher;
+use twopc_proto::batch::{self, Batcher};
 
 /// A handle to a twopc cluster. Cheap to clone; clones share channels.
 #[derive(Clone)]
@@ -180,9 +180,9 @@ impl Client {
                 Ok(resp
                     .results
                     .into_iter()
-                    .map(|r| match r.code {
-                        0 => Ok(pb::BeginResponse { tid: r.tid, deadline_unix_ms: r.deadline_unix_ms }),
-                        code => Err(Status::new(Code::from(code), r.message)),
+                    .map(|r| {
+                        let (tid, deadline_unix_ms) = (r.tid, r.deadline_unix_ms);
+                        batch::item(r.code, r.message, || pb::BeginResponse { tid, deadline_unix_ms })
                     })
                     .collect())
             }
@@ -339,9 +339,9 @@ impl Client {
                 Ok(resp
                     .results
                     .into_iter()
-                    .map(|r| match r.code {
-                        0 => Ok(r),
-                        code => Err(Status::new(Code::from(code), r.message)),
+                    .map(|r| {
+                        let (code, message) = (r.code, r.message.clone());
+                        batch::item(code, message, || r)
                     })
                     .collect())
             }

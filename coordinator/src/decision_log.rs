@@ -183,14 +183,7 @@ fn decode_partitions(s: &str) -> Result<Vec<PartitionId>, LogError> {
 /// The writer thread: one SQLite transaction per batch of queued requests.
 fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, keep_finished: usize, stats: &Stats) {
     let mut finished_since_trim = 0usize;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = twopc_proto::batch::next_batch(&rx, MAX_BATCH) {
         let forced = batch.iter().any(Request::forced);
         finished_since_trim += batch.iter().filter(|r| !r.forced()).count();
         let trim = finished_since_trim >= 1024;

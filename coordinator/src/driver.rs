@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use twopc_core::coordinator::{Action, Coordinator, Outcome, Vote};
 use twopc_core::{PartitionId, Tid};
+use twopc_proto::batch;
 use twopc_proto::pb;
 use twopc_proto::{Backoff, failpoint, now_unix_ms};
 
@@ -148,8 +149,9 @@ impl Driver {
                     Ok(resp
                         .results
                         .into_iter()
-                        .map(item_status)
-                        .map(|r| r.map(|(v, reason)| pb::PrepareResponse { vote: v, reason }))
+                        .map(|r| {
+                            batch::item(r.code, r.message, || pb::PrepareResponse { vote: r.vote, reason: r.reason })
+                        })
                         .collect())
                 }
             };
@@ -236,7 +238,7 @@ impl Driver {
                 async move {
                     let batch = pb::TidBatch { tids };
                     let resp = if commit { c.commit_batch(batch).await? } else { c.abort_batch(batch).await? };
-                    Ok(resp.into_inner().results.into_iter().map(|r| resolve_status(r.code, r.message)).collect())
+                    Ok(resp.into_inner().results.into_iter().map(|r| batch::item(r.code, r.message, || ())).collect())
                 }
             };
             batcher.call(tid.to_string(), send).await
@@ -255,20 +257,5 @@ impl Driver {
             tick.tick().await;
             self.apply(|c| ((), c.expire(now_unix_ms())));
         }
-    }
-}
-
-/// One item of a batch answer as the unary call would have answered it.
-fn item_status(r: pb::PrepareResult) -> Result<(i32, String), tonic::Status> {
-    match r.code {
-        0 => Ok((r.vote, r.reason)),
-        code => Err(tonic::Status::new(tonic::Code::from(code), r.message)),
-    }
-}
-
-fn resolve_status(code: i32, message: String) -> Result<(), tonic::Status> {
-    match code {
-        0 => Ok(()),
-        code => Err(tonic::Status::new(tonic::Code::from(code), message)),
     }
 }

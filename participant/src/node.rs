@@ -18,7 +18,7 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use twopc_core::participant::{AbortStep, CommitStep, OpError, Participant, PrepareStep, ReadPlan};
 use twopc_core::{PartitionId, Tid};
-use twopc_proto::batch::Batcher;
+use twopc_proto::batch::{self, Batcher};
 use twopc_proto::pb::{self, coordinator_client::CoordinatorClient};
 use twopc_proto::{failpoint, now_unix_ms};
 
@@ -84,14 +84,7 @@ impl Node {
             let mut c = coordinator.clone();
             async move {
                 let resp = c.enlist_batch(pb::EnlistBatchRequest { requests }).await?.into_inner();
-                Ok(resp
-                    .results
-                    .into_iter()
-                    .map(|r| match r.code {
-                        0 => Ok(r.deadline_unix_ms),
-                        code => Err(tonic::Status::new(tonic::Code::from(code), r.message)),
-                    })
-                    .collect())
+                Ok(resp.results.into_iter().map(|r| batch::item(r.code, r.message, || r.deadline_unix_ms)).collect())
             }
         };
         let deadline = self.enlists.call(req, send).await.map_err(|s| match s.code() {

@@ -172,14 +172,7 @@ fn read_prepared(conn: &Connection) -> Result<Vec<(Tid, WriteSet)>, StoreError> 
 }
 
 fn writer(mut conn: Connection, rx: mpsc::Receiver<(Write, Done)>, stats: &Stats) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = twopc_proto::batch::next_batch(&rx, MAX_BATCH) {
         let result = write_batch(&mut conn, &batch).map_err(|e| e.to_string());
         let forced = batch.iter().filter(|(w, _)| w.forced()).count() as u64;
         if forced > 0 && result.is_ok() {

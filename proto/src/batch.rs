@@ -107,6 +107,31 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     }
 }
 
+/// Group commit's intake, for a writer thread: blocks for the next
+/// request, then takes every request already queued behind it (up to
+/// `max`), so they share one durable write. A lone request is returned at
+/// once. `None` once every sender is gone.
+pub fn next_batch<T>(rx: &std::sync::mpsc::Receiver<T>, max: usize) -> Option<Vec<T>> {
+    let first = rx.recv().ok()?;
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(r) => batch.push(r),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// One item of a batch answer as its unary call would have answered:
+/// `code` 0 is success, yielding `ok()`; any other code is that status.
+pub fn item<T>(code: i32, message: String, ok: impl FnOnce() -> T) -> Result<T, Status> {
+    match code {
+        0 => Ok(ok()),
+        code => Err(Status::new(tonic::Code::from(code), message)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
