@@ -33,6 +33,10 @@ use twopc_core::{PartitionId, Tid};
 /// Most requests one group commit takes.
 const MAX_BATCH: usize = 1024;
 
+/// Finished marks between two trims of old finished rows: the table holds
+/// at most `keep_finished + TRIM_EVERY` finished rows.
+const TRIM_EVERY: usize = 256;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("decision log: {0}")]
@@ -87,6 +91,9 @@ impl DecisionLog {
     pub fn open(dir: &Path, partitions: u32, keep_finished: usize) -> Result<(Self, Recovered), LogError> {
         let conn = Connection::open(dir.join("decisions.db"))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Bounded files: SQLite checkpoints the WAL every 1000 pages and,
+        // with this limit, truncates it back to 4 MiB after a checkpoint.
+        conn.pragma_update(None, "journal_size_limit", 4 * 1024 * 1024)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -186,7 +193,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, keep_finished: usiz
     while let Some(batch) = twopc_proto::batch::next_batch(&rx, MAX_BATCH) {
         let forced = batch.iter().any(Request::forced);
         finished_since_trim += batch.iter().filter(|r| !r.forced()).count();
-        let trim = finished_since_trim >= 1024;
+        let trim = finished_since_trim >= TRIM_EVERY;
         if trim {
             finished_since_trim = 0;
         }

@@ -80,6 +80,9 @@ impl Store {
         let path = dir.join("partition.db");
         let conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Bounded files: SQLite checkpoints the WAL every 1000 pages and,
+        // with this limit, truncates it back to 4 MiB after a checkpoint.
+        conn.pragma_update(None, "journal_size_limit", 4 * 1024 * 1024)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
