@@ -199,6 +199,8 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, keep_finished: usiz
         }
         let result = write_batch(&mut conn, &batch, forced, trim, keep_finished);
         if forced && result.is_ok() {
+            metrics::counter!("twopc_decision_log_fsyncs_total").increment(1);
+            metrics::histogram!("twopc_decision_log_batch_size").record(batch.len() as f64);
             stats.forced_batches.fetch_add(1, Ordering::Relaxed);
             stats.forced_records.fetch_add(batch.iter().filter(|r| r.forced()).count() as u64, Ordering::Relaxed);
         }

@@ -117,8 +117,15 @@ impl Driver {
                 }
                 Action::Reply(tid, outcome) => {
                     match &outcome {
-                        Outcome::Committed => tracing::debug!(%tid, "committed"),
-                        Outcome::Aborted(why) => tracing::info!(%tid, reason = %why, "aborted"),
+                        Outcome::Committed => {
+                            tracing::debug!(%tid, "committed");
+                            metrics::counter!("twopc_transactions_committed_total").increment(1);
+                        }
+                        Outcome::Aborted(why) => {
+                            tracing::info!(%tid, reason = %why, "aborted");
+                            metrics::counter!("twopc_transactions_aborted_total", "reason" => abort_kind(why))
+                                .increment(1);
+                        }
                     }
                     let waiters = self.state().waiters.remove(&tid).unwrap_or_default();
                     for w in waiters {
@@ -134,6 +141,14 @@ impl Driver {
     }
 
     async fn prepare(&self, tid: Tid, p: PartitionId) -> Vote {
+        let started = std::time::Instant::now();
+        let vote = self.prepare_call(tid, p).await;
+        metrics::histogram!("twopc_prepare_latency_seconds", "partition" => p.to_string())
+            .record(started.elapsed().as_secs_f64());
+        vote
+    }
+
+    async fn prepare_call(&self, tid: Tid, p: PartitionId) -> Vote {
         let Some(client) = self.peers.client(p) else {
             return Vote::Failed(format!("partition {p} is not registered"));
         };
@@ -205,6 +220,7 @@ impl Driver {
                 Err(e) => {
                     let n = backoff.attempts() + 1;
                     self.state().retries.insert((tid, p), n);
+                    metrics::counter!("twopc_phase2_retries_total").increment(1);
                     tracing::warn!(%tid, partition = p, retry = n, error = %e, "commit not acknowledged; resending");
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
@@ -255,7 +271,25 @@ impl Driver {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            self.apply(|c| ((), c.expire(now_unix_ms())));
+            let open = self.apply(|c| (c.live_count(), c.expire(now_unix_ms())));
+            metrics::gauge!("twopc_open_transactions").set(open as f64);
         }
+    }
+}
+
+/// A low-cardinality label for an abort reason (the full text is logged).
+fn abort_kind(why: &str) -> &'static str {
+    if why.contains("client") {
+        "client"
+    } else if why.contains("deadline") {
+        "deadline"
+    } else if why.contains("voted NO") {
+        "voted_no"
+    } else if why.contains("did not vote") {
+        "no_vote"
+    } else if why.contains("restarted") {
+        "participant_restarted"
+    } else {
+        "other"
     }
 }

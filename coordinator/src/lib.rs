@@ -33,6 +33,9 @@ use crate::service::{CoordinatorService, Limits};
 /// Coordinator settings; every flag has an environment-variable twin.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100); off when absent.
+    #[arg(long, env = "TWOPC_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Tokio worker threads (1: a single-threaded runtime).
     #[arg(long, env = "TWOPC_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
@@ -118,6 +121,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
     };
 
+    runtime::serve_metrics(config.metrics_listen.as_deref()).map_err(anyhow::Error::msg)?;
     let (listener, local) = runtime::bind(&config.listen).await.map_err(anyhow::Error::msg)?;
     driver.execute(redo);
     tokio::spawn(driver.clone().expiry_loop(Duration::from_millis(100)));

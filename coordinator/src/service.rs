@@ -53,6 +53,7 @@ impl CoordinatorService {
         let deadline = now + timeout.as_millis() as u64;
         self.driver.state().core.begin(tid, now, deadline).map_err(|r| CoordinatorError::from_refusal(tid, r))?;
         tracing::debug!(%tid, deadline, "begun");
+        metrics::counter!("twopc_transactions_begun_total").increment(1);
         Ok(pb::BeginResponse { tid: tid.to_string(), deadline_unix_ms: deadline })
     }
 
@@ -118,6 +119,7 @@ impl CoordinatorRpc for CoordinatorService {
     }
 
     async fn commit(&self, req: Request<pb::CommitRequest>) -> Reply<pb::CommitResponse> {
+        let started = std::time::Instant::now();
         let tid = tid::parse(&req.into_inner().tid)?;
         let rx = self
             .driver
@@ -132,6 +134,7 @@ impl CoordinatorRpc for CoordinatorService {
                 .into());
             }
         };
+        metrics::histogram!("twopc_commit_latency_seconds").record(started.elapsed().as_secs_f64());
         let (outcome, reason) = match outcome {
             Outcome::Committed => (pb::Outcome::Committed, String::new()),
             Outcome::Aborted(why) => (pb::Outcome::Aborted, why),

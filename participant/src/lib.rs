@@ -34,6 +34,9 @@ use crate::store::Store;
 /// Participant settings; every flag has an environment-variable twin.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100); off when absent.
+    #[arg(long, env = "TWOPC_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Tokio worker threads (1: a single-threaded runtime).
     #[arg(long, env = "TWOPC_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
@@ -98,6 +101,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         limits: InputLimits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes },
     };
 
+    runtime::serve_metrics(config.metrics_listen.as_deref()).map_err(anyhow::Error::msg)?;
     let (listener, local) = runtime::bind(&config.listen).await.map_err(anyhow::Error::msg)?;
     let advertise = config.advertise.clone().unwrap_or_else(|| local.to_string());
     tokio::spawn(node.clone().register_loop(advertise));

@@ -143,6 +143,7 @@ impl Node {
         wait: bool,
         mut op: impl FnMut(&mut Participant) -> Result<T, OpError>,
     ) -> Result<T, ParticipantError> {
+        let mut waited = false;
         loop {
             let released = self.released.notified();
             tokio::pin!(released);
@@ -150,8 +151,15 @@ impl Node {
             let result = op(&mut self.core());
             match result {
                 Ok(v) => return Ok(v),
-                Err(OpError::MustWait { .. }) if !wait => return Err(ParticipantError::WouldWait),
+                Err(OpError::MustWait { .. }) if !wait => {
+                    metrics::counter!("twopc_lock_waits_total").increment(1);
+                    return Err(ParticipantError::WouldWait);
+                }
                 Err(OpError::MustWait { .. }) => {
+                    if !waited {
+                        metrics::counter!("twopc_lock_waits_total").increment(1);
+                        waited = true;
+                    }
                     // Re-check at least every 100 ms so the deadline is noticed.
                     let _ = tokio::time::timeout(Duration::from_millis(100), released).await;
                 }
@@ -174,6 +182,9 @@ impl Node {
     /// the coordinator at once (best effort) so it stops waiting for it.
     /// Must be called without the core lock held.
     fn op_failed(&self, tid: Tid, e: OpError, key: &[u8]) -> ParticipantError {
+        if matches!(e, OpError::LockConflict { .. }) {
+            metrics::counter!("twopc_lock_conflicts_total").increment(1);
+        }
         if self.core().aborted_here(tid) {
             self.locks_released();
             self.tell_coordinator_aborted(tid);
@@ -214,6 +225,7 @@ impl Node {
             return Ok(VoteReply::No(why));
         }
         tracing::debug!(%tid, "prepared, voting YES");
+        metrics::counter!("twopc_votes_total", "vote" => "yes").increment(1);
         Ok(VoteReply::Yes)
     }
 
@@ -256,6 +268,9 @@ impl Node {
             let now = now_unix_ms();
             let (expired, due) = {
                 let mut core = self.core();
+                metrics::gauge!("twopc_in_doubt_tids").set(core.in_doubt().len() as f64);
+                metrics::gauge!("twopc_participant_open_tids").set(core.open_tids() as f64);
+                metrics::gauge!("twopc_locked_keys").set(core.locked_keys() as f64);
                 (core.expire(now), core.due_questions(now))
             };
             if !expired.is_empty() {

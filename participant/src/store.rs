@@ -179,6 +179,8 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<(Write, Done)>, stats: &Stats
         let result = write_batch(&mut conn, &batch).map_err(|e| e.to_string());
         let forced = batch.iter().filter(|(w, _)| w.forced()).count() as u64;
         if forced > 0 && result.is_ok() {
+            metrics::counter!("twopc_store_fsyncs_total").increment(1);
+            metrics::histogram!("twopc_store_batch_size").record(batch.len() as f64);
             stats.forced_batches.fetch_add(1, Ordering::Relaxed);
             stats.forced_writes.fetch_add(forced, Ordering::Relaxed);
         }

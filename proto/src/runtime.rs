@@ -114,3 +114,16 @@ pub fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime>
         tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
     }
 }
+
+/// Serves Prometheus metrics (text format, any path) on `addr`, if given.
+/// Each process records its own series through the `metrics` facade; the
+/// README lists them.
+pub fn serve_metrics(addr: Option<&str>) -> Result<(), String> {
+    let Some(addr) = addr else { return Ok(()) };
+    let parsed: SocketAddr =
+        addr.parse().map_err(|e| format!("metrics address {addr:?} is not host:port with a numeric IP ({e})"))?;
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(parsed)
+        .install()
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
+}
