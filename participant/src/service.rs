@@ -60,6 +60,10 @@ impl ParticipantService {
             VoteReply::ReadOnly => (pb::Vote::ReadOnly, String::new()),
             VoteReply::No(why) => (pb::Vote::No, why),
         };
+        if vote != pb::Vote::Yes {
+            let label = if vote == pb::Vote::No { "no" } else { "read_only" };
+            metrics::counter!("twopc_votes_total", "vote" => label).increment(1);
+        }
         Ok(pb::PrepareResponse { vote: vote as i32, reason })
     }
 
