@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tonic::Status;
 use twopc_core::coordinator::{Action, Coordinator, Outcome, Vote};
 use twopc_core::{PartitionId, Tid};
 use twopc_proto::batch;
@@ -42,7 +43,7 @@ pub struct Timeouts {
 pub struct Driver {
     state: Mutex<State>,
     pub log: DecisionLog,
-    pub peers: Peers,
+    pub peers: Arc<Peers>,
     timeouts: Timeouts,
 }
 
@@ -58,7 +59,7 @@ impl Driver {
         Arc::new(Self {
             state: Mutex::new(State { core, waiters: HashMap::new(), retries: HashMap::new() }),
             log,
-            peers,
+            peers: Arc::new(peers),
             timeouts,
         })
     }
@@ -149,17 +150,22 @@ impl Driver {
     }
 
     async fn prepare_call(&self, tid: Tid, p: PartitionId) -> Vote {
-        let Some(client) = self.peers.client(p) else {
+        if !self.peers.contains(p) {
             return Vote::Failed(format!("partition {p} is not registered"));
-        };
+        }
         // The wait for a slot counts against the prepare timeout too.
         let slots = self.peers.slots(p);
         let batcher = self.peers.batchers(p).prepare.clone();
+        let peers = self.peers.clone();
         let call = async {
             let _slot = slots.acquire().await;
+            // The participant is looked up at each send: a batch loop may
+            // outlive a re-registration at a new address.
             let send = move |tids: Vec<String>| {
-                let mut c = client.clone();
+                let client = peers.client(p);
                 async move {
+                    let mut c =
+                        client.ok_or_else(|| Status::unavailable(format!("partition {p} is not registered")))?;
                     let resp = c.prepare_batch(pb::TidBatch { tids }).await?.into_inner();
                     Ok(resp
                         .results
@@ -243,15 +249,20 @@ impl Driver {
     }
 
     async fn send_resolve(&self, tid: Tid, p: PartitionId, commit: bool) -> Result<(), String> {
-        let client = self.peers.client(p).ok_or_else(|| format!("partition {p} is not registered"))?;
+        if !self.peers.contains(p) {
+            return Err(format!("partition {p} is not registered"));
+        }
         let slots = self.peers.slots(p);
         let batchers = self.peers.batchers(p);
         let batcher = if commit { batchers.commit.clone() } else { batchers.abort.clone() };
+        let peers = self.peers.clone();
         let call = async {
             let _slot = slots.acquire().await;
             let send = move |tids: Vec<String>| {
-                let mut c = client.clone();
+                let client = peers.client(p);
                 async move {
+                    let mut c =
+                        client.ok_or_else(|| Status::unavailable(format!("partition {p} is not registered")))?;
                     let batch = pb::TidBatch { tids };
                     let resp = if commit { c.commit_batch(batch).await? } else { c.abort_batch(batch).await? };
                     Ok(resp.into_inner().results.into_iter().map(|r| batch::item(r.code, r.message, || ())).collect())

@@ -13,7 +13,7 @@ pub enum CoordinatorError {
     NotActive { tid: Tid, state: &'static str },
     #[error("tid {tid} aborted: {reason}")]
     Aborted { tid: Tid, reason: String },
-    #[error("tid {0} already committed: it cannot be aborted")]
+    #[error("tid {0} already committed (its COMMIT decision is recorded or being recorded): it cannot be aborted")]
     AlreadyCommitted(Tid),
     #[error("too many open transactions ({0}): commit or abort some, or raise --max-open-txns")]
     TooManyOpen(usize),

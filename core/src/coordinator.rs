@@ -159,19 +159,25 @@ pub struct Coordinator {
     /// Outcomes of finished tids, kept so a repeated Commit or GetDecision
     /// gets the same answer (rule 11). Bounded: oldest forgotten first.
     finished: BTreeMap<Tid, Outcome>,
-    finished_order: VecDeque<Tid>,
+    /// Eviction order, one queue per outcome, so that a flood of aborts
+    /// never pushes out the commits a client may still ask about (the
+    /// decision log keeps the same number of finished commits).
+    committed_order: VecDeque<Tid>,
+    aborted_order: VecDeque<Tid>,
     finished_cap: usize,
     max_open: usize,
 }
 
 impl Coordinator {
     /// `max_open` bounds live transactions; `finished_cap` bounds how many
-    /// finished outcomes are remembered for repeated questions.
+    /// finished commits, and separately how many aborts, are remembered for
+    /// repeated questions.
     pub fn new(max_open: usize, finished_cap: usize) -> Self {
         Self {
             live: BTreeMap::new(),
             finished: BTreeMap::new(),
-            finished_order: VecDeque::new(),
+            committed_order: VecDeque::new(),
+            aborted_order: VecDeque::new(),
             finished_cap: finished_cap.max(1),
             max_open,
         }
@@ -411,12 +417,14 @@ impl Coordinator {
 
     fn finish(&mut self, tid: Tid, outcome: Outcome) {
         self.live.remove(&tid);
+        let committed = outcome == Outcome::Committed;
         if self.finished.insert(tid, outcome).is_none() {
-            self.finished_order.push_back(tid);
-        }
-        while self.finished_order.len() > self.finished_cap {
-            if let Some(old) = self.finished_order.pop_front() {
-                self.finished.remove(&old);
+            let order = if committed { &mut self.committed_order } else { &mut self.aborted_order };
+            order.push_back(tid);
+            while order.len() > self.finished_cap {
+                if let Some(old) = order.pop_front() {
+                    self.finished.remove(&old);
+                }
             }
         }
     }

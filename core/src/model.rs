@@ -307,6 +307,7 @@ impl World {
                     Ok(()) => self.vote(*p, VoteMsg::Yes),
                     Err(_) => {
                         self.disks[i].prepared = None;
+                        self.parts[i].prepare_failed(TID);
                         self.vote(*p, VoteMsg::No);
                     }
                 }
@@ -374,6 +375,9 @@ impl World {
                 PrepareStep::Yes => self.vote(p, VoteMsg::Yes),
                 PrepareStep::ReadOnly => self.vote(p, VoteMsg::ReadOnly),
                 PrepareStep::No(_) => self.vote(p, VoteMsg::No),
+                // The shell answers a duplicate Prepare with an error, which
+                // the coordinator counts as a failed vote.
+                PrepareStep::InProgress => self.send(Msg::Vote(p, VoteMsg::No)),
             },
             Msg::Vote(p, v) => {
                 let vote = match v {

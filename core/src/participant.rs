@@ -54,8 +54,12 @@ enum State {
         deadline: Millis,
         ops: usize,
     },
-    /// Prepare asked; the write set is being made durable.
-    Preparing,
+    /// Prepare asked; the write set is being made durable. `aborted`: an
+    /// abort arrived meanwhile; the locks stay until the record, if it
+    /// landed, is deleted again (see `prepare_failed`).
+    Preparing {
+        aborted: bool,
+    },
     /// Voted (or about to vote) YES: only the coordinator's decision ends it.
     Prepared {
         since: Millis,
@@ -118,8 +122,12 @@ pub enum ReadPlan {
 /// What to do with a Prepare.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PrepareStep {
-    /// Persist this write set durably, then call `prepared_durable`.
+    /// Persist this write set durably, then call `prepared_durable` (or
+    /// `prepare_failed` if the write fails).
     Persist(WriteSet),
+    /// This tid's prepared record is being persisted by an earlier Prepare:
+    /// ask again later.
+    InProgress,
     Yes,
     ReadOnly,
     No(String),
@@ -311,12 +319,14 @@ impl Participant {
                     self.drop_tid(tid);
                     return PrepareStep::ReadOnly;
                 }
-                entry.state = State::Preparing;
+                entry.state = State::Preparing { aborted: false };
                 PrepareStep::Persist(entry.writes.clone())
             }
-            // A repeated prepare while the first is being persisted: persisting
-            // again is harmless (the record is keyed by tid) and gives the same vote.
-            State::Preparing => PrepareStep::Persist(entry.writes.clone()),
+            // A repeated prepare while the first is being persisted must not
+            // write the record a second time: that write could land after the
+            // commit has deleted the record and bring it back.
+            State::Preparing { aborted: false } => PrepareStep::InProgress,
+            State::Preparing { aborted: true } => PrepareStep::No("aborted while preparing".into()),
             State::Prepared { .. } | State::Committing => PrepareStep::Yes,
         }
     }
@@ -326,12 +336,23 @@ impl Participant {
     /// delete the record again and vote NO.
     pub fn prepared_durable(&mut self, tid: Tid, now: Millis) -> Result<(), String> {
         match self.tids.get_mut(&tid) {
-            Some(entry) if matches!(entry.state, State::Preparing) => {
+            Some(entry) if matches!(entry.state, State::Preparing { aborted: false }) => {
                 entry.state = State::Prepared { since: now, asked: 0, next_ask: now + self.limits.in_doubt_after_ms };
                 Ok(())
             }
             Some(entry) if matches!(entry.state, State::Prepared { .. } | State::Committing) => Ok(()),
             _ => Err("aborted while preparing".into()),
+        }
+    }
+
+    /// Persisting `tid`'s prepared record failed, or it succeeded after an
+    /// abort and the record has been deleted again (`prepared_durable` said
+    /// `Err`): the tid is aborted here and its locks are released. Holding
+    /// them until now means no other tid can prepare the same keys before
+    /// the stale record is gone, so recovery never sees overlapping records.
+    pub fn prepare_failed(&mut self, tid: Tid) {
+        if matches!(self.tids.get(&tid).map(|e| &e.state), Some(State::Preparing { .. })) {
+            self.abort_locally(tid);
         }
     }
 
@@ -345,7 +366,7 @@ impl Participant {
                 entry.state = State::Committing;
                 Ok(CommitStep::Apply(entry.writes.clone()))
             }
-            State::Active { .. } | State::Preparing => Err(ResolveError::NotPrepared),
+            State::Active { .. } | State::Preparing { .. } => Err(ResolveError::NotPrepared),
         }
     }
 
@@ -358,15 +379,22 @@ impl Participant {
 
     /// Phase 2 abort, or an abort before prepare (rules 10, 11).
     pub fn abort(&mut self, tid: Tid) -> Result<AbortStep, ResolveError> {
-        let Some(entry) = self.tids.get(&tid) else {
+        let Some(entry) = self.tids.get_mut(&tid) else {
+            // Remember it: an enlistment for this tid may still be on its way
+            // back from the coordinator, and must not start it afresh.
+            self.remember_aborted(tid);
             return Ok(AbortStep::Ack);
         };
         let step = match entry.state {
             State::Committing => return Err(ResolveError::Committing),
             State::Prepared { .. } => AbortStep::DeletePrepared,
-            // Preparing: the record may land after this; prepared_durable
-            // then finds the tid gone and has it deleted.
-            State::Active { .. } | State::Preparing => AbortStep::Ack,
+            // The record may still land: keep the locks until the shell has
+            // deleted it (prepared_durable says Err, then prepare_failed).
+            State::Preparing { .. } => {
+                entry.state = State::Preparing { aborted: true };
+                return Ok(AbortStep::Ack);
+            }
+            State::Active { .. } => AbortStep::Ack,
         };
         self.abort_locally(tid);
         Ok(step)
@@ -443,6 +471,10 @@ impl Participant {
     /// Drops `tid` as aborted, and remembers that it was.
     fn abort_locally(&mut self, tid: Tid) {
         self.drop_tid(tid);
+        self.remember_aborted(tid);
+    }
+
+    fn remember_aborted(&mut self, tid: Tid) {
         if self.aborted.insert(tid) {
             self.aborted_order.push_back(tid);
             if self.aborted_order.len() > ABORTED_MEMORY
@@ -466,7 +498,7 @@ impl Participant {
 fn state_name(s: &State) -> &'static str {
     match s {
         State::Active { .. } => "active",
-        State::Preparing => "preparing",
+        State::Preparing { .. } => "preparing",
         State::Prepared { .. } => "prepared",
         State::Committing => "committing",
     }

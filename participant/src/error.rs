@@ -19,6 +19,8 @@ pub enum ParticipantError {
     #[error("coordinator unreachable: {0}")]
     CoordinatorUnavailable(String),
     #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
     Internal(String),
     /// The operation must wait for a lock and the caller asked not to.
     #[error("the operation must wait for a lock")]
@@ -34,7 +36,7 @@ impl From<ParticipantError> for Status {
             ParticipantError::UnknownTid(_) => Status::not_found(msg),
             ParticipantError::FailedPrecondition { .. } => Status::failed_precondition(msg),
             ParticipantError::ResourceExhausted(_) => Status::resource_exhausted(msg),
-            ParticipantError::CoordinatorUnavailable(_) => Status::unavailable(msg),
+            ParticipantError::CoordinatorUnavailable(_) | ParticipantError::Unavailable(_) => Status::unavailable(msg),
             ParticipantError::Internal(_) | ParticipantError::WouldWait => Status::internal(msg),
         }
     }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tonic::transport::Channel;
-use twopc_core::participant::{AbortStep, CommitStep, OpError, Participant, PrepareStep, ReadPlan};
+use twopc_core::participant::{AbortStep, CommitStep, OpError, Participant, PrepareStep, ReadPlan, WriteSet};
 use twopc_core::{PartitionId, Tid};
 use twopc_proto::batch::{self, Batcher};
 use twopc_proto::pb::{self, coordinator_client::CoordinatorClient};
@@ -199,8 +199,10 @@ impl Node {
         });
     }
 
-    /// Phase 1 (rule 3).
-    pub async fn prepare(&self, tid: Tid) -> Result<VoteReply, ParticipantError> {
+    /// Phase 1 (rule 3). The durable part runs in a task of its own, so a
+    /// dropped call (the coordinator's connection closing) cannot leave the
+    /// tid half-way in "preparing" with its locks held.
+    pub async fn prepare(self: &Arc<Self>, tid: Tid) -> Result<VoteReply, ParticipantError> {
         let step = self.core().prepare(tid, now_unix_ms());
         let writes = match step {
             PrepareStep::Yes => return Ok(VoteReply::Yes),
@@ -212,16 +214,43 @@ impl Node {
                 self.locks_released();
                 return Ok(VoteReply::No(why));
             }
+            PrepareStep::InProgress => {
+                return Err(ParticipantError::Unavailable(format!(
+                    "tid {tid} is being prepared by an earlier call; ask again for its vote"
+                )));
+            }
             PrepareStep::Persist(writes) => writes,
         };
+        let this = self.clone();
+        tokio::spawn(async move { this.persist_prepared(tid, writes).await })
+            .await
+            .map_err(|e| ParticipantError::Internal(format!("prepare task failed: {e}")))?
+    }
+
+    async fn persist_prepared(&self, tid: Tid, writes: WriteSet) -> Result<VoteReply, ParticipantError> {
         // C4: a crash before the prepared state is durable.
-        self.failpoint("participant::before_prepare_durable")?;
-        self.store.prepare(tid, &writes).await.map_err(|e| ParticipantError::Internal(e.to_string()))?;
+        let written = match failpoint::hit("participant::before_prepare_durable") {
+            Err(e) => Err(e.to_string()),
+            Ok(()) => self.store.prepare(tid, &writes).await.map_err(|e| e.to_string()),
+        };
+        if let Err(e) = written {
+            // Not durable (or unknown): abort here; the record, if it landed
+            // after all, goes too. No YES was sent, so this is allowed (rule 10).
+            let _ = self.store.delete_prepared(tid).await;
+            self.core().prepare_failed(tid);
+            self.locks_released();
+            self.tell_coordinator_aborted(tid);
+            return Err(ParticipantError::Internal(format!("persisting the prepared state failed: {e}")));
+        }
         // C5: durable, but the vote is never sent.
         self.failpoint("participant::after_prepare_durable")?;
         let durable = self.core().prepared_durable(tid, now_unix_ms());
         if let Err(why) = durable {
+            // Aborted while the record was being written: delete it, and only
+            // then release the locks (prepare_failed).
             let _ = self.store.delete_prepared(tid).await;
+            self.core().prepare_failed(tid);
+            self.locks_released();
             return Ok(VoteReply::No(why));
         }
         tracing::debug!(%tid, "prepared, voting YES");

@@ -143,3 +143,15 @@ fn open_transactions_are_bounded_and_finished_outcomes_too() {
     assert!(matches!(c.decision(tid(1)), DecisionAnswer::Aborted(_)));
     assert_eq!(c.decision(tid(3)), DecisionAnswer::Committed);
 }
+
+#[test]
+fn aborts_never_push_out_remembered_commits() {
+    let mut c = Coordinator::new(10, 2);
+    c.begin(tid(1), 0, 10).unwrap();
+    c.commit_requested(tid(1), 1).unwrap();
+    for n in 2..20 {
+        c.begin(tid(n), 0, 10).unwrap();
+        c.abort_requested(tid(n), "client").unwrap();
+    }
+    assert_eq!(c.decision(tid(1)), DecisionAnswer::Committed);
+}

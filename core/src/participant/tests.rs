@@ -94,8 +94,13 @@ fn abort_while_persisting_makes_the_record_be_deleted() {
     p.write(t, b"a", Some(vec![1]), 0).unwrap();
     assert!(matches!(p.prepare(t, 1), PrepareStep::Persist(_)));
     assert_eq!(p.abort(t), Ok(AbortStep::Ack));
+    // A duplicate prepare meanwhile is told to wait, never persisted twice.
+    assert!(matches!(p.prepare(t, 1), PrepareStep::No(_)));
+    assert_eq!(p.locked_keys(), 1, "locks stay until the stale record is deleted");
     assert!(p.prepared_durable(t, 2).is_err());
+    p.prepare_failed(t);
     assert_eq!(p.locked_keys(), 0);
+    assert!(p.aborted_here(t));
 }
 
 #[test]
@@ -146,4 +151,25 @@ fn anyone_waits_for_a_prepared_holder_instead_of_dying() {
     assert!(matches!(p.commit(old), Ok(CommitStep::Apply(_))));
     p.commit_applied(old);
     p.write(young, b"a", Some(vec![2]), 3).unwrap();
+}
+
+#[test]
+fn a_duplicate_prepare_while_persisting_is_not_persisted_again() {
+    let mut p = part();
+    let t = tid(1);
+    p.enlisted(t, 100).unwrap();
+    p.write(t, b"a", Some(vec![1]), 0).unwrap();
+    assert!(matches!(p.prepare(t, 1), PrepareStep::Persist(_)));
+    assert_eq!(p.prepare(t, 1), PrepareStep::InProgress);
+    p.prepared_durable(t, 2).unwrap();
+    assert_eq!(p.prepare(t, 3), PrepareStep::Yes);
+}
+
+#[test]
+fn an_abort_for_an_unknown_tid_is_remembered() {
+    let mut p = part();
+    let t = tid(1);
+    assert_eq!(p.abort(t), Ok(AbortStep::Ack));
+    // The enlistment reply arriving afterwards must not start it afresh.
+    assert_eq!(p.enlisted(t, 100), Err(OpError::AlreadyAborted));
 }
