@@ -76,7 +76,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub async fn run(config: Config) -> anyhow::Result<()> {
     anyhow::ensure!(config.partitions > 0, "--partitions must be at least 1");
     anyhow::ensure!(config.prepare_timeout_ms > 0, "--prepare-timeout-ms must be positive");
-    failpoint_setup()?;
+    twopc_proto::failpoint::setup_from_env().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let (log, recovered) = DecisionLog::open(&config.data_dir, config.partitions, config.keep_finished)
@@ -136,10 +136,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("gRPC server failed")?;
     tracing::info!("stopped");
     Ok(())
-}
-
-fn failpoint_setup() -> anyhow::Result<()> {
-    twopc_proto::failpoint::setup_from_env().map_err(anyhow::Error::msg)
 }
 
 /// Entry point of the `twopc-coordinator` binary.

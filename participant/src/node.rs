@@ -242,8 +242,6 @@ impl Node {
             self.tell_coordinator_aborted(tid);
             return Err(ParticipantError::Internal(format!("persisting the prepared state failed: {e}")));
         }
-        // C5: durable, but the vote is never sent.
-        self.failpoint("participant::after_prepare_durable")?;
         let durable = self.core().prepared_durable(tid, now_unix_ms());
         if let Err(why) = durable {
             // Aborted while the record was being written: delete it, and only
@@ -253,6 +251,9 @@ impl Node {
             self.locks_released();
             return Ok(VoteReply::No(why));
         }
+        // C5: prepared and durable, but the vote is never sent (with
+        // `return(error)` the tid stays prepared, in doubt, and asks).
+        self.failpoint("participant::after_prepare_durable")?;
         tracing::debug!(%tid, "prepared, voting YES");
         metrics::counter!("twopc_votes_total", "vote" => "yes").increment(1);
         Ok(VoteReply::Yes)
