@@ -51,3 +51,20 @@ async fn health_and_reflection_on_every_process() {
         check(p.addr.to_string(), "twopc.v1.Participant").await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_lines_on_request() {
+    let mut tc = TestCluster::three().await;
+    tokio::task::block_in_place(|| {
+        tc.cluster.restart_coordinator(&[("TWOPC_LOG_FORMAT".into(), "json".into())]).unwrap()
+    });
+    let log = std::fs::read_to_string(tc.cluster.dir.join("coordinator.log")).unwrap();
+    let recovery: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("every JSON log line parses"))
+        .filter(|v: &serde_json::Value| v["fields"]["message"] == "recovery: decision log read back")
+        .collect();
+    assert_eq!(recovery.len(), 1, "{log}");
+    assert_eq!(recovery[0]["level"], "INFO");
+}

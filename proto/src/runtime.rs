@@ -13,11 +13,17 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 /// Installs the `tracing` subscriber: levels from `RUST_LOG` (default
-/// `info`), human-readable lines on stderr.
+/// `info`), human-readable lines on stderr, or JSON lines with
+/// `TWOPC_LOG_FORMAT=json`.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if std::env::var("TWOPC_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Binds `addr` (port 0 picks a free port). Warns when it is not loopback:
