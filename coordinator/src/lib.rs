@@ -69,9 +69,6 @@ pub struct Config {
     pub keep_finished: usize,
 }
 
-/// How long a graceful shutdown waits for calls in flight.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// Runs the coordinator until the process is stopped.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     anyhow::ensure!(config.partitions > 0, "--partitions must be at least 1");
@@ -126,16 +123,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     driver.execute(redo);
     tokio::spawn(driver.clone().expiry_loop(Duration::from_millis(100)));
     tracing::info!(%local, partitions = config.partitions, "coordinator serving");
-    let (health, reflection) = runtime::standard_services("twopc.v1.Coordinator").await.map_err(anyhow::Error::msg)?;
-    tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(CoordinatorServer::new(service))
-        .serve_with_incoming_shutdown(runtime::announce(listener, local), runtime::shutdown_signal(SHUTDOWN_GRACE))
-        .await
-        .context("gRPC server failed")?;
-    tracing::info!("stopped");
-    Ok(())
+    let routes = tonic::service::Routes::new(CoordinatorServer::new(service));
+    runtime::serve("twopc.v1.Coordinator", routes, listener, local).await.map_err(anyhow::Error::msg)
 }
 
 /// Entry point of the `twopc-coordinator` binary.

@@ -68,9 +68,6 @@ pub struct Config {
     pub in_doubt_after_ms: u64,
 }
 
-/// How long a graceful shutdown waits for calls in flight.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// Runs the participant until the process is stopped.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     twopc_proto::failpoint::setup_from_env().map_err(anyhow::Error::msg)?;
@@ -107,16 +104,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(node.clone().register_loop(advertise));
     tokio::spawn(node.clone().timer_loop(Duration::from_millis(100)));
     tracing::info!(%local, partition = config.partition, "participant serving");
-    let (health, reflection) = runtime::standard_services("twopc.v1.Participant").await.map_err(anyhow::Error::msg)?;
-    tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(ParticipantServer::new(service))
-        .serve_with_incoming_shutdown(runtime::announce(listener, local), runtime::shutdown_signal(SHUTDOWN_GRACE))
-        .await
-        .context("gRPC server failed")?;
-    tracing::info!("stopped");
-    Ok(())
+    let routes = tonic::service::Routes::new(ParticipantServer::new(service));
+    runtime::serve("twopc.v1.Participant", routes, listener, local).await.map_err(anyhow::Error::msg)
 }
 
 /// Entry point of the `twopc-participant` binary.

@@ -133,3 +133,27 @@ pub fn serve_metrics(addr: Option<&str>) -> Result<(), String> {
         .install()
         .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
 }
+
+/// How long a graceful shutdown waits for calls in flight.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `routes` (the process's own gRPC service) together with the
+/// health and reflection services on `listener`, announces readiness, and
+/// returns after a graceful shutdown (SIGTERM or Ctrl-C).
+pub async fn serve(
+    service_name: &str,
+    routes: tonic::service::Routes,
+    listener: TcpListener,
+    local: SocketAddr,
+) -> Result<(), String> {
+    let (health, reflection) = standard_services(service_name).await?;
+    tonic::transport::Server::builder()
+        .add_routes(routes)
+        .add_service(health)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(announce(listener, local), shutdown_signal(SHUTDOWN_GRACE))
+        .await
+        .map_err(|e| format!("gRPC server failed: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
