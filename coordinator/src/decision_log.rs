@@ -11,6 +11,12 @@
 //!   Finished rows are kept for a bounded number of newer decisions so a
 //!   client asking about its commit after a restart still hears COMMITTED,
 //!   then deleted.
+//! - `decisions` rows with `one_phase = 1` are DELEGATED records: a tid
+//!   that touched one participant hands it the decision (one-phase commit).
+//!   The row is forced before CommitOnePhase is sent, so recovery asks that
+//!   participant again instead of presuming abort. When the participant
+//!   answers, the row is marked finished (it committed) or deleted (it
+//!   aborted), unforced: a lost mark only makes recovery ask again.
 //! - `members`: the partition map (partition to address), forced on
 //!   registration so phase 2 can reach participants after a restart.
 //! - `meta`: the number of partitions the log was created for; opening it
@@ -52,20 +58,24 @@ pub enum LogError {
 pub struct Recovered {
     /// COMMIT records whose phase 2 did not finish.
     pub unfinished: Vec<(Tid, Vec<PartitionId>)>,
-    /// COMMIT records that finished (kept to answer repeated questions).
+    /// COMMIT records that finished (kept to answer repeated questions),
+    /// and one-phase commits the participant confirmed.
     pub finished: Vec<Tid>,
+    /// DELEGATED records whose participant has not answered.
+    pub delegated: Vec<(Tid, PartitionId)>,
     pub members: Vec<(PartitionId, String)>,
 }
 
 enum Request {
-    Commit { tid: Tid, partitions: Vec<PartitionId>, done: oneshot::Sender<Result<(), LogError>> },
+    Commit { tid: Tid, partitions: Vec<PartitionId>, one_phase: bool, done: oneshot::Sender<Result<(), LogError>> },
     Finished { tid: Tid },
+    Forget { tid: Tid },
     Register { partition: PartitionId, address: String, done: oneshot::Sender<Result<(), LogError>> },
 }
 
 impl Request {
     fn forced(&self) -> bool {
-        !matches!(self, Request::Finished { .. })
+        !matches!(self, Request::Finished { .. } | Request::Forget { .. })
     }
 }
 
@@ -101,9 +111,11 @@ impl DecisionLog {
                  seq INTEGER PRIMARY KEY AUTOINCREMENT,
                  tid TEXT NOT NULL UNIQUE,
                  partitions TEXT NOT NULL,
-                 finished INTEGER NOT NULL DEFAULT 0);
+                 finished INTEGER NOT NULL DEFAULT 0,
+                 one_phase INTEGER NOT NULL DEFAULT 0);
              CREATE TABLE IF NOT EXISTS members (partition INTEGER PRIMARY KEY, address TEXT NOT NULL);",
         )?;
+        add_one_phase_column(&conn)?;
         check_partitions(&conn, partitions)?;
         let recovered = read_back(&conn)?;
         let (tx, rx) = mpsc::channel();
@@ -119,8 +131,23 @@ impl DecisionLog {
     /// Forces a COMMIT record. Returns once it is durable.
     pub async fn force_commit(&self, tid: Tid, partitions: Vec<PartitionId>) -> Result<(), LogError> {
         let (done, rx) = oneshot::channel();
-        self.tx.send(Request::Commit { tid, partitions, done }).map_err(|_| LogError::Stopped)?;
+        self.tx.send(Request::Commit { tid, partitions, one_phase: false, done }).map_err(|_| LogError::Stopped)?;
         rx.await.map_err(|_| LogError::Stopped)?
+    }
+
+    /// Forces a DELEGATED record (one-phase commit by `partition`).
+    /// Returns once it is durable.
+    pub async fn force_delegation(&self, tid: Tid, partition: PartitionId) -> Result<(), LogError> {
+        let (done, rx) = oneshot::channel();
+        let req = Request::Commit { tid, partitions: vec![partition], one_phase: true, done };
+        self.tx.send(req).map_err(|_| LogError::Stopped)?;
+        rx.await.map_err(|_| LogError::Stopped)?
+    }
+
+    /// Drops the DELEGATED record of a one-phase commit that aborted (not
+    /// forced: presumed abort needs no record).
+    pub fn forget(&self, tid: Tid) {
+        let _ = self.tx.send(Request::Forget { tid });
     }
 
     pub fn stats(&self) -> &Stats {
@@ -138,6 +165,18 @@ impl DecisionLog {
         self.tx.send(Request::Register { partition, address, done }).map_err(|_| LogError::Stopped)?;
         rx.await.map_err(|_| LogError::Stopped)?
     }
+}
+
+/// Logs written before one-phase commit existed lack the column.
+fn add_one_phase_column(conn: &Connection) -> Result<(), LogError> {
+    let has: bool =
+        conn.query_row("SELECT COUNT(*) > 0 FROM pragma_table_info('decisions') WHERE name = 'one_phase'", [], |r| {
+            r.get(0)
+        })?;
+    if !has {
+        conn.execute_batch("ALTER TABLE decisions ADD COLUMN one_phase INTEGER NOT NULL DEFAULT 0")?;
+    }
+    Ok(())
 }
 
 fn check_partitions(conn: &Connection, partitions: u32) -> Result<(), LogError> {
@@ -160,15 +199,19 @@ fn check_partitions(conn: &Connection, partitions: u32) -> Result<(), LogError> 
 
 fn read_back(conn: &Connection) -> Result<Recovered, LogError> {
     let mut out = Recovered::default();
-    let mut stmt = conn.prepare("SELECT tid, partitions, finished FROM decisions ORDER BY seq")?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?)))?;
+    let mut stmt = conn.prepare("SELECT tid, partitions, finished, one_phase FROM decisions ORDER BY seq")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?, r.get::<_, bool>(3)?))
+    })?;
     for row in rows {
-        let (tid, parts, finished) = row?;
+        let (tid, parts, finished, one_phase) = row?;
         let tid = Tid::parse_str(&tid).map_err(|e| LogError::Invalid(format!("corrupt tid {tid:?}: {e}")))?;
-        if finished {
-            out.finished.push(tid);
-        } else {
-            out.unfinished.push((tid, decode_partitions(&parts)?));
+        let parts = decode_partitions(&parts)?;
+        match (finished, one_phase, parts.as_slice()) {
+            (true, _, _) => out.finished.push(tid),
+            (false, false, _) => out.unfinished.push((tid, parts)),
+            (false, true, &[p]) => out.delegated.push((tid, p)),
+            (false, true, _) => return Err(LogError::Invalid(format!("DELEGATED record {tid} names {parts:?}"))),
         }
     }
     let mut stmt = conn.prepare("SELECT partition, address FROM members ORDER BY partition")?;
@@ -213,7 +256,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, keep_finished: usiz
                 Request::Commit { done, .. } | Request::Register { done, .. } => {
                     let _ = done.send(r);
                 }
-                Request::Finished { .. } => {}
+                Request::Finished { .. } | Request::Forget { .. } => {}
             }
         }
     }
@@ -232,11 +275,14 @@ fn write_batch(
     let txn = conn.transaction()?;
     for req in batch {
         match req {
-            Request::Commit { tid, partitions, .. } => {
+            Request::Commit { tid, partitions, one_phase, .. } => {
                 txn.execute(
-                    "INSERT OR IGNORE INTO decisions (tid, partitions) VALUES (?1, ?2)",
-                    params![tid.to_string(), encode_partitions(partitions)],
+                    "INSERT OR IGNORE INTO decisions (tid, partitions, one_phase) VALUES (?1, ?2, ?3)",
+                    params![tid.to_string(), encode_partitions(partitions), one_phase],
                 )?;
+            }
+            Request::Forget { tid } => {
+                txn.execute("DELETE FROM decisions WHERE tid = ?1 AND one_phase = 1", params![tid.to_string()])?;
             }
             Request::Finished { tid } => {
                 txn.execute("UPDATE decisions SET finished = 1 WHERE tid = ?1", params![tid.to_string()])?;
@@ -282,6 +328,25 @@ mod tests {
         assert_eq!(rec.unfinished, vec![(t1, vec![0, 2])]);
         assert_eq!(rec.finished, vec![t2]);
         assert_eq!(rec.members, vec![(1, "127.0.0.1:9".to_string()), (2, "127.0.0.1:10".to_string())]);
+    }
+
+    #[tokio::test]
+    async fn delegations_survive_reopen_until_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t1, t2, t3) = (Tid::now_v7(), Tid::now_v7(), Tid::now_v7());
+        {
+            let (log, _) = DecisionLog::open(dir.path(), 3, 10).unwrap();
+            for t in [t1, t2, t3] {
+                log.force_delegation(t, 2).await.unwrap();
+            }
+            log.finished(t2);
+            log.forget(t3);
+            log.register(0, "127.0.0.1:9".into()).await.unwrap();
+        }
+        let (_log, rec) = DecisionLog::open(dir.path(), 3, 10).unwrap();
+        assert_eq!(rec.delegated, vec![(t1, 2)]);
+        assert_eq!(rec.finished, vec![t2], "a committed one-phase tid still answers COMMITTED");
+        assert!(rec.unfinished.is_empty());
     }
 
     #[tokio::test]

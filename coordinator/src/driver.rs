@@ -13,6 +13,10 @@
 //!   design (the protocol requires it); their rate is bounded by the cap.
 //! - `SendAbort`: a few best-effort attempts; a participant that misses them
 //!   asks and hears ABORTED (presumed abort).
+//! - `ForceDelegation`: the forced DELEGATED record of a one-phase commit;
+//!   only when it returns is CommitOnePhase sent (fail-stop on error).
+//! - `SendCommitOnePhase`: resent with capped backoff until the participant
+//!   answers COMMITTED or ABORTED; that answer is the decision.
 //! - `Reply`: wakes every client waiting in Commit for this tid.
 //!
 //! The core sits behind a std mutex that is never held across an await.
@@ -137,6 +141,18 @@ impl Driver {
                     self.state().retries.retain(|(t, _), _| *t != tid);
                     self.log.finished(tid);
                 }
+                Action::ForceDelegation(tid, p) => {
+                    let this = self.clone();
+                    tokio::spawn(async move { this.force_delegation(tid, p).await });
+                }
+                Action::SendCommitOnePhase(tid, p) => {
+                    let this = self.clone();
+                    tokio::spawn(async move { this.resend_one_phase(tid, p).await });
+                }
+                Action::LogForget(tid) => {
+                    self.state().retries.retain(|(t, _), _| *t != tid);
+                    self.log.forget(tid);
+                }
             }
         }
     }
@@ -207,6 +223,74 @@ impl Driver {
                 tracing::error!(%tid, error = %e, "forcing the COMMIT record failed");
                 self.log_failed(tid)
             }
+        }
+    }
+
+    async fn force_delegation(self: &Arc<Self>, tid: Tid, p: PartitionId) {
+        // Crash before the record is durable: presumed abort, as C1.
+        if let Err(e) = failpoint::hit("coordinator::before_delegation_forced") {
+            tracing::warn!(%tid, "{e}: treating the forced write as failed");
+            return self.log_failed(tid);
+        }
+        match self.log.force_delegation(tid, p).await {
+            Ok(()) => {
+                tracing::debug!(%tid, partition = p, "DELEGATED forced: one-phase commit");
+                // Crash with the record durable and nothing sent: recovery asks.
+                let _ = failpoint::hit("coordinator::after_delegation_forced");
+                self.apply(|c| ((), c.delegation_durable(tid)));
+            }
+            Err(e) => {
+                tracing::error!(%tid, error = %e, "forcing the DELEGATED record failed");
+                self.log_failed(tid)
+            }
+        }
+    }
+
+    /// Sends CommitOnePhase until the participant decides. Unbounded in
+    /// count like phase 2 (a participant that is down must be asked again
+    /// when it is back), bounded in rate by the backoff cap.
+    async fn resend_one_phase(self: &Arc<Self>, tid: Tid, p: PartitionId) {
+        let mut backoff = Backoff::new(Duration::from_millis(50), self.timeouts.max_resend_interval);
+        let outcome = loop {
+            match self.one_phase_call(tid, p).await {
+                Ok(outcome) => break outcome,
+                Err(e) => {
+                    let n = backoff.attempts() + 1;
+                    self.state().retries.insert((tid, p), n);
+                    metrics::counter!("twopc_phase2_retries_total").increment(1);
+                    tracing::warn!(%tid, partition = p, retry = n, error = %e, "one-phase commit unanswered; resending");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        };
+        self.apply(|c| ((), c.one_phase_outcome(tid, outcome)));
+    }
+
+    async fn one_phase_call(&self, tid: Tid, p: PartitionId) -> Result<Outcome, String> {
+        if !self.peers.contains(p) {
+            return Err(format!("partition {p} is not registered"));
+        }
+        let slots = self.peers.slots(p);
+        let batcher = self.peers.batchers(p).one_phase.clone();
+        let peers = self.peers.clone();
+        let call = async {
+            let _slot = slots.acquire().await;
+            let send = move |tids: Vec<String>| {
+                let client = peers.client(p);
+                async move {
+                    let mut c =
+                        client.ok_or_else(|| Status::unavailable(format!("partition {p} is not registered")))?;
+                    let resp = c.commit_one_phase_batch(pb::TidBatch { tids }).await?.into_inner();
+                    Ok(resp.results.into_iter().map(|r| batch::item(r.code, r.message.clone(), || r)).collect())
+                }
+            };
+            batcher.call(tid.to_string(), send).await
+        };
+        match tokio::time::timeout(self.timeouts.resolve_rpc, call).await {
+            Ok(Ok(r)) if r.committed => Ok(Outcome::Committed),
+            Ok(Ok(r)) => Ok(Outcome::Aborted(format!("partition {p} aborted it: {}", r.reason))),
+            Ok(Err(s)) => Err(format!("{}: {}", s.code(), s.message())),
+            Err(_) => Err("timed out".into()),
         }
     }
 

@@ -15,6 +15,11 @@ pub enum CoordinatorError {
     Aborted { tid: Tid, reason: String },
     #[error("tid {0} already committed (its COMMIT decision is recorded or being recorded): it cannot be aborted")]
     AlreadyCommitted(Tid),
+    #[error(
+        "tid {tid} is being committed in one phase by partition {partition}, whose answer is the decision: \
+         it cannot be aborted now; ask for its outcome (twopc status {tid})"
+    )]
+    Delegated { tid: Tid, partition: u32 },
     #[error("too many open transactions ({0}): commit or abort some, or raise --max-open-txns")]
     TooManyOpen(usize),
     #[error("partition {0} has no registered participant: start it (it registers itself)")]
@@ -32,6 +37,7 @@ impl From<CoordinatorError> for Status {
             CoordinatorError::NotActive { .. } => Status::failed_precondition(msg),
             CoordinatorError::Aborted { .. } => Status::aborted(msg),
             CoordinatorError::AlreadyCommitted(_) => Status::failed_precondition(msg),
+            CoordinatorError::Delegated { .. } => Status::failed_precondition(msg),
             CoordinatorError::TooManyOpen(_) => Status::resource_exhausted(msg),
             CoordinatorError::NotRegistered(_) => Status::failed_precondition(msg),
             CoordinatorError::Unavailable(_) => Status::unavailable(msg),
@@ -48,6 +54,7 @@ impl CoordinatorError {
             Refusal::Aborted(reason) => CoordinatorError::Aborted { tid, reason },
             Refusal::AlreadyCommitted => CoordinatorError::AlreadyCommitted(tid),
             Refusal::TooManyOpen(n) => CoordinatorError::TooManyOpen(n),
+            Refusal::Delegated(partition) => CoordinatorError::Delegated { tid, partition },
         }
     }
 }

@@ -64,6 +64,11 @@ pub struct Config {
     /// participant holds at most this many.
     #[arg(long, env = "TWOPC_MAX_INFLIGHT_PER_PARTICIPANT", default_value_t = 256)]
     pub max_inflight_per_participant: usize,
+    /// Commit a transaction that touched one participant in one phase (the
+    /// participant decides, after a forced DELEGATED record); `false` makes
+    /// every transaction vote.
+    #[arg(long, env = "TWOPC_ONE_PHASE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub one_phase: bool,
     /// Finished commits remembered (in memory and in the log) to answer repeated questions.
     #[arg(long, env = "TWOPC_KEEP_FINISHED", default_value_t = 100_000)]
     pub keep_finished: usize,
@@ -85,7 +90,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!(partition, "ignoring recorded address: {e}");
         }
     }
-    let mut core = Coordinator::new(config.max_open_txns, config.keep_finished);
+    let mut core = Coordinator::new(config.max_open_txns, config.keep_finished).with_one_phase(config.one_phase);
     for tid in &recovered.finished {
         core.recover_finished(*tid);
     }
@@ -95,8 +100,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(%tid, ?partitions, "recovery: re-driving phase 2 of a logged COMMIT");
         redo.extend(core.recover_commit(*tid, partitions, now));
     }
+    for &(tid, partition) in &recovered.delegated {
+        tracing::info!(%tid, partition, "recovery: asking the participant a one-phase commit was delegated to");
+        redo.extend(core.recover_delegated(tid, partition, now));
+    }
     tracing::info!(
         unfinished = recovered.unfinished.len(),
+        delegated = recovered.delegated.len(),
         finished = recovered.finished.len(),
         members = recovered.members.len(),
         "recovery: decision log read back"

@@ -25,12 +25,13 @@ pub struct Peers {
     max_inflight: usize,
 }
 
-/// Prepare, commit and abort calls to one participant, each batched
+/// Prepare, commit, abort and one-phase commit calls to one participant, each batched
 /// ([`twopc_proto::batch`]): one RPC carries every tid queued meanwhile.
 pub struct PeerBatchers {
     pub prepare: Arc<Batcher<String, pb::PrepareResponse>>,
     pub commit: Arc<Batcher<String, ()>>,
     pub abort: Arc<Batcher<String, ()>>,
+    pub one_phase: Arc<Batcher<String, pb::OnePhaseResult>>,
 }
 
 /// Most tids in one batch RPC, and batch RPCs in flight per kind and participant.
@@ -57,6 +58,7 @@ impl Peers {
                     prepare: Batcher::new(MAX_BATCH, BATCHES_IN_FLIGHT),
                     commit: Batcher::new(MAX_BATCH, BATCHES_IN_FLIGHT),
                     abort: Batcher::new(MAX_BATCH, BATCHES_IN_FLIGHT),
+                    one_phase: Batcher::new(MAX_BATCH, BATCHES_IN_FLIGHT),
                 })
             })
             .clone()

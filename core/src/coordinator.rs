@@ -23,6 +23,21 @@
 //!
 //! A COMMIT with no YES voter (nothing written, or every vote READ_ONLY)
 //! needs neither a record nor phase 2.
+//!
+//! **One-phase commit.** A tid with exactly one enlisted participant skips
+//! the vote: the decision is delegated to that participant, whose own
+//! durable commit is the decision. The coordinator first forces a
+//! DELEGATED record naming the participant ([`Action::ForceDelegation`]),
+//! and only then sends CommitOnePhase, resent until the participant gives
+//! a definite answer: COMMITTED (applied durably, and remembered there), or
+//! ABORTED (it aborted the tid, or no longer has it: its unprepared state
+//! was lost in a restart, which is an abort that it then remembers). The
+//! record is why rule 6 still holds: after a coordinator crash, recovery
+//! finds the delegation and asks again instead of presuming abort, so a
+//! client asking never hears ABORTED for a tid the participant committed.
+//! While delegated, the tid answers PENDING and refuses an abort. The
+//! record is marked finished (commit) or dropped (abort) unforced: if that
+//! is lost, recovery asks again and gets the same answer (rule 11).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -74,7 +89,18 @@ pub enum Action {
     Reply(Tid, Outcome),
     /// Every YES partition acknowledged the commit: mark the record finished
     /// (no force needed: a lost mark only means phase 2 is re-driven).
+    /// Also ends a one-phase commit that committed.
     LogFinished(Tid),
+    /// One-phase: force a DELEGATED record naming the one participant;
+    /// report with [`Coordinator::delegation_durable`]. Fail-stop on error,
+    /// as for `ForceCommit`.
+    ForceDelegation(Tid, PartitionId),
+    /// One-phase: send CommitOnePhase until the participant answers
+    /// COMMITTED or ABORTED; report with [`Coordinator::one_phase_outcome`].
+    SendCommitOnePhase(Tid, PartitionId),
+    /// A one-phase commit aborted: drop its DELEGATED record (unforced: a
+    /// surviving record only makes recovery ask again, and hear ABORTED).
+    LogForget(Tid),
 }
 
 /// Why an event was refused.
@@ -90,6 +116,9 @@ pub enum Refusal {
     AlreadyCommitted,
     /// Too many open transactions.
     TooManyOpen(usize),
+    /// The decision was handed to this partition (one-phase commit): an
+    /// abort cannot be honoured, the participant's answer is the outcome.
+    Delegated(PartitionId),
 }
 
 /// Per-partition progress inside one tid.
@@ -124,6 +153,10 @@ pub enum Phase {
     Deciding,
     /// COMMIT is durable; resending Commit until every YES partition acks.
     Committing,
+    /// One-phase: the DELEGATED record is being forced.
+    Delegating,
+    /// One-phase: the record is durable; the participant decides.
+    Delegated,
 }
 
 impl Phase {
@@ -133,6 +166,8 @@ impl Phase {
             Phase::Preparing => "preparing",
             Phase::Deciding => "deciding",
             Phase::Committing => "committing",
+            Phase::Delegating => "delegating",
+            Phase::Delegated => "delegated",
         }
     }
 }
@@ -166,6 +201,8 @@ pub struct Coordinator {
     aborted_order: VecDeque<Tid>,
     finished_cap: usize,
     max_open: usize,
+    /// Whether a tid with one participant commits in one phase.
+    one_phase: bool,
 }
 
 impl Coordinator {
@@ -180,7 +217,14 @@ impl Coordinator {
             aborted_order: VecDeque::new(),
             finished_cap: finished_cap.max(1),
             max_open,
+            one_phase: true,
         }
+    }
+
+    /// Turns the one-phase path on (the default) or off (every tid votes).
+    pub fn with_one_phase(mut self, on: bool) -> Self {
+        self.one_phase = on;
+        self
     }
 
     pub fn live(&self) -> impl Iterator<Item = (&Tid, &Txn)> {
@@ -250,7 +294,7 @@ impl Coordinator {
         match txn.phase {
             Phase::Active => {}
             // Already underway: the repeated request waits for the same outcome.
-            Phase::Preparing | Phase::Deciding => return Ok(vec![]),
+            Phase::Preparing | Phase::Deciding | Phase::Delegating | Phase::Delegated => return Ok(vec![]),
             Phase::Committing => return Ok(vec![Action::Reply(tid, Outcome::Committed)]),
         }
         if now >= txn.deadline {
@@ -261,8 +305,46 @@ impl Coordinator {
             self.finish(tid, Outcome::Committed);
             return Ok(vec![Action::Reply(tid, Outcome::Committed)]);
         }
+        if self.one_phase && txn.parts.len() == 1 {
+            let &p = txn.parts.keys().next().expect("one part");
+            txn.phase = Phase::Delegating;
+            return Ok(vec![Action::ForceDelegation(tid, p)]);
+        }
         txn.phase = Phase::Preparing;
         Ok(txn.parts.keys().map(|&p| Action::SendPrepare(tid, p)).collect())
+    }
+
+    /// One-phase: the DELEGATED record is durable; hand the decision over.
+    pub fn delegation_durable(&mut self, tid: Tid) -> Vec<Action> {
+        let Some(txn) = self.live.get_mut(&tid) else {
+            return vec![];
+        };
+        if txn.phase != Phase::Delegating {
+            return vec![];
+        }
+        txn.phase = Phase::Delegated;
+        txn.parts.keys().map(|&p| Action::SendCommitOnePhase(tid, p)).collect()
+    }
+
+    /// One-phase: the participant's answer, which is the decision.
+    pub fn one_phase_outcome(&mut self, tid: Tid, outcome: Outcome) -> Vec<Action> {
+        if self.live.get(&tid).map(|t| t.phase) != Some(Phase::Delegated) {
+            return vec![];
+        }
+        let log = match outcome {
+            Outcome::Committed => Action::LogFinished(tid),
+            Outcome::Aborted(_) => Action::LogForget(tid),
+        };
+        self.finish(tid, outcome.clone());
+        vec![Action::Reply(tid, outcome), log]
+    }
+
+    /// Rule 7 for one-phase: an unfinished DELEGATED record read back at
+    /// start. The participant is asked again; it answers what it did.
+    pub fn recover_delegated(&mut self, tid: Tid, partition: PartitionId, now: Millis) -> Vec<Action> {
+        let parts = BTreeMap::from([(partition, Part { incarnation: 0, state: PartState::Enlisted })]);
+        self.live.insert(tid, Txn { phase: Phase::Delegated, deadline: now, begun_at: now, parts });
+        vec![Action::SendCommitOnePhase(tid, partition)]
     }
 
     /// A vote (or a failed prepare) arrived from `partition` (rule 4).
@@ -349,6 +431,11 @@ impl Coordinator {
         match self.live.get(&tid).map(|t| t.phase) {
             Some(Phase::Active | Phase::Preparing) => Ok(self.abort(tid, why.into())),
             Some(Phase::Deciding | Phase::Committing) => Err(Refusal::AlreadyCommitted),
+            // The participant decides now; its answer will be the outcome.
+            Some(Phase::Delegating | Phase::Delegated) => {
+                let p = self.live[&tid].parts.keys().next().copied().unwrap_or_default();
+                Err(Refusal::Delegated(p))
+            }
             None => match self.finished.get(&tid) {
                 Some(Outcome::Committed) => Err(Refusal::AlreadyCommitted),
                 // Aborted or unknown (presumed abort): aborting again is a no-op.

@@ -21,13 +21,20 @@
 //! - **no contradiction**: a client told ABORTED never sees the tid commit,
 //!   and a client is never told two different outcomes;
 //! - **prepared means bound**: a participant drops prepared state as
-//!   aborted only if no COMMIT record exists.
+//!   aborted only if no COMMIT record exists;
+//! - **asking never contradicts**: the coordinator's answer to "what was
+//!   decided?" is never ABORTED for a tid that commits, nor COMMITTED for
+//!   one that does not.
+//!
+//! With a single writer and no reader the transaction takes the one-phase
+//! path: the coordinator forces a DELEGATED record, and the participant's
+//! own durable commit (with its record of it) is the decision.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::coordinator::{self, Action, Coordinator, Outcome, Phase, Vote};
-use crate::participant::{AbortStep, CommitStep, Limits, Participant, PrepareStep, WriteSet};
+use crate::participant::{AbortStep, CommitStep, Limits, OnePhaseStep, Participant, PrepareStep, WriteSet};
 use crate::{PartitionId, Tid};
 
 const TID: Tid = Tid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
@@ -73,6 +80,9 @@ enum Msg {
     Answer(PartitionId, Answer),
     /// A participant that aborted on its own tells the coordinator.
     AbortRequest,
+    /// One-phase commit, and the participant's answer (its decision).
+    OnePhase(PartitionId),
+    OnePhaseAnswer(PartitionId, Answer),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -97,6 +107,10 @@ struct Disk {
     persisting: Option<WriteSet>,
     /// A commit apply issued but not yet durable.
     applying: Option<WriteSet>,
+    /// The apply in progress is a one-phase commit.
+    applying_one_phase: bool,
+    /// The store's durable record that this tid committed in one phase.
+    one_phase_record: bool,
     committed: bool,
     /// Dropped its prepared state as aborted.
     aborted_prepared: bool,
@@ -106,9 +120,10 @@ struct Disk {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct World {
     coord: Coordinator,
-    /// Durable COMMIT records: partitions, finished.
-    log: BTreeMap<Tid, (Vec<PartitionId>, bool)>,
-    forcing: Option<Vec<PartitionId>>,
+    /// Durable records: partitions, finished, one-phase (DELEGATED).
+    log: BTreeMap<Tid, (Vec<PartitionId>, bool, bool)>,
+    /// A forced write in progress: partitions, one-phase.
+    forcing: Option<(Vec<PartitionId>, bool)>,
     parts: Vec<Participant>,
     disks: Vec<Disk>,
     net: BTreeMap<Msg, u8>,
@@ -149,6 +164,8 @@ impl World {
             prepared: None,
             persisting: None,
             applying: None,
+            applying_one_phase: false,
+            one_phase_record: false,
             committed: false,
             aborted_prepared: false,
             voted: None,
@@ -187,7 +204,12 @@ impl World {
         for a in actions {
             match a {
                 Action::SendPrepare(_, p) => self.send(Msg::Prepare(p)),
-                Action::ForceCommit(_, parts) => self.forcing = Some(parts),
+                Action::ForceCommit(_, parts) => self.forcing = Some((parts, false)),
+                Action::ForceDelegation(_, p) => self.forcing = Some((vec![p], true)),
+                Action::SendCommitOnePhase(_, p) => self.send(Msg::OnePhase(p)),
+                Action::LogForget(tid) => {
+                    self.log.remove(&tid);
+                }
                 Action::SendCommit(_, p) => self.send(Msg::Commit(p)),
                 Action::SendAbort(_, p) => self.send(Msg::Abort(p)),
                 Action::Reply(_, outcome) => match &self.told {
@@ -236,6 +258,9 @@ impl World {
                     && !self.net.contains_key(&Msg::Commit(p))
                 {
                     ev.push(Event::ResendCommit(p));
+                }
+                if txn.phase == Phase::Delegated && !self.net.contains_key(&Msg::OnePhase(p)) {
+                    ev.push(Event::ResendOnePhase(p));
                 }
             }
         }
@@ -290,9 +315,9 @@ impl World {
                 self.deliver(m.clone());
             }
             Event::LogDurable => {
-                let parts = self.forcing.take().expect("forcing");
-                self.log.entry(TID).or_insert((parts, false));
-                let a = self.coord.commit_durable(TID);
+                let (parts, one_phase) = self.forcing.take().expect("forcing");
+                self.log.entry(TID).or_insert((parts, false, one_phase));
+                let a = if one_phase { self.coord.delegation_durable(TID) } else { self.coord.commit_durable(TID) };
                 self.run(a);
             }
             Event::PrepareTimeout(p) => {
@@ -300,6 +325,7 @@ impl World {
                 self.run(a);
             }
             Event::ResendCommit(p) => self.send(Msg::Commit(*p)),
+            Event::ResendOnePhase(p) => self.send(Msg::OnePhase(*p)),
             Event::PrepareDurable(p) => {
                 let i = *p as usize;
                 self.disks[i].prepared = self.disks[i].persisting.take();
@@ -315,6 +341,16 @@ impl World {
             Event::ApplyDurable(p) => {
                 let i = *p as usize;
                 let _ = self.disks[i].applying.take();
+                if std::mem::take(&mut self.disks[i].applying_one_phase) {
+                    // The store applies only if its one-phase record is absent.
+                    if !self.disks[i].one_phase_record {
+                        self.disks[i].one_phase_record = true;
+                        self.disks[i].committed = true;
+                    }
+                    self.parts[i].commit_applied(TID);
+                    self.send(Msg::OnePhaseAnswer(*p, Answer::Committed));
+                    return;
+                }
                 // The store applies only if the prepared row is still there.
                 if self.disks[i].prepared.take().is_some() {
                     self.disks[i].committed = true;
@@ -338,9 +374,11 @@ impl World {
                 self.forcing = None;
                 let mut c = Coordinator::new(16, 16);
                 let mut actions = vec![];
-                for (&tid, (parts, finished)) in &self.log {
+                for (&tid, (parts, finished, one_phase)) in &self.log {
                     if *finished {
                         c.recover_finished(tid);
+                    } else if *one_phase {
+                        actions.extend(c.recover_delegated(tid, parts[0], self.now));
                     } else {
                         actions.extend(c.recover_commit(tid, parts, self.now));
                     }
@@ -354,6 +392,7 @@ impl World {
                 let d = &mut self.disks[i];
                 d.persisting = None;
                 d.applying = None;
+                d.applying_one_phase = false;
                 let mut part = Participant::new(*p, Limits::default());
                 if let Some(ws) = &d.prepared {
                     part.recover_prepared(TID, ws.clone(), self.now);
@@ -408,6 +447,33 @@ impl World {
                     self.run(a);
                 }
             }
+            Msg::OnePhase(p) => {
+                let i = p as usize;
+                let answer = match self.parts[i].commit_one_phase(TID, self.now) {
+                    OnePhaseStep::Apply(ws) => {
+                        self.disks[i].applying = Some(ws);
+                        self.disks[i].applying_one_phase = true;
+                        return;
+                    }
+                    OnePhaseStep::Unknown if self.disks[i].one_phase_record => Answer::Committed,
+                    OnePhaseStep::Unknown => {
+                        let _ = self.parts[i].abort(TID);
+                        Answer::Aborted
+                    }
+                    OnePhaseStep::Aborted(_) => Answer::Aborted,
+                    OnePhaseStep::Refused(_) => return,
+                };
+                self.send(Msg::OnePhaseAnswer(p, answer));
+            }
+            Msg::OnePhaseAnswer(_, answer) => {
+                let outcome = match answer {
+                    Answer::Committed => Outcome::Committed,
+                    Answer::Aborted => Outcome::Aborted("aborted at the participant".into()),
+                    Answer::Pending => return,
+                };
+                let a = self.coord.one_phase_outcome(TID, outcome);
+                self.run(a);
+            }
         }
     }
 
@@ -434,14 +500,24 @@ impl World {
         if let Some(b) = &self.bad {
             return Some(b.clone());
         }
-        let record = self.log.contains_key(&TID);
+        let record = self.log.get(&TID).is_some_and(|r| !r.2);
+        let delegated = self.log.get(&TID).is_some_and(|r| r.2);
         let committed = self.disks.iter().any(|d| d.committed);
         let aborted = self.disks.iter().any(|d| d.aborted_prepared);
         if committed && aborted {
             return Some("agreement: one participant committed, another aborted its prepared state".into());
         }
-        if committed && !record {
-            return Some("durability: a participant committed without a durable COMMIT record".into());
+        if committed && !record && !delegated {
+            return Some("durability: a participant committed without a durable COMMIT or DELEGATED record".into());
+        }
+        match self.coord.decision(TID) {
+            coordinator::DecisionAnswer::Aborted(_) if record || committed => {
+                return Some("asking: the coordinator answers ABORTED for a tid that commits".into());
+            }
+            coordinator::DecisionAnswer::Committed if !record && !committed => {
+                return Some("asking: the coordinator answers COMMITTED for a tid that did not commit".into());
+            }
+            _ => {}
         }
         if aborted && record {
             return Some("a participant dropped prepared state while a COMMIT record exists".into());
@@ -460,7 +536,7 @@ impl World {
             }
         }
         match &self.told {
-            Some(Outcome::Committed) if !record => {
+            Some(Outcome::Committed) if !record && !committed => {
                 Some("durability: client told COMMITTED without a durable record".into())
             }
             Some(Outcome::Aborted(_)) if record || committed => Some("client told ABORTED but the tid commits".into()),
@@ -482,6 +558,7 @@ enum Event {
     LogDurable,
     PrepareTimeout(PartitionId),
     ResendCommit(PartitionId),
+    ResendOnePhase(PartitionId),
     PrepareDurable(PartitionId),
     ApplyDurable(PartitionId),
     AskDecision(PartitionId),
@@ -577,6 +654,19 @@ mod tests {
         run(Config {
             writers: 1,
             readers: 1,
+            coordinator_crashes: 1,
+            participant_crashes: 1,
+            losses: 1,
+            duplicates: 1,
+            max_states: 0,
+        });
+    }
+
+    #[test]
+    fn one_writer_alone_commits_in_one_phase_through_crashes_loss_and_duplication() {
+        run(Config {
+            writers: 1,
+            readers: 0,
             coordinator_crashes: 1,
             participant_crashes: 1,
             losses: 1,

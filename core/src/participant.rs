@@ -18,6 +18,13 @@
 //! 11. Commit and abort are idempotent; a commit for an unknown tid is
 //!    acknowledged (it was committed and forgotten, or never prepared here
 //!    and so has nothing to apply).
+//! - One-phase commit: when the coordinator delegates the decision (the tid
+//!   touched only this participant), [`Participant::commit_one_phase`]
+//!   commits an active tid at once: the shell applies the write set and
+//!   records the tid as committed in one forced transaction, and that
+//!   record is the decision. A tid that is unknown here and not in that
+//!   record is answered ABORTED and remembered as aborted: its unprepared
+//!   state is gone (restart, deadline, conflict), so it can never commit.
 //! 12. Strict 2PL with wait-die on tid age ([`crate::locks`]): on a
 //!    conflict an older tid waits ([`OpError::MustWait`]) and a younger one
 //!    is aborted, so there is never a deadlock. Locks are released only when
@@ -141,6 +148,23 @@ pub enum CommitStep {
     Apply(WriteSet),
     /// Nothing to apply: acknowledge.
     Ack,
+}
+
+/// What to do with a one-phase commit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum OnePhaseStep {
+    /// Apply this write set and record the tid as committed in one durable
+    /// transaction that does nothing if the record exists (so a repeat
+    /// never applies twice), then call `commit_applied` and answer COMMITTED.
+    Apply(WriteSet),
+    /// The tid is not here: if the store records it as committed in one
+    /// phase, answer COMMITTED; otherwise call `abort` (which remembers it)
+    /// and answer ABORTED.
+    Unknown,
+    /// Aborted here, for this reason.
+    Aborted(String),
+    /// The tid voted in two-phase commit here: a protocol error.
+    Refused(&'static str),
 }
 
 /// What to do with an Abort.
@@ -367,6 +391,32 @@ impl Participant {
                 Ok(CommitStep::Apply(entry.writes.clone()))
             }
             State::Active { .. } | State::Preparing { .. } => Err(ResolveError::NotPrepared),
+        }
+    }
+
+    /// One-phase commit: the coordinator delegated the decision here.
+    pub fn commit_one_phase(&mut self, tid: Tid, now: Millis) -> OnePhaseStep {
+        let Some(entry) = self.tids.get_mut(&tid) else {
+            if self.aborted.contains(&tid) {
+                return OnePhaseStep::Aborted("aborted here earlier (lock conflict, deadline or abort)".into());
+            }
+            return OnePhaseStep::Unknown;
+        };
+        match entry.state {
+            State::Active { deadline, .. } if now >= deadline => {
+                self.abort_locally(tid);
+                OnePhaseStep::Aborted("deadline passed".into())
+            }
+            // Committing: an earlier request is applying it; the store makes
+            // the repeat a no-op, and answering only after it is durable
+            // keeps the answer honest.
+            State::Active { .. } | State::Committing => {
+                entry.state = State::Committing;
+                OnePhaseStep::Apply(entry.writes.clone())
+            }
+            State::Preparing { .. } | State::Prepared { .. } => {
+                OnePhaseStep::Refused("the tid is preparing or prepared here: it commits in two phases")
+            }
         }
     }
 

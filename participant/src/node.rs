@@ -9,6 +9,10 @@
 //!   (rule 3); failpoints sit on both sides of that write;
 //! - a commit is acknowledged only after `Store::commit` has fsynced, and
 //!   locks are released only after that too (rule 12);
+//! - a one-phase commit is answered COMMITTED only after
+//!   `Store::commit_one_phase` has fsynced the data with its record; a tid
+//!   the core no longer has is answered from that record, and if absent,
+//!   aborted here first (remembered), so the answer can never change;
 //! - a prepared tid is only ever ended by a decision: from the
 //!   coordinator's Commit/Abort, or from its answer to GetDecision (rule 8).
 
@@ -16,7 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tonic::transport::Channel;
-use twopc_core::participant::{AbortStep, CommitStep, OpError, Participant, PrepareStep, ReadPlan, WriteSet};
+use twopc_core::participant::{
+    AbortStep, CommitStep, OnePhaseStep, OpError, Participant, PrepareStep, ReadPlan, WriteSet,
+};
 use twopc_core::{PartitionId, Tid};
 use twopc_proto::batch::{self, Batcher};
 use twopc_proto::pb::{self, coordinator_client::CoordinatorClient};
@@ -30,6 +36,12 @@ pub enum VoteReply {
     Yes,
     ReadOnly,
     No(String),
+}
+
+/// This participant's decision for a one-phase commit.
+pub enum OnePhaseReply {
+    Committed,
+    Aborted(String),
 }
 
 pub struct Node {
@@ -273,6 +285,42 @@ impl Node {
         // C7: applied, but the acknowledgement is never sent.
         self.failpoint("participant::after_commit_applied")?;
         Ok(())
+    }
+
+    /// One-phase commit: the coordinator delegated the decision here.
+    pub async fn commit_one_phase(&self, tid: Tid) -> Result<OnePhaseReply, ParticipantError> {
+        let step = self.core().commit_one_phase(tid, now_unix_ms());
+        let writes = match step {
+            OnePhaseStep::Apply(writes) => writes,
+            OnePhaseStep::Aborted(why) => {
+                self.locks_released();
+                return Ok(OnePhaseReply::Aborted(why));
+            }
+            OnePhaseStep::Refused(why) => return Err(ParticipantError::FailedPrecondition { tid, why: why.into() }),
+            OnePhaseStep::Unknown => {
+                if self.store.committed_one_phase(tid).map_err(|e| ParticipantError::Internal(e.to_string()))? {
+                    return Ok(OnePhaseReply::Committed);
+                }
+                // Remembered as aborted before answering, so it can never
+                // be started afresh and committed after this answer.
+                let _ = self.core().abort(tid);
+                return Ok(OnePhaseReply::Aborted(
+                    "not here: its operations were lost in a restart, or it was aborted and forgotten".into(),
+                ));
+            }
+        };
+        // Crash before the one-phase commit is durable: the tid is lost, an abort.
+        self.failpoint("participant::before_one_phase_applied")?;
+        // A failed write leaves the tid committing: its fate on disk is
+        // unknown, and the coordinator's repeat applies it (once) or finds it.
+        self.store.commit_one_phase(tid, writes).await.map_err(|e| ParticipantError::Internal(e.to_string()))?;
+        self.core().commit_applied(tid);
+        self.locks_released();
+        metrics::counter!("twopc_one_phase_commits_total").increment(1);
+        tracing::debug!(%tid, "committed in one phase");
+        // Crash after it is durable, before the answer: the repeat finds the record.
+        self.failpoint("participant::after_one_phase_applied")?;
+        Ok(OnePhaseReply::Committed)
     }
 
     /// Phase 2 abort, or an abort before prepare.

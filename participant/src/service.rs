@@ -9,7 +9,7 @@ use twopc_proto::pb::{self, participant_server::Participant as ParticipantRpc};
 use twopc_proto::{failpoint, now_unix_ms, tid};
 
 use crate::error::ParticipantError;
-use crate::node::{Node, VoteReply};
+use crate::node::{Node, OnePhaseReply, VoteReply};
 
 /// Input limits, checked before anything else.
 #[derive(Debug, Clone)]
@@ -105,6 +105,14 @@ impl ParticipantService {
             self.node.abort(tid).await?
         }
         Ok(())
+    }
+
+    async fn one_phase_one(&self, tid: &str) -> Result<pb::OnePhaseResult, Status> {
+        let tid = tid::parse(tid)?;
+        Ok(match self.node.commit_one_phase(tid).await? {
+            OnePhaseReply::Committed => pb::OnePhaseResult { committed: true, ..Default::default() },
+            OnePhaseReply::Aborted(reason) => pb::OnePhaseResult { committed: false, reason, ..Default::default() },
+        })
     }
 
     async fn resolve_batch(&self, batch: pb::TidBatch, commit: bool) -> pb::ResolveBatchResponse {
@@ -205,6 +213,22 @@ impl ParticipantRpc for ParticipantService {
 
     async fn abort_batch(&self, req: Request<pb::TidBatch>) -> Reply<pb::ResolveBatchResponse> {
         Ok(Response::new(self.resolve_batch(req.into_inner(), false).await))
+    }
+
+    async fn commit_one_phase_batch(&self, req: Request<pb::TidBatch>) -> Reply<pb::OnePhaseBatchResponse> {
+        // Concurrently, so the durable writes share the store's group commit.
+        let answers = join_all(req.into_inner().tids.iter().map(|t| self.one_phase_one(t))).await;
+        let results = answers
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|s| pb::OnePhaseResult {
+                    code: s.code() as i32,
+                    message: s.message().to_string(),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        Ok(Response::new(pb::OnePhaseBatchResponse { results }))
     }
 
     async fn list_in_doubt(&self, _req: Request<pb::ListInDoubtRequest>) -> Reply<pb::ListInDoubtResponse> {

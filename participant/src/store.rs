@@ -4,6 +4,15 @@
 //! - `prepared`: the write set of every tid that voted YES and has not had
 //!   its decision applied. Written and **fsynced** before the YES vote is
 //!   sent (rule 3); read back at start to re-take locks (rule 9).
+//! - `one_phase`: tids this participant committed in one phase (the
+//!   coordinator delegated the decision). Inserted in the same forced
+//!   transaction that applies the write set, and only if absent, so the
+//!   record is the decision, a repeat never applies twice, and after a
+//!   crash of either side the coordinator asking again hears COMMITTED.
+//!   Bounded: the newest [`KEEP_ONE_PHASE`] are kept. The coordinator marks
+//!   its DELEGATED record finished as soon as it hears the answer, so only
+//!   a coordinator that crashes before it writes that mark, while this many
+//!   newer one-phase commits land here, could ask about a forgotten one.
 //! - `meta`: the partition number this file belongs to; opening it as
 //!   another partition is refused.
 //!
@@ -34,6 +43,12 @@ use twopc_proto::pb;
 
 const MAX_BATCH: usize = 1024;
 
+/// One-phase commit records kept (newest first); older ones are trimmed.
+pub const KEEP_ONE_PHASE: i64 = 100_000;
+
+/// One-phase commits between two trims of old records.
+const TRIM_EVERY: usize = 256;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]
@@ -47,6 +62,7 @@ pub enum StoreError {
 enum Write {
     Prepare { tid: Tid, writes: Vec<u8> },
     Commit { tid: Tid, writes: WriteSet },
+    CommitOnePhase { tid: Tid, writes: WriteSet },
     DeletePrepared { tid: Tid },
 }
 
@@ -87,7 +103,8 @@ impl Store {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL);
-             CREATE TABLE IF NOT EXISTS prepared (tid TEXT PRIMARY KEY, writes BLOB NOT NULL);",
+             CREATE TABLE IF NOT EXISTS prepared (tid TEXT PRIMARY KEY, writes BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS one_phase (seq INTEGER PRIMARY KEY AUTOINCREMENT, tid TEXT NOT NULL UNIQUE);",
         )?;
         check_partition(&conn, partition)?;
         let prepared = read_prepared(&conn)?;
@@ -111,6 +128,19 @@ impl Store {
     /// if the row is already gone.
     pub async fn commit(&self, tid: Tid, writes: WriteSet) -> Result<(), StoreError> {
         self.submit(Write::Commit { tid, writes }).await
+    }
+
+    /// One-phase commit: applies `tid`'s write set and records the tid as
+    /// committed, durably; a no-op if the record already exists.
+    pub async fn commit_one_phase(&self, tid: Tid, writes: WriteSet) -> Result<(), StoreError> {
+        self.submit(Write::CommitOnePhase { tid, writes }).await
+    }
+
+    /// Whether `tid` committed here in one phase (and is still remembered).
+    pub fn committed_one_phase(&self, tid: Tid) -> Result<bool, StoreError> {
+        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stmt = conn.prepare_cached("SELECT 1 FROM one_phase WHERE tid = ?1")?;
+        Ok(stmt.query_row(params![tid.to_string()], |_| Ok(())).optional()?.is_some())
     }
 
     /// Drops `tid`'s prepared row (not forced).
@@ -175,8 +205,14 @@ fn read_prepared(conn: &Connection) -> Result<Vec<(Tid, WriteSet)>, StoreError> 
 }
 
 fn writer(mut conn: Connection, rx: mpsc::Receiver<(Write, Done)>, stats: &Stats) {
+    let mut one_phase_since_trim = 0usize;
     while let Some(batch) = twopc_proto::batch::next_batch(&rx, MAX_BATCH) {
-        let result = write_batch(&mut conn, &batch).map_err(|e| e.to_string());
+        one_phase_since_trim += batch.iter().filter(|(w, _)| matches!(w, Write::CommitOnePhase { .. })).count();
+        let trim = one_phase_since_trim >= TRIM_EVERY;
+        if trim {
+            one_phase_since_trim = 0;
+        }
+        let result = write_batch(&mut conn, &batch, trim).map_err(|e| e.to_string());
         let forced = batch.iter().filter(|(w, _)| w.forced()).count() as u64;
         if forced > 0 && result.is_ok() {
             metrics::counter!("twopc_store_fsyncs_total").increment(1);
@@ -193,7 +229,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<(Write, Done)>, stats: &Stats
     }
 }
 
-fn write_batch(conn: &mut Connection, batch: &[(Write, Done)]) -> Result<(), rusqlite::Error> {
+fn write_batch(conn: &mut Connection, batch: &[(Write, Done)], trim: bool) -> Result<(), rusqlite::Error> {
     let forced = batch.iter().any(|(w, _)| w.forced());
     conn.pragma_update(None, "synchronous", if forced { "FULL" } else { "NORMAL" })?;
     let txn = conn.transaction()?;
@@ -208,16 +244,14 @@ fn write_batch(conn: &mut Connection, batch: &[(Write, Done)]) -> Result<(), rus
             Write::Commit { tid, writes } => {
                 let was_prepared = txn.execute("DELETE FROM prepared WHERE tid = ?1", params![tid.to_string()])? > 0;
                 if was_prepared {
-                    for (key, value) in writes {
-                        match value {
-                            Some(v) => txn.execute(
-                                "INSERT INTO kv (key, value) VALUES (?1, ?2)
-                                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                                params![key, v],
-                            )?,
-                            None => txn.execute("DELETE FROM kv WHERE key = ?1", params![key])?,
-                        };
-                    }
+                    apply(&txn, writes)?;
+                }
+            }
+            Write::CommitOnePhase { tid, writes } => {
+                let first =
+                    txn.execute("INSERT OR IGNORE INTO one_phase (tid) VALUES (?1)", params![tid.to_string()])? > 0;
+                if first {
+                    apply(&txn, writes)?;
                 }
             }
             Write::DeletePrepared { tid } => {
@@ -225,7 +259,27 @@ fn write_batch(conn: &mut Connection, batch: &[(Write, Done)]) -> Result<(), rus
             }
         }
     }
+    if trim {
+        txn.execute(
+            "DELETE FROM one_phase WHERE seq <= (SELECT MAX(seq) FROM one_phase) - ?1",
+            params![KEEP_ONE_PHASE],
+        )?;
+    }
     txn.commit()
+}
+
+fn apply(txn: &rusqlite::Transaction<'_>, writes: &WriteSet) -> Result<(), rusqlite::Error> {
+    for (key, value) in writes {
+        match value {
+            Some(v) => txn.execute(
+                "INSERT INTO kv (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, v],
+            )?,
+            None => txn.execute("DELETE FROM kv WHERE key = ?1", params![key])?,
+        };
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -257,6 +311,24 @@ mod tests {
         drop(s);
         let (s, prepared) = Store::open(dir.path(), 0).unwrap();
         assert!(prepared.is_empty());
+        assert_eq!(s.read(b"a").unwrap(), Some(b"1".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn one_phase_commit_is_recorded_with_its_data_and_never_applied_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tid::now_v7();
+        {
+            let (s, _) = Store::open(dir.path(), 0).unwrap();
+            assert!(!s.committed_one_phase(t).unwrap());
+            s.commit_one_phase(t, ws(&[("a", Some("1"))])).await.unwrap();
+            // A repeat (the coordinator asking again) changes nothing.
+            s.commit_one_phase(t, ws(&[("a", Some("2"))])).await.unwrap();
+        }
+        let (s, prepared) = Store::open(dir.path(), 0).unwrap();
+        assert!(prepared.is_empty());
+        assert!(s.committed_one_phase(t).unwrap(), "the record survives a restart");
+        assert!(!s.committed_one_phase(Tid::now_v7()).unwrap());
         assert_eq!(s.read(b"a").unwrap(), Some(b"1".to_vec()));
     }
 

@@ -75,14 +75,62 @@ fn prepare_timeout_aborts() {
 
 #[test]
 fn abort_is_refused_once_the_decision_is_commit() {
-    let (mut c, t) = coord_with(&[0]);
+    let (mut c, t) = coord_with(&[0, 1]);
     c.commit_requested(t, 20).unwrap();
     c.vote(t, 0, Vote::Yes);
+    c.vote(t, 1, Vote::Yes);
     assert_eq!(c.abort_requested(t, "client"), Err(Refusal::AlreadyCommitted));
     c.commit_durable(t);
     assert_eq!(c.abort_requested(t, "client"), Err(Refusal::AlreadyCommitted));
     c.commit_acked(t, 0);
+    c.commit_acked(t, 1);
     assert_eq!(c.abort_requested(t, "client"), Err(Refusal::AlreadyCommitted));
+}
+
+#[test]
+fn one_participant_commits_in_one_phase_after_the_delegation_is_durable() {
+    let (mut c, t) = coord_with(&[3]);
+    // No vote: the delegation is forced first, nothing is sent before.
+    assert_eq!(c.commit_requested(t, 20).unwrap(), vec![Action::ForceDelegation(t, 3)]);
+    assert_eq!(c.decision(t), DecisionAnswer::Pending);
+    assert_eq!(c.abort_requested(t, "operator"), Err(Refusal::Delegated(3)));
+    assert_eq!(c.delegation_durable(t), vec![Action::SendCommitOnePhase(t, 3)]);
+    // Repeats change nothing; the participant's answer is the decision.
+    assert_eq!(c.delegation_durable(t), vec![]);
+    assert_eq!(c.commit_requested(t, 30).unwrap(), vec![]);
+    assert_eq!(c.expire(5_000), vec![], "a delegated tid never expires: the participant decides");
+    assert_eq!(c.decision(t), DecisionAnswer::Pending);
+    let a = c.one_phase_outcome(t, Outcome::Committed);
+    assert_eq!(a, vec![Action::Reply(t, Outcome::Committed), Action::LogFinished(t)]);
+    assert_eq!(c.decision(t), DecisionAnswer::Committed);
+    assert_eq!(c.one_phase_outcome(t, Outcome::Aborted("late".into())), vec![], "a late answer changes nothing");
+    assert_eq!(c.abort_requested(t, "client"), Err(Refusal::AlreadyCommitted));
+}
+
+#[test]
+fn a_one_phase_abort_drops_the_delegation_and_recovery_asks_again() {
+    let (mut c, t) = coord_with(&[0]);
+    c.commit_requested(t, 20).unwrap();
+    c.delegation_durable(t);
+    let a = c.one_phase_outcome(t, Outcome::Aborted("lost in a restart".into()));
+    assert!(matches!(&a[0], Action::Reply(_, Outcome::Aborted(_))));
+    assert_eq!(a[1], Action::LogForget(t));
+    assert!(matches!(c.decision(t), DecisionAnswer::Aborted(_)));
+    // After a crash the record leads to asking again, never to presuming abort.
+    let mut c = Coordinator::new(10, 10);
+    assert_eq!(c.recover_delegated(t, 0, 0), vec![Action::SendCommitOnePhase(t, 0)]);
+    assert_eq!(c.decision(t), DecisionAnswer::Pending);
+    c.one_phase_outcome(t, Outcome::Committed);
+    assert_eq!(c.decision(t), DecisionAnswer::Committed);
+}
+
+#[test]
+fn one_phase_can_be_turned_off() {
+    let mut c = Coordinator::new(10, 10).with_one_phase(false);
+    let t = tid(1);
+    c.begin(t, 0, 1_000).unwrap();
+    c.enlist(t, 0, 7, 10).0.unwrap();
+    assert_eq!(c.commit_requested(t, 20).unwrap(), vec![Action::SendPrepare(t, 0)]);
 }
 
 #[test]
@@ -102,9 +150,13 @@ fn enlist_rules() {
     assert!(a.contains(&Action::SendAbort(t, 0)));
     assert!(matches!(c.decision(t), DecisionAnswer::Aborted(_)));
     // Once preparing, no new enlistments.
+    let (mut c, t) = coord_with(&[0, 1]);
+    c.commit_requested(t, 20).unwrap();
+    assert_eq!(c.enlist(t, 2, 7, 10).0, Err(Refusal::NotActive("preparing")));
+    // Nor once delegated.
     let (mut c, t) = coord_with(&[0]);
     c.commit_requested(t, 20).unwrap();
-    assert_eq!(c.enlist(t, 1, 7, 10).0, Err(Refusal::NotActive("preparing")));
+    assert_eq!(c.enlist(t, 1, 7, 10).0, Err(Refusal::NotActive("delegating")));
 }
 
 #[test]

@@ -173,3 +173,47 @@ fn an_abort_for_an_unknown_tid_is_remembered() {
     // The enlistment reply arriving afterwards must not start it afresh.
     assert_eq!(p.enlisted(t, 100), Err(OpError::AlreadyAborted));
 }
+
+#[test]
+fn one_phase_commit_applies_an_active_tid_and_keeps_locks_until_durable() {
+    let mut p = part();
+    let t = tid(1);
+    p.enlisted(t, 100).unwrap();
+    p.write(t, b"a", Some(b"1".to_vec()), 0).unwrap();
+    let OnePhaseStep::Apply(ws) = p.commit_one_phase(t, 1) else { panic!("expected apply") };
+    assert_eq!(ws.len(), 1);
+    assert_eq!(p.write(t, b"b", None, 2), Err(OpError::NotActive("committing")));
+    assert_eq!(p.locked_keys(), 1, "locks held while the commit is applied");
+    // A repeat while applying applies again (the store makes it a no-op).
+    assert!(matches!(p.commit_one_phase(t, 2), OnePhaseStep::Apply(_)));
+    assert_eq!(p.abort(t), Err(ResolveError::Committing), "no abort once the decision is being applied");
+    p.commit_applied(t);
+    assert_eq!(p.locked_keys(), 0);
+    // Gone from memory: the shell answers from the store's record.
+    assert_eq!(p.commit_one_phase(t, 3), OnePhaseStep::Unknown);
+}
+
+#[test]
+fn one_phase_commit_of_a_lost_or_aborted_tid_is_an_abort_that_sticks() {
+    let mut p = part();
+    // Past its deadline: aborted here, and stays aborted.
+    let t = tid(1);
+    p.enlisted(t, 100).unwrap();
+    p.write(t, b"a", None, 0).unwrap();
+    assert!(matches!(p.commit_one_phase(t, 100), OnePhaseStep::Aborted(_)));
+    assert_eq!(p.locked_keys(), 0);
+    assert!(matches!(p.commit_one_phase(t, 101), OnePhaseStep::Aborted(_)));
+    // Unknown (lost in a restart): the shell aborts it, which is remembered,
+    // so a late enlistment cannot start it afresh.
+    let u = tid(2);
+    assert_eq!(p.commit_one_phase(u, 0), OnePhaseStep::Unknown);
+    assert_eq!(p.abort(u), Ok(AbortStep::Ack));
+    assert_eq!(p.enlisted(u, 100), Err(OpError::AlreadyAborted));
+    assert!(matches!(p.commit_one_phase(u, 1), OnePhaseStep::Aborted(_)));
+    // A prepared tid belongs to two-phase commit.
+    let v = tid(3);
+    p.enlisted(v, 100).unwrap();
+    p.write(v, b"v", None, 0).unwrap();
+    let _ = p.prepare(v, 1);
+    assert!(matches!(p.commit_one_phase(v, 2), OnePhaseStep::Refused(_)));
+}
