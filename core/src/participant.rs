@@ -18,17 +18,18 @@
 //! 11. Commit and abort are idempotent; a commit for an unknown tid is
 //!    acknowledged (it was committed and forgotten, or never prepared here
 //!    and so has nothing to apply).
-//! - One-phase commit: when the coordinator delegates the decision (the tid
-//!   touched only this participant), [`Participant::commit_one_phase`]
-//!   commits an active tid at once: the shell applies the write set and
-//!   records the tid as committed in one forced transaction, and that
-//!   record is the decision. A tid that is unknown here and not in that
-//!   record is answered ABORTED and remembered as aborted: its unprepared
-//!   state is gone (restart, deadline, conflict), so it can never commit.
 //! 12. Strict 2PL with wait-die on tid age ([`crate::locks`]): on a
 //!    conflict an older tid waits ([`OpError::MustWait`]) and a younger one
 //!    is aborted, so there is never a deadlock. Locks are released only when
 //!    the decision has been applied.
+//!
+//! One-phase commit: when the coordinator delegates the decision (the tid
+//! touched only this participant), [`Participant::commit_one_phase`]
+//! commits an active tid at once: the shell applies the write set and
+//! records the tid as committed in one forced transaction, and that
+//! record is the decision. A tid that is unknown here and not in that
+//! record is answered ABORTED and remembered as aborted: its unprepared
+//! state is gone (restart, deadline, conflict), so it can never commit.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
