@@ -14,9 +14,6 @@ use common::*;
 use twopc::cluster::ClusterOptions;
 use twopc_client::{Decision, FailpointTarget, Outcome, Txn};
 
-const KILL: &str = "return(abort)";
-const EXIT: Duration = Duration::from_secs(20);
-
 /// Starts a tid that wrote "v" on partitions 0, 1 and 2.
 async fn three_writes(tc: &TestCluster, name: &str) -> (Txn, Vec<String>) {
     let keys: Vec<String> = (0..3).map(|p| tc.key_on(p, name)).collect();
@@ -29,22 +26,6 @@ async fn three_writes(tc: &TestCluster, name: &str) -> (Txn, Vec<String>) {
 
 fn refs(keys: &[String]) -> Vec<&str> {
     keys.iter().map(String::as_str).collect()
-}
-
-async fn arm(tc: &TestCluster, target: FailpointTarget, name: &str, actions: &str) {
-    tc.client.set_failpoint(target, name, actions).await.unwrap();
-}
-
-async fn restart_coordinator(tc: &mut TestCluster) {
-    assert!(tc.cluster.coordinator.wait_exit(EXIT), "the failpoint should have killed the coordinator");
-    tc.cluster.restart_coordinator(&[]).unwrap();
-    tc.reconnect().await;
-}
-
-async fn restart_participant(tc: &mut TestCluster, p: u32) {
-    assert!(tc.cluster.participants[p as usize].wait_exit(EXIT), "the failpoint should have killed partition {p}");
-    tc.cluster.restart_participant(p, &[]).unwrap();
-    tc.reconnect().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,13 +33,20 @@ const ACCOUNTS: u32 = 24;
 const INITIAL: i64 = 1_000;
 const WORKERS: usize = 4;
 
-const COORDINATOR_POINTS: &[&str] =
-    &["coordinator::before_decision_forced", "coordinator::after_decision_forced", "coordinator::after_commit_acked"];
+const COORDINATOR_POINTS: &[&str] = &[
+    "coordinator::before_decision_forced",
+    "coordinator::after_decision_forced",
+    "coordinator::after_commit_acked",
+    "coordinator::before_delegation_forced",
+    "coordinator::after_delegation_forced",
+];
 const PARTICIPANT_POINTS: &[&str] = &[
     "participant::before_prepare_durable",
     "participant::after_prepare_durable",
     "participant::before_commit_applied",
     "participant::after_commit_applied",
+    "participant::before_one_phase_applied",
+    "participant::after_one_phase_applied",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,12 +75,16 @@ fn parse(v: Option<Vec<u8>>) -> i64 {
     v.map(|v| String::from_utf8_lossy(&v).parse().expect("balance is a number")).unwrap_or(0)
 }
 
-/// One transfer of 1 between two accounts on different partitions.
+/// One transfer of 1 between two accounts: on different partitions (two
+/// phases), or a third of the time on the same one (one phase).
 async fn transfer(client: &Client, rng: &mut StdRng, partitions: u32) -> Option<(uuid::Uuid, Transfer)> {
     let from = rng.random_range(0..ACCOUNTS);
+    let same_partition = rng.random_bool(1.0 / 3.0);
     let to = loop {
         let to = rng.random_range(0..ACCOUNTS);
-        if partition_for(account(to).as_bytes(), partitions) != partition_for(account(from).as_bytes(), partitions) {
+        let same =
+            partition_for(account(to).as_bytes(), partitions) == partition_for(account(from).as_bytes(), partitions);
+        if to != from && same == same_partition {
             break to;
         }
     };

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use twopc::cluster::{ClusterOptions, LocalCluster};
-use twopc_client::{Client, Decision, Outcome, partition_for};
+use twopc_client::{Client, Decision, FailpointTarget, Outcome, partition_for};
 use twopc_proto::pb;
 
 pub const SETTLE: Duration = Duration::from_secs(30);
@@ -40,6 +40,30 @@ impl Drop for TestCluster {
             }
         }
     }
+}
+
+/// The failpoint action that SIGKILLs the process at that step.
+pub const KILL: &str = "return(abort)";
+/// How long a process armed with [`KILL`] may take to reach the step and die.
+pub const EXIT: Duration = Duration::from_secs(20);
+
+/// Arms (or with `""` disarms) a failpoint over the admin RPC.
+pub async fn arm(tc: &TestCluster, target: FailpointTarget, name: &str, actions: &str) {
+    tc.client.set_failpoint(target, name, actions).await.unwrap();
+}
+
+/// Waits for the coordinator a failpoint killed, restarts it on its data.
+pub async fn restart_coordinator(tc: &mut TestCluster) {
+    assert!(tc.cluster.coordinator.wait_exit(EXIT), "the failpoint should have killed the coordinator");
+    tc.cluster.restart_coordinator(&[]).unwrap();
+    tc.reconnect().await;
+}
+
+/// Waits for the participant a failpoint killed, restarts it on its data.
+pub async fn restart_participant(tc: &mut TestCluster, p: u32) {
+    assert!(tc.cluster.participants[p as usize].wait_exit(EXIT), "the failpoint should have killed partition {p}");
+    tc.cluster.restart_participant(p, &[]).unwrap();
+    tc.reconnect().await;
 }
 
 pub fn fp(spec: &str) -> Vec<(String, String)> {
