@@ -415,5 +415,18 @@ fn settings_from_environment_variables_alone() {
         &t.path().join("p.log"),
     );
     assert!(pdir.join("partition.db").exists(), "the participant did not use TWOPC_PARTICIPANT_DATA_DIR");
-    assert_ne!(participant.addr, coordinator.addr);
+
+    // The participant found the coordinator through TWOPC_COORDINATOR, and
+    // so does the CLI: the topology shows the participant's address.
+    let deadline = std::time::Instant::now() + BOUND;
+    loop {
+        let out = twopc(&["topology"], &[("TWOPC_COORDINATOR", &coordinator.addr)]).output().expect("twopc topology");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if stdout.contains(&format!("0  {}", participant.addr)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "participant never registered:\n{stdout}");
+        // A poll interval, not a guess: registration retries with backoff.
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
