@@ -179,6 +179,52 @@ fn add_one_phase_column(conn: &Connection) -> Result<(), LogError> {
     Ok(())
 }
 
+/// Checks an existing `dir/decisions.db` before anything is written to it:
+/// it must be a sound SQLite file (`PRAGMA quick_check`; the log is bounded,
+/// so this is quick) made for a cluster of `partitions`. Starting on a
+/// damaged log could forget a COMMIT and then answer "aborted" for it, so a
+/// damaged file is refused, not repaired. Only reads, and the close-time
+/// checkpoint is turned off, so a refused file is left byte for byte as it was.
+pub fn check_existing(dir: &Path, partitions: u32) -> Result<(), LogError> {
+    let path = dir.join("decisions.db");
+    if !path.exists() {
+        return Ok(());
+    }
+    let damaged = |e: &dyn std::fmt::Display| {
+        LogError::Invalid(format!("{}: {e}; refusing to start: restore it from backup", path.display()))
+    };
+    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| LogError::Invalid(format!("cannot open {}: {e}", path.display())))?;
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+    let problems: Vec<String> = conn
+        .prepare("PRAGMA quick_check")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(|e| damaged(&e))?;
+    if problems != ["ok"] {
+        return Err(damaged(&format!("corrupt ({})", problems.join("; "))));
+    }
+    let has_meta: bool = conn
+        .query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'meta'", [], |r| r.get(0))
+        .map_err(|e| damaged(&e))?;
+    if has_meta {
+        let stored: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'partitions'", [], |r| r.get(0))
+            .map(Some)
+            .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+        if let Some(s) = stored.filter(|s| *s != partitions.to_string()) {
+            return Err(other_cluster(&s, partitions));
+        }
+    }
+    Ok(())
+}
+
+fn other_cluster(stored: &str, partitions: u32) -> LogError {
+    LogError::Invalid(format!(
+        "this data directory belongs to a cluster of {stored} partitions, not {partitions}: \
+         pass --partitions {stored} or use another data directory"
+    ))
+}
+
 fn check_partitions(conn: &Connection, partitions: u32) -> Result<(), LogError> {
     let stored: Option<String> = conn
         .query_row("SELECT value FROM meta WHERE key = 'partitions'", [], |r| r.get(0))
@@ -190,10 +236,7 @@ fn check_partitions(conn: &Connection, partitions: u32) -> Result<(), LogError> 
             Ok(())
         }
         Some(s) if s == partitions.to_string() => Ok(()),
-        Some(s) => Err(LogError::Invalid(format!(
-            "this data directory belongs to a cluster of {s} partitions, not {partitions}: \
-             pass --partitions {s} or use another data directory"
-        ))),
+        Some(s) => Err(other_cluster(&s, partitions)),
     }
 }
 

@@ -15,6 +15,7 @@ pub mod decision_log;
 pub mod driver;
 pub mod error;
 pub mod peers;
+pub mod preflight;
 pub mod service;
 
 use std::path::PathBuf;
@@ -37,7 +38,7 @@ pub struct Config {
     #[arg(long, env = "TWOPC_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
     /// Tokio worker threads (1: a single-threaded runtime).
-    #[arg(long, env = "TWOPC_WORKER_THREADS", default_value_t = 2)]
+    #[arg(long, env = "TWOPC_WORKER_THREADS", default_value_t = 2, value_parser = preflight::count())]
     pub worker_threads: usize,
     /// Address to serve on (port 0 picks a free one; the chosen address is printed).
     #[arg(long, env = "TWOPC_COORDINATOR_LISTEN", default_value = "127.0.0.1:7000")]
@@ -46,23 +47,23 @@ pub struct Config {
     #[arg(long, env = "TWOPC_COORDINATOR_DATA_DIR")]
     pub data_dir: PathBuf,
     /// Number of partitions of the key space, fixed when the cluster is created.
-    #[arg(long, env = "TWOPC_PARTITIONS")]
+    #[arg(long, env = "TWOPC_PARTITIONS", value_parser = clap::value_parser!(u32).range(1..))]
     pub partitions: u32,
     /// Transaction timeout when the client asks for none.
-    #[arg(long, env = "TWOPC_DEFAULT_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "TWOPC_DEFAULT_TIMEOUT_MS", default_value_t = 10_000, value_parser = preflight::millis())]
     pub default_timeout_ms: u64,
     /// Longest transaction timeout a client may ask for.
-    #[arg(long, env = "TWOPC_MAX_TIMEOUT_MS", default_value_t = 300_000)]
+    #[arg(long, env = "TWOPC_MAX_TIMEOUT_MS", default_value_t = 300_000, value_parser = preflight::millis())]
     pub max_timeout_ms: u64,
     /// How long the coordinator waits for a vote before aborting.
-    #[arg(long, env = "TWOPC_PREPARE_TIMEOUT_MS", default_value_t = 2_000)]
+    #[arg(long, env = "TWOPC_PREPARE_TIMEOUT_MS", default_value_t = 2_000, value_parser = preflight::millis())]
     pub prepare_timeout_ms: u64,
     /// Open transactions allowed at once; more are refused with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "TWOPC_MAX_OPEN_TXNS", default_value_t = 10_000)]
+    #[arg(long, env = "TWOPC_MAX_OPEN_TXNS", default_value_t = 10_000, value_parser = preflight::count())]
     pub max_open_txns: usize,
     /// Prepare/commit calls in flight per participant (bulkhead): a slow
     /// participant holds at most this many.
-    #[arg(long, env = "TWOPC_MAX_INFLIGHT_PER_PARTICIPANT", default_value_t = 256)]
+    #[arg(long, env = "TWOPC_MAX_INFLIGHT_PER_PARTICIPANT", default_value_t = 256, value_parser = preflight::count())]
     pub max_inflight_per_participant: usize,
     /// Commit a transaction that touched one participant in one phase (the
     /// participant decides, after a forced DELEGATED record); `false` makes
@@ -70,12 +71,13 @@ pub struct Config {
     #[arg(long, env = "TWOPC_ONE_PHASE", default_value_t = true, action = clap::ArgAction::Set)]
     pub one_phase: bool,
     /// Finished commits remembered (in memory and in the log) to answer repeated questions.
-    #[arg(long, env = "TWOPC_KEEP_FINISHED", default_value_t = 100_000)]
+    #[arg(long, env = "TWOPC_KEEP_FINISHED", default_value_t = 100_000, value_parser = preflight::count())]
     pub keep_finished: usize,
 }
 
 /// Runs the coordinator until the process is stopped.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    preflight::check(&config)?;
     anyhow::ensure!(config.partitions > 0, "--partitions must be at least 1");
     anyhow::ensure!(config.prepare_timeout_ms > 0, "--prepare-timeout-ms must be positive");
     twopc_proto::failpoint::setup_from_env().map_err(anyhow::Error::msg)?;

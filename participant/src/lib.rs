@@ -14,6 +14,7 @@
 
 pub mod error;
 pub mod node;
+pub mod preflight;
 pub mod service;
 pub mod store;
 
@@ -38,7 +39,7 @@ pub struct Config {
     #[arg(long, env = "TWOPC_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
     /// Tokio worker threads (1: a single-threaded runtime).
-    #[arg(long, env = "TWOPC_WORKER_THREADS", default_value_t = 2)]
+    #[arg(long, env = "TWOPC_WORKER_THREADS", default_value_t = 2, value_parser = preflight::count())]
     pub worker_threads: usize,
     /// The partition this participant owns (0-based), fixed for its data directory.
     #[arg(long, env = "TWOPC_PARTITION")]
@@ -55,21 +56,22 @@ pub struct Config {
     /// Directory of this partition's data (created if missing).
     #[arg(long, env = "TWOPC_PARTICIPANT_DATA_DIR")]
     pub data_dir: PathBuf,
-    #[arg(long, env = "TWOPC_MAX_KEY_BYTES", default_value_t = 1024)]
+    #[arg(long, env = "TWOPC_MAX_KEY_BYTES", default_value_t = 1024, value_parser = preflight::count())]
     pub max_key_bytes: usize,
-    #[arg(long, env = "TWOPC_MAX_VALUE_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, env = "TWOPC_MAX_VALUE_BYTES", default_value_t = 1 << 20, value_parser = preflight::count())]
     pub max_value_bytes: usize,
-    #[arg(long, env = "TWOPC_MAX_OPS_PER_TID", default_value_t = 10_000)]
+    #[arg(long, env = "TWOPC_MAX_OPS_PER_TID", default_value_t = 10_000, value_parser = preflight::count())]
     pub max_ops_per_tid: usize,
-    #[arg(long, env = "TWOPC_MAX_OPEN_TIDS", default_value_t = 10_000)]
+    #[arg(long, env = "TWOPC_MAX_OPEN_TIDS", default_value_t = 10_000, value_parser = preflight::count())]
     pub max_open_tids: usize,
     /// How long a prepared tid waits for its decision before asking the coordinator.
-    #[arg(long, env = "TWOPC_IN_DOUBT_AFTER_MS", default_value_t = 1_000)]
+    #[arg(long, env = "TWOPC_IN_DOUBT_AFTER_MS", default_value_t = 1_000, value_parser = preflight::millis())]
     pub in_doubt_after_ms: u64,
 }
 
 /// Runs the participant until the process is stopped.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    preflight::check(&config)?;
     twopc_proto::failpoint::setup_from_env().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;

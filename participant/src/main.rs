@@ -9,6 +9,11 @@ struct Cli {
     config: twopc_participant::Config,
 }
 
-fn main() -> anyhow::Result<()> {
-    twopc_participant::main_with(Cli::parse().config)
+fn main() {
+    // One `error: ...` line with the cause chain, like `twopc participant`,
+    // rather than the Debug form a returned error would print.
+    if let Err(e) = twopc_participant::main_with(Cli::parse().config) {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
 }

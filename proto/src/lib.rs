@@ -8,10 +8,12 @@
 //!   `failpoints` feature.
 //! - [`batch`]: natural batching of calls to one peer (many items, one RPC).
 //! - [`runtime`]: logging set-up and the listening socket every server uses.
+//! - [`preflight`]: the start-up checks of addresses and data directories.
 //! - [`Backoff`]: the bounded exponential backoff used for every retry loop.
 
 pub mod batch;
 pub mod failpoint;
+pub mod preflight;
 pub mod runtime;
 pub mod tid;
 
