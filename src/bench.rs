@@ -16,6 +16,9 @@
 //!   the report says whether the total was conserved.
 //! - `spread`: each transaction touches one random key on every partition:
 //!   a `get` with probability `--read-ratio`, else a `put`.
+//! - `local`: each transaction puts one random key, so it has a single
+//!   participant and commits in one phase (compare with `--one-phase false`
+//!   on a local cluster, where the same transaction votes first).
 //!
 //! `--concurrency` tasks share one [`Client`] and run transactions back to
 //! back until `--warmup-secs` + `--duration-secs` have passed; only
@@ -77,6 +80,8 @@ pub enum Workload {
     Transfer,
     /// Touch one random key on every partition (get or put, see --read-ratio).
     Spread,
+    /// Put one random key: a single participant, committed in one phase.
+    Local,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -110,6 +115,10 @@ pub struct BenchArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Local cluster only: whether the coordinator commits single-participant
+    /// transactions in one phase (its `--one-phase`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub one_phase: bool,
     /// Tokio worker threads of the bench client (1: a single-threaded runtime).
     #[arg(long, default_value_t = 1)]
     pub runtime_threads: usize,
@@ -234,7 +243,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 }
             };
             eprintln!("starting a coordinator and {} participants under {}", args.partitions, dir.display());
-            let opts = ClusterOptions { partitions: args.partitions, ..ClusterOptions::default() };
+            let opts = ClusterOptions {
+                partitions: args.partitions,
+                coordinator_args: vec!["--one-phase".into(), args.one_phase.to_string()],
+                ..ClusterOptions::default()
+            };
             let c = LocalCluster::start(&exe, &dir, opts)?;
             c.wait_registered(Duration::from_secs(30)).await?;
             let addr = c.coordinator_addr();
@@ -529,13 +542,14 @@ fn workload_name(workload: Workload) -> &'static str {
     match workload {
         Workload::Transfer => "transfer",
         Workload::Spread => "spread",
+        Workload::Local => "local",
     }
 }
 
 fn key_name(workload: Workload, i: u32) -> String {
     match workload {
         Workload::Transfer => format!("acct-{i}"),
-        Workload::Spread => format!("key-{i}"),
+        Workload::Spread | Workload::Local => format!("key-{i}"),
     }
 }
 
@@ -779,6 +793,10 @@ impl Worker {
                     let b = balance(txn.get_for_update(to.as_bytes()).await?);
                     txn.put(from.as_bytes(), (a - 1).to_string().as_bytes()).await?;
                     txn.put(to.as_bytes(), (b + 1).to_string().as_bytes()).await?;
+                }
+                Workload::Local => {
+                    let key = self.keys.name(rand::rng().random_range(0..self.keys.count));
+                    txn.put(key.as_bytes(), txn.tid().as_simple().to_string().as_bytes()).await?;
                 }
                 Workload::Spread => {
                     for (i, read) in self.keys.spread(self.read_ratio) {
