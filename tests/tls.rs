@@ -1,4 +1,5 @@
-//! Mutual TLS on every link and the admin token, over real processes.
+//! Mutual TLS on every link, TLS without client certificates, and the
+//! admin token, over real processes.
 //!
 //! Certificates are generated here with rcgen into the test's temporary
 //! directory (a CA, one certificate shared by the coordinator and the
@@ -163,17 +164,25 @@ async fn mutual_tls_commits_and_refuses_clients_without_a_certificate() {
     tc.wait_settled().await;
 }
 
+/// The token over TLS without client certificates (`--tls-client-cert-optional`):
+/// the clients here verify the servers but present no certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_token_guards_admin_rpcs() {
+    let pki = pki();
     let token = "let-me-in";
+    let mut env = env(&[("TWOPC_TLS_CERT", &pki.node.0), ("TWOPC_TLS_KEY", &pki.node.1), ("TWOPC_TLS_CA", &pki.ca)]);
+    env.push(("TWOPC_TLS_CLIENT_CERT_OPTIONAL".into(), "1".into()));
+    env.push(("TWOPC_ADMIN_TOKEN".into(), token.into()));
+    let tls = tls_args(&pki.ca, None).client().unwrap();
     let opts = ClusterOptions {
         partitions: 2,
-        env: vec![("TWOPC_ADMIN_TOKEN".into(), token.into())],
-        client: ConnectOptions { admin_token: AdminToken::new(Some(token)).unwrap(), ..Default::default() },
+        env,
+        client: ConnectOptions { tls: tls.clone(), admin_token: AdminToken::new(Some(token)).unwrap() },
         ..ClusterOptions::default()
     };
     let tc = TestCluster::start(opts).await;
     let addr = tc.cluster.coordinator_addr();
+    let ca = [("TWOPC_TLS_CA".to_string(), pki.ca.display().to_string())];
     // With the token: admin calls work (and transactions never need it).
     assert!(tc.client.transactions().await.unwrap().is_empty());
     assert!(tc.client.in_doubt().await.unwrap().iter().all(|p| p.tids.is_ok()));
@@ -182,7 +191,7 @@ async fn admin_token_guards_admin_rpcs() {
 
     // Without it, or with a wrong one: UNAUTHENTICATED, saying what to do.
     for bad in [None, Some("wrong")] {
-        let options = ConnectOptions { admin_token: AdminToken::new(bad).unwrap(), ..Default::default() };
+        let options = ConnectOptions { tls: tls.clone(), admin_token: AdminToken::new(bad).unwrap() };
         let client = Client::connect_with(&addr, options).await.expect("transaction calls need no token");
         let e = client.transactions().await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{e}");
@@ -194,12 +203,12 @@ async fn admin_token_guards_admin_rpcs() {
     }
 
     // The CLI sends it from --admin-token or TWOPC_ADMIN_TOKEN.
-    let o = cli(&["transactions", "--coordinator", &addr], &[]);
+    let o = cli(&["transactions", "--coordinator", &addr], &ca);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("UNAUTHENTICATED"), "{}", text(&o));
-    let o = cli(&["transactions", "--coordinator", &addr, "--admin-token", token], &[]);
+    let o = cli(&["transactions", "--coordinator", &addr, "--admin-token", token], &ca);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let o = cli(&["in-doubt", "--coordinator", &addr], &[("TWOPC_ADMIN_TOKEN".into(), token.into())]);
+    let o = cli(&["in-doubt", "--coordinator", &addr], &[ca[0].clone(), ("TWOPC_ADMIN_TOKEN".into(), token.into())]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(!String::from_utf8_lossy(&o.stdout).contains("error"), "{}", text(&o));
     tc.wait_settled().await;
@@ -213,8 +222,10 @@ fn bad_tls_files_stop_the_process_with_their_name() {
     let (cert, key, ca) = (pki.node.0.display().to_string(), pki.node.1.display().to_string(), pki.ca.display());
     let ca = ca.to_string();
     let base = ["coordinator", "--listen", "127.0.0.1:0", "--partitions", "1", "--data-dir", &data];
-    let cases: [(&[&str], &str); 4] = [
+    let other_key = pki.client.1.display().to_string();
+    let cases: [(&[&str], &str); 5] = [
         (&["--tls-cert", "/nonexistent/node.pem", "--tls-key", &key, "--tls-ca", &ca], "/nonexistent/node.pem"),
+        (&["--tls-cert", &cert, "--tls-key", &other_key, "--tls-ca", &ca], "client-key.pem"),
         (&["--tls-cert", &cert, "--tls-key", &cert, "--tls-ca", &ca], "node.pem"),
         (&["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &key], "node-key.pem"),
         (&["--tls-cert", &cert, "--tls-key", &key], "--tls-ca"),

@@ -54,7 +54,12 @@ pub struct ServerTlsArgs {
     pub tls: TlsArgs,
     /// With --tls-ca: also accept clients that present no certificate (TLS without
     /// client authentication); a certificate that is presented must still be valid.
-    #[arg(long, env = "TWOPC_TLS_CLIENT_CERT_OPTIONAL")]
+    #[arg(
+        long,
+        env = "TWOPC_TLS_CLIENT_CERT_OPTIONAL",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub tls_client_cert_optional: bool,
 }
 
