@@ -89,6 +89,9 @@ pub struct BenchArgs {
     /// Run against this running coordinator (HOST:PORT) instead of starting a local cluster.
     #[arg(long)]
     pub coordinator: Option<String>,
+    /// How to reach a cluster given with --coordinator (the local cluster is plaintext).
+    #[command(flatten)]
+    pub tls: twopc_client::TlsArgs,
     /// Directory for the local cluster's data and logs (default: a new temporary directory).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -228,6 +231,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // `tmp` outlives `cluster` (declared first, dropped last).
     let mut tmp = None;
     let mut cluster = None;
+    let tls = args.tls.client().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        args.coordinator.is_some() || !tls.is_enabled(),
+        "--tls-ca is for a cluster given with --coordinator: the local cluster runs plaintext"
+    );
     let (coordinator, data_dir) = match &args.coordinator {
         Some(addr) => (addr.clone(), None),
         None => {
@@ -256,7 +264,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
 
-    let client = Client::connect(&coordinator).await?;
+    let options = twopc_client::ConnectOptions { tls: tls.clone(), ..Default::default() };
+    let client = Client::connect_with(&coordinator, options).await?;
     let partitions = client.topology().await?.partitions;
     anyhow::ensure!(partitions >= 1, "the coordinator at {coordinator} reports no partitions");
     if args.coordinator.is_some() && partitions != args.partitions {
@@ -264,7 +273,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     // The floor, measured on an idle cluster.
-    let rtt = measure_rtt(&coordinator).await?;
+    let rtt = measure_rtt(&coordinator, &tls).await?;
     let (fsync_dir, fsync_in_temp_dir, fsync_tmp) = match &data_dir {
         Some(d) => (d.clone(), false, None),
         None => {
@@ -403,10 +412,11 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// Median of sequential `GetTopology` round trips on a connection of its own.
-async fn measure_rtt(coordinator: &str) -> anyhow::Result<Duration> {
+async fn measure_rtt(coordinator: &str, tls: &twopc_client::ClientTls) -> anyhow::Result<Duration> {
     use twopc_proto::pb::{GetTopologyRequest, coordinator_client::CoordinatorClient};
-    let uri = if coordinator.contains("://") { coordinator.to_string() } else { format!("http://{coordinator}") };
-    let mut c = CoordinatorClient::connect(uri).await.with_context(|| format!("cannot reach {coordinator}"))?;
+    let endpoint = tls.endpoint(coordinator).map_err(anyhow::Error::msg)?.tcp_nodelay(true);
+    let channel = endpoint.connect().await.with_context(|| format!("cannot reach {coordinator}"))?;
+    let mut c = CoordinatorClient::new(channel);
     for _ in 0..50 {
         c.get_topology(GetTopologyRequest {}).await?;
     }

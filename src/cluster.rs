@@ -141,11 +141,24 @@ pub struct ClusterOptions {
     pub participant_args: Vec<String>,
     /// Start participants only for partitions below this (default: all).
     pub start_partitions: Option<u32>,
+    /// Environment of every process, e.g. `TWOPC_TLS_CERT` and the other
+    /// TLS files, or `TWOPC_ADMIN_TOKEN`; a restart's own variables come after.
+    pub env: Vec<(String, String)>,
+    /// How the launcher itself reaches the cluster (to wait for the
+    /// participants to register): must match `env` when it turns on TLS or a token.
+    pub client: twopc_client::ConnectOptions,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { partitions: 3, coordinator_args: vec![], participant_args: vec![], start_partitions: None }
+        Self {
+            partitions: 3,
+            coordinator_args: vec![],
+            participant_args: vec![],
+            start_partitions: None,
+            env: vec![],
+            client: twopc_client::ConnectOptions::default(),
+        }
     }
 }
 
@@ -171,6 +184,11 @@ impl LocalCluster {
             cluster.participants.push(proc);
         }
         Ok(cluster)
+    }
+
+    /// How to reach this cluster (TLS, admin token), as configured.
+    pub fn connect_options(&self) -> &twopc_client::ConnectOptions {
+        &self.opts.client
     }
 
     /// Number of partitions of the cluster (participants may be fewer).
@@ -226,7 +244,8 @@ impl LocalCluster {
             data.display().to_string(),
         ];
         args.extend(self.opts.participant_args.iter().cloned());
-        Proc::start(&self.exe, &args, env, &self.dir.join(format!("p{p}.log")), &format!("participant {p}"))
+        let env = [&self.opts.env[..], env].concat();
+        Proc::start(&self.exe, &args, &env, &self.dir.join(format!("p{p}.log")), &format!("participant {p}"))
     }
 }
 
@@ -247,7 +266,8 @@ fn start_coordinator(
         dir.join("coordinator").display().to_string(),
     ];
     args.extend(opts.coordinator_args.iter().cloned());
-    Proc::start(exe, &args, env, &dir.join("coordinator.log"), "coordinator")
+    let env = [&opts.env[..], env].concat();
+    Proc::start(exe, &args, &env, &dir.join("coordinator.log"), "coordinator")
 }
 
 impl LocalCluster {
@@ -259,16 +279,25 @@ impl LocalCluster {
             self.participants.iter().enumerate().map(|(p, proc)| (p as u32, proc.addr.to_string())).collect();
         let deadline = Instant::now() + timeout;
         let mut last = String::from("coordinator not reachable");
+        let endpoint = self.opts.client.tls.endpoint(&self.coordinator_addr()).map_err(|e| anyhow!(e))?;
         while Instant::now() < deadline {
-            if let Ok(mut c) = CoordinatorClient::connect(format!("http://{}", self.coordinator_addr())).await
-                && let Ok(t) = c.get_topology(GetTopologyRequest {}).await
-            {
-                let got: Vec<(u32, String)> =
-                    t.into_inner().members.into_iter().map(|m| (m.partition, m.address)).collect();
-                if want.iter().all(|w| got.contains(w)) {
-                    return Ok(());
+            let topology = match endpoint.connect().await {
+                Ok(channel) => CoordinatorClient::new(channel)
+                    .get_topology(GetTopologyRequest {})
+                    .await
+                    .map_err(|s| format!("{}: {}", s.code(), s.message())),
+                Err(e) => Err(format!("{e:?}")),
+            };
+            match topology {
+                Ok(t) => {
+                    let got: Vec<(u32, String)> =
+                        t.into_inner().members.into_iter().map(|m| (m.partition, m.address)).collect();
+                    if want.iter().all(|w| got.contains(w)) {
+                        return Ok(());
+                    }
+                    last = format!("registered: {got:?}, expected {want:?}");
                 }
-                last = format!("registered: {got:?}, expected {want:?}");
+                Err(e) => last = format!("coordinator not reachable: {e}"),
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 use twopc_proto::pb;
 use twopc_proto::pb::participant_client::ParticipantClient;
 
-use crate::client::{ADMIN_TIMEOUT, within};
+use crate::client::{ADMIN_TIMEOUT, ConnectOptions, within};
 use crate::{Client, ClientError};
 
 /// A prepared tid that a participant holds without knowing its decision.
@@ -54,10 +54,11 @@ impl FromStr for FailpointTarget {
 
 /// Asks one participant directly for its in-doubt tids, without the
 /// coordinator: this is how an operator looks while the coordinator is down.
-pub async fn in_doubt_at_address(address: &str) -> Result<PartitionInDoubt, ClientError> {
+pub async fn in_doubt_at_address(address: &str, options: &ConnectOptions) -> Result<PartitionInDoubt, ClientError> {
     let peer = || format!("participant at {address}");
-    let mut client = ParticipantClient::new(crate::routing::endpoint(address)?.connect_lazy());
-    let resp = within(Some(ADMIN_TIMEOUT), peer, client.list_in_doubt(pb::ListInDoubtRequest {}))
+    let mut client = ParticipantClient::new(crate::routing::endpoint(address, &options.tls)?.connect_lazy());
+    let request = options.admin_token.request(pb::ListInDoubtRequest {});
+    let resp = within(Some(ADMIN_TIMEOUT), peer, client.list_in_doubt(request))
         .await
         .map_err(|s| ClientError::from_rpc(s, peer))?
         .into_inner();
@@ -90,7 +91,10 @@ impl Client {
 
     async fn in_doubt_at(&self, p: u32) -> Result<Vec<InDoubtTid>, String> {
         let route = self.route_partition(p).await.map_err(|e| e.to_string())?;
-        let call = |mut c: ParticipantClient<Channel>| async move { c.list_in_doubt(pb::ListInDoubtRequest {}).await };
+        let token = &self.options().admin_token;
+        let call = |mut c: ParticipantClient<Channel>| async move {
+            c.list_in_doubt(token.request(pb::ListInDoubtRequest {})).await
+        };
         let resp = route.call(Some(ADMIN_TIMEOUT), &call).await.map_err(|s| route.error(s).to_string())?.into_inner();
         Ok(resp
             .tids
@@ -105,7 +109,7 @@ impl Client {
         let resp = within(
             Some(ADMIN_TIMEOUT),
             || self.coordinator_peer(),
-            coordinator.list_transactions(pb::ListTransactionsRequest {}),
+            coordinator.list_transactions(self.options().admin_token.request(pb::ListTransactionsRequest {})),
         )
         .await
         .map_err(|s| self.coordinator_error(s))?;
@@ -116,6 +120,7 @@ impl Client {
     /// disarms it.
     pub async fn set_failpoint(&self, target: FailpointTarget, name: &str, actions: &str) -> Result<(), ClientError> {
         let req = pb::SetFailpointRequest { name: name.to_string(), actions: actions.to_string() };
+        let req = self.options().admin_token.request(req);
         match target {
             FailpointTarget::Coordinator => {
                 self.coordinator().set_failpoint(req).await.map_err(|s| self.coordinator_error(s))?;

@@ -16,9 +16,11 @@ use std::time::Duration;
 
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
+use twopc_proto::admin_token::AdminToken;
 use twopc_proto::pb;
 use twopc_proto::pb::coordinator_client::CoordinatorClient;
 use twopc_proto::pb::participant_client::ParticipantClient;
+use twopc_proto::tls::ClientTls;
 use uuid::Uuid;
 
 use crate::error::error_chain;
@@ -40,6 +42,7 @@ impl std::fmt::Debug for Client {
 
 struct Inner {
     coordinator_addr: String,
+    options: ConnectOptions,
     coordinator: CoordinatorClient<Channel>,
     routes: Mutex<Routes>,
     /// Begin calls of concurrent transactions share BeginBatch RPCs.
@@ -47,6 +50,14 @@ struct Inner {
     /// Operations of concurrent transactions share OperateBatch RPCs, per
     /// participant address.
     operations: Mutex<HashMap<String, Arc<Batcher<pb::Operation, pb::OperationResult>>>>,
+}
+
+/// How to reach a cluster beyond its address: TLS (plaintext by default)
+/// and the admin token sent with admin calls (none by default).
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    pub tls: ClientTls,
+    pub admin_token: AdminToken,
 }
 
 /// Most items in one batch RPC, and batch RPCs in flight per peer.
@@ -146,10 +157,17 @@ impl Route {
 }
 
 impl Client {
-    /// Connects to the coordinator at `host:port` (or `http://host:port`)
-    /// and fetches the topology.
+    /// Connects to the coordinator at `host:port` over plaintext and
+    /// fetches the topology.
     pub async fn connect(coordinator_addr: &str) -> Result<Client, ClientError> {
-        let channel = endpoint(coordinator_addr)?.connect().await.map_err(|e| {
+        Self::connect_with(coordinator_addr, ConnectOptions::default()).await
+    }
+
+    /// Connects to the coordinator at `host:port` with `options` (TLS, admin
+    /// token; the participants are reached the same way) and fetches the
+    /// topology.
+    pub async fn connect_with(coordinator_addr: &str, options: ConnectOptions) -> Result<Client, ClientError> {
+        let channel = endpoint(coordinator_addr, &options.tls)?.connect().await.map_err(|e| {
             ClientError::Unavailable(format!(
                 "cannot reach the coordinator at {coordinator_addr} ({}); is it running?",
                 error_chain(&e)
@@ -158,6 +176,7 @@ impl Client {
         let client = Client {
             inner: Arc::new(Inner {
                 coordinator_addr: coordinator_addr.to_string(),
+                options,
                 coordinator: CoordinatorClient::new(channel),
                 routes: Mutex::new(Routes::default()),
                 begins: Batcher::new(MAX_BATCH, BATCHES_IN_FLIGHT),
@@ -255,6 +274,10 @@ impl Client {
         self.inner.coordinator.clone()
     }
 
+    pub(crate) fn options(&self) -> &ConnectOptions {
+        &self.inner.options
+    }
+
     pub(crate) fn coordinator_peer(&self) -> String {
         format!("the coordinator at {}", self.inner.coordinator_addr)
     }
@@ -278,7 +301,7 @@ impl Client {
         let client = match routes.channels.get(&address) {
             Some(c) => c.clone(),
             None => {
-                let c = ParticipantClient::new(endpoint(&address)?.connect_lazy());
+                let c = ParticipantClient::new(endpoint(&address, &self.inner.options.tls)?.connect_lazy());
                 routes.channels.insert(address.clone(), c.clone());
                 c
             }

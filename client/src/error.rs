@@ -43,8 +43,25 @@ impl ClientError {
         // A peer that dies mid-call shows up as UNKNOWN "transport error"
         // (the HTTP/2 stream was reset), not UNAVAILABLE.
         let lost = status.code() == Code::Unknown && status.message().contains("transport error");
-        if status.code() == Code::Unavailable || lost {
-            ClientError::Unavailable(format!("{} is unavailable ({}); is it running?", peer(), status.message()))
+        // A status with a source error was made on this side from a broken
+        // connection, never sent by the peer: a refused TLS handshake (no or
+        // wrong client certificate) or TLS on one side only ends up as
+        // CANCELLED, INTERNAL "h2 protocol error" or UNKNOWN.
+        let broken = std::error::Error::source(&status).is_some()
+            && matches!(status.code(), Code::Unknown | Code::Cancelled | Code::Internal);
+        if broken {
+            ClientError::Unavailable(format!(
+                "the connection to {} failed ({}); is it running, with the same TLS settings as this client \
+                 (plaintext, or TLS with --tls-ca and, for mutual TLS, --tls-cert/--tls-key)?",
+                peer(),
+                transport_detail(&status)
+            ))
+        } else if status.code() == Code::Unavailable || lost {
+            ClientError::Unavailable(format!(
+                "{} is unavailable ({}); is it running?",
+                peer(),
+                transport_detail(&status)
+            ))
         } else {
             ClientError::Status(status)
         }
@@ -84,6 +101,21 @@ pub(crate) fn code_name(code: Code) -> &'static str {
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
     }
+}
+
+/// A status's message followed by its source chain, if it was made
+/// locally from a transport error (tonic's message alone often says only
+/// "transport error").
+fn transport_detail(status: &Status) -> String {
+    let mut out = status.message().to_string();
+    if let Some(source) = std::error::Error::source(status) {
+        let chain = error_chain(source);
+        if !out.contains(&chain) {
+            out.push_str(": ");
+            out.push_str(&chain);
+        }
+    }
+    out
 }
 
 /// Renders an error with its whole source chain: tonic's transport errors

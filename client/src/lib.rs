@@ -11,6 +11,8 @@
 //! - [`Client`]: a cheap-to-clone handle, safe to share between tasks.
 //! - [`Txn`]: one transaction's operations, by tid.
 //! - [`ClientError`]: every failure, printable as an actionable sentence.
+//! - [`ConnectOptions`]: TLS ([`ClientTls`], built from [`TlsArgs`]) and the
+//!   [`AdminToken`] sent with admin calls.
 //! - [`cli`]: the `twopc` client subcommands.
 
 mod admin;
@@ -21,8 +23,10 @@ mod routing;
 mod txn;
 
 pub use admin::{FailpointTarget, InDoubtTid, PartitionInDoubt};
-pub use client::{Client, Decision, Topology};
+pub use client::{Client, ConnectOptions, Decision, Topology};
 pub use error::ClientError;
 pub use routing::partition_for;
+pub use twopc_proto::admin_token::AdminToken;
 pub use twopc_proto::pb::{ParticipantInfo, TransactionInfo};
+pub use twopc_proto::tls::{ClientTls, TlsArgs};
 pub use txn::{Outcome, Txn};

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use tonic::transport::Endpoint;
+use twopc_proto::tls::ClientTls;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::ClientError;
@@ -24,15 +25,10 @@ pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
     (xxh3_64(key) % u64::from(partitions)) as u32
 }
 
-/// An endpoint for `addr`, given as `host:port` or `http://host:port`.
-pub(crate) fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
-    let addr = addr.trim();
-    if addr.is_empty() {
-        return Err(ClientError::InvalidArgument("empty address: expected host:port".into()));
-    }
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    let endpoint = Endpoint::from_shared(uri)
-        .map_err(|e| ClientError::InvalidArgument(format!("{addr:?} is not a host:port address ({e})")))?;
+/// An endpoint for `addr`, given as `host:port` (or with an `http://` or
+/// `https://` prefix, which is ignored: `tls` decides).
+pub(crate) fn endpoint(addr: &str, tls: &ClientTls) -> Result<Endpoint, ClientError> {
+    let endpoint = tls.endpoint(addr).map_err(ClientError::InvalidArgument)?;
     Ok(endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true))
 }
 
@@ -65,9 +61,10 @@ mod tests {
 
     #[test]
     fn endpoints_accept_both_forms() {
-        assert_eq!(endpoint("127.0.0.1:7000").unwrap().uri().to_string(), "http://127.0.0.1:7000/");
-        assert_eq!(endpoint("http://h:1").unwrap().uri().to_string(), "http://h:1/");
-        assert!(endpoint("").is_err());
-        assert!(endpoint("not an address").is_err());
+        let tls = ClientTls::plaintext();
+        assert_eq!(endpoint("127.0.0.1:7000", &tls).unwrap().uri().to_string(), "http://127.0.0.1:7000/");
+        assert_eq!(endpoint("http://h:1", &tls).unwrap().uri().to_string(), "http://h:1/");
+        assert!(endpoint("", &tls).is_err());
+        assert!(endpoint("not an address", &tls).is_err());
     }
 }

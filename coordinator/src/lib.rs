@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use twopc_core::coordinator::Coordinator;
+use twopc_proto::admin_token::AdminToken;
 use twopc_proto::pb::coordinator_server::CoordinatorServer;
 use twopc_proto::{now_unix_ms, runtime};
 
@@ -73,6 +74,12 @@ pub struct Config {
     /// Finished commits remembered (in memory and in the log) to answer repeated questions.
     #[arg(long, env = "TWOPC_KEEP_FINISHED", default_value_t = 100_000, value_parser = preflight::count())]
     pub keep_finished: usize,
+    #[command(flatten)]
+    pub tls: twopc_proto::tls::ServerTlsArgs,
+    /// Require this token (`authorization: Bearer TOKEN`) on admin RPCs
+    /// (ListTransactions, SetFailpoint); open to all when absent.
+    #[arg(long, env = "TWOPC_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 /// Runs the coordinator until the process is stopped.
@@ -81,12 +88,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     anyhow::ensure!(config.partitions > 0, "--partitions must be at least 1");
     anyhow::ensure!(config.prepare_timeout_ms > 0, "--prepare-timeout-ms must be positive");
     twopc_proto::failpoint::setup_from_env().map_err(anyhow::Error::msg)?;
+    let (server_tls, client_tls) = config.tls.load().map_err(anyhow::Error::msg)?;
+    let admin_token = AdminToken::new(config.admin_token.as_deref()).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let (log, recovered) = DecisionLog::open(&config.data_dir, config.partitions, config.keep_finished)
         .with_context(|| format!("cannot open the decision log in {}", config.data_dir.display()))?;
 
-    let peers = Peers::new(config.max_inflight_per_participant);
+    let peers = Peers::new(config.max_inflight_per_participant, client_tls);
     for (partition, address) in &recovered.members {
         if let Err(e) = peers.set(*partition, address) {
             tracing::warn!(partition, "ignoring recorded address: {e}");
@@ -122,6 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let driver = Driver::new(core, log, peers, timeouts);
     let service = CoordinatorService {
         driver: driver.clone(),
+        admin_token,
         limits: Limits {
             partitions: config.partitions,
             default_timeout: Duration::from_millis(config.default_timeout_ms),
@@ -131,12 +141,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
 
     runtime::serve_metrics(config.metrics_listen.as_deref()).map_err(anyhow::Error::msg)?;
-    let (listener, local) = runtime::bind(&config.listen).await.map_err(anyhow::Error::msg)?;
+    let (listener, local) = runtime::bind(&config.listen, server_tls.is_some()).await.map_err(anyhow::Error::msg)?;
     driver.execute(redo);
     tokio::spawn(driver.clone().expiry_loop(Duration::from_millis(100)));
-    tracing::info!(%local, partitions = config.partitions, "coordinator serving");
+    tracing::info!(%local, partitions = config.partitions, tls = server_tls.is_some(), "coordinator serving");
     let routes = tonic::service::Routes::new(CoordinatorServer::new(service));
-    runtime::serve("twopc.v1.Coordinator", routes, listener, local).await.map_err(anyhow::Error::msg)
+    runtime::serve("twopc.v1.Coordinator", routes, listener, local, server_tls).await.map_err(anyhow::Error::msg)
 }
 
 /// Entry point of the `twopc-coordinator` binary.

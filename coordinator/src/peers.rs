@@ -13,16 +13,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use twopc_core::PartitionId;
 use twopc_proto::batch::Batcher;
 use twopc_proto::pb::{self, participant_client::ParticipantClient};
+use twopc_proto::tls::ClientTls;
 
 pub struct Peers {
     map: Mutex<HashMap<PartitionId, (String, ParticipantClient<Channel>)>>,
     inflight: Mutex<HashMap<PartitionId, Arc<Semaphore>>>,
     batchers: Mutex<HashMap<PartitionId, Arc<PeerBatchers>>>,
     max_inflight: usize,
+    /// TLS (or plaintext) for the channels to participants.
+    tls: ClientTls,
 }
 
 /// Prepare, commit, abort and one-phase commit calls to one participant, each batched
@@ -39,13 +42,15 @@ const MAX_BATCH: usize = 256;
 const BATCHES_IN_FLIGHT: usize = 2;
 
 impl Peers {
-    /// `max_inflight`: prepare/commit calls allowed in flight per participant.
-    pub fn new(max_inflight: usize) -> Self {
+    /// `max_inflight`: prepare/commit calls allowed in flight per
+    /// participant; `tls`: how channels to participants are opened.
+    pub fn new(max_inflight: usize, tls: ClientTls) -> Self {
         Self {
             map: Mutex::default(),
             inflight: Mutex::default(),
             batchers: Mutex::default(),
             max_inflight: max_inflight.max(1),
+            tls,
         }
     }
 
@@ -72,7 +77,9 @@ impl Peers {
 
     /// Sets (or replaces) the address of `partition`.
     pub fn set(&self, partition: PartitionId, address: &str) -> Result<(), String> {
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        let endpoint = self
+            .tls
+            .endpoint(address)
             .map_err(|e| format!("bad participant address {address:?}: {e}"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true);

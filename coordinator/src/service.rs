@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 use twopc_core::coordinator::{DecisionAnswer, Outcome};
+use twopc_proto::admin_token::AdminToken;
 use twopc_proto::pb::{self, coordinator_server::Coordinator as CoordinatorRpc};
 use twopc_proto::{failpoint, now_unix_ms, tid};
 
@@ -25,6 +26,8 @@ pub struct Limits {
 
 pub struct CoordinatorService {
     pub driver: Arc<Driver>,
+    /// Guards the admin RPCs (ListTransactions, SetFailpoint).
+    pub admin_token: AdminToken,
     pub limits: Limits,
 }
 
@@ -192,8 +195,9 @@ impl CoordinatorRpc for CoordinatorService {
 
     async fn list_transactions(
         &self,
-        _req: Request<pb::ListTransactionsRequest>,
+        req: Request<pb::ListTransactionsRequest>,
     ) -> Reply<pb::ListTransactionsResponse> {
+        self.admin_token.check(&req, "ListTransactions")?;
         let now = now_unix_ms();
         let st = self.driver.state();
         let mut transactions: Vec<pb::TransactionInfo> = st
@@ -220,6 +224,7 @@ impl CoordinatorRpc for CoordinatorService {
     }
 
     async fn set_failpoint(&self, req: Request<pb::SetFailpointRequest>) -> Reply<pb::SetFailpointResponse> {
+        self.admin_token.check(&req, "SetFailpoint")?;
         failpoint::set_from_rpc(req.into_inner())?;
         Ok(Response::new(pb::SetFailpointResponse {}))
     }

@@ -22,8 +22,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use tonic::transport::Endpoint;
 use twopc_core::participant::{Limits, Participant};
+use twopc_proto::admin_token::AdminToken;
 use twopc_proto::pb::coordinator_client::CoordinatorClient;
 use twopc_proto::pb::participant_server::ParticipantServer;
 use twopc_proto::{now_unix_ms, runtime};
@@ -67,12 +67,20 @@ pub struct Config {
     /// How long a prepared tid waits for its decision before asking the coordinator.
     #[arg(long, env = "TWOPC_IN_DOUBT_AFTER_MS", default_value_t = 1_000, value_parser = preflight::millis())]
     pub in_doubt_after_ms: u64,
+    #[command(flatten)]
+    pub tls: twopc_proto::tls::ServerTlsArgs,
+    /// Require this token (`authorization: Bearer TOKEN`) on admin RPCs
+    /// (ListInDoubt, SetFailpoint); open to all when absent.
+    #[arg(long, env = "TWOPC_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 /// Runs the participant until the process is stopped.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     preflight::check(&config)?;
     twopc_proto::failpoint::setup_from_env().map_err(anyhow::Error::msg)?;
+    let (server_tls, client_tls) = config.tls.load().map_err(anyhow::Error::msg)?;
+    let admin_token = AdminToken::new(config.admin_token.as_deref()).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let (store, prepared) = Store::open(&config.data_dir, config.partition)
@@ -89,25 +97,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(%tid, keys = writes.len(), "recovery: prepared tid reloaded, locks re-taken; in doubt");
         core.recover_prepared(tid, writes, now);
     }
-    let coordinator = Endpoint::from_shared(format!("http://{}", config.coordinator))
-        .with_context(|| format!("bad coordinator address {:?}", config.coordinator))?
+    let coordinator = client_tls
+        .endpoint(&config.coordinator)
+        .map_err(|e| anyhow::anyhow!("bad coordinator address {:?}: {e}", config.coordinator))?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .connect_lazy();
     let node = Node::new(core, store, CoordinatorClient::new(coordinator));
     let service = ParticipantService {
         node: node.clone(),
+        admin_token,
         limits: InputLimits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes },
     };
 
     runtime::serve_metrics(config.metrics_listen.as_deref()).map_err(anyhow::Error::msg)?;
-    let (listener, local) = runtime::bind(&config.listen).await.map_err(anyhow::Error::msg)?;
+    let (listener, local) = runtime::bind(&config.listen, server_tls.is_some()).await.map_err(anyhow::Error::msg)?;
     let advertise = config.advertise.clone().unwrap_or_else(|| local.to_string());
     tokio::spawn(node.clone().register_loop(advertise));
     tokio::spawn(node.clone().timer_loop(Duration::from_millis(100)));
-    tracing::info!(%local, partition = config.partition, "participant serving");
+    tracing::info!(%local, partition = config.partition, tls = server_tls.is_some(), "participant serving");
     let routes = tonic::service::Routes::new(ParticipantServer::new(service));
-    runtime::serve("twopc.v1.Participant", routes, listener, local).await.map_err(anyhow::Error::msg)
+    runtime::serve("twopc.v1.Participant", routes, listener, local, server_tls).await.map_err(anyhow::Error::msg)
 }
 
 /// Entry point of the `twopc-participant` binary.

@@ -7,6 +7,7 @@ use futures::future::join_all;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use twopc_core::Tid;
+use twopc_proto::admin_token::AdminToken;
 use twopc_proto::pb::{self, participant_server::Participant as ParticipantRpc};
 use twopc_proto::{failpoint, now_unix_ms, tid};
 
@@ -22,6 +23,8 @@ pub struct InputLimits {
 
 pub struct ParticipantService {
     pub node: Arc<Node>,
+    /// Guards the admin RPCs (ListInDoubt, SetFailpoint).
+    pub admin_token: AdminToken,
     pub limits: InputLimits,
 }
 
@@ -250,7 +253,8 @@ impl ParticipantRpc for ParticipantService {
         Ok(Response::new(pb::OnePhaseBatchResponse { results }))
     }
 
-    async fn list_in_doubt(&self, _req: Request<pb::ListInDoubtRequest>) -> Reply<pb::ListInDoubtResponse> {
+    async fn list_in_doubt(&self, req: Request<pb::ListInDoubtRequest>) -> Reply<pb::ListInDoubtResponse> {
+        self.admin_token.check(&req, "ListInDoubt")?;
         let now = now_unix_ms();
         let core = self.node.core();
         let tids = core
@@ -271,6 +275,7 @@ impl ParticipantRpc for ParticipantService {
     }
 
     async fn set_failpoint(&self, req: Request<pb::SetFailpointRequest>) -> Reply<pb::SetFailpointResponse> {
+        self.admin_token.check(&req, "SetFailpoint")?;
         failpoint::set_from_rpc(req.into_inner())?;
         Ok(Response::new(pb::SetFailpointResponse {}))
     }

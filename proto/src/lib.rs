@@ -9,13 +9,17 @@
 //! - [`batch`]: natural batching of calls to one peer (many items, one RPC).
 //! - [`runtime`]: logging set-up and the listening socket every server uses.
 //! - [`preflight`]: the start-up checks of addresses and data directories.
+//! - [`tls`]: the TLS flags and the client/server TLS settings built from them.
+//! - [`admin_token`]: the optional shared token that guards admin RPCs.
 //! - [`Backoff`]: the bounded exponential backoff used for every retry loop.
 
+pub mod admin_token;
 pub mod batch;
 pub mod failpoint;
 pub mod preflight;
 pub mod runtime;
 pub mod tid;
+pub mod tls;
 
 mod backoff;
 pub use backoff::Backoff;

@@ -26,16 +26,17 @@ pub fn init_tracing() {
     };
 }
 
-/// Binds `addr` (port 0 picks a free port). Warns when it is not loopback:
-/// this build has no TLS.
-pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), String> {
+/// Binds `addr` (port 0 picks a free port). Warns when it is not loopback
+/// and `tls` is off: anyone who can reach it could then read and forge
+/// traffic, admin calls included.
+pub async fn bind(addr: &str, tls: bool) -> Result<(TcpListener, SocketAddr), String> {
     let parsed: SocketAddr = addr.parse().map_err(|e| {
         format!("listen address {addr:?} is not host:port with a numeric IP ({e}), e.g. 127.0.0.1:7000")
     })?;
     let listener = TcpListener::bind(parsed).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| format!("cannot read the bound address: {e}"))?;
-    if !local.ip().is_loopback() {
-        tracing::warn!(%local, "listening on a non-loopback address without TLS");
+    if !tls && !local.ip().is_loopback() {
+        tracing::warn!(%local, "listening on a non-loopback address without TLS (see --tls-cert)");
     }
     Ok((listener, local))
 }
@@ -138,16 +139,22 @@ pub fn serve_metrics(addr: Option<&str>) -> Result<(), String> {
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves `routes` (the process's own gRPC service) together with the
-/// health and reflection services on `listener`, announces readiness, and
-/// returns after a graceful shutdown (SIGTERM or Ctrl-C).
+/// health and reflection services on `listener`, over TLS if `tls` is
+/// given, announces readiness, and returns after a graceful shutdown
+/// (SIGTERM or Ctrl-C).
 pub async fn serve(
     service_name: &str,
     routes: tonic::service::Routes,
     listener: TcpListener,
     local: SocketAddr,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 ) -> Result<(), String> {
     let (health, reflection) = standard_services(service_name).await?;
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls).map_err(|e| format!("cannot serve TLS: {e}"))?;
+    }
+    server
         .add_routes(routes)
         .add_service(health)
         .add_service(reflection)

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use twopc::cluster::{ClusterOptions, LocalCluster};
-use twopc_client::{Client, Decision, FailpointTarget, Outcome, partition_for};
+use twopc_client::{Client, ConnectOptions, Decision, FailpointTarget, Outcome, partition_for};
 use twopc_proto::pb;
 
 pub const SETTLE: Duration = Duration::from_secs(30);
@@ -75,7 +75,9 @@ impl TestCluster {
         let dir = tempfile::Builder::new().prefix("twopc-test-").tempdir().expect("temp dir");
         let cluster = LocalCluster::start(env!("CARGO_BIN_EXE_twopc").as_ref(), dir.path(), opts).expect("cluster");
         cluster.wait_registered(SETTLE).await.expect("participants register");
-        let client = Client::connect(&cluster.coordinator_addr()).await.expect("client connects");
+        let client = Client::connect_with(&cluster.coordinator_addr(), cluster.connect_options().clone())
+            .await
+            .expect("client connects");
         TestCluster { cluster, client, dir: Some(dir) }
     }
 
@@ -96,7 +98,7 @@ impl TestCluster {
     /// A fresh client (after restarts, so it sees the new topology).
     pub async fn reconnect(&mut self) {
         self.cluster.wait_registered(SETTLE).await.expect("participants register again");
-        self.client = connect_until(&self.cluster.coordinator_addr()).await;
+        self.client = connect_until(&self.cluster.coordinator_addr(), self.cluster.connect_options()).await;
     }
 
     pub async fn read(&self, key: &str) -> Option<String> {
@@ -149,13 +151,14 @@ impl TestCluster {
     }
 
     async fn unsettled(&self) -> Option<String> {
+        let options = self.cluster.connect_options();
         for (p, proc) in self.cluster.participants.iter().enumerate() {
-            let mut c = match pb::participant_client::ParticipantClient::connect(format!("http://{}", proc.addr)).await
-            {
-                Ok(c) => c,
+            let endpoint = options.tls.endpoint(&proc.addr.to_string()).expect("endpoint");
+            let mut c = match endpoint.connect().await {
+                Ok(c) => pb::participant_client::ParticipantClient::new(c),
                 Err(e) => return Some(format!("partition {p} unreachable: {e}")),
             };
-            let r = match c.list_in_doubt(pb::ListInDoubtRequest {}).await {
+            let r = match c.list_in_doubt(options.admin_token.request(pb::ListInDoubtRequest {})).await {
                 Ok(r) => r.into_inner(),
                 Err(e) => return Some(format!("partition {p}: {e}")),
             };
@@ -187,10 +190,10 @@ impl TestCluster {
 }
 
 /// Connects, retrying while the coordinator is restarting.
-pub async fn connect_until(addr: &str) -> Client {
+pub async fn connect_until(addr: &str, options: &ConnectOptions) -> Client {
     let deadline = Instant::now() + SETTLE;
     loop {
-        match Client::connect(addr).await {
+        match Client::connect_with(addr, options.clone()).await {
             Ok(c) => return c,
             Err(e) => assert!(Instant::now() < deadline, "cannot connect to {addr}: {e}"),
         }

@@ -23,15 +23,31 @@ use std::time::Duration;
 use twopc_proto::pb;
 use uuid::Uuid;
 
-use crate::{Client, ClientError, Decision, FailpointTarget, Outcome};
+use crate::{AdminToken, Client, ClientError, ConnectOptions, Decision, FailpointTarget, Outcome, TlsArgs};
 use statement::Statement;
 
-/// Where to find the cluster; every client command takes it.
+/// Where to find the cluster and how to reach it; every client command takes it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnArgs {
     /// Coordinator address, host:port.
     #[arg(long, global = false, env = "TWOPC_COORDINATOR", default_value = "127.0.0.1:7000")]
     pub coordinator: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Token sent with admin calls (transactions, in-doubt, failpoint) to servers
+    /// started with --admin-token.
+    #[arg(long, env = "TWOPC_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+impl ConnArgs {
+    /// The TLS settings and admin token, checked (files read) once.
+    pub fn options(&self) -> Result<ConnectOptions, ClientError> {
+        Ok(ConnectOptions {
+            tls: self.tls.client().map_err(ClientError::InvalidArgument)?,
+            admin_token: AdminToken::new(self.admin_token.as_deref()).map_err(ClientError::InvalidArgument)?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -203,8 +219,9 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
                 connect(&conn).await?.in_doubt().await?
             } else {
                 let mut parts = vec![];
+                let options = conn.options()?;
                 for address in &participants {
-                    match crate::admin::in_doubt_at_address(address).await {
+                    match crate::admin::in_doubt_at_address(address, &options).await {
                         Ok(p) => parts.push(p),
                         Err(e) => out!("{address}: error: {e}"),
                     }
@@ -243,7 +260,7 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
 }
 
 async fn connect(conn: &ConnArgs) -> Result<Client, ClientError> {
-    Client::connect(&conn.coordinator).await
+    Client::connect_with(&conn.coordinator, conn.options()?).await
 }
 
 /// `twopc run`: parse everything first, then begin, execute, commit.
