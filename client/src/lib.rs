@@ -20,7 +20,7 @@ mod error;
 mod routing;
 mod txn;
 
-pub use admin::{FailpointTarget, InDoubtTid, PartitionInDoubt};
+pub use admin::{FailpointTarget, HeuristicOutcome, InDoubtTid, PartitionInDoubt, Resolution};
 pub use client::{Client, Decision, Topology};
 pub use error::ClientError;
 pub use routing::partition_for;
