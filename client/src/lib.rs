@@ -20,7 +20,10 @@ mod error;
 mod routing;
 mod txn;
 
-pub use admin::{FailpointTarget, HeuristicOutcome, InDoubtTid, PartitionInDoubt, Resolution};
+pub use admin::{
+    FailpointTarget, HeuristicOutcome, InDoubtTid, PartitionInDoubt, Resolution, in_doubt_at_address,
+    resolve_heuristically,
+};
 pub use client::{Client, Decision, Topology};
 pub use error::ClientError;
 pub use routing::partition_for;
