@@ -1,9 +1,16 @@
-//! Operator calls: in-doubt listings, live transactions, failpoints.
+//! Operator calls: in-doubt listings, live transactions, failpoints, and
+//! manual (heuristic) resolution of an in-doubt tid.
 //!
 //! These exist to look at a cluster that is partly broken, so they must
 //! degrade rather than fail: `in_doubt` asks every participant in parallel
 //! and reports an unreachable one as an error line for that partition, not
 //! as a failure of the whole call.
+//!
+//! [`resolve_heuristically`] talks to one participant directly (the
+//! coordinator may be gone): it is for disaster recovery only, when the
+//! coordinator's decision log is lost. The participant refuses it without
+//! the override flag, and refuses an outcome that contradicts a decision
+//! the coordinator's log still holds (see `twopc_participant::heuristics`).
 
 use std::str::FromStr;
 
@@ -30,6 +37,101 @@ pub struct PartitionInDoubt {
     pub address: Option<String>,
     /// The in-doubt tids, or why the participant could not be asked.
     pub tids: Result<Vec<InDoubtTid>, String>,
+    /// Outcomes an operator imposed there, oldest first (empty on error).
+    pub heuristics: Vec<HeuristicOutcome>,
+    /// The cluster id the participant's data belongs to (empty if unknown).
+    pub cluster_id: String,
+    /// Set while the participant is fenced: the coordinator answered with
+    /// this other cluster id (its decision log is not the one the
+    /// participant's prepared tids voted under).
+    pub mismatched_cluster_id: Option<String>,
+}
+
+impl PartitionInDoubt {
+    fn from_response(resp: pb::ListInDoubtResponse, partition: u32, address: Option<String>) -> Self {
+        let tids = resp
+            .tids
+            .into_iter()
+            .map(|t| InDoubtTid { tid: t.tid, prepared_for_ms: t.prepared_for_ms, asked: t.asked })
+            .collect();
+        let heuristics = resp
+            .heuristics
+            .into_iter()
+            .map(|h| HeuristicOutcome {
+                committed: h.outcome() == pb::Outcome::Committed,
+                tid: h.tid,
+                reason: h.reason,
+                at_unix_ms: h.at_unix_ms,
+                contradicted: h.contradicted,
+            })
+            .collect();
+        let mismatched = Some(resp.mismatched_cluster_id).filter(|m| !m.is_empty());
+        PartitionInDoubt {
+            partition,
+            address,
+            tids: Ok(tids),
+            heuristics,
+            cluster_id: resp.cluster_id,
+            mismatched_cluster_id: mismatched,
+        }
+    }
+
+    fn failed(partition: u32, address: Option<String>, why: String) -> Self {
+        PartitionInDoubt {
+            partition,
+            address,
+            tids: Err(why),
+            heuristics: vec![],
+            cluster_id: String::new(),
+            mismatched_cluster_id: None,
+        }
+    }
+}
+
+/// An outcome an operator imposed on a tid at a participant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeuristicOutcome {
+    pub tid: String,
+    pub committed: bool,
+    pub reason: String,
+    pub at_unix_ms: u64,
+    /// The coordinator's decision, arriving later, said the opposite.
+    pub contradicted: bool,
+}
+
+/// The answer to a manual resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// false: the coordinator's log held the same outcome, which was applied
+    /// as its decision (nothing heuristic was recorded).
+    pub heuristic: bool,
+    pub detail: String,
+}
+
+/// Asks the participant at `address` to end the in-doubt `tid` with
+/// `commit` (true) or abort; `override_lost_log` states that the
+/// coordinator's decision log is lost (see module docs).
+pub async fn resolve_heuristically(
+    address: &str,
+    tid: uuid::Uuid,
+    commit: bool,
+    override_lost_log: bool,
+    reason: &str,
+    options: &ConnectOptions,
+) -> Result<Resolution, ClientError> {
+    let peer = || format!("participant at {address}");
+    let mut client = ParticipantClient::new(crate::routing::endpoint(address, &options.tls)?.connect_lazy());
+    let req = options.admin_token.request(pb::ResolveHeuristicallyRequest {
+        tid: tid.to_string(),
+        commit,
+        override_lost_log,
+        reason: reason.to_string(),
+    });
+    let resp = within(Some(ADMIN_TIMEOUT), peer, client.resolve_heuristically(req))
+        .await
+        .map_err(|s| ClientError::from_rpc(s, peer))?
+        .into_inner();
+    Ok(Resolution { heuristic: resp.heuristic, detail: resp.detail })
 }
 
 /// Which process a failpoint is armed in.
@@ -62,12 +164,8 @@ pub async fn in_doubt_at_address(address: &str, options: &ConnectOptions) -> Res
         .await
         .map_err(|s| ClientError::from_rpc(s, peer))?
         .into_inner();
-    let tids = resp
-        .tids
-        .into_iter()
-        .map(|t| InDoubtTid { tid: t.tid, prepared_for_ms: t.prepared_for_ms, asked: t.asked })
-        .collect();
-    Ok(PartitionInDoubt { partition: resp.partition, address: Some(address.to_string()), tids: Ok(tids) })
+    let partition = resp.partition;
+    Ok(PartitionInDoubt::from_response(resp, partition, Some(address.to_string())))
 }
 
 impl Client {
@@ -83,24 +181,23 @@ impl Client {
             .collect();
         let mut out = Vec::with_capacity(handles.len());
         for (p, handle) in (0..).zip(handles) {
-            let tids = handle.await.unwrap_or_else(|e| Err(format!("asking partition {p} failed: {e}")));
-            out.push(PartitionInDoubt { partition: p, address: topology.address(p).map(str::to_string), tids });
+            let address = topology.address(p).map(str::to_string);
+            let answer = handle.await.unwrap_or_else(|e| Err(format!("asking partition {p} failed: {e}")));
+            out.push(match answer {
+                Ok(resp) => PartitionInDoubt::from_response(resp, p, address),
+                Err(why) => PartitionInDoubt::failed(p, address, why),
+            });
         }
         Ok(out)
     }
 
-    async fn in_doubt_at(&self, p: u32) -> Result<Vec<InDoubtTid>, String> {
+    async fn in_doubt_at(&self, p: u32) -> Result<pb::ListInDoubtResponse, String> {
         let route = self.route_partition(p).await.map_err(|e| e.to_string())?;
         let token = &self.options().admin_token;
         let call = |mut c: ParticipantClient<Channel>| async move {
             c.list_in_doubt(token.request(pb::ListInDoubtRequest {})).await
         };
-        let resp = route.call(Some(ADMIN_TIMEOUT), &call).await.map_err(|s| route.error(s).to_string())?.into_inner();
-        Ok(resp
-            .tids
-            .into_iter()
-            .map(|t| InDoubtTid { tid: t.tid, prepared_for_ms: t.prepared_for_ms, asked: t.asked })
-            .collect())
+        Ok(route.call(Some(ADMIN_TIMEOUT), &call).await.map_err(|s| route.error(s).to_string())?.into_inner())
     }
 
     /// The coordinator's live and unfinished transactions.

@@ -22,7 +22,10 @@ mod error;
 mod routing;
 mod txn;
 
-pub use admin::{FailpointTarget, InDoubtTid, PartitionInDoubt};
+pub use admin::{
+    FailpointTarget, HeuristicOutcome, InDoubtTid, PartitionInDoubt, Resolution, in_doubt_at_address,
+    resolve_heuristically,
+};
 pub use client::{Client, ConnectOptions, Decision, Topology};
 pub use error::ClientError;
 pub use routing::partition_for;

@@ -19,8 +19,13 @@
 //!   aborted), unforced: a lost mark only makes recovery ask again.
 //! - `members`: the partition map (partition to address), forced on
 //!   registration so phase 2 can reach participants after a restart.
-//! - `meta`: the number of partitions the log was created for; opening it
-//!   with another number is refused.
+//! - `meta`: the number of partitions the log was created for (opening it
+//!   with another number is refused), and the **cluster id**: a random UUID
+//!   made when the log is created (or first opened by a version that has
+//!   it). The coordinator hands it to participants with every registration
+//!   and decision; a participant whose prepared tids voted under another id
+//!   knows this log is not the one they voted under (it was lost and the
+//!   coordinator started afresh) and does not take its presumed aborts.
 //!
 //! Writes go through one writer thread that drains every queued request
 //! into a single SQLite transaction: concurrent forced records share one
@@ -64,6 +69,8 @@ pub struct Recovered {
     /// DELEGATED records whose participant has not answered.
     pub delegated: Vec<(Tid, PartitionId)>,
     pub members: Vec<(PartitionId, String)>,
+    /// The log's cluster id (see module docs).
+    pub cluster_id: String,
 }
 
 enum Request {
@@ -117,7 +124,8 @@ impl DecisionLog {
         )?;
         add_one_phase_column(&conn)?;
         check_partitions(&conn, partitions)?;
-        let recovered = read_back(&conn)?;
+        let mut recovered = read_back(&conn)?;
+        recovered.cluster_id = cluster_id(&conn)?;
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Stats::default());
         let writer_stats = stats.clone();
@@ -238,6 +246,22 @@ fn check_partitions(conn: &Connection, partitions: u32) -> Result<(), LogError> 
         Some(s) if s == partitions.to_string() => Ok(()),
         Some(s) => Err(other_cluster(&s, partitions)),
     }
+}
+
+/// The log's cluster id, created (durably: the connection runs with
+/// `synchronous=FULL`) if the log has none yet.
+fn cluster_id(conn: &Connection) -> Result<String, LogError> {
+    let stored: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'cluster_id'", [], |r| r.get(0))
+        .map(Some)
+        .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+    if let Some(id) = stored {
+        return Ok(id);
+    }
+    // UUIDv7: 74 random bits, plenty to tell two logs apart.
+    let id = uuid::Uuid::now_v7().to_string();
+    conn.execute("INSERT INTO meta (key, value) VALUES ('cluster_id', ?1)", params![id])?;
+    Ok(id)
 }
 
 fn read_back(conn: &Connection) -> Result<Recovered, LogError> {
@@ -371,6 +395,16 @@ mod tests {
         assert_eq!(rec.unfinished, vec![(t1, vec![0, 2])]);
         assert_eq!(rec.finished, vec![t2]);
         assert_eq!(rec.members, vec![(1, "127.0.0.1:9".to_string()), (2, "127.0.0.1:10".to_string())]);
+    }
+
+    #[test]
+    fn cluster_id_is_made_once_and_kept() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = DecisionLog::open(a.path(), 1, 10).unwrap().1.cluster_id;
+        assert_eq!(DecisionLog::open(a.path(), 1, 10).unwrap().1.cluster_id, first);
+        // Another (e.g. empty, after the first was lost) directory is another cluster.
+        assert_ne!(DecisionLog::open(b.path(), 1, 10).unwrap().1.cluster_id, first);
+        assert_eq!(uuid::Uuid::parse_str(&first).unwrap().get_version_num(), 7);
     }
 
     #[tokio::test]

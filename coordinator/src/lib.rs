@@ -120,6 +120,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         delegated = recovered.delegated.len(),
         finished = recovered.finished.len(),
         members = recovered.members.len(),
+        cluster_id = %recovered.cluster_id,
         "recovery: decision log read back"
     );
 
@@ -138,6 +139,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_timeout: Duration::from_millis(config.max_timeout_ms),
             commit_wait: Duration::from_millis(config.prepare_timeout_ms) + Duration::from_secs(30),
         },
+        cluster_id: recovered.cluster_id.clone(),
     };
 
     runtime::serve_metrics(config.metrics_listen.as_deref()).map_err(anyhow::Error::msg)?;

@@ -29,6 +29,9 @@ pub struct CoordinatorService {
     /// Guards the admin RPCs (ListTransactions, SetFailpoint).
     pub admin_token: AdminToken,
     pub limits: Limits,
+    /// The decision log's cluster id, sent with registrations and decisions
+    /// so participants can tell a lost log from theirs.
+    pub cluster_id: String,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -158,12 +161,21 @@ impl CoordinatorRpc for CoordinatorService {
 
     async fn get_decision(&self, req: Request<pb::GetDecisionRequest>) -> Reply<pb::GetDecisionResponse> {
         let tid = tid::parse(&req.into_inner().tid)?;
-        let (decision, reason) = match self.driver.state().core.decision(tid) {
+        let (answer, remembered) = {
+            let st = self.driver.state();
+            (st.core.decision(tid), st.core.remembers(tid))
+        };
+        let (decision, reason) = match answer {
             DecisionAnswer::Committed => (pb::Decision::Committed, String::new()),
             DecisionAnswer::Aborted(why) => (pb::Decision::Aborted, why),
             DecisionAnswer::Pending => (pb::Decision::Pending, String::new()),
         };
-        Ok(Response::new(pb::GetDecisionResponse { decision: decision as i32, reason }))
+        Ok(Response::new(pb::GetDecisionResponse {
+            decision: decision as i32,
+            reason,
+            cluster_id: self.cluster_id.clone(),
+            presumed: decision == pb::Decision::Aborted && !remembered,
+        }))
     }
 
     async fn register(&self, req: Request<pb::RegisterRequest>) -> Reply<pb::RegisterResponse> {
@@ -179,7 +191,10 @@ impl CoordinatorRpc for CoordinatorService {
             .map_err(|e| Status::unavailable(format!("cannot record the registration: {e}")))?;
         self.driver.peers.set(req.partition, &req.address).map_err(Status::invalid_argument)?;
         tracing::info!(partition = req.partition, address = %req.address, incarnation = req.incarnation, "participant registered");
-        Ok(Response::new(pb::RegisterResponse { partitions: self.limits.partitions }))
+        Ok(Response::new(pb::RegisterResponse {
+            partitions: self.limits.partitions,
+            cluster_id: self.cluster_id.clone(),
+        }))
     }
 
     async fn get_topology(&self, _req: Request<pb::GetTopologyRequest>) -> Reply<pb::Topology> {

@@ -474,6 +474,13 @@ impl Coordinator {
         }
     }
 
+    /// Whether `tid` is live or remembered as finished: when not, an ABORTED
+    /// answer about it is only presumed (it may have been forgotten, or the
+    /// log that knew it may be gone).
+    pub fn remembers(&self, tid: Tid) -> bool {
+        self.live.contains_key(&tid) || self.finished.contains_key(&tid)
+    }
+
     /// Rule 7: an unfinished COMMIT record read back at start.
     pub fn recover_commit(&mut self, tid: Tid, partitions: &[PartitionId], now: Millis) -> Vec<Action> {
         let parts = partitions.iter().map(|&p| (p, Part { incarnation: 0, state: PartState::VotedYes })).collect();

@@ -18,6 +18,13 @@
 //! 11. Commit and abort are idempotent; a commit for an unknown tid is
 //!    acknowledged (it was committed and forgotten, or never prepared here
 //!    and so has nothing to apply).
+//! Manual resolution (disaster recovery, when the coordinator's log is
+//! lost): [`Participant::resolve_heuristically`] ends a *prepared* tid with
+//! an outcome an operator chose. This is the one exception to rule 8 and it
+//! is never taken on the participant's own initiative; the shell checks the
+//! operator's override and the coordinator's log first. While the outcome is
+//! being made durable the tid holds its locks and refuses the coordinator's
+//! Commit/Abort (it will be acknowledged, and compared, once applied).
 //! 12. Strict 2PL with wait-die on tid age ([`crate::locks`]): on a
 //!    conflict an older tid waits ([`OpError::MustWait`]) and a younger one
 //!    is aborted, so there is never a deadlock. Locks are released only when
@@ -76,6 +83,11 @@ enum State {
     },
     /// Commit received; the write set is being applied durably.
     Committing,
+    /// An operator's outcome is being made durable (commit: the write set
+    /// applied; abort: dropped). Locks are held until then.
+    Heuristic {
+        commit: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -184,6 +196,20 @@ pub enum ResolveError {
     NotPrepared,
     /// Abort for a tid whose commit is being applied.
     Committing,
+    /// An operator's heuristic outcome is being applied; ask again (the
+    /// answer will then be an acknowledgement).
+    Heuristic,
+}
+
+/// Why a heuristic outcome was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HeuristicError {
+    /// The tid is not prepared here (unknown, resolved, or still operating):
+    /// only an in-doubt tid has anything to resolve.
+    NotPrepared(&'static str),
+    /// The coordinator's decision, or the opposite heuristic, is being
+    /// applied to it right now.
+    Busy(&'static str),
 }
 
 /// One in-doubt tid, for listings.
@@ -352,7 +378,8 @@ impl Participant {
             // commit has deleted the record and bring it back.
             State::Preparing { aborted: false } => PrepareStep::InProgress,
             State::Preparing { aborted: true } => PrepareStep::No("aborted while preparing".into()),
-            State::Prepared { .. } | State::Committing => PrepareStep::Yes,
+            State::Prepared { .. } | State::Committing | State::Heuristic { commit: true } => PrepareStep::Yes,
+            State::Heuristic { commit: false } => PrepareStep::No("aborted heuristically by an operator".into()),
         }
     }
 
@@ -392,6 +419,7 @@ impl Participant {
                 Ok(CommitStep::Apply(entry.writes.clone()))
             }
             State::Active { .. } | State::Preparing { .. } => Err(ResolveError::NotPrepared),
+            State::Heuristic { .. } => Err(ResolveError::Heuristic),
         }
     }
 
@@ -410,12 +438,14 @@ impl Participant {
             }
             // Committing: an earlier request is applying it; the store makes
             // the repeat a no-op, and answering only after it is durable
-            // keeps the answer honest.
+            // keeps the answer honest. (A tid takes one path or the other,
+            // fixed by the coordinator when the client commits, so this is
+            // never a two-phase commit being applied.)
             State::Active { .. } | State::Committing => {
                 entry.state = State::Committing;
                 OnePhaseStep::Apply(entry.writes.clone())
             }
-            State::Preparing { .. } | State::Prepared { .. } => {
+            State::Preparing { .. } | State::Prepared { .. } | State::Heuristic { .. } => {
                 OnePhaseStep::Refused("the tid is preparing or prepared here: it commits in two phases")
             }
         }
@@ -438,6 +468,7 @@ impl Participant {
         };
         let step = match entry.state {
             State::Committing => return Err(ResolveError::Committing),
+            State::Heuristic { .. } => return Err(ResolveError::Heuristic),
             State::Prepared { .. } => AbortStep::DeletePrepared,
             // The record may still land: keep the locks until the shell has
             // deleted it (prepared_durable says Err, then prepare_failed).
@@ -449,6 +480,44 @@ impl Participant {
         };
         self.abort_locally(tid);
         Ok(step)
+    }
+
+    /// An operator's outcome for a prepared tid (see module docs). The shell
+    /// must then, in one durable transaction, drop the prepared record,
+    /// apply the returned write set (`Some`: commit; `None`: abort, nothing
+    /// to apply) and record the heuristic, and then call `heuristic_applied`.
+    /// Repeating the same outcome (e.g. after that write failed) gives the
+    /// same answer again.
+    pub fn resolve_heuristically(&mut self, tid: Tid, commit: bool) -> Result<Option<WriteSet>, HeuristicError> {
+        let Some(entry) = self.tids.get_mut(&tid) else {
+            return Err(HeuristicError::NotPrepared("unknown"));
+        };
+        match entry.state {
+            State::Prepared { .. } => entry.state = State::Heuristic { commit },
+            State::Heuristic { commit: c } if c == commit => {}
+            State::Heuristic { .. } => return Err(HeuristicError::Busy("the opposite heuristic outcome")),
+            State::Committing => return Err(HeuristicError::Busy("the coordinator's COMMIT")),
+            ref s @ (State::Active { .. } | State::Preparing { .. }) => {
+                return Err(HeuristicError::NotPrepared(state_name(s)));
+            }
+        }
+        Ok(commit.then(|| entry.writes.clone()))
+    }
+
+    /// The heuristic outcome of `tid` is durable: forget it and release its
+    /// locks (an abort is remembered like any local abort).
+    pub fn heuristic_applied(&mut self, tid: Tid) {
+        match self.tids.get(&tid).map(|e| &e.state) {
+            Some(State::Heuristic { commit: true }) => self.drop_tid(tid),
+            Some(State::Heuristic { commit: false }) => self.abort_locally(tid),
+            _ => {}
+        }
+    }
+
+    /// Whether any tid here voted (or is voting) YES and is not yet over:
+    /// such tids are bound to the decision log they voted under.
+    pub fn has_prepared(&self) -> bool {
+        self.tids.values().any(|e| !matches!(e.state, State::Active { .. }))
     }
 
     /// Aborts every active tid past its deadline (rule 10, C8). Returns them.
@@ -552,6 +621,7 @@ fn state_name(s: &State) -> &'static str {
         State::Preparing { .. } => "preparing",
         State::Prepared { .. } => "prepared",
         State::Committing => "committing",
+        State::Heuristic { .. } => "resolving heuristically",
     }
 }
 

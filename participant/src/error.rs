@@ -2,7 +2,7 @@
 
 use tonic::Status;
 use twopc_core::Tid;
-use twopc_core::participant::{OpError, ResolveError};
+use twopc_core::participant::{HeuristicError, OpError, ResolveError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParticipantError {
@@ -22,6 +22,17 @@ pub enum ParticipantError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    #[error(
+        "tid {0} is not prepared at this participant (unknown, already resolved, or not voted yet): only an \
+         in-doubt tid can be resolved by hand (twopc in-doubt lists them)"
+    )]
+    NotInDoubt(Tid),
+    #[error(
+        "this participant is fenced: tids prepared here voted under cluster {ours}, but the coordinator's \
+         decision log is cluster {theirs} (lost or replaced); no new transactions until the original log is \
+         back or those tids are resolved by hand (twopc in-doubt, twopc resolve-heuristic)"
+    )]
+    Fenced { ours: String, theirs: String },
     /// The operation must wait for a lock and the caller asked not to.
     #[error("the operation must wait for a lock")]
     WouldWait,
@@ -33,7 +44,8 @@ impl From<ParticipantError> for Status {
         match e {
             ParticipantError::InvalidArgument(_) => Status::invalid_argument(msg),
             ParticipantError::Aborted { .. } => Status::aborted(msg),
-            ParticipantError::UnknownTid(_) => Status::not_found(msg),
+            ParticipantError::UnknownTid(_) | ParticipantError::NotInDoubt(_) => Status::not_found(msg),
+            ParticipantError::Fenced { .. } => Status::failed_precondition(msg),
             ParticipantError::FailedPrecondition { .. } => Status::failed_precondition(msg),
             ParticipantError::ResourceExhausted(_) => Status::resource_exhausted(msg),
             ParticipantError::CoordinatorUnavailable(_) | ParticipantError::Unavailable(_) => Status::unavailable(msg),
@@ -71,7 +83,17 @@ impl ParticipantError {
         let why = match e {
             ResolveError::NotPrepared => "commit asked for a tid that has not prepared here",
             ResolveError::Committing => "abort asked for a tid whose commit is being applied",
+            ResolveError::Heuristic => "an operator's heuristic outcome is being applied to it; ask again",
         };
         Self::FailedPrecondition { tid, why: why.into() }
+    }
+
+    pub fn from_heuristic(tid: Tid, e: HeuristicError) -> Self {
+        match e {
+            HeuristicError::NotPrepared(_) => Self::NotInDoubt(tid),
+            HeuristicError::Busy(what) => {
+                Self::FailedPrecondition { tid, why: format!("{what} is being applied to it") }
+            }
+        }
     }
 }

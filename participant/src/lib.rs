@@ -4,7 +4,9 @@
 //!
 //! Layout: the protocol is `twopc_core::participant` (no I/O); [`node`] is
 //! the shell that enlists, persists and runs the timers; [`store`] the
-//! SQLite file with group commit; [`service`] the gRPC face.
+//! SQLite file with group commit; [`service`] the gRPC face; [`fence`] the
+//! cluster-id check that detects a coordinator whose decision log was lost;
+//! [`heuristics`] the operator's manual resolution for that case.
 //!
 //! Start-up order keeps rule 9: prepared write sets are read back and their
 //! locks re-taken *before* the socket serves, so no new transaction can
@@ -13,6 +15,8 @@
 //! recovered tid at once.
 
 pub mod error;
+pub mod fence;
+pub mod heuristics;
 pub mod node;
 pub mod preflight;
 pub mod service;

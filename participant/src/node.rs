@@ -14,7 +14,10 @@
 //!   the core no longer has is answered from that record, and if absent,
 //!   aborted here first (remembered), so the answer can never change;
 //! - a prepared tid is only ever ended by a decision: from the
-//!   coordinator's Commit/Abort, or from its answer to GetDecision (rule 8).
+//!   coordinator's Commit/Abort, or from its answer to GetDecision (rule 8),
+//!   and only from a coordinator whose decision log is the one the tid voted
+//!   under (`crate::fence`); or, in disaster recovery, by an operator's
+//!   explicit heuristic outcome (`crate::heuristics`).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -30,6 +33,7 @@ use twopc_proto::pb::{self, coordinator_client::CoordinatorClient};
 use twopc_proto::{failpoint, now_unix_ms};
 
 use crate::error::ParticipantError;
+use crate::fence::Fence;
 use crate::store::Store;
 
 /// A participant's vote, as returned on the wire.
@@ -48,7 +52,9 @@ pub enum OnePhaseReply {
 pub struct Node {
     core: Mutex<Participant>,
     pub store: Store,
-    coordinator: CoordinatorClient<Channel>,
+    pub(crate) coordinator: CoordinatorClient<Channel>,
+    /// Set while the coordinator's log is not the one our prepared tids voted under.
+    pub fence: Fence,
     pub partition: PartitionId,
     /// Random per process start: tells the coordinator when this
     /// participant restarted and lost unprepared tids.
@@ -66,6 +72,7 @@ impl Node {
             core: Mutex::new(core),
             store,
             coordinator,
+            fence: Fence::default(),
             partition,
             incarnation: {
                 let (time, random) = uuid::Uuid::now_v7().as_u64_pair();
@@ -90,6 +97,9 @@ impl Node {
             if core.aborted_here(tid) {
                 return Err(ParticipantError::Aborted { tid, reason: "it was aborted earlier".into() });
             }
+        }
+        if let Some(theirs) = self.fence.mismatched() {
+            return Err(ParticipantError::Fenced { ours: self.store.cluster_id().unwrap_or_default(), theirs });
         }
         let req = pb::EnlistRequest { tid: tid.to_string(), partition: self.partition, incarnation: self.incarnation };
         let coordinator = self.coordinator.clone();
@@ -183,7 +193,7 @@ impl Node {
 
     /// Wakes operations waiting for a lock; called after anything that may
     /// have released locks.
-    fn locks_released(&self) {
+    pub(crate) fn locks_released(&self) {
         self.released.notify_waiters();
     }
 
@@ -280,11 +290,14 @@ impl Node {
         // C6: voted YES, the decision never arrives.
         self.failpoint("participant::before_commit_applied")?;
         let step = self.core().commit(tid).map_err(|e| ParticipantError::from_resolve(tid, e))?;
-        if let CommitStep::Apply(writes) = step {
-            self.store.commit(tid, writes).await.map_err(|e| ParticipantError::Internal(e.to_string()))?;
-            self.core().commit_applied(tid);
-            self.locks_released();
-            tracing::debug!(%tid, "commit applied");
+        match step {
+            CommitStep::Apply(writes) => {
+                self.store.commit(tid, writes).await.map_err(|e| ParticipantError::Internal(e.to_string()))?;
+                self.core().commit_applied(tid);
+                self.locks_released();
+                tracing::debug!(%tid, "commit applied");
+            }
+            CommitStep::Ack => self.note_late_decision(tid, true).await,
         }
         // C7: applied, but the acknowledgement is never sent.
         self.failpoint("participant::after_commit_applied")?;
@@ -331,9 +344,12 @@ impl Node {
     pub async fn abort(&self, tid: Tid) -> Result<(), ParticipantError> {
         let step = self.core().abort(tid).map_err(|e| ParticipantError::from_resolve(tid, e))?;
         self.locks_released();
-        if step == AbortStep::DeletePrepared {
-            self.store.delete_prepared(tid).await.map_err(|e| ParticipantError::Internal(e.to_string()))?;
-            tracing::info!(%tid, "prepared tid aborted");
+        match step {
+            AbortStep::DeletePrepared => {
+                self.store.delete_prepared(tid).await.map_err(|e| ParticipantError::Internal(e.to_string()))?;
+                tracing::info!(%tid, "prepared tid aborted");
+            }
+            AbortStep::Ack => self.note_late_decision(tid, false).await,
         }
         Ok(())
     }
@@ -379,6 +395,10 @@ impl Node {
             Ok(Err(s)) => return tracing::warn!(%tid, error = %s.message(), "in doubt: coordinator did not answer"),
             Err(_) => return tracing::warn!(%tid, "in doubt: coordinator did not answer in time"),
         };
+        if self.check_cluster(&resp.cluster_id).await.is_err() {
+            // Logged once by check_cluster; the tid stays in doubt.
+            return tracing::debug!(%tid, "in doubt: answer from another cluster's decision log not taken");
+        }
         let result = match pb::Decision::try_from(resp.decision) {
             Ok(pb::Decision::Committed) => {
                 tracing::info!(%tid, "in doubt: learned COMMIT");
@@ -408,10 +428,15 @@ impl Node {
                 incarnation: self.incarnation,
             };
             match self.coordinator.clone().register(req).await {
-                Ok(_) => {
-                    tracing::info!(partition = self.partition, %address, "registered with the coordinator");
-                    return;
-                }
+                Ok(resp) => match self.check_cluster(&resp.into_inner().cluster_id).await {
+                    Ok(()) => {
+                        tracing::info!(partition = self.partition, %address, "registered with the coordinator");
+                        return;
+                    }
+                    // Fenced (crate::fence): register again in a while; the
+                    // fence is re-examined with each answer.
+                    Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+                },
                 Err(s) if s.code() == tonic::Code::InvalidArgument => {
                     tracing::error!("the coordinator refused our registration: {}", s.message());
                     std::process::exit(2);

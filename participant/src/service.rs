@@ -12,6 +12,7 @@ use twopc_proto::pb::{self, participant_server::Participant as ParticipantRpc};
 use twopc_proto::{failpoint, now_unix_ms, tid};
 
 use crate::error::ParticipantError;
+use crate::heuristics::Resolution;
 use crate::node::{Node, OnePhaseReply, VoteReply};
 
 /// Input limits, checked before anything else.
@@ -256,6 +257,21 @@ impl ParticipantRpc for ParticipantService {
     async fn list_in_doubt(&self, req: Request<pb::ListInDoubtRequest>) -> Reply<pb::ListInDoubtResponse> {
         self.admin_token.check(&req, "ListInDoubt")?;
         let now = now_unix_ms();
+        let heuristics = self
+            .node
+            .store
+            .heuristics()
+            .into_iter()
+            .map(|h| pb::HeuristicOutcome {
+                tid: h.tid.to_string(),
+                outcome: if h.committed { pb::Outcome::Committed } else { pb::Outcome::Aborted } as i32,
+                reason: h.reason,
+                at_unix_ms: h.at_unix_ms,
+                contradicted: h.contradicted,
+            })
+            .collect();
+        let cluster_id = self.node.store.cluster_id().unwrap_or_default();
+        let mismatched_cluster_id = self.node.fence.mismatched().unwrap_or_default();
         let core = self.node.core();
         let tids = core
             .in_doubt()
@@ -271,7 +287,33 @@ impl ParticipantRpc for ParticipantService {
             tids,
             open_tids: core.open_tids() as u32,
             locked_keys: core.locked_keys() as u32,
+            heuristics,
+            cluster_id,
+            mismatched_cluster_id,
         }))
+    }
+
+    async fn resolve_heuristically(
+        &self,
+        req: Request<pb::ResolveHeuristicallyRequest>,
+    ) -> Reply<pb::ResolveHeuristicallyResponse> {
+        self.admin_token.check(&req, "ResolveHeuristically")?;
+        let req = req.into_inner();
+        let tid = tid::parse(&req.tid)?;
+        let outcome = if req.commit { "COMMIT" } else { "ABORT" };
+        let partition = self.node.partition;
+        let resolution = self.node.resolve_heuristically(tid, req.commit, req.override_lost_log, req.reason).await?;
+        let detail = match resolution {
+            Resolution::Heuristic => format!(
+                "tid {tid}: {outcome} applied heuristically at partition {partition} and recorded; resolve the \
+                 tid the same way at every other participant that holds it in doubt"
+            ),
+            Resolution::Decision => format!(
+                "tid {tid}: the coordinator's decision log records {outcome}; applied at partition {partition} \
+                 as its decision (nothing heuristic recorded)"
+            ),
+        };
+        Ok(Response::new(pb::ResolveHeuristicallyResponse { heuristic: resolution == Resolution::Heuristic, detail }))
     }
 
     async fn set_failpoint(&self, req: Request<pb::SetFailpointRequest>) -> Reply<pb::SetFailpointResponse> {

@@ -13,8 +13,15 @@
 //!   its DELEGATED record finished as soon as it hears the answer, so only
 //!   a coordinator that crashes before it writes that mark, while this many
 //!   newer one-phase commits land here, could ask about a forgotten one.
-//! - `meta`: the partition number this file belongs to; opening it as
-//!   another partition is refused.
+//! - `meta`: the partition number this file belongs to (opening it as
+//!   another partition is refused), and the cluster id of the coordinator's
+//!   decision log the prepared tids vote under (forced when first learned;
+//!   see `crate::fence`).
+//! - `heuristics`: outcomes an operator imposed on prepared tids (see
+//!   `crate::heuristics`), the newest [`KEEP_HEURISTICS`]. A heuristic is
+//!   written in the same forced transaction that applies (or drops) the
+//!   write set and deletes the prepared row, so it is recorded exactly when
+//!   it took effect.
 //!
 //! Applying a commit deletes the prepared row and writes the data in one
 //! forced transaction, and only if the row was still there: a repeated
@@ -41,6 +48,8 @@ use twopc_core::participant::WriteSet;
 use twopc_core::{PartitionId, Tid};
 use twopc_proto::pb;
 
+use crate::heuristics::{Heuristic, Heuristics};
+
 const MAX_BATCH: usize = 1024;
 
 /// One-phase commit records kept (newest first); older ones are trimmed.
@@ -48,6 +57,8 @@ pub const KEEP_ONE_PHASE: i64 = 100_000;
 
 /// One-phase commits between two trims of old records.
 const TRIM_EVERY: usize = 256;
+/// Heuristic records kept (older ones are deleted as new ones come).
+pub const KEEP_HEURISTICS: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -60,15 +71,37 @@ pub enum StoreError {
 }
 
 enum Write {
-    Prepare { tid: Tid, writes: Vec<u8> },
-    Commit { tid: Tid, writes: WriteSet },
-    CommitOnePhase { tid: Tid, writes: WriteSet },
-    DeletePrepared { tid: Tid },
+    Prepare {
+        tid: Tid,
+        writes: Vec<u8>,
+    },
+    Commit {
+        tid: Tid,
+        writes: WriteSet,
+    },
+    CommitOnePhase {
+        tid: Tid,
+        writes: WriteSet,
+    },
+    DeletePrepared {
+        tid: Tid,
+    },
+    ClusterId {
+        id: String,
+    },
+    /// `writes`: `Some` applies them (heuristic commit), `None` drops them.
+    Heuristic {
+        record: Heuristic,
+        writes: Option<WriteSet>,
+    },
+    Contradicted {
+        tid: Tid,
+    },
 }
 
 impl Write {
     fn forced(&self) -> bool {
-        !matches!(self, Write::DeletePrepared { .. })
+        !matches!(self, Write::DeletePrepared { .. } | Write::Contradicted { .. })
     }
 }
 
@@ -78,6 +111,9 @@ pub struct Store {
     tx: mpsc::Sender<(Write, Done)>,
     reader: Mutex<Connection>,
     stats: Arc<Stats>,
+    /// In-memory copies of what is durable in `meta` and `heuristics`.
+    cluster_id: Mutex<Option<String>>,
+    heuristics: Mutex<Heuristics>,
 }
 
 /// Counters of the writer thread: how well group commit batches.
@@ -104,10 +140,21 @@ impl Store {
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS prepared (tid TEXT PRIMARY KEY, writes BLOB NOT NULL);
-             CREATE TABLE IF NOT EXISTS one_phase (seq INTEGER PRIMARY KEY AUTOINCREMENT, tid TEXT NOT NULL UNIQUE);",
+             CREATE TABLE IF NOT EXISTS one_phase (seq INTEGER PRIMARY KEY AUTOINCREMENT, tid TEXT NOT NULL UNIQUE);
+
+             CREATE TABLE IF NOT EXISTS heuristics (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 tid TEXT NOT NULL UNIQUE,
+                 committed INTEGER NOT NULL,
+                 reason TEXT NOT NULL,
+                 at_unix_ms INTEGER NOT NULL,
+                 contradicted INTEGER NOT NULL DEFAULT 0);",
         )?;
         check_partition(&conn, partition)?;
         let prepared = read_prepared(&conn)?;
+        let cluster_id =
+            conn.query_row("SELECT value FROM meta WHERE key = 'cluster_id'", [], |r| r.get(0)).optional()?;
+        let heuristics = Heuristics::new(read_heuristics(&conn)?, KEEP_HEURISTICS);
         let reader = Connection::open(&path)?;
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Stats::default());
@@ -116,7 +163,14 @@ impl Store {
             .name("store-writer".into())
             .spawn(move || writer(conn, rx, &writer_stats))
             .map_err(|e| StoreError::Invalid(format!("cannot start writer thread: {e}")))?;
-        Ok((Self { tx, reader: Mutex::new(reader), stats }, prepared))
+        let store = Self {
+            tx,
+            reader: Mutex::new(reader),
+            stats,
+            cluster_id: Mutex::new(cluster_id),
+            heuristics: Mutex::new(heuristics),
+        };
+        Ok((store, prepared))
     }
 
     /// Makes `tid`'s write set durable. Returns once fsynced.
@@ -148,6 +202,49 @@ impl Store {
         self.submit(Write::DeletePrepared { tid }).await
     }
 
+    /// The cluster id the prepared tids vote under, once learned.
+    pub fn cluster_id(&self) -> Option<String> {
+        lock(&self.cluster_id).clone()
+    }
+
+    /// Records the cluster id the prepared tids vote under. Returns once fsynced.
+    pub async fn set_cluster_id(&self, id: &str) -> Result<(), StoreError> {
+        self.submit(Write::ClusterId { id: id.to_string() }).await?;
+        *lock(&self.cluster_id) = Some(id.to_string());
+        Ok(())
+    }
+
+    /// In one forced transaction: drops the prepared row of `record.tid`,
+    /// applies `writes` if `Some` (commit) and records the heuristic; does
+    /// nothing if the row is already gone (its outcome was applied before;
+    /// the caller's core state rules that out).
+    pub async fn apply_heuristic(&self, record: Heuristic, writes: Option<WriteSet>) -> Result<(), StoreError> {
+        self.submit(Write::Heuristic { record: record.clone(), writes }).await?;
+        lock(&self.heuristics).push(record);
+        Ok(())
+    }
+
+    /// The recorded heuristic of `tid`, if any.
+    pub fn heuristic(&self, tid: Tid) -> Option<Heuristic> {
+        lock(&self.heuristics).get(tid).cloned()
+    }
+
+    /// Every recorded heuristic, oldest first.
+    pub fn heuristics(&self) -> Vec<Heuristic> {
+        lock(&self.heuristics).list()
+    }
+
+    /// Marks `tid`'s heuristic as contradicted by the coordinator's decision
+    /// (not forced: the mark is informational). Returns whether it was not
+    /// marked before.
+    pub async fn mark_contradicted(&self, tid: Tid) -> Result<bool, StoreError> {
+        if !lock(&self.heuristics).mark_contradicted(tid) {
+            return Ok(false);
+        }
+        self.submit(Write::Contradicted { tid }).await?;
+        Ok(true)
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
@@ -164,6 +261,10 @@ impl Store {
         self.tx.send((w, done)).map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)?.map_err(StoreError::Invalid)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn encode(writes: &WriteSet) -> Vec<u8> {
@@ -245,6 +346,36 @@ fn read_prepared(conn: &Connection) -> Result<Vec<(Tid, WriteSet)>, StoreError> 
     Ok(out)
 }
 
+fn read_heuristics(conn: &Connection) -> Result<Vec<Heuristic>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT tid, committed, reason, at_unix_ms, contradicted FROM heuristics ORDER BY seq")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get(4)?))
+    })?;
+    let mut out = vec![];
+    for row in rows {
+        let (tid, committed, reason, at, contradicted) = row?;
+        let tid = Tid::parse_str(&tid).map_err(|e| StoreError::Invalid(format!("corrupt tid {tid:?}: {e}")))?;
+        out.push(Heuristic { tid, committed, reason, at_unix_ms: at.max(0) as u64, contradicted });
+    }
+    Ok(out)
+}
+
+/// Applies a write set to the committed data.
+fn apply(txn: &rusqlite::Transaction<'_>, writes: &WriteSet) -> Result<(), rusqlite::Error> {
+    for (key, value) in writes {
+        match value {
+            Some(v) => txn.execute(
+                "INSERT INTO kv (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, v],
+            )?,
+            None => txn.execute("DELETE FROM kv WHERE key = ?1", params![key])?,
+        };
+    }
+    Ok(())
+}
+
 fn writer(mut conn: Connection, rx: mpsc::Receiver<(Write, Done)>, stats: &Stats) {
     let mut one_phase_since_trim = 0usize;
     while let Some(batch) = twopc_proto::batch::next_batch(&rx, MAX_BATCH) {
@@ -298,6 +429,32 @@ fn write_batch(conn: &mut Connection, batch: &[(Write, Done)], trim: bool) -> Re
             Write::DeletePrepared { tid } => {
                 txn.execute("DELETE FROM prepared WHERE tid = ?1", params![tid.to_string()])?;
             }
+            Write::ClusterId { id } => {
+                txn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('cluster_id', ?1)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    params![id],
+                )?;
+            }
+            Write::Heuristic { record: h, writes } => {
+                let was_prepared = txn.execute("DELETE FROM prepared WHERE tid = ?1", params![h.tid.to_string()])? > 0;
+                if was_prepared {
+                    if let Some(writes) = writes {
+                        apply(&txn, writes)?;
+                    }
+                    txn.execute(
+                        "INSERT OR REPLACE INTO heuristics (tid, committed, reason, at_unix_ms) VALUES (?1, ?2, ?3, ?4)",
+                        params![h.tid.to_string(), h.committed, h.reason, h.at_unix_ms as i64],
+                    )?;
+                    txn.execute(
+                        "DELETE FROM heuristics WHERE seq <= (SELECT MAX(seq) FROM heuristics) - ?1",
+                        params![KEEP_HEURISTICS as i64],
+                    )?;
+                }
+            }
+            Write::Contradicted { tid } => {
+                txn.execute("UPDATE heuristics SET contradicted = 1 WHERE tid = ?1", params![tid.to_string()])?;
+            }
         }
     }
     if trim {
@@ -307,20 +464,6 @@ fn write_batch(conn: &mut Connection, batch: &[(Write, Done)], trim: bool) -> Re
         )?;
     }
     txn.commit()
-}
-
-fn apply(txn: &rusqlite::Transaction<'_>, writes: &WriteSet) -> Result<(), rusqlite::Error> {
-    for (key, value) in writes {
-        match value {
-            Some(v) => txn.execute(
-                "INSERT INTO kv (key, value) VALUES (?1, ?2)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                params![key, v],
-            )?,
-            None => txn.execute("DELETE FROM kv WHERE key = ?1", params![key])?,
-        };
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -388,6 +531,34 @@ mod tests {
         assert_eq!(s.stats().forced_writes.load(Ordering::Relaxed), 200);
         assert!(batches <= 10, "200 concurrent forced writes took {batches} fsyncs");
         assert_eq!(s.read(b"k99").unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn heuristics_and_cluster_id_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, a) = (Tid::now_v7(), Tid::now_v7());
+        let h = |tid, committed| Heuristic { tid, committed, reason: "r".into(), at_unix_ms: 5, contradicted: false };
+        {
+            let (s, _) = Store::open(dir.path(), 0).unwrap();
+            assert_eq!(s.cluster_id(), None);
+            s.set_cluster_id("c1").await.unwrap();
+            s.prepare(c, &ws(&[("a", Some("1"))])).await.unwrap();
+            s.prepare(a, &ws(&[("b", Some("1"))])).await.unwrap();
+            s.apply_heuristic(h(c, true), Some(ws(&[("a", Some("1"))]))).await.unwrap();
+            s.apply_heuristic(h(a, false), None).await.unwrap();
+            // A tid that is not prepared (any more) gets no record.
+            s.apply_heuristic(h(Tid::now_v7(), true), Some(ws(&[("z", Some("1"))]))).await.unwrap();
+            assert!(s.mark_contradicted(a).await.unwrap());
+            assert!(!s.mark_contradicted(a).await.unwrap(), "marked once");
+        }
+        let (s, prepared) = Store::open(dir.path(), 0).unwrap();
+        assert_eq!(s.cluster_id().as_deref(), Some("c1"));
+        assert!(prepared.is_empty());
+        assert_eq!(s.heuristics(), vec![h(c, true), Heuristic { contradicted: true, ..h(a, false) }]);
+        assert_eq!(s.heuristic(c), Some(h(c, true)));
+        assert_eq!(s.read(b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(s.read(b"b").unwrap(), None);
+        assert_eq!(s.read(b"z").unwrap(), None);
     }
 
     #[test]

@@ -23,7 +23,9 @@ use std::time::Duration;
 use twopc_proto::pb;
 use uuid::Uuid;
 
-use crate::{AdminToken, Client, ClientError, ConnectOptions, Decision, FailpointTarget, Outcome, TlsArgs};
+use crate::{
+    AdminToken, Client, ClientError, ConnectOptions, Decision, FailpointTarget, Outcome, PartitionInDoubt, TlsArgs,
+};
 use statement::Statement;
 
 /// Where to find the cluster and how to reach it; every client command takes it.
@@ -135,6 +137,29 @@ pub enum ClientCommand {
         #[arg(long = "participant")]
         participants: Vec<String>,
     },
+    /// Disaster recovery only, when the coordinator's decision log is lost:
+    /// end an in-doubt tid at one participant with an outcome you choose.
+    /// Resolve it the same way at every participant that holds it in doubt.
+    /// Refused without --override-lost-log, and refused (override or not)
+    /// when the coordinator's log holds the opposite decision.
+    ResolveHeuristic {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The participant (host:port) holding the tid in doubt.
+        #[arg(long)]
+        participant: String,
+        tid: Uuid,
+        /// `commit` applies the tid's writes at that participant; `abort` drops them.
+        outcome: HeuristicChoice,
+        /// State that the coordinator's decision log is lost, and accept that
+        /// this outcome may contradict what other participants did (which
+        /// breaks the transaction's atomicity).
+        #[arg(long)]
+        override_lost_log: bool,
+        /// Why, in words; recorded with the outcome.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// The coordinator's live and unfinished transactions.
     Transactions {
         #[command(flatten)]
@@ -152,6 +177,13 @@ pub enum ClientCommand {
         #[arg(default_value = "")]
         actions: String,
     },
+}
+
+/// The outcome an operator imposes with `resolve-heuristic`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HeuristicChoice {
+    Commit,
+    Abort,
 }
 
 /// Runs one client command and returns the process exit code.
@@ -229,17 +261,18 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
                 parts
             };
             for part in parts {
-                match part.tids {
-                    Ok(tids) if tids.is_empty() => out!("partition {}: (none)", part.partition),
-                    Ok(tids) => {
-                        out!("partition {}:", part.partition);
-                        for t in tids {
-                            out!("  {}  prepared {}ms ago  asked {} times", t.tid, t.prepared_for_ms, t.asked);
-                        }
-                    }
-                    Err(e) => out!("partition {}: error: {e}", part.partition),
+                for line in in_doubt_lines(&part) {
+                    out!("{line}");
                 }
             }
+        }
+        C::ResolveHeuristic { conn, participant, tid, outcome, override_lost_log, reason } => {
+            let commit = outcome == HeuristicChoice::Commit;
+            let options = conn.options()?;
+            let r =
+                crate::admin::resolve_heuristically(&participant, tid, commit, override_lost_log, &reason, &options)
+                    .await?;
+            out!("{}", r.detail);
         }
         C::Transactions { conn } => {
             let txns = connect(&conn).await?.transactions().await?;
@@ -324,6 +357,41 @@ fn show(value: &[u8]) -> String {
     String::from_utf8_lossy(value).into_owned()
 }
 
+/// One partition's part of `twopc in-doubt`.
+fn in_doubt_lines(part: &PartitionInDoubt) -> Vec<String> {
+    let p = part.partition;
+    let tids = match &part.tids {
+        Ok(tids) => tids,
+        Err(e) => return vec![format!("partition {p}: error: {e}")],
+    };
+    if tids.is_empty() && part.heuristics.is_empty() && part.mismatched_cluster_id.is_none() {
+        return vec![format!("partition {p}: (none)")];
+    }
+    let mut lines = vec![format!("partition {p}:")];
+    for t in tids {
+        lines.push(format!("  {}  prepared {}ms ago  asked {} times", t.tid, t.prepared_for_ms, t.asked));
+    }
+    if let Some(theirs) = &part.mismatched_cluster_id {
+        lines.push(format!(
+            "  cluster mismatch: these tids voted under cluster {}, the coordinator's log is cluster {theirs} \
+             (lost or replaced); they stay in doubt: restore that log, or resolve them with resolve-heuristic",
+            part.cluster_id
+        ));
+    }
+    for h in &part.heuristics {
+        let outcome = if h.committed { "COMMIT" } else { "ABORT" };
+        let mut line = format!("  heuristic {outcome}  {}  at_unix_ms={}", h.tid, h.at_unix_ms);
+        if !h.reason.is_empty() {
+            line.push_str(&format!("  reason: {}", h.reason));
+        }
+        if h.contradicted {
+            line.push_str("  CONTRADICTED by the coordinator's decision");
+        }
+        lines.push(line);
+    }
+    lines
+}
+
 fn transaction_line(t: &pb::TransactionInfo, now_ms: u64) -> String {
     let deadline = match t.deadline_unix_ms {
         0 => "no deadline".to_string(),
@@ -363,6 +431,46 @@ mod tests {
             ClientCommand::Failpoint { target: FailpointTarget::Partition(1), actions, .. } if actions.is_empty()
         ));
         assert!(Cli::try_parse_from(["twopc", "commit", "--tid", "nope"]).is_err());
+        let tid = Uuid::now_v7().to_string();
+        let cli = Cli::try_parse_from(["twopc", "resolve-heuristic", "--participant", "h:1", &tid, "abort"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            ClientCommand::ResolveHeuristic { outcome: HeuristicChoice::Abort, override_lost_log: false, .. }
+        ));
+        assert!(Cli::try_parse_from(["twopc", "resolve-heuristic", "--participant", "h:1", &tid, "maybe"]).is_err());
+    }
+
+    #[test]
+    fn in_doubt_lines_show_mismatch_and_heuristics() {
+        let mut part = PartitionInDoubt {
+            partition: 1,
+            address: None,
+            tids: Ok(vec![]),
+            heuristics: vec![],
+            cluster_id: "A".into(),
+            mismatched_cluster_id: None,
+        };
+        assert_eq!(in_doubt_lines(&part), vec!["partition 1: (none)"]);
+        part.tids = Ok(vec![crate::InDoubtTid { tid: "t1".into(), prepared_for_ms: 5, asked: 2 }]);
+        part.mismatched_cluster_id = Some("B".into());
+        part.heuristics = vec![crate::HeuristicOutcome {
+            tid: "t0".into(),
+            committed: true,
+            reason: "log lost".into(),
+            at_unix_ms: 7,
+            contradicted: true,
+        }];
+        let lines = in_doubt_lines(&part);
+        assert_eq!(lines[1], "  t1  prepared 5ms ago  asked 2 times");
+        assert!(
+            lines[2].starts_with(
+                "  cluster mismatch: these tids voted under cluster A, the coordinator's log is cluster B"
+            )
+        );
+        assert_eq!(
+            lines[3],
+            "  heuristic COMMIT  t0  at_unix_ms=7  reason: log lost  CONTRADICTED by the coordinator's decision"
+        );
     }
 
     #[test]

@@ -217,3 +217,69 @@ fn one_phase_commit_of_a_lost_or_aborted_tid_is_an_abort_that_sticks() {
     let _ = p.prepare(v, 1);
     assert!(matches!(p.commit_one_phase(v, 2), OnePhaseStep::Refused(_)));
 }
+
+/// A tid that wrote key `a` and is prepared (in doubt).
+fn prepared(p: &mut Participant, t: Tid) {
+    p.enlisted(t, 100).unwrap();
+    p.write(t, b"a", Some(b"1".to_vec()), 0).unwrap();
+    assert!(matches!(p.prepare(t, 1), PrepareStep::Persist(_)));
+    p.prepared_durable(t, 2).unwrap();
+}
+
+#[test]
+fn heuristic_commit_holds_locks_until_durable_and_fences_the_coordinator_meanwhile() {
+    let mut p = part();
+    let t = tid(1);
+    assert!(!p.has_prepared());
+    prepared(&mut p, t);
+    assert!(p.has_prepared());
+    let ws = p.resolve_heuristically(t, true).unwrap().expect("a commit applies the write set");
+    assert_eq!(ws.get(&b"a"[..]), Some(&Some(b"1".to_vec())));
+    // Not in doubt any more, but the locks stay until the outcome is durable.
+    assert!(p.in_doubt().is_empty());
+    assert_eq!(p.locked_keys(), 1);
+    // The coordinator's messages wait for the outcome (they are refused now,
+    // acknowledged once it is applied); a repeat gives the same step; the
+    // opposite outcome is refused.
+    assert_eq!(p.commit(t), Err(ResolveError::Heuristic));
+    assert_eq!(p.abort(t), Err(ResolveError::Heuristic));
+    assert_eq!(p.prepare(t, 3), PrepareStep::Yes);
+    assert_eq!(p.resolve_heuristically(t, true), Ok(Some(ws)));
+    assert!(matches!(p.resolve_heuristically(t, false), Err(HeuristicError::Busy(_))));
+    p.heuristic_applied(t);
+    assert_eq!(p.locked_keys(), 0);
+    assert!(!p.knows(t) && !p.has_prepared());
+    assert_eq!(p.commit(t), Ok(CommitStep::Ack));
+    assert!(matches!(p.resolve_heuristically(t, true), Err(HeuristicError::NotPrepared("unknown"))));
+}
+
+#[test]
+fn heuristic_abort_drops_the_write_set_and_is_remembered_as_aborted() {
+    let mut p = part();
+    let t = tid(1);
+    prepared(&mut p, t);
+    assert_eq!(p.resolve_heuristically(t, false), Ok(None));
+    assert!(matches!(p.prepare(t, 3), PrepareStep::No(_)));
+    p.heuristic_applied(t);
+    assert_eq!(p.locked_keys(), 0);
+    assert!(p.aborted_here(t));
+    // Another tid can take the key now.
+    let u = tid(2);
+    p.enlisted(u, 100).unwrap();
+    p.write(u, b"a", None, 3).unwrap();
+}
+
+#[test]
+fn heuristics_only_for_prepared_tids() {
+    let mut p = part();
+    let (active, committing) = (tid(1), tid(2));
+    p.enlisted(active, 100).unwrap();
+    p.write(active, b"x", None, 0).unwrap();
+    assert_eq!(p.resolve_heuristically(active, true), Err(HeuristicError::NotPrepared("active")));
+    prepared(&mut p, committing);
+    assert!(matches!(p.commit(committing), Ok(CommitStep::Apply(_))));
+    assert!(matches!(p.resolve_heuristically(committing, false), Err(HeuristicError::Busy(_))));
+    // heuristic_applied for a tid not resolving heuristically changes nothing.
+    p.heuristic_applied(committing);
+    assert!(p.knows(committing));
+}
