@@ -64,7 +64,7 @@ async fn bad_inputs_get_precise_statuses() {
         pb::coordinator_client::CoordinatorClient::connect(format!("http://{}", tc.cluster.coordinator_addr()))
             .await
             .unwrap();
-    let s = raw.commit(pb::CommitRequest { tid: "not-a-uuid".into() }).await.unwrap_err();
+    let s = raw.commit(pb::CommitRequest { tid: "not-a-uuid".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
     assert!(s.message().contains("not a UUID"), "{s:?}");
     let s =

@@ -6,6 +6,8 @@
 //! process attached by tid, is the same transaction. An error from any
 //! operation leaves the tid to be aborted; `commit` is safe to repeat.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use twopc_proto::pb;
@@ -30,11 +32,15 @@ pub struct Txn {
     client: Client,
     tid: Uuid,
     deadline_unix_ms: u64,
+    /// Whether a put or delete was sent: tells the coordinator whether a
+    /// transaction on one participant may commit in one phase (see
+    /// `CommitRequest.wrote`; a handle attached by tid does not know).
+    wrote: Arc<AtomicBool>,
 }
 
 impl Txn {
     pub(crate) fn new(client: Client, tid: Uuid, deadline_unix_ms: u64) -> Self {
-        Txn { client, tid, deadline_unix_ms }
+        Txn { client, tid, deadline_unix_ms, wrote: Arc::default() }
     }
 
     pub fn tid(&self) -> Uuid {
@@ -79,11 +85,13 @@ impl Txn {
 
     /// Writes `key` under an exclusive lock.
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), ClientError> {
+        self.wrote.store(true, Ordering::Relaxed);
         self.operate(Kind::Put, key, value.to_vec()).await.map(drop)
     }
 
     /// Deletes `key` under an exclusive lock.
     pub async fn delete(&self, key: &[u8]) -> Result<(), ClientError> {
+        self.wrote.store(true, Ordering::Relaxed);
         self.operate(Kind::Delete, key, vec![]).await.map(drop)
     }
 
@@ -141,7 +149,7 @@ impl Txn {
         let resp = self
             .client
             .coordinator()
-            .commit(pb::CommitRequest { tid: self.tid.to_string() })
+            .commit(pb::CommitRequest { tid: self.tid.to_string(), wrote: self.wrote.load(Ordering::Relaxed) })
             .await
             .map_err(|s| match self.client.coordinator_error(s) {
                 ClientError::Unavailable(why) => ClientError::Unavailable(format!(

@@ -126,10 +126,11 @@ impl CoordinatorRpc for CoordinatorService {
 
     async fn commit(&self, req: Request<pb::CommitRequest>) -> Reply<pb::CommitResponse> {
         let started = std::time::Instant::now();
-        let tid = tid::parse(&req.into_inner().tid)?;
+        let req = req.into_inner();
+        let tid = tid::parse(&req.tid)?;
         let rx = self
             .driver
-            .apply_and_wait(tid, |c| c.commit_requested(tid, now_unix_ms()))
+            .apply_and_wait(tid, |c| c.commit_requested(tid, now_unix_ms(), req.wrote))
             .map_err(|r| CoordinatorError::from_refusal(tid, r))?;
         let outcome = match tokio::time::timeout(self.limits.commit_wait, rx).await {
             Ok(Ok(o)) => o,

@@ -24,8 +24,8 @@
 //! A COMMIT with no YES voter (nothing written, or every vote READ_ONLY)
 //! needs neither a record nor phase 2.
 //!
-//! **One-phase commit.** A tid with exactly one enlisted participant skips
-//! the vote: the decision is delegated to that participant, whose own
+//! **One-phase commit.** A tid with exactly one enlisted participant, whose
+//! client says it wrote, skips the vote: the decision is delegated to that participant, whose own
 //! durable commit is the decision. The coordinator first forces a
 //! DELEGATED record naming the participant ([`Action::ForceDelegation`]),
 //! and only then sends CommitOnePhase, resent until the participant gives
@@ -280,11 +280,16 @@ impl Coordinator {
         }
     }
 
-    /// The client asks to commit (rules 3, 4, 11).
+    /// The client asks to commit (rules 3, 4, 11). `client_wrote` is the
+    /// client's word that it wrote something: only then does a tid with one
+    /// participant commit in one phase (one that only read votes READ_ONLY,
+    /// which needs no fsync at all). It is only a hint: a wrong `false`
+    /// takes the two-phase path, where the participant votes YES; a wrong
+    /// `true` commits an empty write set in one phase. Both are correct.
     ///
     /// `Ok(actions)` with no `Reply` means the outcome is not known yet: the
     /// shell waits for a later `Reply` for this tid.
-    pub fn commit_requested(&mut self, tid: Tid, now: Millis) -> Result<Vec<Action>, Refusal> {
+    pub fn commit_requested(&mut self, tid: Tid, now: Millis, client_wrote: bool) -> Result<Vec<Action>, Refusal> {
         let Some(txn) = self.live.get_mut(&tid) else {
             return match self.finished.get(&tid) {
                 Some(o) => Ok(vec![Action::Reply(tid, o.clone())]),
@@ -305,7 +310,7 @@ impl Coordinator {
             self.finish(tid, Outcome::Committed);
             return Ok(vec![Action::Reply(tid, Outcome::Committed)]);
         }
-        if self.one_phase && txn.parts.len() == 1 {
+        if self.one_phase && client_wrote && txn.parts.len() == 1 {
             let &p = txn.parts.keys().next().expect("one part");
             txn.phase = Phase::Delegating;
             return Ok(vec![Action::ForceDelegation(tid, p)]);

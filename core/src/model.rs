@@ -292,7 +292,7 @@ impl World {
         match e {
             Event::ClientCommit => {
                 self.commit_asked = true;
-                if let Ok(a) = self.coord.commit_requested(TID, self.now) {
+                if let Ok(a) = self.coord.commit_requested(TID, self.now, self.writers > 0) {
                     self.run(a);
                 }
             }

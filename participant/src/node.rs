@@ -305,7 +305,7 @@ impl Node {
     }
 
     /// One-phase commit: the coordinator delegated the decision here.
-    pub async fn commit_one_phase(&self, tid: Tid) -> Result<OnePhaseReply, ParticipantError> {
+    pub async fn commit_one_phase(self: &Arc<Self>, tid: Tid) -> Result<OnePhaseReply, ParticipantError> {
         let step = self.core().commit_one_phase(tid, now_unix_ms());
         let writes = match step {
             OnePhaseStep::Apply(writes) => writes,
@@ -326,6 +326,16 @@ impl Node {
                 ));
             }
         };
+        // In a task of its own, like a prepare: a dropped call (the
+        // coordinator's connection closing) must not leave the tid
+        // committing, with its locks, after its commit is durable.
+        let this = self.clone();
+        tokio::spawn(async move { this.apply_one_phase(tid, writes).await }.in_current_span())
+            .await
+            .map_err(|e| ParticipantError::Internal(format!("one-phase commit task failed: {e}")))?
+    }
+
+    async fn apply_one_phase(&self, tid: Tid, writes: WriteSet) -> Result<OnePhaseReply, ParticipantError> {
         // Crash before the one-phase commit is durable: the tid is lost, an abort.
         self.failpoint("participant::before_one_phase_applied")?;
         // A failed write leaves the tid committing: its fate on disk is

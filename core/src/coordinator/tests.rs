@@ -18,7 +18,7 @@ fn coord_with(parts: &[PartitionId]) -> (Coordinator, Tid) {
 #[test]
 fn all_yes_forces_commit_before_anyone_hears_committed() {
     let (mut c, t) = coord_with(&[0, 1]);
-    let a = c.commit_requested(t, 20).unwrap();
+    let a = c.commit_requested(t, 20, true).unwrap();
     assert_eq!(a, vec![Action::SendPrepare(t, 0), Action::SendPrepare(t, 1)]);
     assert_eq!(c.vote(t, 0, Vote::Yes), vec![]);
     // The last YES asks for the record to be forced; no reply, no commit yet.
@@ -31,14 +31,14 @@ fn all_yes_forces_commit_before_anyone_hears_committed() {
     assert_eq!(c.commit_acked(t, 1), vec![Action::LogFinished(t)]);
     assert_eq!(c.live_count(), 0);
     // Repeated commit and question after finishing: same answer (rule 11).
-    assert_eq!(c.commit_requested(t, 30).unwrap(), vec![Action::Reply(t, Outcome::Committed)]);
+    assert_eq!(c.commit_requested(t, 30, true).unwrap(), vec![Action::Reply(t, Outcome::Committed)]);
     assert_eq!(c.decision(t), DecisionAnswer::Committed);
 }
 
 #[test]
 fn a_no_vote_aborts_and_tells_the_others() {
     let (mut c, t) = coord_with(&[0, 1, 2]);
-    c.commit_requested(t, 20).unwrap();
+    c.commit_requested(t, 20, true).unwrap();
     c.vote(t, 0, Vote::Yes);
     let a = c.vote(t, 1, Vote::No("deadline passed".into()));
     assert_eq!(a[0], Action::SendAbort(t, 0));
@@ -47,18 +47,18 @@ fn a_no_vote_aborts_and_tells_the_others() {
     // A late vote changes nothing.
     assert_eq!(c.vote(t, 2, Vote::Yes), vec![]);
     assert!(matches!(c.decision(t), DecisionAnswer::Aborted(_)));
-    assert!(matches!(c.commit_requested(t, 30).unwrap()[0], Action::Reply(_, Outcome::Aborted(_))));
+    assert!(matches!(c.commit_requested(t, 30, true).unwrap()[0], Action::Reply(_, Outcome::Aborted(_))));
 }
 
 #[test]
 fn read_only_votes_need_no_record_and_no_phase_two() {
     let (mut c, t) = coord_with(&[0, 1]);
-    c.commit_requested(t, 20).unwrap();
+    c.commit_requested(t, 20, true).unwrap();
     c.vote(t, 0, Vote::ReadOnly);
     assert_eq!(c.vote(t, 1, Vote::ReadOnly), vec![Action::Reply(t, Outcome::Committed)]);
     // One writer among readers: the record names only the writer.
     let (mut c, t) = coord_with(&[0, 1]);
-    c.commit_requested(t, 20).unwrap();
+    c.commit_requested(t, 20, true).unwrap();
     c.vote(t, 0, Vote::ReadOnly);
     assert_eq!(c.vote(t, 1, Vote::Yes), vec![Action::ForceCommit(t, vec![1])]);
 }
@@ -66,7 +66,7 @@ fn read_only_votes_need_no_record_and_no_phase_two() {
 #[test]
 fn prepare_timeout_aborts() {
     let (mut c, t) = coord_with(&[0, 1]);
-    c.commit_requested(t, 20).unwrap();
+    c.commit_requested(t, 20, true).unwrap();
     c.vote(t, 0, Vote::Yes);
     let a = c.prepare_timed_out(t, 1);
     assert!(a.contains(&Action::SendAbort(t, 0)));
@@ -76,7 +76,7 @@ fn prepare_timeout_aborts() {
 #[test]
 fn abort_is_refused_once_the_decision_is_commit() {
     let (mut c, t) = coord_with(&[0, 1]);
-    c.commit_requested(t, 20).unwrap();
+    c.commit_requested(t, 20, true).unwrap();
     c.vote(t, 0, Vote::Yes);
     c.vote(t, 1, Vote::Yes);
     assert_eq!(c.abort_requested(t, "client"), Err(Refusal::AlreadyCommitted));
@@ -91,13 +91,13 @@ fn abort_is_refused_once_the_decision_is_commit() {
 fn one_participant_commits_in_one_phase_after_the_delegation_is_durable() {
     let (mut c, t) = coord_with(&[3]);
     // No vote: the delegation is forced first, nothing is sent before.
-    assert_eq!(c.commit_requested(t, 20).unwrap(), vec![Action::ForceDelegation(t, 3)]);
+    assert_eq!(c.commit_requested(t, 20, true).unwrap(), vec![Action::ForceDelegation(t, 3)]);
     assert_eq!(c.decision(t), DecisionAnswer::Pending);
     assert_eq!(c.abort_requested(t, "operator"), Err(Refusal::Delegated(3)));
     assert_eq!(c.delegation_durable(t), vec![Action::SendCommitOnePhase(t, 3)]);
     // Repeats change nothing; the participant's answer is the decision.
     assert_eq!(c.delegation_durable(t), vec![]);
-    assert_eq!(c.commit_requested(t, 30).unwrap(), vec![]);
+    assert_eq!(c.commit_requested(t, 30, true).unwrap(), vec![]);
     assert_eq!(c.expire(5_000), vec![], "a delegated tid never expires: the participant decides");
     assert_eq!(c.decision(t), DecisionAnswer::Pending);
     let a = c.one_phase_outcome(t, Outcome::Committed);
@@ -110,7 +110,7 @@ fn one_participant_commits_in_one_phase_after_the_delegation_is_durable() {
 #[test]
 fn a_one_phase_abort_drops_the_delegation_and_recovery_asks_again() {
     let (mut c, t) = coord_with(&[0]);
-    c.commit_requested(t, 20).unwrap();
+    c.commit_requested(t, 20, true).unwrap();
     c.delegation_durable(t);
     let a = c.one_phase_outcome(t, Outcome::Aborted("lost in a restart".into()));
     assert!(matches!(&a[0], Action::Reply(_, Outcome::Aborted(_))));
@@ -125,12 +125,22 @@ fn a_one_phase_abort_drops_the_delegation_and_recovery_asks_again() {
 }
 
 #[test]
+fn a_transaction_that_only_read_votes_instead_of_committing_in_one_phase() {
+    // The client says it wrote nothing: a READ_ONLY vote costs no fsync,
+    // where one phase would cost two. (A client that is wrong about it only
+    // picks the slower path: its participant then votes YES.)
+    let (mut c, t) = coord_with(&[0]);
+    assert_eq!(c.commit_requested(t, 20, false).unwrap(), vec![Action::SendPrepare(t, 0)]);
+    assert_eq!(c.vote(t, 0, Vote::ReadOnly), vec![Action::Reply(t, Outcome::Committed)]);
+}
+
+#[test]
 fn one_phase_can_be_turned_off() {
     let mut c = Coordinator::new(10, 10).with_one_phase(false);
     let t = tid(1);
     c.begin(t, 0, 1_000).unwrap();
     c.enlist(t, 0, 7, 10).0.unwrap();
-    assert_eq!(c.commit_requested(t, 20).unwrap(), vec![Action::SendPrepare(t, 0)]);
+    assert_eq!(c.commit_requested(t, 20, true).unwrap(), vec![Action::SendPrepare(t, 0)]);
 }
 
 #[test]
@@ -151,11 +161,11 @@ fn enlist_rules() {
     assert!(matches!(c.decision(t), DecisionAnswer::Aborted(_)));
     // Once preparing, no new enlistments.
     let (mut c, t) = coord_with(&[0, 1]);
-    c.commit_requested(t, 20).unwrap();
+    c.commit_requested(t, 20, true).unwrap();
     assert_eq!(c.enlist(t, 2, 7, 10).0, Err(Refusal::NotActive("preparing")));
     // Nor once delegated.
     let (mut c, t) = coord_with(&[0]);
-    c.commit_requested(t, 20).unwrap();
+    c.commit_requested(t, 20, true).unwrap();
     assert_eq!(c.enlist(t, 1, 7, 10).0, Err(Refusal::NotActive("delegating")));
 }
 
@@ -187,10 +197,10 @@ fn open_transactions_are_bounded_and_finished_outcomes_too() {
     c.begin(tid(2), 0, 10).unwrap();
     assert_eq!(c.begin(tid(3), 0, 10), Err(Refusal::TooManyOpen(2)));
     for n in 1..=2 {
-        c.commit_requested(tid(n), 1).unwrap();
+        c.commit_requested(tid(n), 1, true).unwrap();
     }
     c.begin(tid(3), 0, 10).unwrap();
-    c.commit_requested(tid(3), 1).unwrap();
+    c.commit_requested(tid(3), 1, true).unwrap();
     // Only the last two outcomes are remembered.
     assert!(matches!(c.decision(tid(1)), DecisionAnswer::Aborted(_)));
     assert_eq!(c.decision(tid(3)), DecisionAnswer::Committed);
@@ -200,7 +210,7 @@ fn open_transactions_are_bounded_and_finished_outcomes_too() {
 fn aborts_never_push_out_remembered_commits() {
     let mut c = Coordinator::new(10, 2);
     c.begin(tid(1), 0, 10).unwrap();
-    c.commit_requested(tid(1), 1).unwrap();
+    c.commit_requested(tid(1), 1, true).unwrap();
     for n in 2..20 {
         c.begin(tid(n), 0, 10).unwrap();
         c.abort_requested(tid(n), "client").unwrap();
