@@ -142,7 +142,9 @@ pub struct ClusterOptions {
     /// Start participants only for partitions below this (default: all).
     pub start_partitions: Option<u32>,
     /// Environment of every process, e.g. `TWOPC_TLS_CERT` and the other
-    /// TLS files, or `TWOPC_ADMIN_TOKEN`; a restart's own variables come after.
+    /// TLS files, `TWOPC_ADMIN_TOKEN` or `TWOPC_PEER_TOKEN` (the cluster's
+    /// shared secret: the launcher itself never needs it); a restart's own
+    /// variables come after.
     pub env: Vec<(String, String)>,
     /// How the launcher itself reaches the cluster (to wait for the
     /// participants to register): must match `env` when it turns on TLS or a token.

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use twopc_core::coordinator::Coordinator;
-use twopc_proto::admin_token::AdminToken;
 use twopc_proto::pb::coordinator_server::CoordinatorServer;
+use twopc_proto::token::{self, AdminToken, PeerToken};
 use twopc_proto::{now_unix_ms, runtime};
 
 use crate::decision_log::DecisionLog;
@@ -80,6 +80,13 @@ pub struct Config {
     /// (ListTransactions, SetFailpoint); open to all when absent.
     #[arg(long, env = "TWOPC_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Shared secret of the cluster's processes: when set, Register, Enlist
+    /// and EnlistBatch (the participants' calls) require it
+    /// (`x-twopc-peer-token`), and it is sent on every call to participants,
+    /// which must have the same one. Set it on every process whenever
+    /// clients can reach them; open to all when absent.
+    #[arg(long, env = "TWOPC_PEER_TOKEN", hide_env_values = true)]
+    pub peer_token: Option<String>,
 }
 
 /// Runs the coordinator until the process is stopped.
@@ -90,12 +97,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     twopc_proto::failpoint::setup_from_env().map_err(anyhow::Error::msg)?;
     let (server_tls, client_tls) = config.tls.load().map_err(anyhow::Error::msg)?;
     let admin_token = AdminToken::new(config.admin_token.as_deref()).map_err(anyhow::Error::msg)?;
+    let peer_token = PeerToken::new(config.peer_token.as_deref()).map_err(anyhow::Error::msg)?;
+    token::ensure_distinct(&admin_token, &peer_token).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let (log, recovered) = DecisionLog::open(&config.data_dir, config.partitions, config.keep_finished)
         .with_context(|| format!("cannot open the decision log in {}", config.data_dir.display()))?;
 
-    let peers = Peers::new(config.max_inflight_per_participant, client_tls);
+    let peers = Peers::new(config.max_inflight_per_participant, client_tls, peer_token.clone());
     for (partition, address) in &recovered.members {
         if let Err(e) = peers.set(*partition, address) {
             tracing::warn!(partition, "ignoring recorded address: {e}");
@@ -133,6 +142,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let service = CoordinatorService {
         driver: driver.clone(),
         admin_token,
+        peer_token: peer_token.clone(),
         limits: Limits {
             partitions: config.partitions,
             default_timeout: Duration::from_millis(config.default_timeout_ms),
@@ -143,10 +153,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
 
     runtime::serve_metrics(config.metrics_listen.as_deref()).map_err(anyhow::Error::msg)?;
-    let (listener, local) = runtime::bind(&config.listen, server_tls.is_some()).await.map_err(anyhow::Error::msg)?;
+    let (listener, local) =
+        runtime::bind(&config.listen, server_tls.is_some(), peer_token.is_set()).await.map_err(anyhow::Error::msg)?;
     driver.execute(redo);
     tokio::spawn(driver.clone().expiry_loop(Duration::from_millis(100)));
-    tracing::info!(%local, partitions = config.partitions, tls = server_tls.is_some(), "coordinator serving");
+    tracing::info!(%local, partitions = config.partitions, tls = server_tls.is_some(), peer_token = peer_token.is_set(), "coordinator serving");
     let routes = tonic::service::Routes::new(CoordinatorServer::new(service));
     runtime::serve("twopc.v1.Coordinator", routes, listener, local, server_tls).await.map_err(anyhow::Error::msg)
 }

@@ -2,6 +2,11 @@
 //! gRPC channel per participant. Updated when a participant registers
 //! (possibly at a new address after a restart).
 //!
+//! Every client here sends the cluster's peer token (if configured) on
+//! every call, through an interceptor: the participants refuse Prepare,
+//! Commit, Abort and one-phase commits without it
+//! (`twopc_proto::token`), so no call path to a participant can forget it.
+//!
 //! Bulkhead: each participant has a bounded number of prepare and commit
 //! calls in flight (a semaphore per partition). A slow or dead participant
 //! therefore ties up at most that many calls, and the transactions touching
@@ -13,19 +18,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
-use tonic::transport::Channel;
 use twopc_core::PartitionId;
 use twopc_proto::batch::Batcher;
 use twopc_proto::pb::{self, participant_client::ParticipantClient};
 use twopc_proto::tls::ClientTls;
+use twopc_proto::token::{PeerChannel, PeerToken};
 
 pub struct Peers {
-    map: Mutex<HashMap<PartitionId, (String, ParticipantClient<Channel>)>>,
+    map: Mutex<HashMap<PartitionId, (String, ParticipantClient<PeerChannel>)>>,
     inflight: Mutex<HashMap<PartitionId, Arc<Semaphore>>>,
     batchers: Mutex<HashMap<PartitionId, Arc<PeerBatchers>>>,
     max_inflight: usize,
     /// TLS (or plaintext) for the channels to participants.
     tls: ClientTls,
+    /// Sent on every call to participants.
+    peer_token: PeerToken,
 }
 
 /// Prepare, commit, abort and one-phase commit calls to one participant, each batched
@@ -43,14 +50,16 @@ const BATCHES_IN_FLIGHT: usize = 2;
 
 impl Peers {
     /// `max_inflight`: prepare/commit calls allowed in flight per
-    /// participant; `tls`: how channels to participants are opened.
-    pub fn new(max_inflight: usize, tls: ClientTls) -> Self {
+    /// participant; `tls`: how channels to participants are opened;
+    /// `peer_token`: sent on every call to them.
+    pub fn new(max_inflight: usize, tls: ClientTls, peer_token: PeerToken) -> Self {
         Self {
             map: Mutex::default(),
             inflight: Mutex::default(),
             batchers: Mutex::default(),
             max_inflight: max_inflight.max(1),
             tls,
+            peer_token,
         }
     }
 
@@ -83,7 +92,7 @@ impl Peers {
             .map_err(|e| format!("bad participant address {address:?}: {e}"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true);
-        let client = ParticipantClient::new(endpoint.connect_lazy());
+        let client = ParticipantClient::with_interceptor(endpoint.connect_lazy(), self.peer_token.clone());
         let mut map = self.map.lock().unwrap();
         if map.get(&partition).is_some_and(|(a, _)| a == address) {
             return Ok(());
@@ -92,7 +101,7 @@ impl Peers {
         Ok(())
     }
 
-    pub fn client(&self, partition: PartitionId) -> Option<ParticipantClient<Channel>> {
+    pub fn client(&self, partition: PartitionId) -> Option<ParticipantClient<PeerChannel>> {
         self.map.lock().unwrap().get(&partition).map(|(_, c)| c.clone())
     }
 

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use twopc_core::coordinator::{DecisionAnswer, Outcome};
 use twopc_proto::admin_token::AdminToken;
 use twopc_proto::pb::{self, coordinator_server::Coordinator as CoordinatorRpc};
+use twopc_proto::token::PeerToken;
 use twopc_proto::{failpoint, now_unix_ms, tid};
 
 use crate::driver::Driver;
@@ -29,6 +30,9 @@ pub struct CoordinatorService {
     pub driver: Arc<Driver>,
     /// Guards the admin RPCs (ListTransactions, SetFailpoint).
     pub admin_token: AdminToken,
+    /// Guards the participants' calls (Register, Enlist, EnlistBatch): a
+    /// client must not be able to redirect a partition or enlist for one.
+    pub peer_token: PeerToken,
     pub limits: Limits,
     /// The decision log's cluster id, sent with registrations and decisions
     /// so participants can tell a lost log from theirs.
@@ -132,11 +136,13 @@ impl CoordinatorRpc for CoordinatorService {
     }
 
     async fn enlist(&self, req: Request<pb::EnlistRequest>) -> Reply<pb::EnlistResponse> {
+        self.peer_token.check(&req, "Enlist")?;
         let deadline = self.enlist_one(req.into_inner())?;
         Ok(Response::new(pb::EnlistResponse { deadline_unix_ms: deadline }))
     }
 
     async fn enlist_batch(&self, req: Request<pb::EnlistBatchRequest>) -> Reply<pb::EnlistBatchResponse> {
+        self.peer_token.check(&req, "EnlistBatch")?;
         let results = req
             .into_inner()
             .requests
@@ -202,6 +208,7 @@ impl CoordinatorRpc for CoordinatorService {
     }
 
     async fn register(&self, req: Request<pb::RegisterRequest>) -> Reply<pb::RegisterResponse> {
+        self.peer_token.check(&req, "Register")?;
         let req = req.into_inner();
         self.check_partition(req.partition)?;
         if req.address.is_empty() {

@@ -27,9 +27,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use twopc_core::participant::{Limits, Participant};
-use twopc_proto::admin_token::AdminToken;
 use twopc_proto::pb::coordinator_client::CoordinatorClient;
 use twopc_proto::pb::participant_server::ParticipantServer;
+use twopc_proto::token::{self, AdminToken, PeerToken};
 use twopc_proto::{now_unix_ms, runtime};
 
 use crate::node::Node;
@@ -77,6 +77,13 @@ pub struct Config {
     /// (ListInDoubt, SetFailpoint); open to all when absent.
     #[arg(long, env = "TWOPC_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Shared secret of the cluster's processes: when set, Prepare, Commit,
+    /// Abort, their batch forms and CommitOnePhaseBatch (the coordinator's
+    /// calls) require it (`x-twopc-peer-token`), and it is sent on every
+    /// call to the coordinator, which must have the same one. Set it on
+    /// every process whenever clients can reach them; open to all when absent.
+    #[arg(long, env = "TWOPC_PEER_TOKEN", hide_env_values = true)]
+    pub peer_token: Option<String>,
 }
 
 /// Runs the participant until the process is stopped.
@@ -85,6 +92,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     twopc_proto::failpoint::setup_from_env().map_err(anyhow::Error::msg)?;
     let (server_tls, client_tls) = config.tls.load().map_err(anyhow::Error::msg)?;
     let admin_token = AdminToken::new(config.admin_token.as_deref()).map_err(anyhow::Error::msg)?;
+    let peer_token = PeerToken::new(config.peer_token.as_deref()).map_err(anyhow::Error::msg)?;
+    token::ensure_distinct(&admin_token, &peer_token).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let (store, prepared) = Store::open(&config.data_dir, config.partition)
@@ -107,19 +116,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .connect_lazy();
-    let node = Node::new(core, store, CoordinatorClient::new(coordinator));
+    // Every call to the coordinator carries the peer token (Register and
+    // Enlist require it there when it is configured).
+    let coordinator = CoordinatorClient::with_interceptor(coordinator, peer_token.clone());
+    let node = Node::new(core, store, coordinator);
     let service = ParticipantService {
         node: node.clone(),
         admin_token,
+        peer_token: peer_token.clone(),
         limits: InputLimits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes },
     };
 
     runtime::serve_metrics(config.metrics_listen.as_deref()).map_err(anyhow::Error::msg)?;
-    let (listener, local) = runtime::bind(&config.listen, server_tls.is_some()).await.map_err(anyhow::Error::msg)?;
+    let (listener, local) =
+        runtime::bind(&config.listen, server_tls.is_some(), peer_token.is_set()).await.map_err(anyhow::Error::msg)?;
     let advertise = config.advertise.clone().unwrap_or_else(|| local.to_string());
     tokio::spawn(node.clone().register_loop(advertise));
     tokio::spawn(node.clone().timer_loop(Duration::from_millis(100)));
-    tracing::info!(%local, partition = config.partition, tls = server_tls.is_some(), "participant serving");
+    tracing::info!(%local, partition = config.partition, tls = server_tls.is_some(), peer_token = peer_token.is_set(), "participant serving");
     let routes = tonic::service::Routes::new(ParticipantServer::new(service));
     runtime::serve("twopc.v1.Participant", routes, listener, local, server_tls).await.map_err(anyhow::Error::msg)
 }

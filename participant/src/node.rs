@@ -22,7 +22,6 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tonic::transport::Channel;
 use tracing::Instrument;
 use twopc_core::participant::{
     AbortStep, CommitStep, OnePhaseStep, OpError, Participant, PrepareStep, ReadPlan, WriteSet,
@@ -30,6 +29,7 @@ use twopc_core::participant::{
 use twopc_core::{PartitionId, Tid};
 use twopc_proto::batch::{self, Batcher};
 use twopc_proto::pb::{self, coordinator_client::CoordinatorClient};
+use twopc_proto::token::PeerChannel;
 use twopc_proto::{failpoint, now_unix_ms};
 
 use crate::error::ParticipantError;
@@ -52,7 +52,7 @@ pub enum OnePhaseReply {
 pub struct Node {
     core: Mutex<Participant>,
     pub store: Store,
-    pub(crate) coordinator: CoordinatorClient<Channel>,
+    pub(crate) coordinator: CoordinatorClient<PeerChannel>,
     /// Set while the coordinator's log is not the one our prepared tids voted under.
     pub fence: Fence,
     pub partition: PartitionId,
@@ -66,7 +66,7 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(core: Participant, store: Store, coordinator: CoordinatorClient<Channel>) -> Arc<Self> {
+    pub fn new(core: Participant, store: Store, coordinator: CoordinatorClient<PeerChannel>) -> Arc<Self> {
         let partition = core.partition();
         Arc::new(Self {
             core: Mutex::new(core),
@@ -447,6 +447,10 @@ impl Node {
                     // fence is re-examined with each answer.
                     Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
                 },
+                Err(s) if s.code() == tonic::Code::Unauthenticated => {
+                    tracing::error!("the coordinator refused our registration (check --peer-token): {}", s.message());
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
                 Err(s) if s.code() == tonic::Code::InvalidArgument => {
                     tracing::error!("the coordinator refused our registration: {}", s.message());
                     std::process::exit(2);

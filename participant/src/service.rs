@@ -9,6 +9,7 @@ use tracing::Instrument;
 use twopc_core::Tid;
 use twopc_proto::admin_token::AdminToken;
 use twopc_proto::pb::{self, participant_server::Participant as ParticipantRpc};
+use twopc_proto::token::PeerToken;
 use twopc_proto::{failpoint, now_unix_ms, tid};
 
 use crate::error::ParticipantError;
@@ -26,6 +27,11 @@ pub struct ParticipantService {
     pub node: Arc<Node>,
     /// Guards the admin RPCs (ListInDoubt, SetFailpoint).
     pub admin_token: AdminToken,
+    /// Guards the coordinator's calls (Prepare, Commit, Abort, their batch
+    /// forms, CommitOnePhaseBatch): a client calling Abort on a prepared tid,
+    /// or a one-phase commit on one participant of a multi-partition tid,
+    /// would break atomicity.
+    pub peer_token: PeerToken,
     pub limits: InputLimits,
 }
 
@@ -186,20 +192,24 @@ impl ParticipantRpc for ParticipantService {
     }
 
     async fn prepare(&self, req: Request<pb::PrepareRequest>) -> Reply<pb::PrepareResponse> {
+        self.peer_token.check(&req, "Prepare")?;
         Ok(Response::new(self.prepare_one(&req.into_inner().tid).await?))
     }
 
     async fn commit(&self, req: Request<pb::ResolveRequest>) -> Reply<pb::ResolveResponse> {
+        self.peer_token.check(&req, "Commit")?;
         self.resolve_one(&req.into_inner().tid, true).await?;
         Ok(Response::new(pb::ResolveResponse {}))
     }
 
     async fn abort(&self, req: Request<pb::ResolveRequest>) -> Reply<pb::ResolveResponse> {
+        self.peer_token.check(&req, "Abort")?;
         self.resolve_one(&req.into_inner().tid, false).await?;
         Ok(Response::new(pb::ResolveResponse {}))
     }
 
     async fn prepare_batch(&self, req: Request<pb::TidBatch>) -> Reply<pb::PrepareBatchResponse> {
+        self.peer_token.check(&req, "PrepareBatch")?;
         // Every tid is handled concurrently, so their durable writes share
         // the store's group commit.
         let answers = join_all(req.into_inner().tids.iter().map(|t| self.prepare_one(t))).await;
@@ -231,14 +241,17 @@ impl ParticipantRpc for ParticipantService {
     }
 
     async fn commit_batch(&self, req: Request<pb::TidBatch>) -> Reply<pb::ResolveBatchResponse> {
+        self.peer_token.check(&req, "CommitBatch")?;
         Ok(Response::new(self.resolve_batch(req.into_inner(), true).await))
     }
 
     async fn abort_batch(&self, req: Request<pb::TidBatch>) -> Reply<pb::ResolveBatchResponse> {
+        self.peer_token.check(&req, "AbortBatch")?;
         Ok(Response::new(self.resolve_batch(req.into_inner(), false).await))
     }
 
     async fn commit_one_phase_batch(&self, req: Request<pb::TidBatch>) -> Reply<pb::OnePhaseBatchResponse> {
+        self.peer_token.check(&req, "CommitOnePhaseBatch")?;
         // Concurrently, so the durable writes share the store's group commit.
         let answers = join_all(req.into_inner().tids.iter().map(|t| self.one_phase_one(t))).await;
         let results = answers

@@ -10,7 +10,9 @@
 //! - [`runtime`]: logging set-up and the listening socket every server uses.
 //! - [`preflight`]: the start-up checks of addresses and data directories.
 //! - [`tls`]: the TLS flags and the client/server TLS settings built from them.
-//! - [`admin_token`]: the optional shared token that guards admin RPCs.
+//! - [`token`]: the optional shared secrets that guard RPCs: the admin token
+//!   (admin RPCs) and the cluster's peer token (the protocol RPCs the
+//!   processes call on each other); [`admin_token`] re-exports the former.
 //! - [`Backoff`]: the bounded exponential backoff used for every retry loop.
 
 pub mod admin_token;
@@ -20,6 +22,7 @@ pub mod preflight;
 pub mod runtime;
 pub mod tid;
 pub mod tls;
+pub mod token;
 
 mod backoff;
 pub use backoff::Backoff;

@@ -27,18 +27,39 @@ pub fn init_tracing() {
 }
 
 /// Binds `addr` (port 0 picks a free port). Warns when it is not loopback
-/// and `tls` is off: anyone who can reach it could then read and forge
-/// traffic, admin calls included.
-pub async fn bind(addr: &str, tls: bool) -> Result<(TcpListener, SocketAddr), String> {
+/// and `tls` is off (anyone who can reach it could then read and forge
+/// traffic, admin calls included) or `peer_token` is off (anyone who can
+/// reach it could call the protocol RPCs meant for the cluster's own
+/// processes and break atomicity, TLS or not; see [`crate::token`]).
+pub async fn bind(addr: &str, tls: bool, peer_token: bool) -> Result<(TcpListener, SocketAddr), String> {
     let parsed: SocketAddr = addr.parse().map_err(|e| {
         format!("listen address {addr:?} is not host:port with a numeric IP ({e}), e.g. 127.0.0.1:7000")
     })?;
     let listener = TcpListener::bind(parsed).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| format!("cannot read the bound address: {e}"))?;
-    if !tls && !local.ip().is_loopback() {
-        tracing::warn!(%local, "listening on a non-loopback address without TLS (see --tls-cert)");
+    for warning in exposure_warnings(local, tls, peer_token) {
+        tracing::warn!(%local, "{warning}");
     }
     Ok((listener, local))
+}
+
+/// The start-up warnings for serving on `local` with or without TLS and a peer token.
+fn exposure_warnings(local: SocketAddr, tls: bool, peer_token: bool) -> Vec<&'static str> {
+    let mut warnings = vec![];
+    if local.ip().is_loopback() {
+        return warnings;
+    }
+    if !tls {
+        warnings.push("listening on a non-loopback address without TLS (see --tls-cert)");
+    }
+    if !peer_token {
+        warnings.push(
+            "listening on a non-loopback address without a peer token: any client that reaches this \
+             process can call the RPCs meant for the coordinator and participants and break atomicity \
+             (set the same --peer-token on every process)",
+        );
+    }
+    warnings
 }
 
 /// Prints the readiness line and turns the listener into a tonic incoming
@@ -163,4 +184,21 @@ pub async fn serve(
         .map_err(|e| format!("gRPC server failed: {e}"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposure_warnings_only_off_loopback() {
+        let lo: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let public: SocketAddr = "10.0.0.1:7000".parse().unwrap();
+        assert!(exposure_warnings(lo, false, false).is_empty());
+        assert!(exposure_warnings(public, true, true).is_empty());
+        let w = exposure_warnings(public, true, false);
+        assert!(w.len() == 1 && w[0].contains("peer token"), "{w:?}");
+        assert_eq!(exposure_warnings(public, false, false).len(), 2);
+        assert!(exposure_warnings(public, false, true)[0].contains("TLS"));
+    }
 }
