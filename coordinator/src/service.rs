@@ -184,6 +184,9 @@ impl CoordinatorRpc for CoordinatorService {
         if req.address.is_empty() {
             return Err(Status::invalid_argument("address is empty: pass the host:port the participant serves on"));
         }
+        // Validated before it is recorded: a recorded address is dialled
+        // again after every restart.
+        self.driver.peers.check_address(&req.address).map_err(Status::invalid_argument)?;
         self.driver
             .log
             .register(req.partition, req.address.clone())
