@@ -106,7 +106,7 @@ impl CoordinatorRpc for CoordinatorService {
 
     async fn enlist(&self, req: Request<pb::EnlistRequest>) -> Reply<pb::EnlistResponse> {
         let deadline = self.enlist_one(req.into_inner())?;
-        Ok(Response::new(pb::EnlistResponse { deadline_unix_ms: deadline }))
+        Ok(Response::new(pb::EnlistResponse { deadline_unix_ms: deadline, cluster_id: self.cluster_id.clone() }))
     }
 
     async fn enlist_batch(&self, req: Request<pb::EnlistBatchRequest>) -> Reply<pb::EnlistBatchResponse> {
@@ -115,9 +115,14 @@ impl CoordinatorRpc for CoordinatorService {
             .requests
             .into_iter()
             .map(|r| match self.enlist_one(r) {
-                Ok(deadline) => pb::EnlistResult { code: 0, message: String::new(), deadline_unix_ms: deadline },
+                Ok(deadline) => pb::EnlistResult {
+                    code: 0,
+                    message: String::new(),
+                    deadline_unix_ms: deadline,
+                    cluster_id: self.cluster_id.clone(),
+                },
                 Err(s) => {
-                    pb::EnlistResult { code: s.code() as i32, message: s.message().to_string(), deadline_unix_ms: 0 }
+                    pb::EnlistResult { code: s.code() as i32, message: s.message().to_string(), ..Default::default() }
                 }
             })
             .collect();
