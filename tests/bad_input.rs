@@ -98,6 +98,19 @@ async fn unregistered_participant_and_open_transaction_limit() {
         raw.enlist(pb::EnlistRequest { tid: t1.tid().to_string(), partition: 2, incarnation: 1 }).await.unwrap_err();
     assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
     assert!(s.message().contains("no registered participant"), "{s:?}");
+    // A registration with an address that cannot be dialled is refused
+    // before anything is recorded (a recorded address is dialled again at
+    // every restart).
+    let req = pb::RegisterRequest { partition: 2, address: "no such host:7100".into(), incarnation: 1 };
+    let s = raw.register(req).await.unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("not a host:port address"), "{s:?}");
+    let db = tc.cluster.dir.join("coordinator").join("decisions.db");
+    let recorded: i64 = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM members WHERE partition = 2", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(recorded, 0, "the refused address was recorded");
 
     let _t2 = tc.client.begin(None).await.unwrap();
     expect_code(tc.client.begin(None).await, Code::ResourceExhausted, "too many open transactions");

@@ -13,7 +13,14 @@
 //!   decision back from the log; an undecided tid is force-aborted;
 //! - what the override risks: a heuristic taken while the coordinator was
 //!   only down is contradicted by its logged COMMIT when it comes back; the
-//!   participant acknowledges, flags the heuristic, logs and counts it.
+//!   participant acknowledges, flags the heuristic, logs and counts it. The
+//!   heuristic's durable write finishes even when the request gives up, a
+//!   repeat waits for it, and a failed write leaves the tid in doubt again;
+//! - a restored backup under a new cluster id: its COMMIT binds (refusing a
+//!   heuristic ABORT, and applied when delivered) while the tids it lacks
+//!   stay in doubt; a participant that has not heard the new id yet is
+//!   fenced by its first enlistment's answer; under the same id even a
+//!   presumed ABORT binds (a heuristic COMMIT is refused).
 
 mod common;
 
@@ -228,8 +235,12 @@ async fn a_heuristic_the_log_later_contradicts_is_acknowledged_flagged_and_count
     let mut tc = TestCluster::three().await;
     let port = free_port();
     tokio::task::block_in_place(|| {
-        let metrics = [("TWOPC_METRICS_LISTEN".to_string(), format!("127.0.0.1:{port}"))];
-        tc.cluster.restart_participant(0, &metrics).unwrap();
+        // The heuristic's durable write fails once, then is slow once.
+        let env = [
+            ("TWOPC_METRICS_LISTEN".to_string(), format!("127.0.0.1:{port}")),
+            ("FAILPOINTS".to_string(), "participant::before_heuristic_durable=1*return(error)->1*sleep(2000)".into()),
+        ];
+        tc.cluster.restart_participant(0, &env).unwrap();
     });
     tc.reconnect().await;
     let (k0, k1) = (tc.key_on(0, "x"), tc.key_on(1, "x"));
@@ -247,9 +258,26 @@ async fn a_heuristic_the_log_later_contradicts_is_acknowledged_flagged_and_count
     // The operator wrongly believes the log lost while the coordinator is
     // merely down: unreachable, so the override is taken.
     let args = ["resolve-heuristic", "--participant", &addr(&tc, 0), &tid, "abort", "--override-lost-log"];
+    // The write fails: the tid is not stuck half-way, it is in doubt again.
+    let (code, _, err) = twopc(&tc, &args);
+    assert_eq!(code, 2);
+    assert!(err.contains("INTERNAL") && err.contains("in doubt again"), "{err}");
+    let l = wait_listing(&tc, 0, "in doubt again", |l| asked(l, &tid).is_some()).await;
+    assert!(l.heuristics.is_empty(), "{l:?}");
+    // The write is slow and the request gives up (it is dropped): the write
+    // still finishes, and a repeat meanwhile waits for it.
+    let uuid = txn.tid();
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        twopc_client::resolve_heuristically(&addr(&tc, 0), uuid, false, true, "lost", &Default::default()),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the request should still be waiting: {gave_up:?}");
     let (code, out, err) = twopc(&tc, &args);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("ABORT applied heuristically"), "{out}");
+    let l = listing(&tc, 0).await;
+    assert!(l.heuristics.len() == 1 && asked(&l, &tid).is_none(), "{l:?}");
 
     // The coordinator comes back with its log and re-drives the COMMIT: the
     // participant acknowledges (the coordinator settles), and flags, logs
@@ -269,4 +297,94 @@ async fn a_heuristic_the_log_later_contradicts_is_acknowledged_flagged_and_count
     // This is what the override risks: the tid is half-committed.
     assert_eq!(tc.read(&k1).await.as_deref(), Some("v"));
     assert_eq!(tc.read(&k0).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_bind_under_any_cluster_id_and_aborts_under_ours() {
+    let mut tc = TestCluster::three().await;
+    // Partition 0 never asks about its in-doubt tids here: it hears the
+    // coordinator only through its Commit resends, enlistments and the
+    // operator's requests.
+    tokio::task::block_in_place(|| {
+        let env = [("TWOPC_IN_DOUBT_AFTER_MS".to_string(), "600000".to_string())];
+        tc.cluster.restart_participant(0, &env).unwrap();
+    });
+    tc.reconnect().await;
+    let old_cluster = wait_listing(&tc, 0, "registered", |l| !l.cluster_id.is_empty()).await.cluster_id;
+    let resolve = |tc: &TestCluster, tid: &str, outcome: &str| {
+        twopc(tc, &["resolve-heuristic", "--participant", &addr(tc, 0), tid, outcome, "--override-lost-log"])
+    };
+
+    // A: committed, but partition 0 fails to apply it: in doubt there while
+    // its COMMIT record is in the log.
+    let (a0, a1) = (tc.key_on(0, "a"), tc.key_on(1, "a"));
+    let fp = "participant::before_commit_applied";
+    tc.client.set_failpoint(FailpointTarget::Partition(0), fp, "return(error)").await.unwrap();
+    let a = tc.client.begin(Some(Duration::from_secs(60))).await.unwrap();
+    a.put(a0.as_bytes(), b"v").await.unwrap();
+    a.put(a1.as_bytes(), b"v").await.unwrap();
+    assert_eq!(a.commit().await.unwrap(), Outcome::Committed);
+    let a_tid = a.tid().to_string();
+    // B: prepared at partitions 0 and 1; the coordinator dies before its
+    // decision is durable.
+    let (b0, b1) = (tc.key_on(0, "b"), tc.key_on(1, "b"));
+    let b = tc.client.begin(Some(Duration::from_secs(60))).await.unwrap();
+    b.put(b0.as_bytes(), b"v").await.unwrap();
+    b.put(b1.as_bytes(), b"v").await.unwrap();
+    let b_tid = b.tid().to_string();
+    tc.client
+        .set_failpoint(FailpointTarget::Coordinator, "coordinator::before_decision_forced", "return(abort)")
+        .await
+        .unwrap();
+    assert!(b.commit().await.is_err());
+    assert!(tc.cluster.coordinator.wait_exit(EXIT));
+
+    // Back on its own log (same id), the coordinator presumes B aborted, and
+    // that binds: a heuristic COMMIT is refused, quoting the answer.
+    tokio::task::block_in_place(|| tc.cluster.restart_coordinator(&[]).unwrap());
+    tc.reconnect().await;
+    let l = listing(&tc, 0).await;
+    assert!(asked(&l, &a_tid).is_some() && asked(&l, &b_tid).is_some(), "{l:?}");
+    let (code, out, err) = resolve(&tc, &b_tid, "commit");
+    assert_eq!(code, 2, "{out}");
+    assert!(err.contains("FAILED_PRECONDITION") && err.contains("presumed abort"), "{err}");
+    assert_eq!(listing(&tc, 0).await.cluster_id, old_cluster);
+    // Partition 1, which asks, takes that ABORT by itself.
+    wait_listing(&tc, 1, "B aborted", |l| asked(l, &b_tid).is_none()).await;
+
+    // The log is replaced by a backup under a new id (README "Backup"): here
+    // the same file with its id deleted, holding A's COMMIT, unaware of B.
+    tc.cluster.coordinator.kill();
+    let db = tc.cluster.dir.join("coordinator").join("decisions.db");
+    rusqlite::Connection::open(&db).unwrap().execute("DELETE FROM meta WHERE key = 'cluster_id'", []).unwrap();
+    tokio::task::block_in_place(|| tc.cluster.restart_coordinator(&[]).unwrap());
+    tc.reconnect().await;
+    // Partition 0 has not heard the new id (Commit resends carry none): its
+    // next enlistment's answer does, and the enlistment is refused.
+    let c = tc.client.begin(None).await.unwrap();
+    let err = c.put(tc.key_on(0, "c").as_bytes(), b"c").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("fenced"), "{err}");
+    let _ = c.abort().await;
+    let new_cluster = listing(&tc, 0).await.mismatched_cluster_id.expect("fenced");
+    assert_ne!(new_cluster, old_cluster);
+
+    // A's COMMIT binds under the new id: a heuristic ABORT is refused.
+    let (code, out, err) = resolve(&tc, &a_tid, "abort");
+    assert_eq!(code, 2, "{out}");
+    assert!(err.contains("FAILED_PRECONDITION") && err.contains("records COMMIT"), "{err}");
+    // An ABORTED from another log binds nothing: B is resolved by hand.
+    let (code, out, err) = resolve(&tc, &b_tid, "abort");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ABORT applied heuristically"), "{out}");
+    // Once partition 0 can apply A, it takes the resent COMMIT; with nothing
+    // prepared left the fence lifts, and it joins the new cluster.
+    tc.client.set_failpoint(FailpointTarget::Partition(0), fp, "").await.unwrap();
+    tc.wait_value(&a0, Some("v")).await;
+    let l = wait_listing(&tc, 0, "unfenced", |l| l.mismatched_cluster_id.is_none()).await;
+    assert_eq!(l.cluster_id, new_cluster);
+    assert!(l.heuristics.len() == 1 && l.heuristics[0].tid == b_tid && !l.heuristics[0].contradicted, "{l:?}");
+    assert_eq!(tc.read(&b0).await, None);
+    assert_eq!(tc.write_txn(&[(&a0, "w"), (&b0, "w"), (&b1, "w")]).await.1, Outcome::Committed);
+    tc.wait_settled().await;
 }

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 use tokio::sync::Semaphore;
+use tonic::transport::Endpoint;
 
 use twopc_core::PartitionId;
 use twopc_proto::batch::Batcher;
@@ -84,15 +85,24 @@ impl Peers {
         m.entry(partition).or_insert_with(|| Arc::new(Semaphore::new(self.max_inflight))).clone()
     }
 
-    /// Sets (or replaces) the address of `partition`.
-    pub fn set(&self, partition: PartitionId, address: &str) -> Result<(), String> {
-        let endpoint = self
+    /// Whether `address` can be dialled (as `set` would), without setting it.
+    pub fn check_address(&self, address: &str) -> Result<(), String> {
+        self.endpoint(address).map(drop)
+    }
+
+    fn endpoint(&self, address: &str) -> Result<Endpoint, String> {
+        Ok(self
             .tls
             .endpoint(address)
             .map_err(|e| format!("bad participant address {address:?}: {e}"))?
             .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true);
-        let client = ParticipantClient::with_interceptor(endpoint.connect_lazy(), self.peer_token.clone());
+            .tcp_nodelay(true))
+    }
+
+    /// Sets (or replaces) the address of `partition`.
+    pub fn set(&self, partition: PartitionId, address: &str) -> Result<(), String> {
+        let client =
+            ParticipantClient::with_interceptor(self.endpoint(address)?.connect_lazy(), self.peer_token.clone());
         let mut map = self.map.lock().unwrap();
         if map.get(&partition).is_some_and(|(a, _)| a == address) {
             return Ok(());

@@ -138,7 +138,7 @@ impl CoordinatorRpc for CoordinatorService {
     async fn enlist(&self, req: Request<pb::EnlistRequest>) -> Reply<pb::EnlistResponse> {
         self.peer_token.check(&req, "Enlist")?;
         let deadline = self.enlist_one(req.into_inner())?;
-        Ok(Response::new(pb::EnlistResponse { deadline_unix_ms: deadline }))
+        Ok(Response::new(pb::EnlistResponse { deadline_unix_ms: deadline, cluster_id: self.cluster_id.clone() }))
     }
 
     async fn enlist_batch(&self, req: Request<pb::EnlistBatchRequest>) -> Reply<pb::EnlistBatchResponse> {
@@ -148,9 +148,14 @@ impl CoordinatorRpc for CoordinatorService {
             .requests
             .into_iter()
             .map(|r| match self.enlist_one(r) {
-                Ok(deadline) => pb::EnlistResult { code: 0, message: String::new(), deadline_unix_ms: deadline },
+                Ok(deadline) => pb::EnlistResult {
+                    code: 0,
+                    message: String::new(),
+                    deadline_unix_ms: deadline,
+                    cluster_id: self.cluster_id.clone(),
+                },
                 Err(s) => {
-                    pb::EnlistResult { code: s.code() as i32, message: s.message().to_string(), deadline_unix_ms: 0 }
+                    pb::EnlistResult { code: s.code() as i32, message: s.message().to_string(), ..Default::default() }
                 }
             })
             .collect();
@@ -214,6 +219,9 @@ impl CoordinatorRpc for CoordinatorService {
         if req.address.is_empty() {
             return Err(Status::invalid_argument("address is empty: pass the host:port the participant serves on"));
         }
+        // Validated before it is recorded: a recorded address is dialled
+        // again after every restart.
+        self.driver.peers.check_address(&req.address).map_err(Status::invalid_argument)?;
         self.driver
             .log
             .register(req.partition, req.address.clone())

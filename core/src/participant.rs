@@ -24,7 +24,9 @@
 //! is never taken on the participant's own initiative; the shell checks the
 //! operator's override and the coordinator's log first. While the outcome is
 //! being made durable the tid holds its locks and refuses the coordinator's
-//! Commit/Abort (it will be acknowledged, and compared, once applied).
+//! Commit/Abort as retryable (they are acknowledged, and compared, once it
+//! is applied); if that write fails, [`Participant::heuristic_failed`] makes
+//! the tid prepared and in doubt again, so it is never stuck in between.
 //! 12. Strict 2PL with wait-die on tid age ([`crate::locks`]): on a
 //!    conflict an older tid waits ([`OpError::MustWait`]) and a younger one
 //!    is aborted, so there is never a deadlock. Locks are released only when
@@ -84,9 +86,12 @@ enum State {
     /// Commit received; the write set is being applied durably.
     Committing,
     /// An operator's outcome is being made durable (commit: the write set
-    /// applied; abort: dropped). Locks are held until then.
+    /// applied; abort: dropped). Locks are held until then. `since` and
+    /// `asked` are the prepared state's, restored if the write fails.
     Heuristic {
         commit: bool,
+        since: Millis,
+        asked: u32,
     },
 }
 
@@ -378,8 +383,8 @@ impl Participant {
             // commit has deleted the record and bring it back.
             State::Preparing { aborted: false } => PrepareStep::InProgress,
             State::Preparing { aborted: true } => PrepareStep::No("aborted while preparing".into()),
-            State::Prepared { .. } | State::Committing | State::Heuristic { commit: true } => PrepareStep::Yes,
-            State::Heuristic { commit: false } => PrepareStep::No("aborted heuristically by an operator".into()),
+            State::Prepared { .. } | State::Committing | State::Heuristic { commit: true, .. } => PrepareStep::Yes,
+            State::Heuristic { commit: false, .. } => PrepareStep::No("aborted heuristically by an operator".into()),
         }
     }
 
@@ -486,15 +491,16 @@ impl Participant {
     /// must then, in one durable transaction, drop the prepared record,
     /// apply the returned write set (`Some`: commit; `None`: abort, nothing
     /// to apply) and record the heuristic, and then call `heuristic_applied`.
-    /// Repeating the same outcome (e.g. after that write failed) gives the
-    /// same answer again.
+    /// If that write fails, the shell calls `heuristic_failed` (the tid is
+    /// prepared again, in doubt). Repeating the same outcome while it is
+    /// being made durable gives the same answer again.
     pub fn resolve_heuristically(&mut self, tid: Tid, commit: bool) -> Result<Option<WriteSet>, HeuristicError> {
         let Some(entry) = self.tids.get_mut(&tid) else {
             return Err(HeuristicError::NotPrepared("unknown"));
         };
         match entry.state {
-            State::Prepared { .. } => entry.state = State::Heuristic { commit },
-            State::Heuristic { commit: c } if c == commit => {}
+            State::Prepared { since, asked, .. } => entry.state = State::Heuristic { commit, since, asked },
+            State::Heuristic { commit: c, .. } if c == commit => {}
             State::Heuristic { .. } => return Err(HeuristicError::Busy("the opposite heuristic outcome")),
             State::Committing => return Err(HeuristicError::Busy("the coordinator's COMMIT")),
             ref s @ (State::Active { .. } | State::Preparing { .. }) => {
@@ -508,9 +514,21 @@ impl Participant {
     /// locks (an abort is remembered like any local abort).
     pub fn heuristic_applied(&mut self, tid: Tid) {
         match self.tids.get(&tid).map(|e| &e.state) {
-            Some(State::Heuristic { commit: true }) => self.drop_tid(tid),
-            Some(State::Heuristic { commit: false }) => self.abort_locally(tid),
+            Some(State::Heuristic { commit: true, .. }) => self.drop_tid(tid),
+            Some(State::Heuristic { commit: false, .. }) => self.abort_locally(tid),
             _ => {}
+        }
+    }
+
+    /// Making the heuristic outcome of `tid` durable failed: the tid is
+    /// prepared again, in doubt (listed, asking the coordinator at once,
+    /// open to the coordinator's decision or another manual resolution),
+    /// and keeps its locks.
+    pub fn heuristic_failed(&mut self, tid: Tid, now: Millis) {
+        if let Some(entry) = self.tids.get_mut(&tid)
+            && let State::Heuristic { since, asked, .. } = entry.state
+        {
+            entry.state = State::Prepared { since, asked, next_ask: now };
         }
     }
 

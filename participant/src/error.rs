@@ -83,7 +83,12 @@ impl ParticipantError {
         let why = match e {
             ResolveError::NotPrepared => "commit asked for a tid that has not prepared here",
             ResolveError::Committing => "abort asked for a tid whose commit is being applied",
-            ResolveError::Heuristic => "an operator's heuristic outcome is being applied to it; ask again",
+            // Retryable: the repeat is acknowledged once the outcome is durable.
+            ResolveError::Heuristic => {
+                return Self::Unavailable(format!(
+                    "tid {tid}: an operator's heuristic outcome is being applied to it; ask again"
+                ));
+            }
         };
         Self::FailedPrecondition { tid, why: why.into() }
     }
@@ -95,5 +100,19 @@ impl ParticipantError {
                 Self::FailedPrecondition { tid, why: format!("{what} is being applied to it") }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heuristic_being_applied_is_retryable() {
+        let tid = Tid::now_v7();
+        let s = Status::from(ParticipantError::from_resolve(tid, ResolveError::Heuristic));
+        assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+        let s = Status::from(ParticipantError::from_resolve(tid, ResolveError::Committing));
+        assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
     }
 }

@@ -2,30 +2,37 @@
 //!
 //! The coordinator's decision log carries a random cluster id, made with
 //! the log. The participant records the id durably in its store the first
-//! time it hears one (at registration, or in a decision; a store from before
-//! cluster ids adopts the first one it sees the same way). From then on
-//! every answer from the coordinator is checked against it:
+//! time it hears one (at registration, enlistment or in a decision; a store
+//! from before cluster ids adopts the first one it sees the same way). From
+//! then on every answer from the coordinator is checked against it:
 //!
 //! - Same id (or an empty one, from a coordinator that predates ids): as
 //!   before, the answer is taken.
 //! - Another id while tids prepared here are not over: the coordinator's log
 //!   is not the one those tids voted under (it was lost and the coordinator
-//!   started on an empty directory, or it is another cluster's). Its
-//!   answers are **not** taken: a presumed abort from a log that never saw
-//!   the tid's COMMIT would break atomicity. The participant is *fenced*:
-//!   prepared tids stay in doubt; it logs one error line; `ListInDoubt`
-//!   reports the mismatch; it takes no new transactions (enlisting is
-//!   refused with FAILED_PRECONDITION), because their prepared state would
-//!   be bound to the other id; it keeps registering every few seconds, so
-//!   its address is known and the fence is re-examined. Plain reads of
-//!   committed data and the admin calls keep working.
+//!   started on an empty directory, a backup was restored under a new id,
+//!   or it is another cluster's). Its ABORTED answers are **not** taken: a
+//!   presumed abort from a log that never saw the tid's COMMIT would break
+//!   atomicity. Its COMMITTED answers are: a COMMIT record binds whatever
+//!   log holds it, since tids are unique (UUIDv7), e.g. one a restored
+//!   backup holds. The participant is *fenced*: the other prepared tids stay
+//!   in doubt; it logs one error line; `ListInDoubt` reports the mismatch;
+//!   it takes no new transactions (enlisting is refused with
+//!   FAILED_PRECONDITION, also when the enlistment's own answer is the first
+//!   to carry the other id), because their prepared state would be bound to
+//!   the other id; it keeps registering every few seconds, so its address is
+//!   known and the fence is re-examined. Plain reads of committed data and
+//!   the admin calls keep working.
 //! - The fence lifts when the ids match again (the original log was
 //!   restored), or when no prepared tid is left here (every one resolved by
-//!   hand, see `crate::heuristics`): then nothing here depends on the old
-//!   log, and the participant adopts the new id durably and joins.
+//!   a COMMIT or by hand, see `crate::heuristics`): then nothing here
+//!   depends on the old log, and the participant adopts the new id durably
+//!   and joins.
 //!
 //! Phase-2 Commit/Abort calls carry no id: only a coordinator holding a
-//! tid's COMMIT record sends them, and a log without the tid sends none.
+//! tid's COMMIT record sends a Commit, which binds as above; an Abort comes
+//! only from the coordinator that began the tid (a log without the tid
+//! sends none).
 
 use std::sync::Mutex;
 

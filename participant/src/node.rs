@@ -14,10 +14,14 @@
 //!   the core no longer has is answered from that record, and if absent,
 //!   aborted here first (remembered), so the answer can never change;
 //! - a prepared tid is only ever ended by a decision: from the
-//!   coordinator's Commit/Abort, or from its answer to GetDecision (rule 8),
-//!   and only from a coordinator whose decision log is the one the tid voted
-//!   under (`crate::fence`); or, in disaster recovery, by an operator's
-//!   explicit heuristic outcome (`crate::heuristics`).
+//!   coordinator's Commit/Abort, or from its answer to GetDecision (rule 8):
+//!   a COMMITTED answer from any coordinator, an ABORTED one only from a
+//!   coordinator whose decision log is the one the tid voted under
+//!   (`crate::fence`); or, in disaster recovery, by an operator's explicit
+//!   heuristic outcome (`crate::heuristics`);
+//! - a tid is enlisted only under the decision log the prepared tids here
+//!   voted under: the enlistment's answer carries the coordinator's cluster
+//!   id and is checked (`crate::fence`) before the operation is applied.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -34,6 +38,7 @@ use twopc_proto::{failpoint, now_unix_ms};
 
 use crate::error::ParticipantError;
 use crate::fence::Fence;
+use crate::heuristics::InFlight;
 use crate::store::Store;
 
 /// A participant's vote, as returned on the wire.
@@ -55,6 +60,8 @@ pub struct Node {
     pub(crate) coordinator: CoordinatorClient<PeerChannel>,
     /// Set while the coordinator's log is not the one our prepared tids voted under.
     pub fence: Fence,
+    /// Heuristic outcomes being made durable (`crate::heuristics`).
+    pub(crate) resolving: InFlight,
     pub partition: PartitionId,
     /// Random per process start: tells the coordinator when this
     /// participant restarted and lost unprepared tids.
@@ -62,7 +69,8 @@ pub struct Node {
     /// Signalled whenever locks may have been released (wait-die waiters).
     released: tokio::sync::Notify,
     /// Enlistments batched into EnlistBatch calls under load.
-    enlists: Arc<Batcher<pb::EnlistRequest, u64>>,
+    /// Each answer: the tid's deadline and the coordinator's cluster id.
+    enlists: Arc<Batcher<pb::EnlistRequest, (u64, String)>>,
 }
 
 impl Node {
@@ -73,6 +81,7 @@ impl Node {
             store,
             coordinator,
             fence: Fence::default(),
+            resolving: InFlight::default(),
             partition,
             incarnation: {
                 let (time, random) = uuid::Uuid::now_v7().as_u64_pair();
@@ -98,8 +107,12 @@ impl Node {
                 return Err(ParticipantError::Aborted { tid, reason: "it was aborted earlier".into() });
             }
         }
-        if let Some(theirs) = self.fence.mismatched() {
-            return Err(ParticipantError::Fenced { ours: self.store.cluster_id().unwrap_or_default(), theirs });
+        if self.fence.mismatched().is_some() {
+            // Lifts the fence if no prepared tid is left (`crate::fence`).
+            self.recheck_fence().await;
+            if let Some(theirs) = self.fence.mismatched() {
+                return Err(ParticipantError::Fenced { ours: self.store.cluster_id().unwrap_or_default(), theirs });
+            }
         }
         let req = pb::EnlistRequest { tid: tid.to_string(), partition: self.partition, incarnation: self.incarnation };
         let coordinator = self.coordinator.clone();
@@ -107,10 +120,14 @@ impl Node {
             let mut c = coordinator.clone();
             async move {
                 let resp = c.enlist_batch(pb::EnlistBatchRequest { requests }).await?.into_inner();
-                Ok(resp.results.into_iter().map(|r| batch::item(r.code, r.message, || r.deadline_unix_ms)).collect())
+                Ok(resp
+                    .results
+                    .into_iter()
+                    .map(|r| batch::item(r.code, r.message, || (r.deadline_unix_ms, r.cluster_id)))
+                    .collect())
             }
         };
-        let deadline = self.enlists.call(req, send).await.map_err(|s| match s.code() {
+        let (deadline, cluster_id) = self.enlists.call(req, send).await.map_err(|s| match s.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 ParticipantError::CoordinatorUnavailable(s.message().to_string())
             }
@@ -118,6 +135,15 @@ impl Node {
             tonic::Code::NotFound => ParticipantError::UnknownTid(tid),
             _ => ParticipantError::FailedPrecondition { tid, why: format!("enlist refused: {}", s.message()) },
         })?;
+        // The coordinator's log must be the one our prepared tids voted
+        // under (`crate::fence`): a participant that restarted, or that has
+        // not asked anything since the coordinator's log was replaced, may
+        // not have heard its id yet. (The enlistment stays at the
+        // coordinator; the tid aborts there at prepare, having no vote here.)
+        if self.check_cluster(&cluster_id).await.is_err() {
+            let theirs = self.fence.mismatched().unwrap_or(cluster_id);
+            return Err(ParticipantError::Fenced { ours: self.store.cluster_id().unwrap_or_default(), theirs });
+        }
         self.core().enlisted(tid, deadline).map_err(|e| ParticipantError::from_op(tid, e, b""))
     }
 
@@ -384,6 +410,11 @@ impl Node {
             if !expired.is_empty() {
                 self.locks_released();
             }
+            // The last prepared tid may have ended (e.g. by a Commit from
+            // the coordinator): then the fence lifts (`crate::fence`).
+            if self.fence.mismatched().is_some() && !self.core().has_prepared() {
+                self.recheck_fence().await;
+            }
             for tid in expired {
                 tracing::info!(%tid, "deadline passed before prepare: aborted here");
                 self.tell_coordinator_aborted(tid);
@@ -405,14 +436,22 @@ impl Node {
             Ok(Err(s)) => return tracing::warn!(%tid, error = %s.message(), "in doubt: coordinator did not answer"),
             Err(_) => return tracing::warn!(%tid, "in doubt: coordinator did not answer in time"),
         };
-        if self.check_cluster(&resp.cluster_id).await.is_err() {
-            // Logged once by check_cluster; the tid stays in doubt.
-            return tracing::debug!(%tid, "in doubt: answer from another cluster's decision log not taken");
-        }
+        let ours = self.check_cluster(&resp.cluster_id).await.is_ok();
         let result = match pb::Decision::try_from(resp.decision) {
+            // A COMMIT record binds whatever log holds it: tids are unique
+            // (e.g. a restored backup that was given a new cluster id).
             Ok(pb::Decision::Committed) => {
-                tracing::info!(%tid, "in doubt: learned COMMIT");
-                self.commit(tid).await
+                tracing::info!(%tid, same_cluster = ours, "in doubt: learned COMMIT");
+                let done = self.commit(tid).await;
+                if !ours && done.is_ok() {
+                    // That may have been the last tid bound to our id.
+                    self.recheck_fence().await;
+                }
+                done
+            }
+            _ if !ours => {
+                // Logged once by check_cluster; the tid stays in doubt.
+                return tracing::debug!(%tid, "in doubt: answer from another cluster's decision log not taken");
             }
             Ok(pb::Decision::Aborted) => {
                 tracing::info!(%tid, reason = %resp.reason, "in doubt: learned ABORT");

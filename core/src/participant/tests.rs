@@ -254,6 +254,31 @@ fn heuristic_commit_holds_locks_until_durable_and_fences_the_coordinator_meanwhi
 }
 
 #[test]
+fn a_heuristic_whose_write_failed_is_prepared_and_in_doubt_again() {
+    let mut p = part();
+    let t = tid(1);
+    prepared(&mut p, t);
+    let since = p.in_doubt()[0].since;
+    assert_eq!(p.due_questions(since + 5_000), vec![t]);
+    let ws = p.resolve_heuristically(t, false).unwrap();
+    assert!(p.in_doubt().is_empty() && p.due_questions(since + 60_000).is_empty());
+    p.heuristic_failed(t, since + 60_000);
+    // Listed again as it was, still locked, asking at once.
+    assert_eq!(p.in_doubt(), vec![InDoubt { tid: t, since, asked: 1 }]);
+    assert_eq!(p.locked_keys(), 1);
+    assert_eq!(p.due_questions(since + 60_000), vec![t]);
+    // Open to the coordinator's decision, or to either outcome by hand.
+    assert_eq!(p.resolve_heuristically(t, true).map(|w| w.is_some()), Ok(true));
+    p.heuristic_failed(t, since + 60_000);
+    assert_eq!(p.resolve_heuristically(t, false), Ok(ws));
+    p.heuristic_failed(t, since + 60_000);
+    assert!(matches!(p.commit(t), Ok(CommitStep::Apply(_))));
+    // Only a tid resolving heuristically is touched.
+    p.heuristic_failed(t, since + 60_000);
+    assert!(matches!(p.abort(t), Err(ResolveError::Committing)));
+}
+
+#[test]
 fn heuristic_abort_drops_the_write_set_and_is_remembered_as_aborted() {
     let mut p = part();
     let t = tid(1);
