@@ -47,8 +47,6 @@ struct Inner {
     routes: Mutex<Routes>,
     /// Begin calls of concurrent transactions share BeginBatch RPCs.
     begins: Arc<Batcher<pb::BeginRequest, pb::BeginResponse>>,
-    /// Commits of concurrent transactions share CommitBatch RPCs.
-    commits: Arc<Batcher<pb::CommitRequest, pb::CommitResponse>>,
     /// Operations of concurrent transactions share OperateBatch RPCs, per
     /// participant address.
     operations: Mutex<HashMap<String, Arc<Batcher<pb::Operation, pb::OperationResult>>>>,
@@ -182,7 +180,6 @@ impl Client {
                 coordinator: CoordinatorClient::new(channel),
                 routes: Mutex::new(Routes::default()),
                 begins: Batcher::new(MAX_BATCH, BATCHES_IN_FLIGHT),
-                commits: Batcher::new(MAX_BATCH, BATCHES_IN_FLIGHT),
                 operations: Mutex::default(),
             }),
         };
@@ -218,27 +215,6 @@ impl Client {
         let tid = Uuid::parse_str(&resp.tid)
             .map_err(|e| Status::unknown(format!("the coordinator returned a malformed tid {:?}: {e}", resp.tid)))?;
         Ok(self.txn(tid, resp.deadline_unix_ms))
-    }
-
-    /// Sends a Commit, batched with other transactions' commits under load
-    /// (a lone one goes at once). Errors are the coordinator's statuses.
-    pub(crate) async fn commit(&self, req: pb::CommitRequest) -> Result<pb::CommitResponse, Status> {
-        let coordinator = self.coordinator();
-        let send = move |requests: Vec<pb::CommitRequest>| {
-            let mut c = coordinator.clone();
-            async move {
-                let resp = c.commit_batch(pb::CommitBatchRequest { requests }).await?.into_inner();
-                Ok(resp
-                    .results
-                    .into_iter()
-                    .map(|r| {
-                        let (outcome, reason) = (r.outcome, r.reason);
-                        batch::item(r.code, r.message, || pb::CommitResponse { outcome, reason })
-                    })
-                    .collect())
-            }
-        };
-        self.inner.commits.call(req, send).await
     }
 
     /// Attaches to an existing transaction; `deadline_unix_ms` may be 0 when

@@ -148,6 +148,7 @@ impl Txn {
     pub async fn commit(&self) -> Result<Outcome, ClientError> {
         let resp = self
             .client
+            .coordinator()
             .commit(pb::CommitRequest { tid: self.tid.to_string(), wrote: self.wrote.load(Ordering::Relaxed) })
             .await
             .map_err(|s| match self.client.coordinator_error(s) {
@@ -156,7 +157,8 @@ impl Txn {
                     tid = self.tid
                 )),
                 e => e,
-            })?;
+            })?
+            .into_inner();
         match resp.outcome() {
             pb::Outcome::Committed => Ok(Outcome::Committed),
             pb::Outcome::Aborted => Ok(Outcome::Aborted { reason: resp.reason }),

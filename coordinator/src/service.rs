@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
 use tonic::{Request, Response, Status};
 use twopc_core::coordinator::{DecisionAnswer, Outcome};
 use twopc_proto::admin_token::AdminToken;
@@ -69,32 +68,6 @@ impl CoordinatorService {
     }
 
     /// Rule 2, for one enlistment (unary or inside a batch).
-    /// One client Commit: waits for the tid's outcome (bounded by
-    /// `commit_wait`, after which the client is told to ask).
-    async fn commit_one(&self, req: pb::CommitRequest) -> Result<pb::CommitResponse, Status> {
-        let started = std::time::Instant::now();
-        let tid = tid::parse(&req.tid)?;
-        let rx = self
-            .driver
-            .apply_and_wait(tid, |c| c.commit_requested(tid, now_unix_ms(), req.wrote))
-            .map_err(|r| CoordinatorError::from_refusal(tid, r))?;
-        let outcome = match tokio::time::timeout(self.limits.commit_wait, rx).await {
-            Ok(Ok(o)) => o,
-            _ => {
-                return Err(CoordinatorError::Unavailable(format!(
-                    "the outcome of tid {tid} is not known yet: ask again with GetDecision (twopc status {tid})"
-                ))
-                .into());
-            }
-        };
-        metrics::histogram!("twopc_commit_latency_seconds").record(started.elapsed().as_secs_f64());
-        let (outcome, reason) = match outcome {
-            Outcome::Committed => (pb::Outcome::Committed, String::new()),
-            Outcome::Aborted(why) => (pb::Outcome::Aborted, why),
-        };
-        Ok(pb::CommitResponse { outcome: outcome as i32, reason })
-    }
-
     fn enlist_one(&self, req: pb::EnlistRequest) -> Result<u64, Status> {
         let tid = tid::parse(&req.tid)?;
         self.check_partition(req.partition)?;
@@ -163,23 +136,28 @@ impl CoordinatorRpc for CoordinatorService {
     }
 
     async fn commit(&self, req: Request<pb::CommitRequest>) -> Reply<pb::CommitResponse> {
-        Ok(Response::new(self.commit_one(req.into_inner()).await?))
-    }
-
-    async fn commit_batch(&self, req: Request<pb::CommitBatchRequest>) -> Reply<pb::CommitBatchResponse> {
-        // Each waits for its own outcome, concurrently: one slow tid delays
-        // only the reply of its batch, never another tid's decision.
-        let answers = join_all(req.into_inner().requests.into_iter().map(|r| self.commit_one(r))).await;
-        let results = answers
-            .into_iter()
-            .map(|r| match r {
-                Ok(c) => pb::CommitResult { code: 0, message: String::new(), outcome: c.outcome, reason: c.reason },
-                Err(s) => {
-                    pb::CommitResult { code: s.code() as i32, message: s.message().to_string(), ..Default::default() }
-                }
-            })
-            .collect();
-        Ok(Response::new(pb::CommitBatchResponse { results }))
+        let started = std::time::Instant::now();
+        let req = req.into_inner();
+        let tid = tid::parse(&req.tid)?;
+        let rx = self
+            .driver
+            .apply_and_wait(tid, |c| c.commit_requested(tid, now_unix_ms(), req.wrote))
+            .map_err(|r| CoordinatorError::from_refusal(tid, r))?;
+        let outcome = match tokio::time::timeout(self.limits.commit_wait, rx).await {
+            Ok(Ok(o)) => o,
+            _ => {
+                return Err(CoordinatorError::Unavailable(format!(
+                    "the outcome of tid {tid} is not known yet: ask again with GetDecision (twopc status {tid})"
+                ))
+                .into());
+            }
+        };
+        metrics::histogram!("twopc_commit_latency_seconds").record(started.elapsed().as_secs_f64());
+        let (outcome, reason) = match outcome {
+            Outcome::Committed => (pb::Outcome::Committed, String::new()),
+            Outcome::Aborted(why) => (pb::Outcome::Aborted, why),
+        };
+        Ok(Response::new(pb::CommitResponse { outcome: outcome as i32, reason }))
     }
 
     async fn abort(&self, req: Request<pb::AbortRequest>) -> Reply<pb::AbortResponse> {
