@@ -365,12 +365,13 @@ fn read_heuristics(conn: &Connection) -> Result<Vec<Heuristic>, StoreError> {
 fn apply(txn: &rusqlite::Transaction<'_>, writes: &WriteSet) -> Result<(), rusqlite::Error> {
     for (key, value) in writes {
         match value {
-            Some(v) => txn.execute(
+            Some(v) => exec(
+                txn,
                 "INSERT INTO kv (key, value) VALUES (?1, ?2)
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 params![key, v],
             )?,
-            None => txn.execute("DELETE FROM kv WHERE key = ?1", params![key])?,
+            None => exec(txn, "DELETE FROM kv WHERE key = ?1", params![key])?,
         };
     }
     Ok(())
@@ -378,13 +379,14 @@ fn apply(txn: &rusqlite::Transaction<'_>, writes: &WriteSet) -> Result<(), rusql
 
 fn writer(mut conn: Connection, rx: mpsc::Receiver<(Write, Done)>, stats: &Stats) {
     let mut one_phase_since_trim = 0usize;
+    let mut synchronous_full = true;
     while let Some(batch) = twopc_proto::batch::next_batch(&rx, MAX_BATCH) {
         one_phase_since_trim += batch.iter().filter(|(w, _)| matches!(w, Write::CommitOnePhase { .. })).count();
         let trim = one_phase_since_trim >= TRIM_EVERY;
         if trim {
             one_phase_since_trim = 0;
         }
-        let result = write_batch(&mut conn, &batch, trim).map_err(|e| e.to_string());
+        let result = write_batch(&mut conn, &batch, trim, &mut synchronous_full).map_err(|e| e.to_string());
         let forced = batch.iter().filter(|(w, _)| w.forced()).count() as u64;
         if forced > 0 && result.is_ok() {
             metrics::counter!("twopc_store_fsyncs_total").increment(1);
@@ -401,69 +403,89 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<(Write, Done)>, stats: &Stats
     }
 }
 
-fn write_batch(conn: &mut Connection, batch: &[(Write, Done)], trim: bool) -> Result<(), rusqlite::Error> {
+fn write_batch(
+    conn: &mut Connection,
+    batch: &[(Write, Done)],
+    trim: bool,
+    synchronous_full: &mut bool,
+) -> Result<(), rusqlite::Error> {
     let forced = batch.iter().any(|(w, _)| w.forced());
-    conn.pragma_update(None, "synchronous", if forced { "FULL" } else { "NORMAL" })?;
+    if *synchronous_full != forced {
+        conn.pragma_update(None, "synchronous", if forced { "FULL" } else { "NORMAL" })?;
+        *synchronous_full = forced;
+    }
     let txn = conn.transaction()?;
     for (w, _) in batch {
         match w {
             Write::Prepare { tid, writes } => {
-                txn.execute(
+                exec(
+                    &txn,
                     "INSERT OR REPLACE INTO prepared (tid, writes) VALUES (?1, ?2)",
                     params![tid.to_string(), writes],
                 )?;
             }
             Write::Commit { tid, writes } => {
-                let was_prepared = txn.execute("DELETE FROM prepared WHERE tid = ?1", params![tid.to_string()])? > 0;
+                let was_prepared = exec(&txn, "DELETE FROM prepared WHERE tid = ?1", params![tid.to_string()])? > 0;
                 if was_prepared {
                     apply(&txn, writes)?;
                 }
             }
             Write::CommitOnePhase { tid, writes } => {
                 let first =
-                    txn.execute("INSERT OR IGNORE INTO one_phase (tid) VALUES (?1)", params![tid.to_string()])? > 0;
+                    exec(&txn, "INSERT OR IGNORE INTO one_phase (tid) VALUES (?1)", params![tid.to_string()])? > 0;
                 if first {
                     apply(&txn, writes)?;
                 }
             }
             Write::DeletePrepared { tid } => {
-                txn.execute("DELETE FROM prepared WHERE tid = ?1", params![tid.to_string()])?;
+                exec(&txn, "DELETE FROM prepared WHERE tid = ?1", params![tid.to_string()])?;
             }
             Write::ClusterId { id } => {
-                txn.execute(
+                exec(
+                    &txn,
                     "INSERT INTO meta (key, value) VALUES ('cluster_id', ?1)
                      ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                     params![id],
                 )?;
             }
             Write::Heuristic { record: h, writes } => {
-                let was_prepared = txn.execute("DELETE FROM prepared WHERE tid = ?1", params![h.tid.to_string()])? > 0;
+                let was_prepared = exec(&txn, "DELETE FROM prepared WHERE tid = ?1", params![h.tid.to_string()])? > 0;
                 if was_prepared {
                     if let Some(writes) = writes {
                         apply(&txn, writes)?;
                     }
-                    txn.execute(
+                    exec(
+                        &txn,
                         "INSERT OR REPLACE INTO heuristics (tid, committed, reason, at_unix_ms) VALUES (?1, ?2, ?3, ?4)",
                         params![h.tid.to_string(), h.committed, h.reason, h.at_unix_ms as i64],
                     )?;
-                    txn.execute(
+                    exec(
+                        &txn,
                         "DELETE FROM heuristics WHERE seq <= (SELECT MAX(seq) FROM heuristics) - ?1",
                         params![KEEP_HEURISTICS as i64],
                     )?;
                 }
             }
             Write::Contradicted { tid } => {
-                txn.execute("UPDATE heuristics SET contradicted = 1 WHERE tid = ?1", params![tid.to_string()])?;
+                exec(&txn, "UPDATE heuristics SET contradicted = 1 WHERE tid = ?1", params![tid.to_string()])?;
             }
         }
     }
     if trim {
-        txn.execute(
+        exec(
+            &txn,
             "DELETE FROM one_phase WHERE seq <= (SELECT MAX(seq) FROM one_phase) - ?1",
             params![KEEP_ONE_PHASE],
         )?;
     }
     txn.commit()
+}
+
+/// Runs `sql` through the connection's statement cache: the same few
+/// statements run thousands of times a second under load, and parsing them
+/// each time showed in profiles.
+fn exec(txn: &rusqlite::Transaction<'_>, sql: &str, params: impl rusqlite::Params) -> Result<usize, rusqlite::Error> {
+    txn.prepare_cached(sql)?.execute(params)
 }
 
 #[cfg(test)]
