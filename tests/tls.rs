@@ -192,7 +192,7 @@ async fn admin_token_guards_admin_rpcs() {
     // Without it, or with a wrong one: UNAUTHENTICATED, saying what to do.
     for bad in [None, Some("wrong")] {
         let options = ConnectOptions { tls: tls.clone(), admin_token: AdminToken::new(bad).unwrap() };
-        let client = Client::connect_with(&addr, options).await.expect("transaction calls need no token");
+        let client = Client::connect_with(&addr, options.clone()).await.expect("transaction calls need no token");
         let e = client.transactions().await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{e}");
         assert!(e.to_string().contains("--admin-token"), "{e}");
@@ -200,7 +200,15 @@ async fn admin_token_guards_admin_rpcs() {
         assert_eq!(e.unwrap_err().code(), Code::Unauthenticated);
         let parts = client.in_doubt().await.unwrap();
         assert!(parts.iter().all(|p| p.tids.as_ref().is_err_and(|e| e.contains("UNAUTHENTICATED"))), "{parts:?}");
+        let p0 = tc.cluster.participants[0].addr.to_string();
+        let e = twopc_client::resolve_heuristically(&p0, uuid::Uuid::now_v7(), false, true, "test", &options).await;
+        assert_eq!(e.unwrap_err().code(), Code::Unauthenticated, "heuristic resolution is an admin call");
     }
+    // With the token it gets past the check (to NOT_FOUND: nothing is in doubt).
+    let p0 = tc.cluster.participants[0].addr.to_string();
+    let with_token = ConnectOptions { tls: tls.clone(), admin_token: AdminToken::new(Some(token)).unwrap() };
+    let e = twopc_client::resolve_heuristically(&p0, uuid::Uuid::now_v7(), false, true, "test", &with_token).await;
+    assert_eq!(e.unwrap_err().code(), Code::NotFound);
 
     // The CLI sends it from --admin-token or TWOPC_ADMIN_TOKEN.
     let o = cli(&["transactions", "--coordinator", &addr], &ca);
