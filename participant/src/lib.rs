@@ -42,8 +42,10 @@ pub struct Config {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100); off when absent.
     #[arg(long, env = "TWOPC_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
-    /// Tokio worker threads (1: a single-threaded runtime).
-    #[arg(long, env = "TWOPC_WORKER_THREADS", default_value_t = 2, value_parser = preflight::count())]
+    /// Tokio worker threads (1: a single-threaded runtime). On a small
+    /// machine shared with the other processes, 1 measured fastest (no
+    /// cross-thread wake-ups); the SQLite writer is a thread of its own.
+    #[arg(long, env = "TWOPC_WORKER_THREADS", default_value_t = 1, value_parser = preflight::count())]
     pub worker_threads: usize,
     /// The partition this participant owns (0-based), fixed for its data directory.
     #[arg(long, env = "TWOPC_PARTITION")]
