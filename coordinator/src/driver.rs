@@ -112,7 +112,7 @@ impl Driver {
                 }
                 Action::ForceCommit(tid, parts) => {
                     let this = self.clone();
-                    spawn_for(tid, None, async move { this.force_commit(tid, parts).await });
+                    spawn_for(tid, None, async move { this.force(tid, Record::Commit(parts)).await });
                 }
                 Action::SendCommit(tid, p) => {
                     let this = self.clone();
@@ -145,7 +145,7 @@ impl Driver {
                 }
                 Action::ForceDelegation(tid, p) => {
                     let this = self.clone();
-                    spawn_for(tid, Some(p), async move { this.force_delegation(tid, p).await });
+                    spawn_for(tid, Some(p), async move { this.force(tid, Record::Delegated(p)).await });
                 }
                 Action::SendCommitOnePhase(tid, p) => {
                     let this = self.clone();
@@ -208,42 +208,43 @@ impl Driver {
         }
     }
 
-    async fn force_commit(self: &Arc<Self>, tid: Tid, parts: Vec<PartitionId>) {
-        // C1: a crash here leaves no record; recovery presumes abort.
-        if let Err(e) = failpoint::hit("coordinator::before_decision_forced") {
+    /// Forces a COMMIT or a DELEGATED record, then feeds its durability
+    /// into the core; fail-stop if the write fails.
+    async fn force(self: &Arc<Self>, tid: Tid, record: Record) {
+        let (before, after, what) = match record {
+            Record::Commit(_) => {
+                ("coordinator::before_decision_forced", "coordinator::after_decision_forced", "COMMIT")
+            }
+            Record::Delegated(_) => {
+                ("coordinator::before_delegation_forced", "coordinator::after_delegation_forced", "DELEGATED")
+            }
+        };
+        // C1 (and its one-phase twin): a crash here leaves no record;
+        // recovery presumes abort.
+        if let Err(e) = failpoint::hit(before) {
             tracing::warn!(%tid, "{e}: treating the forced write as failed");
             return self.log_failed(tid);
         }
-        match self.log.force_commit(tid, parts).await {
-            Ok(()) => {
+        let written = match &record {
+            Record::Commit(parts) => self.log.force_commit(tid, parts.clone()).await,
+            Record::Delegated(p) => self.log.force_delegation(tid, *p).await,
+        };
+        if let Err(e) = written {
+            tracing::error!(%tid, error = %e, "forcing the {what} record failed");
+            return self.log_failed(tid);
+        }
+        // C2 (and its twin): a crash here must still finish the tid after
+        // restart: phase 2 is re-driven, or the participant is asked again.
+        match record {
+            Record::Commit(_) => {
                 tracing::info!(%tid, "decision COMMIT forced to the log");
-                // C2: a crash here must still commit everywhere after restart.
-                let _ = failpoint::hit("coordinator::after_decision_forced");
+                let _ = failpoint::hit(after);
                 self.apply(|c| ((), c.commit_durable(tid)));
             }
-            Err(e) => {
-                tracing::error!(%tid, error = %e, "forcing the COMMIT record failed");
-                self.log_failed(tid)
-            }
-        }
-    }
-
-    async fn force_delegation(self: &Arc<Self>, tid: Tid, p: PartitionId) {
-        // Crash before the record is durable: presumed abort, as C1.
-        if let Err(e) = failpoint::hit("coordinator::before_delegation_forced") {
-            tracing::warn!(%tid, "{e}: treating the forced write as failed");
-            return self.log_failed(tid);
-        }
-        match self.log.force_delegation(tid, p).await {
-            Ok(()) => {
+            Record::Delegated(p) => {
                 tracing::debug!(%tid, partition = p, "DELEGATED forced: one-phase commit");
-                // Crash with the record durable and nothing sent: recovery asks.
-                let _ = failpoint::hit("coordinator::after_delegation_forced");
+                let _ = failpoint::hit(after);
                 self.apply(|c| ((), c.delegation_durable(tid)));
-            }
-            Err(e) => {
-                tracing::error!(%tid, error = %e, "forcing the DELEGATED record failed");
-                self.log_failed(tid)
             }
         }
     }
@@ -373,6 +374,14 @@ impl Driver {
             metrics::gauge!("twopc_open_transactions").set(open as f64);
         }
     }
+}
+
+/// A record the driver forces to the decision log.
+enum Record {
+    /// COMMIT, naming the partitions that voted YES.
+    Commit(Vec<PartitionId>),
+    /// One-phase commit handed to this partition.
+    Delegated(PartitionId),
 }
 
 /// Runs one protocol step of `tid` as a task of its own, inside the
