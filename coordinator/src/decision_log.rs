@@ -188,43 +188,14 @@ fn add_one_phase_column(conn: &Connection) -> Result<(), LogError> {
     Ok(())
 }
 
-/// Checks an existing `dir/decisions.db` before anything is written to it:
-/// it must be a sound SQLite file (`PRAGMA quick_check`; the log is bounded,
-/// so this is quick) made for a cluster of `partitions`. Starting on a
-/// damaged log could forget a COMMIT and then answer "aborted" for it, so a
-/// damaged file is refused, not repaired. Only reads, and the close-time
-/// checkpoint is turned off, so a refused file is left byte for byte as it was.
+/// Checks an existing `dir/decisions.db` before anything is written to it
+/// (see `twopc_proto::data_file`): sound, and made for a cluster of
+/// `partitions`.
 pub fn check_existing(dir: &Path, partitions: u32) -> Result<(), LogError> {
-    let path = dir.join("decisions.db");
-    if !path.exists() {
-        return Ok(());
+    match twopc_proto::data_file::check_existing(&dir.join("decisions.db"), "partitions").map_err(LogError::Invalid)? {
+        Some(Some(stored)) if stored != partitions.to_string() => Err(other_cluster(&stored, partitions)),
+        _ => Ok(()),
     }
-    let damaged = |e: &dyn std::fmt::Display| {
-        LogError::Invalid(format!("{}: {e}; refusing to start: restore it from backup", path.display()))
-    };
-    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .map_err(|e| LogError::Invalid(format!("cannot open {}: {e}", path.display())))?;
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
-    let problems: Vec<String> = conn
-        .prepare("PRAGMA quick_check")
-        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-        .map_err(|e| damaged(&e))?;
-    if problems != ["ok"] {
-        return Err(damaged(&format!("corrupt ({})", problems.join("; "))));
-    }
-    let has_meta: bool = conn
-        .query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'meta'", [], |r| r.get(0))
-        .map_err(|e| damaged(&e))?;
-    if has_meta {
-        let stored: Option<String> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'partitions'", [], |r| r.get(0))
-            .map(Some)
-            .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
-        if let Some(s) = stored.filter(|s| *s != partitions.to_string()) {
-            return Err(other_cluster(&s, partitions));
-        }
-    }
-    Ok(())
 }
 
 fn other_cluster(stored: &str, partitions: u32) -> LogError {

@@ -278,41 +278,13 @@ fn decode(bytes: &[u8]) -> Result<WriteSet, StoreError> {
     Ok(ws.writes.into_iter().map(|w| (w.key, w.value)).collect())
 }
 
-/// Checks an existing `dir/partition.db` before anything is written to it:
-/// it must be a sound SQLite file (`PRAGMA quick_check`, which reads the
-/// whole file once) holding `partition`. Starting on a damaged store could
-/// lose a prepared write set after voting YES, so a damaged file is
-/// refused, not repaired. Only reads, and the close-time checkpoint is
-/// turned off, so a refused file is left byte for byte as it was.
+/// Checks an existing `dir/partition.db` before anything is written to it
+/// (see `twopc_proto::data_file`): sound, and holding `partition`.
 pub fn check_existing(dir: &Path, partition: PartitionId) -> Result<(), StoreError> {
-    let path = dir.join("partition.db");
-    if !path.exists() {
-        return Ok(());
+    match twopc_proto::data_file::check_existing(&dir.join("partition.db"), "partition").map_err(StoreError::Invalid)? {
+        Some(Some(stored)) if stored != partition.to_string() => Err(other_partition(&stored, partition)),
+        _ => Ok(()),
     }
-    let damaged = |e: &dyn std::fmt::Display| {
-        StoreError::Invalid(format!("{}: {e}; refusing to start: restore it from backup", path.display()))
-    };
-    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .map_err(|e| StoreError::Invalid(format!("cannot open {}: {e}", path.display())))?;
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
-    let problems: Vec<String> = conn
-        .prepare("PRAGMA quick_check")
-        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-        .map_err(|e| damaged(&e))?;
-    if problems != ["ok"] {
-        return Err(damaged(&format!("corrupt ({})", problems.join("; "))));
-    }
-    let has_meta: bool = conn
-        .query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'meta'", [], |r| r.get(0))
-        .map_err(|e| damaged(&e))?;
-    if has_meta {
-        let stored: Option<String> =
-            conn.query_row("SELECT value FROM meta WHERE key = 'partition'", [], |r| r.get(0)).optional()?;
-        if let Some(s) = stored.filter(|s| *s != partition.to_string()) {
-            return Err(other_partition(&s, partition));
-        }
-    }
-    Ok(())
 }
 
 fn other_partition(stored: &str, partition: PartitionId) -> StoreError {

@@ -13,10 +13,12 @@
 //! - [`token`]: the optional shared secrets that guard RPCs: the admin token
 //!   (admin RPCs) and the cluster's peer token (the protocol RPCs the
 //!   processes call on each other); [`admin_token`] re-exports the former.
+//! - [`data_file`]: the start-up check of an existing SQLite data file.
 //! - [`Backoff`]: the bounded exponential backoff used for every retry loop.
 
 pub mod admin_token;
 pub mod batch;
+pub mod data_file;
 pub mod failpoint;
 pub mod preflight;
 pub mod runtime;
