@@ -10,39 +10,14 @@ use crate::Config;
 use crate::store;
 
 pub fn check(config: &Config) -> anyhow::Result<()> {
-    let listen = preflight::listen_addr("--listen", &config.listen).map_err(anyhow::Error::msg)?;
-    let metrics = config
-        .metrics_listen
-        .as_deref()
-        .map(|m| preflight::listen_addr("--metrics-listen", m))
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
     preflight::peer_addr("--coordinator", &config.coordinator).map_err(anyhow::Error::msg)?;
     if let Some(a) = &config.advertise {
         preflight::peer_addr("--advertise", a).map_err(anyhow::Error::msg)?;
     }
-    if let Some(m) = metrics {
-        anyhow::ensure!(m != listen || m.port() == 0, "--metrics-listen {m} is the same address as --listen");
-    }
-    preflight::bindable("--listen", listen).map_err(anyhow::Error::msg)?;
-    if let Some(m) = metrics {
-        preflight::bindable("--metrics-listen", m).map_err(anyhow::Error::msg)?;
-    }
+    preflight::listen_and_metrics(&config.listen, config.metrics_listen.as_deref()).map_err(anyhow::Error::msg)?;
     preflight::writable_dir("--data-dir", &config.data_dir).map_err(anyhow::Error::msg)?;
     store::check_existing(&config.data_dir, config.partition)
         .with_context(|| format!("cannot open the partition store in {}", config.data_dir.display()))
 }
 
-/// Value parser of a count or limit: 0 would refuse everything (or, for
-/// `--worker-threads`, make the runtime panic), so it is refused up front.
-pub fn count() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(1..)
-}
-
-/// Value parser of a duration in milliseconds: at least 1 (0 would time
-/// out at once or spin), at most a day, so `now + timeout` cannot overflow.
-pub fn millis() -> clap::builder::RangedU64ValueParser<u64> {
-    clap::builder::RangedU64ValueParser::new().range(1..=MAX_MILLIS)
-}
-
-pub const MAX_MILLIS: u64 = 24 * 3600 * 1000;
+pub use twopc_proto::preflight::{count, millis};

@@ -10,6 +10,40 @@ use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 
+/// The server's `--listen` and optional `--metrics-listen`: both parse,
+/// differ, and can be bound now (checked in that order, so a typo is
+/// reported before a port in use).
+pub fn listen_and_metrics(listen: &str, metrics: Option<&str>) -> Result<(), String> {
+    let listen = listen_addr("--listen", listen)?;
+    let metrics = metrics.map(|m| listen_addr("--metrics-listen", m)).transpose()?;
+    if let Some(m) = metrics
+        && m == listen
+        && m.port() != 0
+    {
+        return Err(format!("--metrics-listen {m} is the same address as --listen"));
+    }
+    bindable("--listen", listen)?;
+    if let Some(m) = metrics {
+        bindable("--metrics-listen", m)?;
+    }
+    Ok(())
+}
+
+/// Value parser of a count or limit: 0 would refuse everything (or, for
+/// `--worker-threads`, make the runtime panic), so it is refused up front.
+pub fn count() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
+/// Value parser of a duration in milliseconds: at least 1 (0 would time
+/// out at once or spin), at most a day, so `now + timeout` cannot overflow.
+pub fn millis() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::builder::RangedU64ValueParser::new().range(1..=MAX_MILLIS)
+}
+
+/// The longest duration a millisecond flag takes: one day.
+pub const MAX_MILLIS: u64 = 24 * 3600 * 1000;
+
 /// Parses a listen address given with `flag`. Only numeric IPs are taken:
 /// a host name could resolve to several addresses, and the server binds
 /// exactly one.
