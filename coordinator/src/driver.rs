@@ -30,8 +30,10 @@ use tonic::Status;
 use tracing::Instrument;
 use twopc_core::coordinator::{Action, Coordinator, Outcome, Vote};
 use twopc_core::{PartitionId, Tid};
-use twopc_proto::batch;
+use twopc_proto::batch::{self, Batcher};
 use twopc_proto::pb;
+use twopc_proto::pb::participant_client::ParticipantClient;
+use twopc_proto::token::PeerChannel;
 use twopc_proto::{Backoff, failpoint, now_unix_ms};
 
 use crate::decision_log::DecisionLog;
@@ -168,43 +170,65 @@ impl Driver {
     }
 
     async fn prepare_call(&self, tid: Tid, p: PartitionId) -> Vote {
-        if !self.peers.contains(p) {
-            return Vote::Failed(format!("partition {p} is not registered"));
-        }
-        // The wait for a slot counts against the prepare timeout too.
-        let slots = self.peers.slots(p);
         let batcher = self.peers.batchers(p).prepare.clone();
+        let rpc = |mut c: ParticipantClient<PeerChannel>, tids| async move {
+            let resp = c.prepare_batch(tids).await?.into_inner();
+            Ok(resp
+                .results
+                .into_iter()
+                .map(|r| batch::item(r.code, r.message, || pb::PrepareResponse { vote: r.vote, reason: r.reason }))
+                .collect())
+        };
+        match self.peer_call(tid, p, batcher, self.timeouts.prepare, rpc).await {
+            Err(e) => Vote::Failed(e),
+            Ok(resp) => match pb::Vote::try_from(resp.vote) {
+                Ok(pb::Vote::Yes) => Vote::Yes,
+                Ok(pb::Vote::ReadOnly) => Vote::ReadOnly,
+                Ok(pb::Vote::No) => Vote::No(resp.reason),
+                _ => Vote::Failed(format!("invalid vote {}", resp.vote)),
+            },
+        }
+    }
+
+    /// One tid's call to partition `p` through `batcher` (one RPC carries
+    /// every tid queued meanwhile), inside the participant's bulkhead and
+    /// within `limit`, which the wait for a slot counts against too. `rpc`
+    /// sends one batch and returns one result per tid, in order.
+    async fn peer_call<T, F, Fut>(
+        &self,
+        tid: Tid,
+        p: PartitionId,
+        batcher: Arc<Batcher<String, T>>,
+        limit: Duration,
+        rpc: F,
+    ) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: Fn(ParticipantClient<PeerChannel>, pb::TidBatch) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Result<Vec<Result<T, Status>>, Status>> + Send + 'static,
+    {
+        if !self.peers.contains(p) {
+            return Err(format!("partition {p} is not registered"));
+        }
+        let slots = self.peers.slots(p);
         let peers = self.peers.clone();
         let call = async {
             let _slot = slots.acquire().await;
             // The participant is looked up at each send: a batch loop may
             // outlive a re-registration at a new address.
             let send = move |tids: Vec<String>| {
-                let client = peers.client(p);
+                let (client, rpc) = (peers.client(p), rpc.clone());
                 async move {
-                    let mut c =
-                        client.ok_or_else(|| Status::unavailable(format!("partition {p} is not registered")))?;
-                    let resp = c.prepare_batch(pb::TidBatch { tids }).await?.into_inner();
-                    Ok(resp
-                        .results
-                        .into_iter()
-                        .map(|r| {
-                            batch::item(r.code, r.message, || pb::PrepareResponse { vote: r.vote, reason: r.reason })
-                        })
-                        .collect())
+                    let c = client.ok_or_else(|| Status::unavailable(format!("partition {p} is not registered")))?;
+                    rpc(c, pb::TidBatch { tids }).await
                 }
             };
             batcher.call(tid.to_string(), send).await
         };
-        match tokio::time::timeout(self.timeouts.prepare, call).await {
-            Err(_) => Vote::Failed(format!("no vote within {} ms", self.timeouts.prepare.as_millis())),
-            Ok(Err(status)) => Vote::Failed(format!("{}: {}", status.code(), status.message())),
-            Ok(Ok(resp)) => match pb::Vote::try_from(resp.vote) {
-                Ok(pb::Vote::Yes) => Vote::Yes,
-                Ok(pb::Vote::ReadOnly) => Vote::ReadOnly,
-                Ok(pb::Vote::No) => Vote::No(resp.reason),
-                _ => Vote::Failed(format!("invalid vote {}", resp.vote)),
-            },
+        match tokio::time::timeout(limit, call).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(s)) => Err(format!("{}: {}", s.code(), s.message())),
+            Err(_) => Err(format!("no answer within {} ms", limit.as_millis())),
         }
     }
 
@@ -270,31 +294,17 @@ impl Driver {
     }
 
     async fn one_phase_call(&self, tid: Tid, p: PartitionId) -> Result<Outcome, String> {
-        if !self.peers.contains(p) {
-            return Err(format!("partition {p} is not registered"));
-        }
-        let slots = self.peers.slots(p);
         let batcher = self.peers.batchers(p).one_phase.clone();
-        let peers = self.peers.clone();
-        let call = async {
-            let _slot = slots.acquire().await;
-            let send = move |tids: Vec<String>| {
-                let client = peers.client(p);
-                async move {
-                    let mut c =
-                        client.ok_or_else(|| Status::unavailable(format!("partition {p} is not registered")))?;
-                    let resp = c.commit_one_phase_batch(pb::TidBatch { tids }).await?.into_inner();
-                    Ok(resp.results.into_iter().map(|r| batch::item(r.code, r.message.clone(), || r)).collect())
-                }
-            };
-            batcher.call(tid.to_string(), send).await
+        let rpc = |mut c: ParticipantClient<PeerChannel>, tids| async move {
+            let resp = c.commit_one_phase_batch(tids).await?.into_inner();
+            Ok(resp.results.into_iter().map(|r| batch::item(r.code, r.message.clone(), || r)).collect())
         };
-        match tokio::time::timeout(self.timeouts.resolve_rpc, call).await {
-            Ok(Ok(r)) if r.committed => Ok(Outcome::Committed),
-            Ok(Ok(r)) => Ok(Outcome::Aborted(format!("partition {p} aborted it: {}", r.reason))),
-            Ok(Err(s)) => Err(format!("{}: {}", s.code(), s.message())),
-            Err(_) => Err("timed out".into()),
-        }
+        let r = self.peer_call(tid, p, batcher, self.timeouts.resolve_rpc, rpc).await?;
+        Ok(if r.committed {
+            Outcome::Committed
+        } else {
+            Outcome::Aborted(format!("partition {p} aborted it: {}", r.reason))
+        })
     }
 
     /// Fail-stop: after a failed forced write the record's fate is unknown,
@@ -337,32 +347,13 @@ impl Driver {
     }
 
     async fn send_resolve(&self, tid: Tid, p: PartitionId, commit: bool) -> Result<(), String> {
-        if !self.peers.contains(p) {
-            return Err(format!("partition {p} is not registered"));
-        }
-        let slots = self.peers.slots(p);
         let batchers = self.peers.batchers(p);
         let batcher = if commit { batchers.commit.clone() } else { batchers.abort.clone() };
-        let peers = self.peers.clone();
-        let call = async {
-            let _slot = slots.acquire().await;
-            let send = move |tids: Vec<String>| {
-                let client = peers.client(p);
-                async move {
-                    let mut c =
-                        client.ok_or_else(|| Status::unavailable(format!("partition {p} is not registered")))?;
-                    let batch = pb::TidBatch { tids };
-                    let resp = if commit { c.commit_batch(batch).await? } else { c.abort_batch(batch).await? };
-                    Ok(resp.into_inner().results.into_iter().map(|r| batch::item(r.code, r.message, || ())).collect())
-                }
-            };
-            batcher.call(tid.to_string(), send).await
+        let rpc = move |mut c: ParticipantClient<PeerChannel>, tids| async move {
+            let resp = if commit { c.commit_batch(tids).await? } else { c.abort_batch(tids).await? };
+            Ok(resp.into_inner().results.into_iter().map(|r| batch::item(r.code, r.message, || ())).collect())
         };
-        match tokio::time::timeout(self.timeouts.resolve_rpc, call).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(s)) => Err(format!("{}: {}", s.code(), s.message())),
-            Err(_) => Err("timed out".into()),
-        }
+        self.peer_call(tid, p, batcher, self.timeouts.resolve_rpc, rpc).await
     }
 
     /// Aborts abandoned transactions at their deadline, forever.
