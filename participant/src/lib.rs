@@ -76,7 +76,7 @@ pub struct Config {
     #[command(flatten)]
     pub tls: twopc_proto::tls::ServerTlsArgs,
     /// Require this token (`authorization: Bearer TOKEN`) on admin RPCs
-    /// (ListInDoubt, SetFailpoint); open to all when absent.
+    /// (ListInDoubt, SetFailpoint, ResolveHeuristically); open to all when absent.
     #[arg(long, env = "TWOPC_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Shared secret of the cluster's processes: when set, Prepare, Commit,

@@ -189,6 +189,22 @@ impl TestCluster {
     }
 }
 
+/// A loopback port free right now (for `--metrics-listen`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The Prometheus text a process serves on `port`: a plain HTTP/1.0 GET
+/// (the exporter answers any path).
+pub fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
 /// Connects, retrying while the coordinator is restarting.
 pub async fn connect_until(addr: &str, options: &ConnectOptions) -> Client {
     let deadline = Instant::now() + SETTLE;
