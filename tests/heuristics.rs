@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use twopc_client::{FailpointTarget, Outcome, PartitionInDoubt};
 
-
 /// Runs the `twopc` CLI; returns (exit code, stdout, stderr).
 fn twopc(tc: &TestCluster, args: &[&str]) -> (i32, String, String) {
     let o: Output = Command::new(env!("CARGO_BIN_EXE_twopc"))
