@@ -14,12 +14,15 @@
 //!   (admin RPCs) and the cluster's peer token (the protocol RPCs the
 //!   processes call on each other); [`admin_token`] re-exports the former.
 //! - [`data_file`]: the start-up check of an existing SQLite data file.
+//! - [`leader`]: how a standby coordinator points at the leader, and how
+//!   callers given several coordinator addresses follow it.
 //! - [`Backoff`]: the bounded exponential backoff used for every retry loop.
 
 pub mod admin_token;
 pub mod batch;
 pub mod data_file;
 pub mod failpoint;
+pub mod leader;
 pub mod preflight;
 pub mod runtime;
 pub mod tid;
