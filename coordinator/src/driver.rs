@@ -37,6 +37,7 @@ use twopc_proto::token::PeerChannel;
 use twopc_proto::{Backoff, failpoint, now_unix_ms};
 
 use crate::decision_log::DecisionLog;
+use crate::leadership::Leadership;
 use crate::peers::Peers;
 
 /// Timeouts the driver uses.
@@ -52,6 +53,9 @@ pub struct Driver {
     pub log: DecisionLog,
     pub peers: Arc<Peers>,
     timeouts: Timeouts,
+    /// With a replicated log: no message is sent while leadership is not
+    /// certain (rule 14).
+    leadership: Option<Arc<Leadership>>,
 }
 
 pub struct State {
@@ -62,12 +66,19 @@ pub struct State {
 }
 
 impl Driver {
-    pub fn new(core: Coordinator, log: DecisionLog, peers: Peers, timeouts: Timeouts) -> Arc<Self> {
+    pub fn new(
+        core: Coordinator,
+        log: DecisionLog,
+        peers: Peers,
+        timeouts: Timeouts,
+        leadership: Option<Arc<Leadership>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State { core, waiters: HashMap::new(), retries: HashMap::new() }),
             log,
             peers: Arc::new(peers),
             timeouts,
+            leadership,
         })
     }
 
@@ -209,6 +220,11 @@ impl Driver {
     {
         if !self.peers.contains(p) {
             return Err(format!("partition {p} is not registered"));
+        }
+        // Rule 14: a leader that may have been replaced sends nothing (a
+        // commit resend waits and tries again; a prepare fails: abort).
+        if self.leadership.as_ref().is_some_and(|l| !l.certain()) {
+            return Err("leadership is not certain right now; not sending".into());
         }
         let slots = self.peers.slots(p);
         let peers = self.peers.clone();

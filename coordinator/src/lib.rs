@@ -10,27 +10,48 @@
 //! COMMIT re-entered into the core *before* the socket serves, so no
 //! question about a committed tid can be answered "aborted". Phase 2 for
 //! those tids is re-driven as soon as the runtime runs.
+//!
+//! With `--decision-log etcd` ([`decision_log::etcd`], [`leadership`]) the
+//! socket serves at once, but behind the [`gate`]: a standby answers every
+//! call with the leader's address; the process that wins the election reads
+//! the log back (rule 15, the same recovery) and only then opens the gate.
 
 pub mod decision_log;
 pub mod driver;
 pub mod error;
+pub mod gate;
+pub mod leadership;
 pub mod peers;
 pub mod preflight;
 pub mod service;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use twopc_core::coordinator::Coordinator;
+use twopc_core::coordinator::{Action, Coordinator};
 use twopc_proto::pb::coordinator_server::CoordinatorServer;
+use twopc_proto::tls::ClientTls;
 use twopc_proto::token::{self, AdminToken, PeerToken};
 use twopc_proto::{now_unix_ms, runtime};
 
-use crate::decision_log::DecisionLog;
+use crate::decision_log::etcd::EtcdLog;
+use crate::decision_log::{DecisionLog, Recovered};
 use crate::driver::{Driver, Timeouts};
+use crate::gate::Gate;
+use crate::leadership::Leadership;
 use crate::peers::Peers;
 use crate::service::{CoordinatorService, Limits};
+
+/// Where the decision log lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogBackend {
+    /// A SQLite file in --data-dir (one coordinator).
+    Sqlite,
+    /// An etcd cluster (--etcd-endpoints): several coordinators, one leads.
+    Etcd,
+}
 
 /// Coordinator settings; every flag has an environment-variable twin.
 #[derive(Debug, Clone, clap::Args)]
@@ -46,9 +67,35 @@ pub struct Config {
     /// Address to serve on (port 0 picks a free one; the chosen address is printed).
     #[arg(long, env = "TWOPC_COORDINATOR_LISTEN", default_value = "127.0.0.1:7000")]
     pub listen: String,
-    /// Directory of the decision log (created if missing).
+    /// Directory of the decision log (created if missing); required with
+    /// the SQLite log, unused with etcd.
     #[arg(long, env = "TWOPC_COORDINATOR_DATA_DIR")]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    /// Where the decision log lives: `sqlite` (a file in --data-dir, one
+    /// coordinator) or `etcd` (replicated; several coordinators with the
+    /// same --etcd-endpoints and --cluster-name elect one leader).
+    #[arg(long, env = "TWOPC_DECISION_LOG", value_enum, default_value_t = LogBackend::Sqlite)]
+    pub decision_log: LogBackend,
+    /// etcd client endpoints, HOST:PORT[,HOST:PORT...] (with --decision-log etcd).
+    #[arg(long, env = "TWOPC_ETCD_ENDPOINTS")]
+    pub etcd_endpoints: Option<String>,
+    /// The cluster's name: its keys live under /twopc/NAME/ in etcd, so
+    /// several clusters can share one etcd.
+    #[arg(long, env = "TWOPC_CLUSTER_NAME", default_value = "default")]
+    pub cluster_name: String,
+    /// Leader lease in seconds: a leader that stops renewing it is replaced
+    /// after about this long (failover takes at most twice it plus a second).
+    #[arg(long, env = "TWOPC_LEASE_TTL_SECS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..=60))]
+    pub lease_ttl_secs: u64,
+    /// The address standbys hand out for this coordinator when it leads
+    /// (default: the bound --listen address).
+    #[arg(long, env = "TWOPC_COORDINATOR_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// How often the leader compacts etcd's history to what it saw one
+    /// period earlier, in seconds (0: never, when etcd runs its own
+    /// --auto-compaction-*).
+    #[arg(long, env = "TWOPC_ETCD_COMPACT_EVERY_SECS", default_value_t = 60)]
+    pub etcd_compact_every_secs: u64,
     /// Number of partitions of the key space, fixed when the cluster is created.
     #[arg(long, env = "TWOPC_PARTITIONS", value_parser = clap::value_parser!(u32).range(1..))]
     pub partitions: u32,
@@ -101,58 +148,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin_token = AdminToken::new(config.admin_token.as_deref()).map_err(anyhow::Error::msg)?;
     let peer_token = PeerToken::new(config.peer_token.as_deref()).map_err(anyhow::Error::msg)?;
     token::ensure_distinct(&admin_token, &peer_token).map_err(anyhow::Error::msg)?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let (log, recovered) = DecisionLog::open(&config.data_dir, config.partitions, config.keep_finished)
-        .with_context(|| format!("cannot open the decision log in {}", config.data_dir.display()))?;
+    let shell = Shell { config: config.clone(), client_tls, admin_token, peer_token: peer_token.clone() };
 
-    let peers = Peers::new(config.max_inflight_per_participant, client_tls, peer_token.clone());
-    for (partition, address) in &recovered.members {
-        if let Err(e) = peers.set(*partition, address) {
-            tracing::warn!(partition, "ignoring recorded address: {e}");
-        }
+    if config.decision_log == LogBackend::Etcd {
+        return run_replicated(shell, server_tls).await;
     }
-    let mut core = Coordinator::new(config.max_open_txns, config.keep_finished).with_one_phase(config.one_phase);
-    for tid in &recovered.finished {
-        core.recover_finished(*tid);
-    }
-    let mut redo = vec![];
-    let now = now_unix_ms();
-    for (tid, partitions) in &recovered.unfinished {
-        tracing::info!(%tid, ?partitions, "recovery: re-driving phase 2 of a logged COMMIT");
-        redo.extend(core.recover_commit(*tid, partitions, now));
-    }
-    for &(tid, partition) in &recovered.delegated {
-        tracing::info!(%tid, partition, "recovery: asking the participant a one-phase commit was delegated to");
-        redo.extend(core.recover_delegated(tid, partition, now));
-    }
-    tracing::info!(
-        unfinished = recovered.unfinished.len(),
-        delegated = recovered.delegated.len(),
-        finished = recovered.finished.len(),
-        members = recovered.members.len(),
-        cluster_id = %recovered.cluster_id,
-        "recovery: decision log read back"
-    );
-
-    let timeouts = Timeouts {
-        prepare: Duration::from_millis(config.prepare_timeout_ms),
-        resolve_rpc: Duration::from_secs(2),
-        max_resend_interval: Duration::from_secs(2),
-    };
-    let driver = Driver::new(core, log, peers, timeouts);
-    let service = CoordinatorService {
-        driver: driver.clone(),
-        admin_token,
-        peer_token: peer_token.clone(),
-        limits: Limits {
-            partitions: config.partitions,
-            default_timeout: Duration::from_millis(config.default_timeout_ms),
-            max_timeout: Duration::from_millis(config.max_timeout_ms),
-            commit_wait: Duration::from_millis(config.prepare_timeout_ms) + Duration::from_secs(30),
-        },
-        cluster_id: recovered.cluster_id.clone(),
-    };
+    let data_dir = config.data_dir.clone().context("--data-dir is required with the SQLite decision log")?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let (log, recovered) = DecisionLog::open(&data_dir, config.partitions, config.keep_finished)
+        .with_context(|| format!("cannot open the decision log in {}", data_dir.display()))?;
+    let (driver, service, redo) = shell.recover(log, recovered, None);
 
     runtime::serve_metrics(config.metrics_listen.as_deref()).map_err(anyhow::Error::msg)?;
     let (listener, local) =
@@ -160,8 +166,159 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     driver.execute(redo);
     tokio::spawn(driver.clone().expiry_loop(Duration::from_millis(100)));
     tracing::info!(%local, partitions = config.partitions, tls = server_tls.is_some(), peer_token = peer_token.is_set(), "coordinator serving");
-    let routes = tonic::service::Routes::new(CoordinatorServer::new(service));
+    let routes = tonic::service::Routes::new(Gate::open(CoordinatorServer::new(service)));
     runtime::serve("twopc.v1.Coordinator", routes, listener, local, server_tls).await.map_err(anyhow::Error::msg)
+}
+
+/// What every leader term is built from.
+struct Shell {
+    config: Config,
+    client_tls: ClientTls,
+    admin_token: AdminToken,
+    peer_token: PeerToken,
+}
+
+impl Shell {
+    /// Rule 7 (and 15): the core rebuilt from what the log holds, the
+    /// service around it, and the actions that re-drive unfinished tids.
+    fn recover(
+        &self,
+        log: DecisionLog,
+        recovered: Recovered,
+        leadership: Option<Arc<Leadership>>,
+    ) -> (Arc<Driver>, CoordinatorService, Vec<Action>) {
+        let config = &self.config;
+        let peers = Peers::new(config.max_inflight_per_participant, self.client_tls.clone(), self.peer_token.clone());
+        for (partition, address) in &recovered.members {
+            if let Err(e) = peers.set(*partition, address) {
+                tracing::warn!(partition, "ignoring recorded address: {e}");
+            }
+        }
+        let mut core = Coordinator::new(config.max_open_txns, config.keep_finished).with_one_phase(config.one_phase);
+        for tid in &recovered.finished {
+            core.recover_finished(*tid);
+        }
+        let mut redo = vec![];
+        let now = now_unix_ms();
+        for (tid, partitions) in &recovered.unfinished {
+            tracing::info!(%tid, ?partitions, "recovery: re-driving phase 2 of a logged COMMIT");
+            redo.extend(core.recover_commit(*tid, partitions, now));
+        }
+        for &(tid, partition) in &recovered.delegated {
+            tracing::info!(%tid, partition, "recovery: asking the participant a one-phase commit was delegated to");
+            redo.extend(core.recover_delegated(tid, partition, now));
+        }
+        tracing::info!(
+            unfinished = recovered.unfinished.len(),
+            delegated = recovered.delegated.len(),
+            finished = recovered.finished.len(),
+            members = recovered.members.len(),
+            cluster_id = %recovered.cluster_id,
+            "recovery: decision log read back"
+        );
+        let timeouts = Timeouts {
+            prepare: Duration::from_millis(config.prepare_timeout_ms),
+            resolve_rpc: Duration::from_secs(2),
+            max_resend_interval: Duration::from_secs(2),
+        };
+        let driver = Driver::new(core, log, peers, timeouts, leadership);
+        let service = CoordinatorService {
+            driver: driver.clone(),
+            admin_token: self.admin_token.clone(),
+            peer_token: self.peer_token.clone(),
+            limits: Limits {
+                partitions: config.partitions,
+                default_timeout: Duration::from_millis(config.default_timeout_ms),
+                max_timeout: Duration::from_millis(config.max_timeout_ms),
+                commit_wait: Duration::from_millis(config.prepare_timeout_ms) + Duration::from_secs(30),
+            },
+            cluster_id: recovered.cluster_id.clone(),
+        };
+        (driver, service, redo)
+    }
+}
+
+/// The replicated log: serve at once as a standby, campaign, and open the
+/// gate once elected and recovered (rules 14-16).
+async fn run_replicated(shell: Shell, server_tls: Option<tonic::transport::ServerTlsConfig>) -> anyhow::Result<()> {
+    let config = shell.config.clone();
+    let list =
+        config.etcd_endpoints.as_deref().context("--decision-log etcd needs --etcd-endpoints HOST:PORT[,...]")?;
+    let endpoints = twopc_proto::leader::parse_addresses(list).map_err(|e| anyhow::anyhow!("--etcd-endpoints: {e}"))?;
+    anyhow::ensure!(
+        !config.cluster_name.is_empty() && !config.cluster_name.contains('/'),
+        "--cluster-name {:?} must be non-empty and contain no '/'",
+        config.cluster_name
+    );
+    let etcd = Arc::new(twopc_etcd::Etcd::new(&endpoints, Duration::from_secs(2))?);
+    let status = etcd
+        .status()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach etcd at {list}: {e}; is etcd running there (and with a quorum)?"))?;
+    tracing::info!(etcd_version = %status.version, endpoints = list, "etcd reachable");
+    let prefix = format!("/twopc/{}/", config.cluster_name);
+
+    runtime::serve_metrics(config.metrics_listen.as_deref()).map_err(anyhow::Error::msg)?;
+    let (listener, local) = runtime::bind(&config.listen, server_tls.is_some(), shell.peer_token.is_set())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let me = config.advertise.clone().unwrap_or_else(|| local.to_string());
+    let ttl = Duration::from_secs(config.lease_ttl_secs);
+    let leadership = Arc::new(Leadership::new(etcd.clone(), &prefix, me.clone(), ttl));
+    leadership.start().await.map_err(|e| anyhow::anyhow!("cannot take a lease in etcd at {list}: {e}"))?;
+    tokio::spawn(leadership.clone().keep_alive());
+    metrics::gauge!("twopc_coordinator_is_leader").set(0.0);
+
+    let gate = Gate::standby(leadership.clone());
+    let (serving_tx, serving_rx) = tokio::sync::watch::channel(false);
+    let term = {
+        let (gate, leadership) = (gate.clone(), leadership.clone());
+        async move {
+            let had_leader = leadership.leader_hint().is_some();
+            let epoch = leadership.campaign().await;
+            tracing::info!(epoch, address = %me, "elected leader: running recovery before serving");
+            metrics::counter!("twopc_leader_elections_total").increment(1);
+            let deposer = leadership.clone();
+            let log = EtcdLog {
+                etcd,
+                prefix,
+                leader_key: leadership.key().to_vec(),
+                epoch,
+                on_deposed: Arc::new(move |why: String| deposer.step_down(&why)),
+                compact_every: Duration::from_secs(config.etcd_compact_every_secs),
+            };
+            let (log, recovered) = match DecisionLog::open_etcd(log, config.partitions, config.keep_finished).await {
+                Ok(opened) => opened,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot open the decision log in etcd");
+                    std::process::exit(2);
+                }
+            };
+            let (driver, service, redo) = shell.recover(log, recovered, Some(leadership.clone()));
+            gate.lead(CoordinatorServer::new(service));
+            let _ = serving_tx.send(true);
+            metrics::gauge!("twopc_coordinator_is_leader").set(1.0);
+            if had_leader {
+                metrics::counter!("twopc_leader_failovers_total").increment(1);
+            }
+            driver.execute(redo);
+            tokio::spawn(driver.clone().expiry_loop(Duration::from_millis(100)));
+            tracing::info!("leader serving");
+            // Keep the channel's sender alive: dropping it would stop the health updates.
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::spawn(term);
+    tracing::info!(%local, partitions = config.partitions, cluster = %config.cluster_name, "coordinator up (standing by until elected)");
+    let routes = tonic::service::Routes::new(gate);
+    let served =
+        runtime::serve_reporting("twopc.v1.Coordinator", routes, listener, local, server_tls, Some(serving_rx))
+            .await
+            .map_err(anyhow::Error::msg);
+    if leadership.leads() {
+        leadership.resign().await;
+    }
+    served
 }
 
 /// Entry point of the `twopc-coordinator` binary.

@@ -6,8 +6,8 @@
 use anyhow::Context;
 use twopc_proto::preflight;
 
-use crate::Config;
 use crate::decision_log;
+use crate::{Config, LogBackend};
 
 pub fn check(config: &Config) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -17,9 +17,16 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
         config.max_timeout_ms
     );
     preflight::listen_and_metrics(&config.listen, config.metrics_listen.as_deref()).map_err(anyhow::Error::msg)?;
-    preflight::writable_dir("--data-dir", &config.data_dir).map_err(anyhow::Error::msg)?;
-    decision_log::check_existing(&config.data_dir, config.partitions)
-        .with_context(|| format!("cannot open the decision log in {}", config.data_dir.display()))
+    if config.decision_log == LogBackend::Etcd {
+        // The store is checked when it is reached (run_replicated).
+        return Ok(());
+    }
+    let Some(dir) = &config.data_dir else {
+        anyhow::bail!("--data-dir is required with the SQLite decision log (or pass --decision-log etcd)");
+    };
+    preflight::writable_dir("--data-dir", dir).map_err(anyhow::Error::msg)?;
+    decision_log::check_existing(dir, config.partitions)
+        .with_context(|| format!("cannot open the decision log in {}", dir.display()))
 }
 
 pub use twopc_proto::preflight::{count, millis};

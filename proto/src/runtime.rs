@@ -86,6 +86,7 @@ pub async fn standard_services(
     service: &str,
 ) -> Result<
     (
+        tonic_health::server::HealthReporter,
         tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
         tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
     ),
@@ -98,7 +99,7 @@ pub async fn standard_services(
         .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| format!("cannot build the reflection service: {e}"))?;
-    Ok((health, reflection))
+    Ok((reporter, health, reflection))
 }
 
 /// Resolves on SIGTERM or Ctrl-C: the server then stops accepting new
@@ -170,7 +171,37 @@ pub async fn serve(
     local: SocketAddr,
     tls: Option<tonic::transport::ServerTlsConfig>,
 ) -> Result<(), String> {
-    let (health, reflection) = standard_services(service_name).await?;
+    serve_reporting(service_name, routes, listener, local, tls, None).await
+}
+
+/// [`serve`], with the health of `service_name` following `serving`
+/// (SERVING while it holds `true`, NOT_SERVING otherwise) instead of
+/// SERVING throughout: a standby coordinator is up but does not serve.
+pub async fn serve_reporting(
+    service_name: &str,
+    routes: tonic::service::Routes,
+    listener: TcpListener,
+    local: SocketAddr,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    serving: Option<tokio::sync::watch::Receiver<bool>>,
+) -> Result<(), String> {
+    let (reporter, health, reflection) = standard_services(service_name).await?;
+    if let Some(mut serving) = serving {
+        let name = service_name.to_string();
+        tokio::spawn(async move {
+            loop {
+                let status = if *serving.borrow_and_update() {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                reporter.set_service_status(&name, status).await;
+                if serving.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         server = server.tls_config(tls).map_err(|e| format!("cannot serve TLS: {e}"))?;

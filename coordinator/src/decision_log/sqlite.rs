@@ -1,4 +1,5 @@
-//! The coordinator's durable decision log, in SQLite.
+//! The decision log in SQLite: the default backend, one file on this
+//! machine's disk (see the parent module for the rules every backend keeps).
 //!
 //! What is on disk, and why:
 //! - `decisions`: one row per COMMIT decision, naming the partitions that
@@ -34,74 +35,21 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::thread;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::oneshot;
 use twopc_core::{PartitionId, Tid};
 
+use super::{DecisionLog, LogError, Recovered, Request, Stats};
+
 /// Most requests one group commit takes.
-const MAX_BATCH: usize = 1024;
+pub(super) const MAX_BATCH: usize = 1024;
 
 /// Finished rows beyond `keep_finished` before they are trimmed: the table
 /// holds fewer than `keep_finished + TRIM_EVERY` finished rows.
-const TRIM_EVERY: usize = 256;
-
-#[derive(Debug, thiserror::Error)]
-pub enum LogError {
-    #[error("decision log: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("decision log: {0}")]
-    Invalid(String),
-    #[error("decision log writer stopped")]
-    Stopped,
-}
-
-/// What the log held at start (rule 7).
-#[derive(Debug, Default)]
-pub struct Recovered {
-    /// COMMIT records whose phase 2 did not finish.
-    pub unfinished: Vec<(Tid, Vec<PartitionId>)>,
-    /// COMMIT records that finished (kept to answer repeated questions),
-    /// and one-phase commits the participant confirmed.
-    pub finished: Vec<Tid>,
-    /// DELEGATED records whose participant has not answered.
-    pub delegated: Vec<(Tid, PartitionId)>,
-    pub members: Vec<(PartitionId, String)>,
-    /// The log's cluster id (see module docs).
-    pub cluster_id: String,
-}
-
-enum Request {
-    Commit { tid: Tid, partitions: Vec<PartitionId>, one_phase: bool, done: oneshot::Sender<Result<(), LogError>> },
-    Finished { tid: Tid },
-    Forget { tid: Tid },
-    Register { partition: PartitionId, address: String, done: oneshot::Sender<Result<(), LogError>> },
-}
-
-impl Request {
-    fn forced(&self) -> bool {
-        !matches!(self, Request::Finished { .. } | Request::Forget { .. })
-    }
-}
-
-/// Handle to the log's writer thread. Cheap to clone.
-#[derive(Clone)]
-pub struct DecisionLog {
-    tx: mpsc::Sender<Request>,
-    stats: Arc<Stats>,
-}
-
-/// Counters of the writer thread: how well group commit batches.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// SQLite transactions that were forced (one fsync each).
-    pub forced_batches: AtomicU64,
-    /// Forced records written (COMMIT records, registrations).
-    pub forced_records: AtomicU64,
-}
+pub(super) const TRIM_EVERY: usize = 256;
 
 impl DecisionLog {
     /// Opens (or creates) `dir/decisions.db`, checks it belongs to a cluster
@@ -134,45 +82,7 @@ impl DecisionLog {
             .name("decision-log".into())
             .spawn(move || writer(conn, rx, keep_finished, &writer_stats))
             .map_err(|e| LogError::Invalid(format!("cannot start writer thread: {e}")))?;
-        Ok((Self { tx, stats }, recovered))
-    }
-
-    /// Forces a COMMIT record. Returns once it is durable.
-    pub async fn force_commit(&self, tid: Tid, partitions: Vec<PartitionId>) -> Result<(), LogError> {
-        let (done, rx) = oneshot::channel();
-        self.tx.send(Request::Commit { tid, partitions, one_phase: false, done }).map_err(|_| LogError::Stopped)?;
-        rx.await.map_err(|_| LogError::Stopped)?
-    }
-
-    /// Forces a DELEGATED record (one-phase commit by `partition`).
-    /// Returns once it is durable.
-    pub async fn force_delegation(&self, tid: Tid, partition: PartitionId) -> Result<(), LogError> {
-        let (done, rx) = oneshot::channel();
-        let req = Request::Commit { tid, partitions: vec![partition], one_phase: true, done };
-        self.tx.send(req).map_err(|_| LogError::Stopped)?;
-        rx.await.map_err(|_| LogError::Stopped)?
-    }
-
-    /// Drops the DELEGATED record of a one-phase commit that aborted (not
-    /// forced: presumed abort needs no record).
-    pub fn forget(&self, tid: Tid) {
-        let _ = self.tx.send(Request::Forget { tid });
-    }
-
-    pub fn stats(&self) -> &Stats {
-        &self.stats
-    }
-
-    /// Marks a COMMIT finished (not forced; see module docs).
-    pub fn finished(&self, tid: Tid) {
-        let _ = self.tx.send(Request::Finished { tid });
-    }
-
-    /// Records a participant's address durably.
-    pub async fn register(&self, partition: PartitionId, address: String) -> Result<(), LogError> {
-        let (done, rx) = oneshot::channel();
-        self.tx.send(Request::Register { partition, address, done }).map_err(|_| LogError::Stopped)?;
-        rx.await.map_err(|_| LogError::Stopped)?
+        Ok((Self { tx: super::Queue::Thread(tx), stats }, recovered))
     }
 }
 
