@@ -214,6 +214,7 @@ impl Shell {
             finished = recovered.finished.len(),
             members = recovered.members.len(),
             cluster_id = %recovered.cluster_id,
+            term = recovered.term,
             "recovery: decision log read back"
         );
         let timeouts = Timeouts {
@@ -233,6 +234,7 @@ impl Shell {
                 commit_wait: Duration::from_millis(config.prepare_timeout_ms) + Duration::from_secs(30),
             },
             cluster_id: recovered.cluster_id.clone(),
+            term: recovered.term,
         };
         (driver, service, redo)
     }

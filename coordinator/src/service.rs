@@ -36,6 +36,9 @@ pub struct CoordinatorService {
     /// The decision log's cluster id, sent with registrations and decisions
     /// so participants can tell a lost log from theirs.
     pub cluster_id: String,
+    /// This coordinator's term (see `Recovered::term`), sent with the same
+    /// answers so participants release tids of a replaced coordinator.
+    pub term: u64,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -111,7 +114,11 @@ impl CoordinatorRpc for CoordinatorService {
     async fn enlist(&self, req: Request<pb::EnlistRequest>) -> Reply<pb::EnlistResponse> {
         self.peer_token.check(&req, "Enlist")?;
         let deadline = self.enlist_one(req.into_inner())?;
-        Ok(Response::new(pb::EnlistResponse { deadline_unix_ms: deadline, cluster_id: self.cluster_id.clone() }))
+        Ok(Response::new(pb::EnlistResponse {
+            deadline_unix_ms: deadline,
+            cluster_id: self.cluster_id.clone(),
+            coordinator_term: self.term,
+        }))
     }
 
     async fn enlist_batch(&self, req: Request<pb::EnlistBatchRequest>) -> Reply<pb::EnlistBatchResponse> {
@@ -126,6 +133,7 @@ impl CoordinatorRpc for CoordinatorService {
                     message: String::new(),
                     deadline_unix_ms: deadline,
                     cluster_id: self.cluster_id.clone(),
+                    coordinator_term: self.term,
                 },
                 Err(s) => {
                     pb::EnlistResult { code: s.code() as i32, message: s.message().to_string(), ..Default::default() }
@@ -186,6 +194,7 @@ impl CoordinatorRpc for CoordinatorService {
             decision: decision as i32,
             reason,
             cluster_id: self.cluster_id.clone(),
+            coordinator_term: self.term,
             presumed: decision == pb::Decision::Aborted && !remembered,
         }))
     }
@@ -210,6 +219,7 @@ impl CoordinatorRpc for CoordinatorService {
         Ok(Response::new(pb::RegisterResponse {
             partitions: self.limits.partitions,
             cluster_id: self.cluster_id.clone(),
+            coordinator_term: self.term,
         }))
     }
 

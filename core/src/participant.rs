@@ -15,6 +15,13 @@
 //!    takes its write locks again before anything else is served.
 //! 10. Before prepare, a tid may be aborted at any time (deadline, conflict);
 //!    after its prepare is persisted only the coordinator's decision ends it.
+//! 10. (continued) A tid enlisted under a coordinator *term* older than the
+//!    newest this participant has heard of ([`Participant::coordinator_term`])
+//!    was begun by a coordinator that restarted or was replaced (a failover
+//!    to another leader of a replicated log): the new one does not know it
+//!    and presumes it aborted, so it is aborted here at once, releasing its
+//!    locks, instead of at its deadline. Terms only grow: the SQLite log
+//!    counts its starts, the replicated log uses the leader's epoch.
 //! 11. Commit and abort are idempotent; a commit for an unknown tid is
 //!    acknowledged (it was committed and forgotten, or never prepared here
 //!    and so has nothing to apply).
@@ -70,29 +77,21 @@ enum State {
     Active {
         deadline: Millis,
         ops: usize,
+        /// The coordinator term the enlistment was answered under.
+        term: u64,
     },
     /// Prepare asked; the write set is being made durable. `aborted`: an
     /// abort arrived meanwhile; the locks stay until the record, if it
     /// landed, is deleted again (see `prepare_failed`).
-    Preparing {
-        aborted: bool,
-    },
+    Preparing { aborted: bool },
     /// Voted (or about to vote) YES: only the coordinator's decision ends it.
-    Prepared {
-        since: Millis,
-        asked: u32,
-        next_ask: Millis,
-    },
+    Prepared { since: Millis, asked: u32, next_ask: Millis },
     /// Commit received; the write set is being applied durably.
     Committing,
     /// An operator's outcome is being made durable (commit: the write set
     /// applied; abort: dropped). Locks are held until then. `since` and
     /// `asked` are the prepared state's, restored if the write fails.
-    Heuristic {
-        commit: bool,
-        since: Millis,
-        asked: u32,
-    },
+    Heuristic { commit: bool, since: Millis, asked: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -125,6 +124,8 @@ pub enum OpError {
     },
     /// The tid was aborted here earlier (conflict, deadline, abort).
     AlreadyAborted,
+    /// Enlisted by a coordinator that was since restarted or replaced.
+    CoordinatorReplaced,
     /// Not a failure: the key is locked by a younger tid, and the requester
     /// (older) waits. The shell retries when a lock is released; nothing
     /// changed here.
@@ -236,6 +237,8 @@ pub struct Participant {
     /// afresh without the writes it lost.
     aborted: BTreeSet<Tid>,
     aborted_order: VecDeque<Tid>,
+    /// The newest coordinator term heard of (0: none yet).
+    term: u64,
 }
 
 /// How many locally aborted tids are remembered.
@@ -250,6 +253,7 @@ impl Participant {
             locks: LockTable::default(),
             aborted: BTreeSet::new(),
             aborted_order: VecDeque::new(),
+            term: 0,
         }
     }
 
@@ -267,20 +271,33 @@ impl Participant {
         self.aborted.contains(&tid)
     }
 
-    /// The coordinator accepted our enlistment (rule 2).
+    /// The coordinator accepted our enlistment (rule 2), under the newest
+    /// term heard of.
     pub fn enlisted(&mut self, tid: Tid, deadline: Millis) -> Result<(), OpError> {
+        self.enlisted_under(tid, deadline, self.term)
+    }
+
+    /// The coordinator of `term` accepted our enlistment (rule 2). Call
+    /// [`Participant::coordinator_term`] with the term first. An
+    /// enlistment answered by an older term than one already heard of
+    /// comes from a replaced coordinator: refused, and the tid aborted.
+    pub fn enlisted_under(&mut self, tid: Tid, deadline: Millis, term: u64) -> Result<(), OpError> {
         if self.tids.contains_key(&tid) {
             return Ok(());
         }
         if self.aborted.contains(&tid) {
             return Err(OpError::AlreadyAborted);
         }
+        if term < self.term {
+            self.remember_aborted(tid);
+            return Err(OpError::CoordinatorReplaced);
+        }
         if self.tids.len() >= self.limits.max_open_tids {
             return Err(OpError::TooManyTids(self.limits.max_open_tids));
         }
         self.tids.insert(
             tid,
-            TidEntry { state: State::Active { deadline, ops: 0 }, writes: WriteSet::new(), locked: vec![] },
+            TidEntry { state: State::Active { deadline, ops: 0, term }, writes: WriteSet::new(), locked: vec![] },
         );
         Ok(())
     }
@@ -318,7 +335,7 @@ impl Participant {
             return Err(OpError::AlreadyAborted);
         }
         let entry = self.tids.get_mut(&tid).ok_or(OpError::UnknownTid)?;
-        let State::Active { deadline, ops } = &mut entry.state else {
+        let State::Active { deadline, ops, .. } = &mut entry.state else {
             return Err(OpError::NotActive(state_name(&entry.state)));
         };
         if now >= *deadline {
@@ -536,6 +553,28 @@ impl Participant {
     /// such tids are bound to the decision log they voted under.
     pub fn has_prepared(&self) -> bool {
         self.tids.values().any(|e| !matches!(e.state, State::Active { .. }))
+    }
+
+    /// A coordinator of `term` answered (an enlistment, a registration, a
+    /// decision). If it is newer than any heard of, every active tid
+    /// enlisted under an older term is aborted here (rule 10: its
+    /// coordinator restarted or was replaced and presumes it aborted).
+    /// Returns them, for the shell to release and report.
+    pub fn coordinator_term(&mut self, term: u64) -> Vec<Tid> {
+        if term <= self.term {
+            return vec![];
+        }
+        self.term = term;
+        let stale: Vec<Tid> = self
+            .tids
+            .iter()
+            .filter(|(_, e)| matches!(e.state, State::Active { term: t, .. } if t < term))
+            .map(|(&t, _)| t)
+            .collect();
+        for &t in &stale {
+            self.abort_locally(t);
+        }
+        stale
     }
 
     /// Aborts every active tid past its deadline (rule 10, C8). Returns them.

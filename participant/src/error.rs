@@ -65,6 +65,10 @@ impl ParticipantError {
             },
             OpError::DeadlinePassed => Self::Aborted { tid, reason: "its deadline passed".into() },
             OpError::AlreadyAborted => Self::Aborted { tid, reason: "it was aborted earlier".into() },
+            OpError::CoordinatorReplaced => Self::Aborted {
+                tid,
+                reason: "the coordinator that began it was restarted or replaced by another leader".into(),
+            },
             OpError::MustWait { holder } => Self::Internal(format!("lock wait on tid {holder} escaped the wait loop")),
             OpError::LockConflict { holder } => Self::Aborted {
                 tid,

@@ -191,7 +191,9 @@ impl DecisionLog {
             .map(|v| String::from_utf8_lossy(v).to_string())
             .ok_or_else(|| LogError::Invalid(format!("{}meta/cluster_id is missing in etcd", log.prefix)))?;
 
-        let mut rec = Recovered { cluster_id, ..Default::default() };
+        // The epoch is the leadership key's create revision: each new
+        // leader's is larger than every earlier one's.
+        let mut rec = Recovered { cluster_id, term: log.epoch as u64, ..Default::default() };
         for kv in log.scan("members/").await? {
             let key = String::from_utf8_lossy(&kv.key).to_string();
             let p = key.rsplit('/').next().and_then(|p| p.parse().ok());

@@ -64,6 +64,11 @@ pub struct Recovered {
     pub members: Vec<(PartitionId, String)>,
     /// The log's cluster id (see module docs).
     pub cluster_id: String,
+    /// This coordinator's term: larger than that of every coordinator that
+    /// used this log before (the SQLite log counts its opens, durably; the
+    /// replicated log uses the leader's epoch). Participants abort the
+    /// unprepared tids of older terms when they hear it (rule 10).
+    pub term: u64,
 }
 
 pub enum Request {

@@ -75,6 +75,7 @@ impl DecisionLog {
         check_partitions(&conn, partitions)?;
         let mut recovered = read_back(&conn)?;
         recovered.cluster_id = cluster_id(&conn)?;
+        recovered.term = next_term(&conn)?;
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Stats::default());
         let writer_stats = stats.clone();
@@ -144,6 +145,19 @@ fn cluster_id(conn: &Connection) -> Result<String, LogError> {
     let id = uuid::Uuid::now_v7().to_string();
     conn.execute("INSERT INTO meta (key, value) VALUES ('cluster_id', ?1)", params![id])?;
     Ok(id)
+}
+
+/// Counts this open of the log, durably (the connection runs with
+/// `synchronous=FULL`): the coordinator's term.
+fn next_term(conn: &Connection) -> Result<u64, LogError> {
+    let term: i64 = conn.query_row(
+        "INSERT INTO meta (key, value) VALUES ('term', '1')
+         ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1
+         RETURNING CAST(value AS INTEGER)",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(term as u64)
 }
 
 fn read_back(conn: &Connection) -> Result<Recovered, LogError> {
@@ -309,6 +323,14 @@ mod tests {
         assert_eq!(rec.unfinished, vec![(t1, vec![0, 2])]);
         assert_eq!(rec.finished, vec![t2]);
         assert_eq!(rec.members, vec![(1, "127.0.0.1:9".to_string()), (2, "127.0.0.1:10".to_string())]);
+    }
+
+    #[test]
+    fn each_open_has_a_larger_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DecisionLog::open(dir.path(), 1, 10).unwrap().1.term;
+        let b = DecisionLog::open(dir.path(), 1, 10).unwrap().1.term;
+        assert!(a >= 1 && b == a + 1, "{a} then {b}");
     }
 
     #[test]

@@ -308,3 +308,29 @@ fn heuristics_only_for_prepared_tids() {
     p.heuristic_applied(committing);
     assert!(p.knows(committing));
 }
+
+#[test]
+fn a_newer_coordinator_term_aborts_unprepared_tids_of_older_terms_only() {
+    let mut p = part();
+    let (old, prepared, new) = (tid(1), tid(2), tid(3));
+    assert!(p.coordinator_term(5).is_empty());
+    p.enlisted_under(old, 1_000, 5).unwrap();
+    p.write(old, b"k", Some(b"1".to_vec()), 0).unwrap();
+    p.enlisted_under(prepared, 1_000, 5).unwrap();
+    p.write(prepared, b"p", Some(b"1".to_vec()), 0).unwrap();
+    let PrepareStep::Persist(_) = p.prepare(prepared, 1) else { panic!("expected persist") };
+    p.prepared_durable(prepared, 2).unwrap();
+    // The same term, or an older one, changes nothing.
+    assert!(p.coordinator_term(5).is_empty());
+    assert!(p.coordinator_term(4).is_empty());
+    // A failover (or restart) to term 9: the unprepared tid is aborted and
+    // its lock released at once; the prepared one stays in doubt (rule 10).
+    assert_eq!(p.coordinator_term(9), vec![old]);
+    assert!(p.aborted_here(old));
+    assert_eq!(p.in_doubt().len(), 1);
+    p.enlisted_under(new, 1_000, 9).unwrap();
+    assert_eq!(p.write(new, b"k", Some(b"2".to_vec()), 3), Ok(()), "the old tid's lock is gone");
+    // An enlistment answered late by the replaced coordinator is refused.
+    assert_eq!(p.enlisted_under(tid(4), 1_000, 5), Err(OpError::CoordinatorReplaced));
+    assert!(p.aborted_here(tid(4)));
+}
