@@ -28,6 +28,7 @@ pub struct Proc {
     child: Option<Child>,
     pub addr: SocketAddr,
     pub name: String,
+    paused: bool,
 }
 
 impl Proc {
@@ -40,24 +41,7 @@ impl Proc {
         log: &Path,
         name: &str,
     ) -> anyhow::Result<Proc> {
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("cannot open log {}", log.display()))?;
-        let mut cmd = Command::new(exe);
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log_file);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().with_context(|| format!("cannot start {}", exe.display()))?;
+        let mut child = spawn(exe, args, env, log, false)?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, rx) = mpsc::channel();
         // Reads the readiness line, then keeps draining stdout so the child never blocks on it.
@@ -69,7 +53,7 @@ impl Proc {
                 }
             }
         });
-        let mut proc = Proc { child: Some(child), addr: "0.0.0.0:0".parse().unwrap(), name: name.to_string() };
+        let mut proc = Proc::new(child, "0.0.0.0:0".parse().unwrap(), name);
         match rx.recv_timeout(START_TIMEOUT) {
             Ok(addr) => {
                 proc.addr = addr.parse().with_context(|| format!("{name} printed a bad address {addr:?}"))?;
@@ -77,12 +61,58 @@ impl Proc {
             }
             Err(_) => {
                 proc.kill();
-                let tail = std::fs::read_to_string(log).unwrap_or_default();
-                let tail: String =
-                    tail.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-                bail!("{name} did not become ready within {START_TIMEOUT:?}; its log ends:\n{tail}")
+                bail!("{name} did not become ready within {START_TIMEOUT:?}; its log ends:\n{}", log_tail(log, 20))
             }
         }
+    }
+
+    /// Starts `exe args` with stdout and stderr appended to `log`, without
+    /// waiting for anything: for programs that print no readiness line (etcd),
+    /// whose readiness the caller checks itself. `addr` is where it serves.
+    pub fn spawn(exe: &Path, args: &[String], log: &Path, name: &str, addr: SocketAddr) -> anyhow::Result<Proc> {
+        let child = spawn(exe, args, &[], log, true)?;
+        Ok(Proc::new(child, addr, name))
+    }
+
+    fn new(child: Child, addr: SocketAddr, name: &str) -> Proc {
+        Proc { child: Some(child), addr, name: name.to_string(), paused: false }
+    }
+
+    /// The process id, while it runs (None once killed).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Freezes the process (SIGSTOP): it keeps its sockets and state but
+    /// answers nothing, like a process stuck in a long GC pause or swapped out.
+    pub fn pause(&mut self) {
+        if self.send_signal(libc::SIGSTOP) {
+            self.paused = true;
+        }
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&mut self) {
+        if self.send_signal(libc::SIGCONT) {
+            self.paused = false;
+        }
+    }
+
+    /// Whether [`Proc::pause`] froze it and it was not resumed (or killed) since.
+    pub fn is_paused(&self) -> bool {
+        self.paused && self.child.is_some()
+    }
+
+    /// Sends `signal` if the child has not been reaped (so its pid cannot
+    /// have been reused by another process).
+    fn send_signal(&mut self, signal: libc::c_int) -> bool {
+        let Some(child) = self.child.as_mut() else { return false };
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
+        // SAFETY: kill has no memory-safety preconditions; the pid is our
+        // child's, alive or a zombie, not reaped (checked above).
+        unsafe { libc::kill(child.id() as libc::pid_t, signal) == 0 }
     }
 
     /// SIGKILL and reap. Idempotent.
@@ -91,16 +121,12 @@ impl Proc {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.paused = false;
     }
 
     /// Asks the process to stop gracefully (SIGTERM).
     pub fn terminate(&mut self) {
-        if let Some(child) = &self.child {
-            // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-            }
-        }
+        self.send_signal(libc::SIGTERM);
     }
 
     /// Whether the process is still running (false once it exited or was killed).
@@ -123,6 +149,50 @@ impl Proc {
         }
         false
     }
+}
+
+/// Spawns `exe args` with `env`, stderr (and stdout too when
+/// `stdout_to_log`, else piped) appended to `log`, killed with SIGKILL when
+/// this process dies.
+fn spawn(
+    exe: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    log: &Path,
+    stdout_to_log: bool,
+) -> anyhow::Result<Child> {
+    let open_log = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("cannot open log {}", log.display()))
+    };
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(Stdio::null()).stderr(open_log()?);
+    if stdout_to_log {
+        cmd.stdout(open_log()?);
+    } else {
+        cmd.stdout(Stdio::piped());
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().with_context(|| format!("cannot start {}", exe.display()))
+}
+
+/// The last `lines` lines of the file at `path` (empty if unreadable).
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 impl Drop for Proc {
