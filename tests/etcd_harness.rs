@@ -163,3 +163,52 @@ fn without_etcd_on_path_the_start_fails_with_the_install_hint() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("1 passed"), "{stdout}");
 }
+
+/// The launcher's coordinator handling that HA mode builds on, checked on a
+/// single coordinator (whose health is SERVING): `leader()` finds it by
+/// polling gRPC health, a paused coordinator really answers nothing and is
+/// not taken for a leader, and one killed and restarted by index leads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_launcher_finds_pauses_kills_and_restarts_a_coordinator_by_index() {
+    use twopc::cluster::{ClusterOptions, CoordinatorHealth, LocalCluster};
+    let dir = tempfile::Builder::new().prefix("twopc-test-").tempdir().unwrap();
+    let opts = ClusterOptions { partitions: 1, ..Default::default() };
+    let mut cluster = tokio::task::block_in_place(|| {
+        LocalCluster::start(env!("CARGO_BIN_EXE_twopc").as_ref(), dir.path(), opts).expect("cluster")
+    });
+    cluster.wait_registered(HEALTHY).await.unwrap();
+    assert!(!cluster.is_ha());
+    assert_eq!(cluster.coordinator_count(), 1);
+    assert_eq!(cluster.coordinator_addrs(), vec![cluster.coordinator_addr()]);
+    assert_eq!(cluster.leader(HEALTHY).await.unwrap(), 0);
+
+    cluster.pause_coordinator(0);
+    assert_eq!(cluster.coordinator_health(0).await, CoordinatorHealth::Down);
+    // Frozen for real: a health check straight at it gets no answer.
+    let frozen = tokio::time::timeout(Duration::from_millis(500), async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.coordinator_addr()))
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest { service: "twopc.v1.Coordinator".into() })
+            .await
+            .map(|r| r.into_inner().status())
+            .map_err(|s| s.to_string())
+    })
+    .await;
+    assert!(frozen.is_err(), "a SIGSTOPped coordinator answered: {frozen:?}");
+    let err = cluster.leader(Duration::from_millis(300)).await.unwrap_err().to_string();
+    assert!(err.contains("no single leading coordinator"), "{err}");
+    cluster.resume_coordinator(0);
+    assert_eq!(cluster.leader(HEALTHY).await.unwrap(), 0);
+
+    let addr = cluster.coordinator_addr();
+    cluster.kill_coordinator(0);
+    assert_eq!(cluster.coordinator_health(0).await, CoordinatorHealth::Down);
+    tokio::task::block_in_place(|| cluster.restart_coordinator_i(0, &[])).unwrap();
+    assert_eq!(cluster.coordinator_addr(), addr, "a restarted coordinator keeps its address");
+    assert_eq!(cluster.leader(HEALTHY).await.unwrap(), 0);
+    assert!(cluster.coordinator_log(0).ends_with("coordinator.log"));
+}
