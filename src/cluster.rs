@@ -68,9 +68,13 @@ impl Proc {
                 proc.addr = addr.parse().with_context(|| format!("{name} printed a bad address {addr:?}"))?;
                 Ok(proc)
             }
-            Err(_) => {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
                 proc.kill();
                 bail!("{name} did not become ready within {START_TIMEOUT:?}; its log ends:\n{}", log_tail(log, 20))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                proc.kill();
+                bail!("{name} exited before it was ready; its log ends:\n{}", log_tail(log, 20))
             }
         }
     }
