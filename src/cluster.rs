@@ -91,7 +91,7 @@ impl Proc {
         Proc { child: Some(child), addr, name: name.to_string(), paused: false }
     }
 
-    /// The process id, while it runs (None once killed).
+    /// The process id, until [`Proc::kill`] (or a wait that saw it exit) reaped it.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

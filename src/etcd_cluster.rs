@@ -104,9 +104,12 @@ impl EtcdCluster {
                 Err(e) if attempt < START_ATTEMPTS && cluster.lost_a_port() => {
                     tracing::warn!("etcd start attempt {attempt} lost a port to another process, retrying: {e:#}");
                     cluster.kill_all();
-                    for i in 0..n {
-                        // Only what this attempt created: the directories did not exist before.
-                        let _ = std::fs::remove_dir_all(member_data(dir, i));
+                    for m in &cluster.members {
+                        // Only what this attempt created (the data directories did not
+                        // exist before), logs included: the next attempt's failure must
+                        // be judged on its own log.
+                        let _ = std::fs::remove_dir_all(&m.data);
+                        let _ = std::fs::remove_file(&m.log);
                     }
                 }
                 Err(e) => return Err(e.context(format!("the etcd cluster under {} did not start", dir.display()))),

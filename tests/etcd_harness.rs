@@ -32,18 +32,29 @@ fn b64(data: &[u8]) -> String {
     out
 }
 
+/// `POST path body` through `member` until it answers 200 (an election under
+/// load can fail a request: "leader changed"), against a deadline.
+fn post(etcd: &EtcdCluster, member: usize, path: &str, body: &str) -> String {
+    let deadline = std::time::Instant::now() + HEALTHY;
+    loop {
+        let answer = etcd.http(member, "POST", path, Some(body));
+        match answer {
+            Ok((200, text)) => return text,
+            _ if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            other => panic!("{path} through member {member}: {other:?}"),
+        }
+    }
+}
+
 fn put(etcd: &EtcdCluster, member: usize, key: &str, value: &str) {
     let body = serde_json::json!({ "key": b64(key.as_bytes()), "value": b64(value.as_bytes()) }).to_string();
-    let (status, answer) = etcd.http(member, "POST", "/v3/kv/put", Some(&body)).unwrap();
-    assert_eq!(status, 200, "put through member {member}: {answer}");
+    post(etcd, member, "/v3/kv/put", &body);
 }
 
 /// The value of `key` (base64, as the gateway returns it), read through `member`.
 fn get(etcd: &EtcdCluster, member: usize, key: &str) -> Option<String> {
     let body = serde_json::json!({ "key": b64(key.as_bytes()) }).to_string();
-    let (status, answer) = etcd.http(member, "POST", "/v3/kv/range", Some(&body)).unwrap();
-    assert_eq!(status, 200, "range through member {member}: {answer}");
-    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&post(etcd, member, "/v3/kv/range", &body)).unwrap();
     v["kvs"][0]["value"].as_str().map(str::to_string)
 }
 
@@ -72,9 +83,7 @@ fn three_members_survive_a_killed_member_and_take_it_back() {
         assert!(a.starts_with("127.0.0.1:"), "{a}");
         assert_eq!(*a, etcd.client_addr(i).to_string());
     }
-    for i in 0..3 {
-        assert!(etcd.health(i).unwrap(), "member {i} healthy after start");
-    }
+    // `start` returned: every member answered /health true.
 
     // Replicated: written through member 0, read through member 2.
     put(&etcd, 0, "/twopc/harness/k", "v1");
@@ -86,16 +95,13 @@ fn three_members_survive_a_killed_member_and_take_it_back() {
     etcd.kill(1);
     assert!(!etcd.is_running(1));
     assert!(etcd.health(1).is_err(), "a killed member answers nothing");
+    // Polls members 0 and 2 (the killed one is skipped) until both say healthy.
     etcd.wait_healthy(HEALTHY).expect("two of three stay healthy");
-    for i in [0, 2] {
-        assert!(etcd.health(i).unwrap(), "member {i} healthy with member 1 down");
-    }
     put(&etcd, 2, "/twopc/harness/k", "v2");
 
     // Restarted on its data and ports, it rejoins as the same member and catches up.
     etcd.restart(1).unwrap();
-    etcd.wait_healthy(HEALTHY).expect("healthy again after the restart");
-    assert!(etcd.health(1).unwrap());
+    etcd.wait_healthy(HEALTHY).expect("healthy again after the restart (member 1 included)");
     // The gateway's range is linearizable (ReadIndex): the restarted member
     // answers only once it has applied everything committed before the read.
     assert_eq!(get(&etcd, 1, "/twopc/harness/k"), Some(b64(b"v2")));
@@ -112,8 +118,7 @@ fn a_paused_member_is_skipped_and_resumes() {
     etcd.wait_healthy(HEALTHY).expect("the two others stay healthy");
     put(&etcd, 1, "/twopc/harness/p", "x");
     etcd.resume(0);
-    etcd.wait_healthy(HEALTHY).expect("healthy again after SIGCONT");
-    assert!(etcd.health(0).unwrap());
+    etcd.wait_healthy(HEALTHY).expect("healthy again after SIGCONT (member 0 included)");
 }
 
 #[test]
@@ -135,7 +140,6 @@ fn dropping_the_cluster_kills_every_member_and_removes_its_directory() {
 fn a_given_directory_is_kept_and_not_reused_for_a_new_cluster() {
     let tmp = tempfile::Builder::new().prefix("twopc-etcd-given-").tempdir().unwrap();
     let etcd = EtcdCluster::start(tmp.path(), 1).expect("a one-member cluster starts");
-    assert!(etcd.health(0).unwrap());
     drop(etcd);
     // The caller's directory (the demo's --dir) keeps the data and logs...
     assert!(tmp.path().join("etcd-0").is_dir());
