@@ -4,7 +4,11 @@
 //! By default it starts its own local cluster (a coordinator and
 //! `--partitions` participants, child processes of this binary, data under a
 //! temporary directory or `--dir`); with `--coordinator HOST:PORT` it runs
-//! against processes that are already up and starts nothing.
+//! against processes that are already up and starts nothing. `--ha` makes
+//! the local cluster highly available: a three-member etcd and three
+//! coordinators keeping their decision log in it (one leads), so the
+//! forced COMMIT record costs an etcd write (a raft round and etcd's own
+//! fsync) instead of a local fsync.
 //!
 //! # Workloads
 //!
@@ -71,7 +75,8 @@ use rand::Rng;
 use serde::Serialize;
 use twopc_client::{Client, ClientError, Outcome, partition_for};
 
-use crate::cluster::{ClusterOptions, LocalCluster};
+use crate::cluster::{ClusterOptions, HaOptions, LocalCluster};
+use crate::etcd_cluster::EtcdCluster;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -122,6 +127,10 @@ pub struct BenchArgs {
     /// transactions in one phase (its `--one-phase`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub one_phase: bool,
+    /// Local cluster only: three coordinators on a local three-member etcd
+    /// (the decision log in etcd, needs `etcd` on PATH) instead of one on SQLite.
+    #[arg(long, conflicts_with = "coordinator")]
+    pub ha: bool,
     /// Tokio worker threads of the bench client (1: a single-threaded runtime).
     #[arg(long, default_value_t = 1)]
     pub runtime_threads: usize,
@@ -205,6 +214,8 @@ pub struct Report {
     pub runtime_threads: usize,
     pub coordinator: String,
     pub external_cluster: bool,
+    /// Local cluster only: three coordinators with their decision log on etcd (`--ha`).
+    pub ha: bool,
     pub committed: u64,
     pub committed_per_sec: f64,
     pub aborted: u64,
@@ -228,16 +239,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.keys >= 2, "--keys must be at least 2");
     anyhow::ensure!((0.0..=1.0).contains(&args.read_ratio), "--read-ratio must be between 0.0 and 1.0");
 
-    // `tmp` outlives `cluster` (declared first, dropped last).
+    // `tmp` outlives `etcd`, which outlives `cluster` (declared first, dropped last).
     let mut tmp = None;
+    let mut etcd = None;
     let mut cluster = None;
     let tls = args.tls.client().map_err(anyhow::Error::msg)?;
     anyhow::ensure!(
         args.coordinator.is_some() || !tls.is_enabled(),
         "--tls-ca is for a cluster given with --coordinator: the local cluster runs plaintext"
     );
-    let (coordinator, data_dir) = match &args.coordinator {
-        Some(addr) => (addr.clone(), None),
+    // `coordinator` is what clients are given (every address in HA mode);
+    // `rtt_target` the one address the round trip is measured to (the leader).
+    let (coordinator, rtt_target, data_dir) = match &args.coordinator {
+        Some(addr) => (addr.clone(), addr.clone(), None),
         None => {
             anyhow::ensure!(args.partitions >= 1, "--partitions must be at least 1");
             let exe = std::env::current_exe().context("cannot find the twopc binary")?;
@@ -250,17 +264,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     p
                 }
             };
-            eprintln!("starting a coordinator and {} participants under {}", args.partitions, dir.display());
-            let opts = ClusterOptions {
+            let mut opts = ClusterOptions {
                 partitions: args.partitions,
                 coordinator_args: vec!["--one-phase".into(), args.one_phase.to_string()],
                 ..ClusterOptions::default()
             };
+            if args.ha {
+                eprintln!(
+                    "starting a 3-member etcd, 3 coordinators and {} participants under {}",
+                    args.partitions,
+                    dir.display()
+                );
+                let e = EtcdCluster::start(&dir.join("etcd"), 3)?;
+                opts.ha = Some(HaOptions { cluster_name: "bench".into(), ..HaOptions::new(e.endpoints()) });
+                etcd = Some(e);
+            } else {
+                eprintln!("starting a coordinator and {} participants under {}", args.partitions, dir.display());
+            }
             let c = LocalCluster::start(&exe, &dir, opts)?;
+            let leader = c.leader(Duration::from_secs(30)).await?;
             c.wait_registered(Duration::from_secs(30)).await?;
             let addr = c.coordinator_addr();
+            let rtt_target = c.coordinator_addrs()[leader].clone();
             cluster = Some(c);
-            (addr, Some(dir))
+            (addr, rtt_target, Some(dir))
         }
     };
 
@@ -273,7 +300,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     // The floor, measured on an idle cluster.
-    let rtt = measure_rtt(&coordinator, &tls).await?;
+    let rtt = measure_rtt(&rtt_target, &tls).await?;
     let (fsync_dir, fsync_in_temp_dir, fsync_tmp) = match &data_dir {
         Some(d) => (d.clone(), false, None),
         None => {
@@ -372,6 +399,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         runtime_threads: args.runtime_threads.max(1),
         coordinator,
         external_cluster: args.coordinator.is_some(),
+        ha: args.ha,
         committed,
         committed_per_sec: if args.duration_secs > 0 { committed as f64 / args.duration_secs as f64 } else { 0.0 },
         aborted: stats.aborted,
@@ -392,6 +420,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("report written to {}", path.display());
     }
     drop(cluster);
+    drop(etcd);
     drop(tmp);
     if let Some(e) = audit_error {
         bail!("the final audit failed: {e}");
@@ -858,7 +887,13 @@ fn print_report(r: &Report) {
     );
     println!(
         "cluster: {} at {}",
-        if r.external_cluster { "external" } else { "local, started by the bench" },
+        if r.external_cluster {
+            "external"
+        } else if r.ha {
+            "local, started by the bench: 3 coordinators, decision log on a 3-member etcd (the floor below counts a local fsync for the COMMIT record; etcd's write costs more)"
+        } else {
+            "local, started by the bench"
+        },
         r.coordinator
     );
     println!(

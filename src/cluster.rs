@@ -9,6 +9,15 @@
 //! A restarted coordinator reuses its address (participants are configured
 //! with it); a restarted participant takes a new port and re-registers,
 //! keeping its partition and data.
+//!
+//! **HA mode** ([`ClusterOptions::ha`], PROTOCOL.md rules 14-16): several
+//! coordinators share a decision log on etcd (started separately, e.g. with
+//! [`crate::etcd_cluster::EtcdCluster`]); one leads, the others stand by and
+//! point callers at the leader. Each coordinator keeps its address across
+//! restarts, and participants are given the whole list (`--coordinator
+//! A,B,C`), so they find whoever leads. The leader is observed, never
+//! assumed: [`LocalCluster::leader`] polls the coordinators' standard gRPC
+//! health (`twopc.v1.Coordinator` is SERVING only on the leader).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -28,6 +37,7 @@ pub struct Proc {
     child: Option<Child>,
     pub addr: SocketAddr,
     pub name: String,
+    paused: bool,
 }
 
 impl Proc {
@@ -40,24 +50,7 @@ impl Proc {
         log: &Path,
         name: &str,
     ) -> anyhow::Result<Proc> {
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("cannot open log {}", log.display()))?;
-        let mut cmd = Command::new(exe);
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log_file);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().with_context(|| format!("cannot start {}", exe.display()))?;
+        let mut child = spawn(exe, args, env, log, false)?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, rx) = mpsc::channel();
         // Reads the readiness line, then keeps draining stdout so the child never blocks on it.
@@ -69,20 +62,70 @@ impl Proc {
                 }
             }
         });
-        let mut proc = Proc { child: Some(child), addr: "0.0.0.0:0".parse().unwrap(), name: name.to_string() };
+        let mut proc = Proc::new(child, "0.0.0.0:0".parse().unwrap(), name);
         match rx.recv_timeout(START_TIMEOUT) {
             Ok(addr) => {
                 proc.addr = addr.parse().with_context(|| format!("{name} printed a bad address {addr:?}"))?;
                 Ok(proc)
             }
-            Err(_) => {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
                 proc.kill();
-                let tail = std::fs::read_to_string(log).unwrap_or_default();
-                let tail: String =
-                    tail.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-                bail!("{name} did not become ready within {START_TIMEOUT:?}; its log ends:\n{tail}")
+                bail!("{name} did not become ready within {START_TIMEOUT:?}; its log ends:\n{}", log_tail(log, 20))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                proc.kill();
+                bail!("{name} exited before it was ready; its log ends:\n{}", log_tail(log, 20))
             }
         }
+    }
+
+    /// Starts `exe args` with stdout and stderr appended to `log`, without
+    /// waiting for anything: for programs that print no readiness line (etcd),
+    /// whose readiness the caller checks itself. `addr` is where it serves.
+    pub fn spawn(exe: &Path, args: &[String], log: &Path, name: &str, addr: SocketAddr) -> anyhow::Result<Proc> {
+        let child = spawn(exe, args, &[], log, true)?;
+        Ok(Proc::new(child, addr, name))
+    }
+
+    fn new(child: Child, addr: SocketAddr, name: &str) -> Proc {
+        Proc { child: Some(child), addr, name: name.to_string(), paused: false }
+    }
+
+    /// The process id, until [`Proc::kill`] (or a wait that saw it exit) reaped it.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Freezes the process (SIGSTOP): it keeps its sockets and state but
+    /// answers nothing, like a process stuck in a long GC pause or swapped out.
+    pub fn pause(&mut self) {
+        if self.send_signal(libc::SIGSTOP) {
+            self.paused = true;
+        }
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&mut self) {
+        if self.send_signal(libc::SIGCONT) {
+            self.paused = false;
+        }
+    }
+
+    /// Whether [`Proc::pause`] froze it and it was not resumed (or killed) since.
+    pub fn is_paused(&self) -> bool {
+        self.paused && self.child.is_some()
+    }
+
+    /// Sends `signal` if the child has not been reaped (so its pid cannot
+    /// have been reused by another process).
+    fn send_signal(&mut self, signal: libc::c_int) -> bool {
+        let Some(child) = self.child.as_mut() else { return false };
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
+        // SAFETY: kill has no memory-safety preconditions; the pid is our
+        // child's, alive or a zombie, not reaped (checked above).
+        unsafe { libc::kill(child.id() as libc::pid_t, signal) == 0 }
     }
 
     /// SIGKILL and reap. Idempotent.
@@ -91,16 +134,12 @@ impl Proc {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.paused = false;
     }
 
     /// Asks the process to stop gracefully (SIGTERM).
     pub fn terminate(&mut self) {
-        if let Some(child) = &self.child {
-            // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-            }
-        }
+        self.send_signal(libc::SIGTERM);
     }
 
     /// Whether the process is still running (false once it exited or was killed).
@@ -125,6 +164,50 @@ impl Proc {
     }
 }
 
+/// Spawns `exe args` with `env`, stderr (and stdout too when
+/// `stdout_to_log`, else piped) appended to `log`, killed with SIGKILL when
+/// this process dies.
+fn spawn(
+    exe: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    log: &Path,
+    stdout_to_log: bool,
+) -> anyhow::Result<Child> {
+    let open_log = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("cannot open log {}", log.display()))
+    };
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(Stdio::null()).stderr(open_log()?);
+    if stdout_to_log {
+        cmd.stdout(open_log()?);
+    } else {
+        cmd.stdout(Stdio::piped());
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().with_context(|| format!("cannot start {}", exe.display()))
+}
+
+/// The last `lines` lines of the file at `path` (empty if unreadable).
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
@@ -135,7 +218,8 @@ impl Drop for Proc {
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
     pub partitions: u32,
-    /// Extra coordinator flags (e.g. `--prepare-timeout-ms 500`).
+    /// Extra coordinator flags (e.g. `--prepare-timeout-ms 500`), given to
+    /// every coordinator.
     pub coordinator_args: Vec<String>,
     /// Extra participant flags.
     pub participant_args: Vec<String>,
@@ -149,6 +233,9 @@ pub struct ClusterOptions {
     /// How the launcher itself reaches the cluster (to wait for the
     /// participants to register): must match `env` when it turns on TLS or a token.
     pub client: twopc_client::ConnectOptions,
+    /// Several coordinators on a replicated decision log in etcd (None: one
+    /// coordinator with its SQLite decision log, as always).
+    pub ha: Option<HaOptions>,
 }
 
 impl Default for ClusterOptions {
@@ -160,27 +247,90 @@ impl Default for ClusterOptions {
             start_partitions: None,
             env: vec![],
             client: twopc_client::ConnectOptions::default(),
+            ha: None,
         }
     }
 }
 
-/// A coordinator and its participants, as child processes.
+/// The HA mode of a local cluster: `coordinators` coordinators started with
+/// `--decision-log etcd --etcd-endpoints E --cluster-name N --lease-ttl-secs T`.
+#[derive(Debug, Clone)]
+pub struct HaOptions {
+    /// How many coordinators (one leads, the others stand by).
+    pub coordinators: usize,
+    /// etcd client addresses, `HOST:PORT,HOST:PORT` (see
+    /// [`crate::etcd_cluster::EtcdCluster::endpoints`]).
+    pub etcd_endpoints: String,
+    /// The coordinators' keys live under `/twopc/NAME/` in etcd: clusters
+    /// sharing one etcd need different names.
+    pub cluster_name: String,
+    /// The leader's lease TTL: a dead leader is replaced after about this long.
+    pub lease_ttl_secs: u64,
+}
+
+impl HaOptions {
+    /// Three coordinators on `etcd_endpoints`, cluster name `default`, a 3 s lease
+    /// (the coordinator's defaults).
+    pub fn new(etcd_endpoints: impl Into<String>) -> HaOptions {
+        HaOptions {
+            coordinators: 3,
+            etcd_endpoints: etcd_endpoints.into(),
+            cluster_name: "default".into(),
+            lease_ttl_secs: 3,
+        }
+    }
+}
+
+/// A coordinator (or, in HA mode, several) and its participants, as child processes.
 pub struct LocalCluster {
     pub dir: PathBuf,
     exe: PathBuf,
     opts: ClusterOptions,
+    /// The coordinator; in HA mode coordinator 0 (leading or not: see
+    /// [`LocalCluster::leader`]).
     pub coordinator: Proc,
+    /// HA mode: coordinators 1.. (empty otherwise). Reach any coordinator
+    /// by index with [`LocalCluster::coordinator_proc`].
+    pub extra_coordinators: Vec<Proc>,
+    /// Each coordinator's address, fixed for the cluster's life (index = coordinator).
+    coordinator_addrs: Vec<SocketAddr>,
     pub participants: Vec<Proc>,
 }
 
+/// How long one health or topology probe of a coordinator may take: a
+/// paused (SIGSTOPped) coordinator accepts connections but never answers.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl LocalCluster {
-    /// Starts a coordinator and `opts.partitions` participants of binary
-    /// `exe`, with data and logs under `dir`.
+    /// Starts a coordinator (or `ha.coordinators` of them) and
+    /// `opts.partitions` participants of binary `exe`, with data and logs
+    /// under `dir`.
     pub fn start(exe: &Path, dir: &Path, opts: ClusterOptions) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let coordinator = start_coordinator(exe, dir, &opts, "127.0.0.1:0", &[])?;
-        let mut cluster =
-            LocalCluster { dir: dir.to_path_buf(), exe: exe.to_path_buf(), opts, coordinator, participants: vec![] };
+        let count = match &opts.ha {
+            None => 1,
+            Some(ha) => {
+                anyhow::ensure!(ha.coordinators >= 1, "HA mode needs at least one coordinator");
+                anyhow::ensure!(!ha.etcd_endpoints.trim().is_empty(), "HA mode needs etcd endpoints");
+                ha.coordinators
+            }
+        };
+        let mut procs = Vec::with_capacity(count);
+        for i in 0..count {
+            procs.push(start_coordinator(exe, dir, &opts, i, "127.0.0.1:0", &[])?);
+        }
+        let coordinator_addrs = procs.iter().map(|p| p.addr).collect();
+        let mut procs = procs.into_iter();
+        let coordinator = procs.next().expect("at least one coordinator");
+        let mut cluster = LocalCluster {
+            dir: dir.to_path_buf(),
+            exe: exe.to_path_buf(),
+            opts,
+            coordinator,
+            extra_coordinators: procs.collect(),
+            coordinator_addrs,
+            participants: vec![],
+        };
         for p in 0..cluster.opts.start_partitions.unwrap_or(cluster.opts.partitions) {
             let proc = cluster.spawn_participant(p, &[])?;
             cluster.participants.push(proc);
@@ -198,25 +348,81 @@ impl LocalCluster {
         self.opts.partitions
     }
 
-    pub fn coordinator_addr(&self) -> String {
-        self.coordinator.addr.to_string()
+    /// Whether this cluster runs in HA mode.
+    pub fn is_ha(&self) -> bool {
+        self.opts.ha.is_some()
     }
 
-    /// Restarts the coordinator on the same address and data directory.
+    /// What `--coordinator` takes: the coordinator's address, or in HA mode
+    /// every coordinator's, comma-separated (`A,B,C`).
+    pub fn coordinator_addr(&self) -> String {
+        self.coordinator_addrs().join(",")
+    }
+
+    /// Every coordinator's address (one outside HA mode), by index.
+    pub fn coordinator_addrs(&self) -> Vec<String> {
+        self.coordinator_addrs.iter().map(SocketAddr::to_string).collect()
+    }
+
+    /// Number of coordinators (1 outside HA mode).
+    pub fn coordinator_count(&self) -> usize {
+        self.coordinator_addrs.len()
+    }
+
+    /// Coordinator `i`'s process.
+    pub fn coordinator_proc(&mut self, i: usize) -> &mut Proc {
+        match i {
+            0 => &mut self.coordinator,
+            _ => &mut self.extra_coordinators[i - 1],
+        }
+    }
+
+    fn coordinator_ref(&self, i: usize) -> &Proc {
+        match i {
+            0 => &self.coordinator,
+            _ => &self.extra_coordinators[i - 1],
+        }
+    }
+
+    /// Restarts the coordinator (coordinator 0 in HA mode) on the same
+    /// address and data.
     pub fn restart_coordinator(&mut self, env: &[(String, String)]) -> anyhow::Result<()> {
-        self.coordinator.kill();
-        let addr = self.coordinator_addr();
+        self.restart_coordinator_i(0, env)
+    }
+
+    /// SIGKILLs coordinator `i` (idempotent).
+    pub fn kill_coordinator(&mut self, i: usize) {
+        self.coordinator_proc(i).kill();
+    }
+
+    /// Freezes coordinator `i` (SIGSTOP): it holds its connections and
+    /// lease state but answers nothing, as in a long stall.
+    pub fn pause_coordinator(&mut self, i: usize) {
+        self.coordinator_proc(i).pause();
+    }
+
+    /// Lets a paused coordinator `i` run again (SIGCONT).
+    pub fn resume_coordinator(&mut self, i: usize) {
+        self.coordinator_proc(i).resume();
+    }
+
+    /// Restarts coordinator `i` (killing it first if it still runs) on its
+    /// address and data, with `env` added to its environment. In HA mode it
+    /// comes back as a standby unless nobody else leads.
+    pub fn restart_coordinator_i(&mut self, i: usize, env: &[(String, String)]) -> anyhow::Result<()> {
+        self.coordinator_proc(i).kill();
+        let addr = self.coordinator_addrs[i].to_string();
         // The port was ours a moment ago; retry briefly in case the kernel
         // has not released it yet.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match start_coordinator(&self.exe, &self.dir, &self.opts, &addr, env) {
+            match start_coordinator(&self.exe, &self.dir, &self.opts, i, &addr, env) {
                 Ok(p) => {
-                    self.coordinator = p;
+                    *self.coordinator_proc(i) = p;
                     return Ok(());
                 }
                 Err(e) if Instant::now() < deadline => {
-                    tracing::warn!("coordinator restart failed, retrying: {e}");
+                    tracing::warn!("coordinator {i} restart failed, retrying: {e}");
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 Err(e) => return Err(e),
@@ -249,60 +455,239 @@ impl LocalCluster {
         let env = [&self.opts.env[..], env].concat();
         Proc::start(&self.exe, &args, &env, &self.dir.join(format!("p{p}.log")), &format!("participant {p}"))
     }
+
+    /// Coordinator `i`'s log file (`coordinator.log`, or in HA mode `coordinator-<i>.log`).
+    pub fn coordinator_log(&self, i: usize) -> PathBuf {
+        coordinator_log(&self.dir, &self.opts, i)
+    }
 }
 
-fn start_coordinator(
-    exe: &Path,
-    dir: &Path,
-    opts: &ClusterOptions,
-    listen: &str,
-    env: &[(String, String)],
-) -> anyhow::Result<Proc> {
+fn coordinator_log(dir: &Path, opts: &ClusterOptions, i: usize) -> PathBuf {
+    match opts.ha {
+        None => dir.join("coordinator.log"),
+        Some(_) => dir.join(format!("coordinator-{i}.log")),
+    }
+}
+
+/// The command line of coordinator `i` listening on `listen`.
+fn coordinator_args(dir: &Path, opts: &ClusterOptions, listen: &str) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "coordinator".into(),
         "--listen".into(),
         listen.into(),
         "--partitions".into(),
         opts.partitions.to_string(),
-        "--data-dir".into(),
-        dir.join("coordinator").display().to_string(),
     ];
+    match &opts.ha {
+        None => args.extend(["--data-dir".into(), dir.join("coordinator").display().to_string()]),
+        // No data directory: the decision log is in etcd. The advertised
+        // address defaults to the bound one, which a restart keeps.
+        Some(ha) => args.extend([
+            "--decision-log".into(),
+            "etcd".into(),
+            "--etcd-endpoints".into(),
+            ha.etcd_endpoints.clone(),
+            "--cluster-name".into(),
+            ha.cluster_name.clone(),
+            "--lease-ttl-secs".into(),
+            ha.lease_ttl_secs.to_string(),
+        ]),
+    }
     args.extend(opts.coordinator_args.iter().cloned());
+    args
+}
+
+fn start_coordinator(
+    exe: &Path,
+    dir: &Path,
+    opts: &ClusterOptions,
+    i: usize,
+    listen: &str,
+    env: &[(String, String)],
+) -> anyhow::Result<Proc> {
+    let args = coordinator_args(dir, opts, listen);
     let env = [&opts.env[..], env].concat();
-    Proc::start(exe, &args, &env, &dir.join("coordinator.log"), "coordinator")
+    let name = if opts.ha.is_some() { format!("coordinator {i}") } else { "coordinator".to_string() };
+    Proc::start(exe, &args, &env, &coordinator_log(dir, opts, i), &name)
+}
+
+/// What one health probe of a coordinator found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoordinatorHealth {
+    /// `twopc.v1.Coordinator` SERVING: it leads.
+    Serving,
+    /// NOT_SERVING (a standby) or another status.
+    NotServing(String),
+    /// Killed by the launcher or paused: not probed.
+    Down,
+    /// No answer within the probe's time limit, or an error.
+    Unreachable(String),
 }
 
 impl LocalCluster {
     /// Waits (polling against a deadline) until the coordinator's topology
-    /// lists every participant at its current address.
+    /// lists every participant at its current address. In HA mode the
+    /// topology is read from whichever coordinator answers (standbys refuse).
     pub async fn wait_registered(&self, timeout: Duration) -> anyhow::Result<()> {
         use twopc_proto::pb::{GetTopologyRequest, coordinator_client::CoordinatorClient};
         let want: Vec<(u32, String)> =
             self.participants.iter().enumerate().map(|(p, proc)| (p as u32, proc.addr.to_string())).collect();
         let deadline = Instant::now() + timeout;
         let mut last = String::from("coordinator not reachable");
-        let endpoint = self.opts.client.tls.endpoint(&self.coordinator_addr()).map_err(|e| anyhow!(e))?;
         while Instant::now() < deadline {
-            let topology = match endpoint.connect().await {
-                Ok(channel) => CoordinatorClient::new(channel)
-                    .get_topology(GetTopologyRequest {})
-                    .await
-                    .map_err(|s| format!("{}: {}", s.code(), s.message())),
-                Err(e) => Err(format!("{e:?}")),
-            };
-            match topology {
-                Ok(t) => {
-                    let got: Vec<(u32, String)> =
-                        t.into_inner().members.into_iter().map(|m| (m.partition, m.address)).collect();
-                    if want.iter().all(|w| got.contains(w)) {
-                        return Ok(());
-                    }
-                    last = format!("registered: {got:?}, expected {want:?}");
+            for i in 0..self.coordinator_count() {
+                if self.coordinator_ref(i).pid().is_none() || self.coordinator_ref(i).is_paused() {
+                    continue;
                 }
-                Err(e) => last = format!("coordinator not reachable: {e}"),
+                let addr = self.coordinator_addrs[i].to_string();
+                let endpoint = self.opts.client.tls.endpoint(&addr).map_err(|e| anyhow!(e))?;
+                let topology = tokio::time::timeout(PROBE_TIMEOUT, async {
+                    let channel = endpoint.connect().await.map_err(|e| format!("{e:?}"))?;
+                    CoordinatorClient::new(channel)
+                        .get_topology(GetTopologyRequest {})
+                        .await
+                        .map_err(|s| format!("{}: {}", s.code(), s.message()))
+                })
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {PROBE_TIMEOUT:?}")));
+                match topology {
+                    Ok(t) => {
+                        let got: Vec<(u32, String)> =
+                            t.into_inner().members.into_iter().map(|m| (m.partition, m.address)).collect();
+                        if want.iter().all(|w| got.contains(w)) {
+                            return Ok(());
+                        }
+                        last = format!("registered at {addr}: {got:?}, expected {want:?}");
+                        break;
+                    }
+                    Err(e) => last = format!("coordinator {addr} not reachable: {e}"),
+                }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         bail!("participants did not register within {timeout:?}: {last}")
+    }
+
+    /// One health probe of coordinator `i` (service `twopc.v1.Coordinator`).
+    pub async fn coordinator_health(&self, i: usize) -> CoordinatorHealth {
+        use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+        let proc = self.coordinator_ref(i);
+        if proc.pid().is_none() || proc.is_paused() {
+            return CoordinatorHealth::Down;
+        }
+        let addr = self.coordinator_addrs[i].to_string();
+        let endpoint = match self.opts.client.tls.endpoint(&addr) {
+            Ok(e) => e,
+            Err(e) => return CoordinatorHealth::Unreachable(e),
+        };
+        let probe = async {
+            let channel = endpoint.connect().await.map_err(|e| format!("{e:?}"))?;
+            HealthClient::new(channel)
+                .check(HealthCheckRequest { service: "twopc.v1.Coordinator".into() })
+                .await
+                .map(|r| r.into_inner().status())
+                .map_err(|s| format!("{}: {}", s.code(), s.message()))
+        };
+        match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+            Ok(Ok(ServingStatus::Serving)) => CoordinatorHealth::Serving,
+            Ok(Ok(other)) => CoordinatorHealth::NotServing(other.as_str_name().to_string()),
+            Ok(Err(e)) => CoordinatorHealth::Unreachable(e),
+            Err(_) => CoordinatorHealth::Unreachable(format!("no answer within {PROBE_TIMEOUT:?}")),
+        }
+    }
+
+    /// The index of the leading coordinator: polls every coordinator that
+    /// runs and is not paused until exactly one reports
+    /// `twopc.v1.Coordinator` SERVING (standbys report NOT_SERVING). Two
+    /// SERVING at once (an old leader that has not noticed yet) is not an
+    /// answer: it keeps polling.
+    pub async fn leader(&self, timeout: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut seen = Vec::with_capacity(self.coordinator_count());
+            for i in 0..self.coordinator_count() {
+                seen.push(self.coordinator_health(i).await);
+            }
+            let serving: Vec<usize> = (0..seen.len()).filter(|&i| seen[i] == CoordinatorHealth::Serving).collect();
+            if let [one] = serving[..] {
+                return Ok(one);
+            }
+            if Instant::now() >= deadline {
+                let report: Vec<String> =
+                    seen.iter().enumerate().map(|(i, h)| format!("{} {h:?}", self.coordinator_addrs[i])).collect();
+                bail!("no single leading coordinator within {timeout:?}: {}", report.join("; "));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ha_opts() -> ClusterOptions {
+        ClusterOptions {
+            partitions: 2,
+            coordinator_args: vec!["--prepare-timeout-ms".into(), "500".into()],
+            ha: Some(HaOptions {
+                cluster_name: "t1".into(),
+                lease_ttl_secs: 4,
+                ..HaOptions::new("127.0.0.1:1,127.0.0.1:2")
+            }),
+            ..ClusterOptions::default()
+        }
+    }
+
+    #[test]
+    fn single_mode_command_line_is_unchanged() {
+        let opts = ClusterOptions::default();
+        let args = coordinator_args(Path::new("/d"), &opts, "127.0.0.1:0");
+        assert_eq!(
+            args,
+            ["coordinator", "--listen", "127.0.0.1:0", "--partitions", "3", "--data-dir", "/d/coordinator"]
+        );
+        assert_eq!(coordinator_log(Path::new("/d"), &opts, 0), Path::new("/d/coordinator.log"));
+    }
+
+    #[test]
+    fn ha_mode_command_line_names_etcd_and_the_cluster() {
+        let opts = ha_opts();
+        let args = coordinator_args(Path::new("/d"), &opts, "127.0.0.1:7002");
+        assert_eq!(
+            args,
+            [
+                "coordinator",
+                "--listen",
+                "127.0.0.1:7002",
+                "--partitions",
+                "2",
+                "--decision-log",
+                "etcd",
+                "--etcd-endpoints",
+                "127.0.0.1:1,127.0.0.1:2",
+                "--cluster-name",
+                "t1",
+                "--lease-ttl-secs",
+                "4",
+                "--prepare-timeout-ms",
+                "500"
+            ]
+        );
+        assert_eq!(coordinator_log(Path::new("/d"), &opts, 2), Path::new("/d/coordinator-2.log"));
+    }
+
+    #[test]
+    fn ha_mode_needs_coordinators_and_endpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = Path::new("/nonexistent/twopc");
+        let mut opts = ha_opts();
+        opts.ha.as_mut().unwrap().coordinators = 0;
+        let err = LocalCluster::start(exe, dir.path(), opts).err().unwrap().to_string();
+        assert!(err.contains("at least one coordinator"), "{err}");
+        let mut opts = ha_opts();
+        opts.ha.as_mut().unwrap().etcd_endpoints = " ".into();
+        let err = LocalCluster::start(exe, dir.path(), opts).err().unwrap().to_string();
+        assert!(err.contains("etcd endpoints"), "{err}");
     }
 }

@@ -3,6 +3,16 @@
 //! bank: accounts spread over the partitions, concurrent transfers between
 //! them (each a distributed transaction), and a check that the total is
 //! unchanged. With `--keep-running` the cluster stays up for the CLI.
+//!
+//! `twopc demo --ha` shows coordinator failover (PROTOCOL.md rules 14-16):
+//! a three-member etcd, three coordinators sharing their decision log in it
+//! (one leads), the participants given all three addresses. Halfway through
+//! the transfers the leader is SIGKILLed; the demo reports who took over
+//! and how fast (kill → first commit served by the new leader), how long
+//! the workload stalled, how each transfer ended (committed, aborted, or
+//! unknown to its client because the commit call failed during the
+//! failover, then asked again afterwards), and checks that the total is
+//! unchanged. It exits non-zero if money was created or lost.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +24,8 @@ use rand::Rng;
 use twopc_client::{Client, Outcome};
 
 use crate::cluster::{ClusterOptions, LocalCluster};
+
+mod ha;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
@@ -31,9 +43,16 @@ pub struct DemoArgs {
     /// Keep the cluster running after the workload until Ctrl-C.
     #[arg(long)]
     pub keep_running: bool,
+    /// High availability: a 3-member etcd, 3 coordinators on it, and the
+    /// leader SIGKILLed halfway through the transfers (needs `etcd` on PATH).
+    #[arg(long)]
+    pub ha: bool,
+    /// With --ha: the leader's lease TTL (a dead leader is replaced after about this long).
+    #[arg(long, default_value_t = 3, requires = "ha")]
+    pub lease_ttl_secs: u64,
 }
 
-const INITIAL_BALANCE: i64 = 100;
+pub(crate) const INITIAL_BALANCE: i64 = 100;
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.accounts >= 2, "--accounts must be at least 2");
@@ -47,6 +66,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             tmp.path().to_path_buf()
         }
     };
+    if args.ha {
+        return ha::run(&args, &dir).await;
+    }
     println!("starting a coordinator and {} participants under {}", args.partitions, dir.display());
     let opts = ClusterOptions { partitions: args.partitions, ..ClusterOptions::default() };
     let cluster = LocalCluster::start(&exe, &dir, opts)?;
@@ -57,16 +79,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 
     let client = Client::connect(&cluster.coordinator_addr()).await?;
-    let txn = client.begin(None).await?;
-    for a in 0..args.accounts {
-        txn.put(account(a).as_bytes(), INITIAL_BALANCE.to_string().as_bytes()).await?;
-    }
-    match txn.commit().await? {
-        Outcome::Committed => {
-            println!("opened {} accounts with {INITIAL_BALANCE} each in one transaction ({})", args.accounts, txn.tid())
-        }
-        Outcome::Aborted { reason } => bail!("opening the accounts aborted: {reason}"),
-    }
+    open_accounts(&client, args.accounts).await?;
 
     let started = Instant::now();
     let committed = Arc::new(AtomicU64::new(0));
@@ -126,11 +139,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens `accounts` accounts with [`INITIAL_BALANCE`] each, in one transaction.
+pub(crate) async fn open_accounts(client: &Client, accounts: u32) -> anyhow::Result<()> {
+    let txn = client.begin(None).await?;
+    for a in 0..accounts {
+        txn.put(account(a).as_bytes(), INITIAL_BALANCE.to_string().as_bytes()).await?;
+    }
+    match txn.commit().await? {
+        Outcome::Committed => {
+            println!("opened {accounts} accounts with {INITIAL_BALANCE} each in one transaction ({})", txn.tid());
+            Ok(())
+        }
+        Outcome::Aborted { reason } => bail!("opening the accounts aborted: {reason}"),
+    }
+}
+
 /// The sum of all balances, read in one transaction so it sees a
 /// consistent state. (Plain reads could see a transfer applied on one
 /// partition and not yet on the other: phase 2 runs after the client has
 /// heard COMMITTED.) Retried while a lock conflict aborts it.
-async fn audit(client: &Client, accounts: u32) -> anyhow::Result<i64> {
+pub(crate) async fn audit(client: &Client, accounts: u32) -> anyhow::Result<i64> {
     for attempt in 0..50u64 {
         let txn = client.begin(Some(Duration::from_secs(10))).await?;
         let mut total = 0i64;
@@ -154,7 +182,7 @@ async fn audit(client: &Client, accounts: u32) -> anyhow::Result<i64> {
     bail!("the audit kept conflicting with transfers still being applied")
 }
 
-fn account(a: u32) -> String {
+pub(crate) fn account(a: u32) -> String {
     format!("acct-{a}")
 }
 
@@ -179,6 +207,6 @@ async fn transfer(client: &Client, from: u32, to: u32, amount: i64) -> anyhow::R
     }
 }
 
-fn balance(v: Option<Vec<u8>>) -> i64 {
+pub(crate) fn balance(v: Option<Vec<u8>>) -> i64 {
     v.and_then(|v| String::from_utf8_lossy(&v).parse().ok()).unwrap_or(0)
 }

@@ -26,7 +26,8 @@ enum Cmd {
     Coordinator(twopc_coordinator::Config),
     /// Run a participant owning one partition of the key space.
     Participant(twopc_participant::Config),
-    /// Start a local cluster (coordinator + participants) and run a sample workload.
+    /// Start a local cluster (coordinator + participants) and run a sample workload
+    /// (`--ha`: three coordinators on a local etcd, the leader killed midway).
     Demo(twopc::demo::DemoArgs),
     /// Benchmark transactions (throughput, latency, and its distance from the 2×RTT + 2×fsync floor).
     Bench(twopc::bench::BenchArgs),

@@ -10,7 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use twopc::cluster::{ClusterOptions, LocalCluster};
+use twopc::cluster::{ClusterOptions, HaOptions, LocalCluster};
+use twopc::etcd_cluster::EtcdCluster;
 use twopc_client::{Client, ConnectOptions, Decision, FailpointTarget, Outcome, partition_for};
 use twopc_proto::pb;
 
@@ -19,6 +20,9 @@ pub const SETTLE: Duration = Duration::from_secs(30);
 pub struct TestCluster {
     pub cluster: LocalCluster,
     pub client: Client,
+    /// HA mode ([`TestCluster::start_ha`]): the etcd holding the decision
+    /// log. Dropped after the cluster (coordinators first), before the directory.
+    pub etcd: Option<EtcdCluster>,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -30,14 +34,27 @@ impl Drop for TestCluster {
             }
         } else if std::thread::panicking() {
             // Show the processes' logs of a failing test.
-            for name in ["coordinator", "p0", "p1", "p2"] {
-                let path = self.cluster.dir.join(format!("{name}.log"));
-                if let Ok(log) = std::fs::read_to_string(&path) {
-                    let lines: Vec<&str> = log.lines().collect();
-                    let tail = &lines[lines.len().saturating_sub(40)..];
-                    eprintln!("---- {name}.log (last {} lines)\n{}", tail.len(), tail.join("\n"));
-                }
-            }
+            print_logs(&self.cluster, self.etcd.as_ref());
+        }
+    }
+}
+
+/// The end of every process's log (coordinators, participants, etcd members).
+pub fn print_logs(cluster: &LocalCluster, etcd: Option<&EtcdCluster>) {
+    let mut logs: Vec<std::path::PathBuf> = vec![cluster.dir.join("coordinator.log")];
+    if cluster.is_ha() {
+        logs = (0..cluster.coordinator_count()).map(|i| cluster.coordinator_log(i)).collect();
+    }
+    logs.extend((0..cluster.partitions()).map(|p| cluster.dir.join(format!("p{p}.log"))));
+    if let Some(etcd) = etcd {
+        logs.extend((0..etcd.len()).map(|i| etcd.log_path(i).to_path_buf()));
+    }
+    for path in logs {
+        if let Ok(log) = std::fs::read_to_string(&path) {
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            eprintln!("---- {name} (last {} lines)\n{}", tail.len(), tail.join("\n"));
         }
     }
 }
@@ -78,7 +95,31 @@ impl TestCluster {
         let client = Client::connect_with(&cluster.coordinator_addr(), cluster.connect_options().clone())
             .await
             .expect("client connects");
-        TestCluster { cluster, client, dir: Some(dir) }
+        TestCluster { cluster, client, etcd: None, dir: Some(dir) }
+    }
+
+    /// HA mode: a 3-member etcd in the test's directory, then the cluster
+    /// with `opts.ha` (default [`HaOptions::new`]: 3 coordinators) pointed
+    /// at it (its `etcd_endpoints` are replaced by this etcd's); waits for a
+    /// leader and for the participants to register, and connects a client
+    /// given every coordinator's address.
+    pub async fn start_ha(mut opts: ClusterOptions) -> Self {
+        let dir = tempfile::Builder::new().prefix("twopc-test-").tempdir().expect("temp dir");
+        let etcd = EtcdCluster::start(&dir.path().join("etcd"), 3).expect("etcd starts");
+        let mut ha = opts.ha.take().unwrap_or_else(|| HaOptions::new(""));
+        ha.etcd_endpoints = etcd.endpoints();
+        opts.ha = Some(ha);
+        let cluster = LocalCluster::start(env!("CARGO_BIN_EXE_twopc").as_ref(), dir.path(), opts).expect("cluster");
+        let ready = match cluster.leader(SETTLE).await {
+            Ok(_) => cluster.wait_registered(SETTLE).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ready {
+            print_logs(&cluster, Some(&etcd));
+            panic!("the HA cluster did not come up: {e:#}");
+        }
+        let client = connect_until(&cluster.coordinator_addr(), cluster.connect_options()).await;
+        TestCluster { cluster, client, etcd: Some(etcd), dir: Some(dir) }
     }
 
     pub async fn three() -> Self {
