@@ -18,6 +18,10 @@ pub enum Act {
     /// Answer with a success: COMMITTED for Commit and GetDecision, the
     /// message's defaults otherwise (a tid for Begin).
     Answer,
+    /// Answer ABORTED (Commit, GetDecision); like `Answer` elsewhere.
+    Aborted,
+    /// Answer PENDING (GetDecision); like `Answer` elsewhere.
+    Pending,
     /// Answer with this status.
     Fail(Status),
     /// Never answer (a wedged coordinator).
@@ -67,6 +71,13 @@ impl Drop for FakeCoordinator {
     }
 }
 
+#[derive(Clone, Copy)]
+enum Success {
+    Committed,
+    Aborted,
+    Pending,
+}
+
 struct Fake {
     script: Arc<Script>,
     calls: Arc<Mutex<HashMap<&'static str, u32>>>,
@@ -74,6 +85,11 @@ struct Fake {
 
 impl Fake {
     async fn act<T>(&self, rpc: &'static str, ok: impl FnOnce() -> T) -> Result<Response<T>, Status> {
+        self.act_as(rpc, |_| ok()).await
+    }
+
+    /// As `act`, `ok` told which success was asked for.
+    async fn act_as<T>(&self, rpc: &'static str, ok: impl FnOnce(Success) -> T) -> Result<Response<T>, Status> {
         let n = {
             let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
             let n = calls.entry(rpc).or_insert(0);
@@ -81,7 +97,9 @@ impl Fake {
             *n
         };
         match (self.script)(rpc, n) {
-            Act::Answer => Ok(Response::new(ok())),
+            Act::Answer => Ok(Response::new(ok(Success::Committed))),
+            Act::Aborted => Ok(Response::new(ok(Success::Aborted))),
+            Act::Pending => Ok(Response::new(ok(Success::Pending))),
             Act::Fail(s) => Err(s),
             Act::Hang => std::future::pending().await,
         }
@@ -97,8 +115,11 @@ impl Coordinator for Fake {
         self.act("Enlist", pb::EnlistResponse::default).await
     }
     async fn commit(&self, _: Request<pb::CommitRequest>) -> Result<Response<pb::CommitResponse>, Status> {
-        self.act("Commit", || pb::CommitResponse { outcome: pb::Outcome::Committed as i32, reason: String::new() })
-            .await
+        self.act_as("Commit", |s| match s {
+            Success::Aborted => pb::CommitResponse { outcome: pb::Outcome::Aborted as i32, reason: "scripted".into() },
+            _ => pb::CommitResponse { outcome: pb::Outcome::Committed as i32, reason: String::new() },
+        })
+        .await
     }
     async fn abort(&self, _: Request<pb::AbortRequest>) -> Result<Response<pb::AbortResponse>, Status> {
         self.act("Abort", pb::AbortResponse::default).await
@@ -107,9 +128,13 @@ impl Coordinator for Fake {
         &self,
         _: Request<pb::GetDecisionRequest>,
     ) -> Result<Response<pb::GetDecisionResponse>, Status> {
-        self.act("GetDecision", || pb::GetDecisionResponse {
-            decision: pb::Decision::Committed as i32,
-            ..Default::default()
+        self.act_as("GetDecision", |s| {
+            let decision = match s {
+                Success::Committed => pb::Decision::Committed,
+                Success::Aborted => pb::Decision::Aborted,
+                Success::Pending => pb::Decision::Pending,
+            };
+            pb::GetDecisionResponse { decision: decision as i32, reason: "scripted".into(), ..Default::default() }
         })
         .await
     }

@@ -31,7 +31,8 @@ use statement::Statement;
 /// Where to find the cluster and how to reach it; every client command takes it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnArgs {
-    /// Coordinator address, host:port.
+    /// Coordinator addresses, HOST:PORT[,HOST:PORT...]: with several (one leads, the
+    /// others are standbys) every call follows the leader.
     #[arg(long, global = false, env = "TWOPC_COORDINATOR", default_value = "127.0.0.1:7000")]
     pub coordinator: String,
     #[command(flatten)]
@@ -48,6 +49,7 @@ impl ConnArgs {
         Ok(ConnectOptions {
             tls: self.tls.client().map_err(ClientError::InvalidArgument)?,
             admin_token: AdminToken::new(self.admin_token.as_deref()).map_err(ClientError::InvalidArgument)?,
+            ..ConnectOptions::default()
         })
     }
 }
