@@ -3,8 +3,9 @@
 //!
 //! By default it starts its own local cluster (a coordinator and
 //! `--partitions` participants, child processes of this binary, data under a
-//! temporary directory or `--dir`); with `--coordinator HOST:PORT` it runs
-//! against processes that are already up and starts nothing.
+//! temporary directory or `--dir`); with `--coordinator HOST:PORT` (or a
+//! list `A,B,C` of coordinators, one leading) it runs against processes
+//! that are already up and starts nothing.
 //!
 //! # Workloads
 //!
@@ -86,7 +87,8 @@ pub enum Workload {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Run against this running coordinator (HOST:PORT) instead of starting a local cluster.
+    /// Run against this running coordinator (HOST:PORT, or a list HOST:PORT,HOST:PORT
+    /// of coordinators, one leading) instead of starting a local cluster.
     #[arg(long)]
     pub coordinator: Option<String>,
     /// How to reach a cluster given with --coordinator (the local cluster is plaintext).
@@ -273,7 +275,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     // The floor, measured on an idle cluster.
-    let rtt = measure_rtt(&coordinator, &tls).await?;
+    // At the leader, which the client found (it answered the topology).
+    let rtt = measure_rtt(&client.coordinator_address(), &tls).await?;
     let (fsync_dir, fsync_in_temp_dir, fsync_tmp) = match &data_dir {
         Some(d) => (d.clone(), false, None),
         None => {

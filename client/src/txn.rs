@@ -176,7 +176,7 @@ impl Txn {
         loop {
             tracing::debug!(tid = %self.tid, error = %cut_off, "commit cut off: asking the leader for the outcome");
             let asked = if self.client.options().call_budget <= started.elapsed() {
-                Some("the call budget ran out while the leader still said PENDING".to_string())
+                Some("the call budget ran out before a leader said COMMITTED or ABORTED".to_string())
             } else {
                 match self.client.decision(self.tid, self.client.policy_since(started)).await {
                     Ok(Decision::Committed) => return Ok(Outcome::Committed),
@@ -190,8 +190,12 @@ impl Txn {
                         // A new leader that has no record of the tid: it
                         // answers GetDecision ABORTED, asked next round.
                         Err(FollowError::Status { status, .. }) if status.code() == tonic::Code::NotFound => None,
+                        Err(FollowError::Exhausted { .. }) => None,
                         Err(e) => Some(format!("repeating the commit failed: {}", self.client.follow_error(e))),
                     },
+                    // No leader answered within that call's hops; the
+                    // budget decides when to give up.
+                    Err(FollowError::Exhausted { .. }) => None,
                     Err(e) => Some(format!("asking for its outcome failed: {}", self.client.follow_error(e))),
                 }
             };
