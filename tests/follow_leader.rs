@@ -98,6 +98,33 @@ async fn clients_cli_and_a_participant_follow_a_standby_and_skip_a_dead_address(
     let o = twopc(&["transactions", "--coordinator", &list], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 
+    // twopc bench against the running cluster, given the list.
+    let json = tc.cluster.dir.join("bench.json");
+    let o = twopc(
+        &[
+            "bench",
+            "--coordinator",
+            &list,
+            "--workload",
+            "spread",
+            "--duration-secs",
+            "1",
+            "--warmup-secs",
+            "0",
+            "--concurrency",
+            "2",
+            "--keys",
+            "50",
+            "--json",
+            &json.display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(report["committed"].as_u64().unwrap_or(0) > 0, "{report:#}");
+    assert_eq!(report["external_cluster"], true, "{report:#}");
+
     // Nobody leads: the error names every address and what it said, within the budget.
     let (dead, lost) = (dead_addr(), FakeCoordinator::standby(None).await);
     let nobody = format!("{dead},{}", lost.addr);
