@@ -352,12 +352,19 @@ impl Follower {
         st.current = i;
     }
 
-    /// The address after `address` in the rotation (itself if alone).
-    fn after(&self, address: &str) -> String {
+    /// The address after `address` in the rotation (itself if alone); for
+    /// an address outside it (a hint), the one after `anchor`, the last
+    /// address of the rotation tried, so the round robin goes on from there.
+    fn after(&self, address: &str, anchor: &str) -> String {
         let st = self.state();
         let n = st.rotation.len();
-        let i = st.rotation.iter().position(|a| a == address).unwrap_or(n - 1);
+        let at = |a: &str| st.rotation.iter().position(|r| r == a);
+        let i = at(address).or_else(|| at(anchor)).unwrap_or(n - 1);
         st.rotation[(i + 1) % n].clone()
+    }
+
+    fn in_rotation(&self, address: &str) -> bool {
+        self.state().rotation.iter().any(|a| a == address)
     }
 
     /// Runs `call` (one RPC on the client it is given) on the current
@@ -378,26 +385,32 @@ impl Follower {
         let mut backoff = Backoff::new(policy.backoff_initial, policy.backoff_max);
         let mut tried: Vec<Tried> = vec![];
         let mut address = self.current();
+        let mut anchor = address.clone();
         let mut hops = 0u32;
         loop {
             hops += 1;
+            if self.in_rotation(&address) {
+                anchor.clone_from(&address);
+            }
             let left = policy.budget.saturating_sub(started.elapsed());
             let limit = policy.attempt_limit.map_or(left, |l| l.min(left));
-            let outcome = match self.client(&address) {
-                Ok(client) => match tokio::time::timeout(limit, call(client)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Status::deadline_exceeded(format!("no answer within {}ms", limit.as_millis()))),
-                },
-                Err(s) => Err(s),
-            };
-            let status = match outcome {
-                Ok(v) => {
-                    self.settle_on(&address);
-                    return Ok(v);
+            let (status, failure) = match self.client(&address) {
+                Ok(client) => {
+                    let status = match tokio::time::timeout(limit, call(client)).await {
+                        Ok(Ok(v)) => {
+                            self.settle_on(&address);
+                            return Ok(v);
+                        }
+                        Ok(Err(s)) => s,
+                        Err(_) => Status::deadline_exceeded(format!("no answer within {}ms", limit.as_millis())),
+                    };
+                    let failure = classify(&status);
+                    (status, failure)
                 }
-                Err(s) => s,
+                // A standby named an address that cannot be dialled: a
+                // hop that went nowhere.
+                Err(s) => (s, Failure::NeverSent),
             };
-            let failure = classify(&status);
             let note = |tried: &mut Vec<Tried>, error: String| match tried.iter_mut().find(|t| t.address == address) {
                 Some(t) => t.error = error,
                 None => tried.push(Tried { address: address.clone(), error }),
@@ -415,7 +428,7 @@ impl Follower {
                     return Err(FollowError::Uncertain { address, status });
                 }
                 Failure::NeverSent | Failure::Unsure => {
-                    let next = self.after(&address);
+                    let next = self.after(&address, &anchor);
                     if next == address {
                         // One address and no hint: nowhere else to go.
                         return Err(FollowError::Status { address, status });
@@ -591,6 +604,18 @@ mod tests {
         assert!(matches!(e, FollowError::Uncertain { .. }), "{e:?}");
         let back = FollowError::from_status(e.into_status()).unwrap();
         assert!(matches!(back, FollowError::Uncertain { address, .. } if address == wedged.addr.to_string()));
+    }
+
+    #[tokio::test]
+    async fn a_hint_that_cannot_be_dialled_is_a_failed_hop() {
+        let leader = FakeCoordinator::start(Box::new(|_, _| Act::Answer)).await;
+        let liar = FakeCoordinator::standby(Some("not an address".into())).await;
+        let f = follower(&format!("{},{}", liar.addr, leader.addr));
+        topology(&f, quick()).await.unwrap();
+        assert_eq!(f.addresses(), vec![liar.addr.to_string(), leader.addr.to_string()], "nothing bad was added");
+        let e =
+            topology(&follower(&liar.addr.to_string()), Policy::within(Duration::from_millis(300))).await.unwrap_err();
+        assert!(e.to_string().contains("it named the leader not an address"), "{e}");
     }
 
     #[test]
