@@ -559,3 +559,74 @@ impl Node {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twopc_core::participant::Limits;
+    use twopc_proto::fake_coordinator::{Act, FakeCoordinator};
+    use twopc_proto::tls::ClientTls;
+    use twopc_proto::token::PeerToken;
+
+    fn dead_addr() -> String {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+    }
+
+    /// Register, Enlist, GetDecision and abort notices all reach the leader
+    /// through a dead address and a standby, with the peer token on every
+    /// channel.
+    #[tokio::test]
+    async fn calls_to_the_coordinator_follow_the_leader_with_the_peer_token() {
+        let leader = FakeCoordinator::start(Box::new(|_, _| Act::Answer)).await;
+        let standby = FakeCoordinator::standby(Some(leader.addr.to_string())).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 0).unwrap();
+        let token = PeerToken::new(Some("p33r")).unwrap();
+        let list = format!("{},{}", dead_addr(), standby.addr);
+        let follower = Follower::new(&list, ClientTls::plaintext(), token, Duration::from_secs(1)).unwrap();
+        let node = Node::new(Participant::new(0, Limits::default()), store, follower);
+
+        tokio::time::timeout(Duration::from_secs(10), node.clone().register_loop("127.0.0.1:7100".into()))
+            .await
+            .expect("registered through the standby");
+        assert_eq!((standby.calls("Register"), leader.calls("Register")), (1, 1));
+        assert_eq!(node.coordinator.current(), leader.addr.to_string());
+
+        let tid = Tid::now_v7();
+        node.ensure_enlisted(tid).await.expect("enlisted at the leader");
+        assert_eq!(leader.calls("EnlistBatch"), 1);
+        let resp = node.get_decision(tid).await.unwrap();
+        assert_eq!(resp.decision(), pb::Decision::Committed);
+
+        node.tell_coordinator_aborted(tid);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while leader.calls("Abort") == 0 {
+            assert!(std::time::Instant::now() < deadline, "the abort notice never reached the leader");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let tokens = [standby.peer_tokens(), leader.peer_tokens()].concat();
+        assert_eq!(tokens.len(), 5);
+        assert!(tokens.iter().all(|t| t.as_deref() == Some("p33r")), "{tokens:?}");
+    }
+
+    /// An enlistment that finds no leader fails the operation with
+    /// UNAVAILABLE naming the addresses, within its budget.
+    #[tokio::test]
+    async fn an_enlistment_without_a_leader_fails_within_its_budget() {
+        let lost = FakeCoordinator::standby(None).await;
+        let dead = dead_addr();
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 0).unwrap();
+        let list = format!("{dead},{}", lost.addr);
+        let follower = Follower::new(&list, ClientTls::plaintext(), PeerToken::default(), Duration::from_secs(1));
+        let node = Node::new(Participant::new(0, Limits::default()), store, follower.unwrap());
+        let started = std::time::Instant::now();
+        let e = node.ensure_enlisted(Tid::now_v7()).await.unwrap_err();
+        assert!(started.elapsed() < ENLIST_BUDGET + Duration::from_secs(2), "took {:?}", started.elapsed());
+        assert!(matches!(e, ParticipantError::CoordinatorUnavailable(_)), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains(&dead) && text.contains(&lost.addr.to_string()), "{text}");
+        assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unavailable);
+    }
+}

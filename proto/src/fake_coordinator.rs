@@ -35,6 +35,8 @@ pub type Script = Box<dyn Fn(&'static str, u32) -> Act + Send + Sync>;
 pub struct FakeCoordinator {
     pub addr: SocketAddr,
     calls: Arc<Mutex<HashMap<&'static str, u32>>>,
+    /// The peer token each call carried (`None`: none), in order.
+    peer_tokens: Arc<Mutex<Vec<Option<String>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -44,19 +46,25 @@ impl FakeCoordinator {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
         let addr = listener.local_addr().expect("bound address");
         let calls = Arc::new(Mutex::new(HashMap::new()));
-        let service = Fake { script: Arc::new(script), calls: calls.clone() };
+        let peer_tokens = Arc::new(Mutex::new(vec![]));
+        let service = Fake { script: Arc::new(script), calls: calls.clone(), peer_tokens: peer_tokens.clone() };
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(CoordinatorServer::new(service))
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await;
         });
-        FakeCoordinator { addr, calls, task }
+        FakeCoordinator { addr, calls, peer_tokens, task }
     }
 
     /// A standby that names `leader` (or no one) on every call.
     pub async fn standby(leader: Option<String>) -> FakeCoordinator {
         Self::start(Box::new(move |_, _| Act::Fail(crate::leader::standby_status(leader.as_deref())))).await
+    }
+
+    /// The peer token (`x-twopc-peer-token`) of every call so far, in order.
+    pub fn peer_tokens(&self) -> Vec<Option<String>> {
+        self.peer_tokens.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// How many calls of `rpc` arrived.
@@ -81,15 +89,28 @@ enum Success {
 struct Fake {
     script: Arc<Script>,
     calls: Arc<Mutex<HashMap<&'static str, u32>>>,
+    peer_tokens: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 impl Fake {
-    async fn act<T>(&self, rpc: &'static str, ok: impl FnOnce() -> T) -> Result<Response<T>, Status> {
-        self.act_as(rpc, |_| ok()).await
+    async fn act<R, T>(
+        &self,
+        rpc: &'static str,
+        req: &Request<R>,
+        ok: impl FnOnce() -> T,
+    ) -> Result<Response<T>, Status> {
+        self.act_as(rpc, req, |_| ok()).await
     }
 
     /// As `act`, `ok` told which success was asked for.
-    async fn act_as<T>(&self, rpc: &'static str, ok: impl FnOnce(Success) -> T) -> Result<Response<T>, Status> {
+    async fn act_as<R, T>(
+        &self,
+        rpc: &'static str,
+        req: &Request<R>,
+        ok: impl FnOnce(Success) -> T,
+    ) -> Result<Response<T>, Status> {
+        let token = req.metadata().get("x-twopc-peer-token").and_then(|v| v.to_str().ok()).map(str::to_string);
+        self.peer_tokens.lock().unwrap_or_else(|p| p.into_inner()).push(token);
         let n = {
             let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
             let n = calls.entry(rpc).or_insert(0);
@@ -108,27 +129,27 @@ impl Fake {
 
 #[tonic::async_trait]
 impl Coordinator for Fake {
-    async fn begin(&self, _: Request<pb::BeginRequest>) -> Result<Response<pb::BeginResponse>, Status> {
-        self.act("Begin", || pb::BeginResponse { tid: uuid::Uuid::now_v7().to_string(), deadline_unix_ms: 0 }).await
+    async fn begin(&self, r: Request<pb::BeginRequest>) -> Result<Response<pb::BeginResponse>, Status> {
+        self.act("Begin", &r, || pb::BeginResponse { tid: uuid::Uuid::now_v7().to_string(), deadline_unix_ms: 0 }).await
     }
-    async fn enlist(&self, _: Request<pb::EnlistRequest>) -> Result<Response<pb::EnlistResponse>, Status> {
-        self.act("Enlist", pb::EnlistResponse::default).await
+    async fn enlist(&self, r: Request<pb::EnlistRequest>) -> Result<Response<pb::EnlistResponse>, Status> {
+        self.act("Enlist", &r, pb::EnlistResponse::default).await
     }
-    async fn commit(&self, _: Request<pb::CommitRequest>) -> Result<Response<pb::CommitResponse>, Status> {
-        self.act_as("Commit", |s| match s {
+    async fn commit(&self, r: Request<pb::CommitRequest>) -> Result<Response<pb::CommitResponse>, Status> {
+        self.act_as("Commit", &r, |s| match s {
             Success::Aborted => pb::CommitResponse { outcome: pb::Outcome::Aborted as i32, reason: "scripted".into() },
             _ => pb::CommitResponse { outcome: pb::Outcome::Committed as i32, reason: String::new() },
         })
         .await
     }
-    async fn abort(&self, _: Request<pb::AbortRequest>) -> Result<Response<pb::AbortResponse>, Status> {
-        self.act("Abort", pb::AbortResponse::default).await
+    async fn abort(&self, r: Request<pb::AbortRequest>) -> Result<Response<pb::AbortResponse>, Status> {
+        self.act("Abort", &r, pb::AbortResponse::default).await
     }
     async fn get_decision(
         &self,
-        _: Request<pb::GetDecisionRequest>,
+        r: Request<pb::GetDecisionRequest>,
     ) -> Result<Response<pb::GetDecisionResponse>, Status> {
-        self.act_as("GetDecision", |s| {
+        self.act_as("GetDecision", &r, |s| {
             let decision = match s {
                 Success::Committed => pb::Decision::Committed,
                 Success::Aborted => pb::Decision::Aborted,
@@ -138,34 +159,36 @@ impl Coordinator for Fake {
         })
         .await
     }
-    async fn register(&self, _: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
-        self.act("Register", pb::RegisterResponse::default).await
+    async fn register(&self, r: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        self.act("Register", &r, pb::RegisterResponse::default).await
     }
-    async fn get_topology(&self, _: Request<pb::GetTopologyRequest>) -> Result<Response<pb::Topology>, Status> {
-        self.act("GetTopology", || pb::Topology { partitions: 1, members: vec![] }).await
+    async fn get_topology(&self, r: Request<pb::GetTopologyRequest>) -> Result<Response<pb::Topology>, Status> {
+        self.act("GetTopology", &r, || pb::Topology { partitions: 1, members: vec![] }).await
     }
     async fn list_transactions(
         &self,
-        _: Request<pb::ListTransactionsRequest>,
+        r: Request<pb::ListTransactionsRequest>,
     ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
-        self.act("ListTransactions", pb::ListTransactionsResponse::default).await
+        self.act("ListTransactions", &r, pb::ListTransactionsResponse::default).await
     }
     async fn set_failpoint(
         &self,
-        _: Request<pb::SetFailpointRequest>,
+        r: Request<pb::SetFailpointRequest>,
     ) -> Result<Response<pb::SetFailpointResponse>, Status> {
-        self.act("SetFailpoint", pb::SetFailpointResponse::default).await
+        self.act("SetFailpoint", &r, pb::SetFailpointResponse::default).await
     }
     async fn enlist_batch(
         &self,
         r: Request<pb::EnlistBatchRequest>,
     ) -> Result<Response<pb::EnlistBatchResponse>, Status> {
-        let n = r.into_inner().requests.len();
-        self.act("EnlistBatch", || pb::EnlistBatchResponse { results: vec![pb::EnlistResult::default(); n] }).await
+        let n = r.get_ref().requests.len();
+        // A deadline a minute away, so an enlistment can be applied.
+        let result = pb::EnlistResult { deadline_unix_ms: crate::now_unix_ms() + 60_000, ..Default::default() };
+        self.act("EnlistBatch", &r, || pb::EnlistBatchResponse { results: vec![result; n] }).await
     }
     async fn begin_batch(&self, r: Request<pb::BeginBatchRequest>) -> Result<Response<pb::BeginBatchResponse>, Status> {
-        let n = r.into_inner().requests.len();
-        self.act("BeginBatch", || pb::BeginBatchResponse {
+        let n = r.get_ref().requests.len();
+        self.act("BeginBatch", &r, || pb::BeginBatchResponse {
             results: (0..n)
                 .map(|_| pb::BeginResult { tid: uuid::Uuid::now_v7().to_string(), ..Default::default() })
                 .collect(),
