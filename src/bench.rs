@@ -3,8 +3,9 @@
 //!
 //! By default it starts its own local cluster (a coordinator and
 //! `--partitions` participants, child processes of this binary, data under a
-//! temporary directory or `--dir`); with `--coordinator HOST:PORT` it runs
-//! against processes that are already up and starts nothing. `--ha` makes
+//! temporary directory or `--dir`); with `--coordinator HOST:PORT` (or a
+//! list `A,B,C` of coordinators, one leading) it runs against processes
+//! that are already up and starts nothing. `--ha` makes
 //! the local cluster highly available: a three-member etcd and three
 //! coordinators keeping their decision log in it (one leads), so the
 //! forced COMMIT record costs an etcd write (a raft round and etcd's own
@@ -91,7 +92,8 @@ pub enum Workload {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Run against this running coordinator (HOST:PORT) instead of starting a local cluster.
+    /// Run against this running coordinator (HOST:PORT, or a list HOST:PORT,HOST:PORT
+    /// of coordinators, one leading) instead of starting a local cluster.
     #[arg(long)]
     pub coordinator: Option<String>,
     /// How to reach a cluster given with --coordinator (the local cluster is plaintext).
@@ -248,10 +250,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.coordinator.is_some() || !tls.is_enabled(),
         "--tls-ca is for a cluster given with --coordinator: the local cluster runs plaintext"
     );
-    // `coordinator` is what clients are given (every address in HA mode);
-    // `rtt_target` the one address the round trip is measured to (the leader).
-    let (coordinator, rtt_target, data_dir) = match &args.coordinator {
-        Some(addr) => (addr.clone(), addr.clone(), None),
+    // `coordinator` is what clients are given (every address in HA mode).
+    let (coordinator, data_dir) = match &args.coordinator {
+        Some(addr) => (addr.clone(), None),
         None => {
             anyhow::ensure!(args.partitions >= 1, "--partitions must be at least 1");
             let exe = std::env::current_exe().context("cannot find the twopc binary")?;
@@ -282,12 +283,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 eprintln!("starting a coordinator and {} participants under {}", args.partitions, dir.display());
             }
             let c = LocalCluster::start(&exe, &dir, opts)?;
-            let leader = c.leader(Duration::from_secs(30)).await?;
+            c.leader(Duration::from_secs(30)).await?;
             c.wait_registered(Duration::from_secs(30)).await?;
             let addr = c.coordinator_addr();
-            let rtt_target = c.coordinator_addrs()[leader].clone();
             cluster = Some(c);
-            (addr, rtt_target, Some(dir))
+            (addr, Some(dir))
         }
     };
 
@@ -300,7 +300,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     // The floor, measured on an idle cluster.
-    let rtt = measure_rtt(&rtt_target, &tls).await?;
+    // At the leader, which the client found (it answered the topology).
+    let rtt = measure_rtt(&client.coordinator_address(), &tls).await?;
     let (fsync_dir, fsync_in_temp_dir, fsync_tmp) = match &data_dir {
         Some(d) => (d.clone(), false, None),
         None => {

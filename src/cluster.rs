@@ -439,6 +439,14 @@ impl LocalCluster {
     }
 
     fn spawn_participant(&self, p: u32, env: &[(String, String)]) -> anyhow::Result<Proc> {
+        self.spawn_participant_with(p, &self.coordinator_addr(), env)
+    }
+
+    /// Starts participant `p` on its data directory (at a new port) with
+    /// `--coordinator coordinators` (one address, or a list `A,B,C` to
+    /// follow the leader among), and returns it; the caller puts it in
+    /// `participants` (index `p`) to have it waited for and cleaned up.
+    pub fn spawn_participant_with(&self, p: u32, coordinators: &str, env: &[(String, String)]) -> anyhow::Result<Proc> {
         let data = self.dir.join(format!("p{p}"));
         let mut args: Vec<String> = vec![
             "participant".into(),
@@ -447,7 +455,7 @@ impl LocalCluster {
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--coordinator".into(),
-            self.coordinator_addr(),
+            coordinators.to_string(),
             "--data-dir".into(),
             data.display().to_string(),
         ];

@@ -113,6 +113,7 @@ async fn mutual_tls_commits_and_refuses_clients_without_a_certificate() {
         client: ConnectOptions {
             tls: tls_args(&pki.ca, Some(&pki.client)).client().expect("client TLS settings"),
             admin_token: AdminToken::default(),
+            ..Default::default()
         },
         ..ClusterOptions::default()
     };
@@ -177,7 +178,11 @@ async fn admin_token_guards_admin_rpcs() {
     let opts = ClusterOptions {
         partitions: 2,
         env,
-        client: ConnectOptions { tls: tls.clone(), admin_token: AdminToken::new(Some(token)).unwrap() },
+        client: ConnectOptions {
+            tls: tls.clone(),
+            admin_token: AdminToken::new(Some(token)).unwrap(),
+            ..Default::default()
+        },
         ..ClusterOptions::default()
     };
     let tc = TestCluster::start(opts).await;
@@ -191,7 +196,8 @@ async fn admin_token_guards_admin_rpcs() {
 
     // Without it, or with a wrong one: UNAUTHENTICATED, saying what to do.
     for bad in [None, Some("wrong")] {
-        let options = ConnectOptions { tls: tls.clone(), admin_token: AdminToken::new(bad).unwrap() };
+        let options =
+            ConnectOptions { tls: tls.clone(), admin_token: AdminToken::new(bad).unwrap(), ..Default::default() };
         let client = Client::connect_with(&addr, options.clone()).await.expect("transaction calls need no token");
         let e = client.transactions().await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{e}");
@@ -206,7 +212,8 @@ async fn admin_token_guards_admin_rpcs() {
     }
     // With the token it gets past the check (to NOT_FOUND: nothing is in doubt).
     let p0 = tc.cluster.participants[0].addr.to_string();
-    let with_token = ConnectOptions { tls: tls.clone(), admin_token: AdminToken::new(Some(token)).unwrap() };
+    let with_token =
+        ConnectOptions { tls: tls.clone(), admin_token: AdminToken::new(Some(token)).unwrap(), ..Default::default() };
     let e = twopc_client::resolve_heuristically(&p0, uuid::Uuid::now_v7(), false, true, "test", &with_token).await;
     assert_eq!(e.unwrap_err().code(), Code::NotFound);
 

@@ -15,6 +15,7 @@
 use std::str::FromStr;
 
 use tonic::transport::Channel;
+use twopc_proto::follow::Retry;
 use twopc_proto::pb;
 use twopc_proto::pb::participant_client::ParticipantClient;
 
@@ -200,31 +201,37 @@ impl Client {
         Ok(route.call(Some(ADMIN_TIMEOUT), &call).await.map_err(|s| route.error(s).to_string())?.into_inner())
     }
 
-    /// The coordinator's live and unfinished transactions.
+    /// The coordinator's live and unfinished transactions (the leader's).
     pub async fn transactions(&self) -> Result<Vec<pb::TransactionInfo>, ClientError> {
-        let mut coordinator = self.coordinator();
-        let resp = within(
-            Some(ADMIN_TIMEOUT),
-            || self.coordinator_peer(),
-            coordinator.list_transactions(self.options().admin_token.request(pb::ListTransactionsRequest {})),
-        )
-        .await
-        .map_err(|s| self.coordinator_error(s))?;
-        Ok(resp.into_inner().transactions)
+        let token = &self.options().admin_token;
+        let policy = self.policy().attempts_within(ADMIN_TIMEOUT);
+        let resp = self
+            .coordinator_call("ListTransactions", policy, Retry::Idempotent, |mut c| async move {
+                c.list_transactions(token.request(pb::ListTransactionsRequest {})).await
+            })
+            .await
+            .map_err(|e| self.follow_error(e))?;
+        Ok(resp.transactions)
     }
 
-    /// Arms failpoint `name` with `actions` in one process; empty `actions`
-    /// disarms it.
+    /// Arms failpoint `name` with `actions` in one process (the leading
+    /// coordinator, or a partition); empty `actions` disarms it.
     pub async fn set_failpoint(&self, target: FailpointTarget, name: &str, actions: &str) -> Result<(), ClientError> {
         let req = pb::SetFailpointRequest { name: name.to_string(), actions: actions.to_string() };
-        let req = self.options().admin_token.request(req);
+        let token = &self.options().admin_token;
         match target {
             FailpointTarget::Coordinator => {
-                self.coordinator().set_failpoint(req).await.map_err(|s| self.coordinator_error(s))?;
+                let policy = self.policy().attempts_within(ADMIN_TIMEOUT);
+                self.coordinator_call("SetFailpoint", policy, Retry::Idempotent, |mut c| {
+                    let req = token.request(req.clone());
+                    async move { c.set_failpoint(req).await }
+                })
+                .await
+                .map_err(|e| self.follow_error(e))?;
             }
             FailpointTarget::Partition(p) => {
                 let route = self.route_partition(p).await?;
-                route.client.clone().set_failpoint(req).await.map_err(|s| route.error(s))?;
+                route.client.clone().set_failpoint(token.request(req)).await.map_err(|s| route.error(s))?;
             }
         }
         Ok(())

@@ -1,5 +1,21 @@
-//! The shared client handle: a coordinator channel, the topology, and one
-//! cached channel per participant address.
+//! The shared client handle: the coordinators it follows, the topology, and
+//! one cached channel per participant address.
+//!
+//! Coordinator calls go through one [`Follower`] over the addresses given
+//! (`A,B,C`; PROTOCOL.md rule 16, `twopc_proto::follow`): a standby's
+//! answer names the leader and the call goes there; a connection failure
+//! or an UNAVAILABLE without a hint moves to the next address, with a
+//! short capped backoff when it comes back to one already tried. Each
+//! call is bounded by [`ConnectOptions::call_budget`] (15 s by default,
+//! enough to ride out an election at the default 3 s lease) and a number
+//! of hops; when they run out the error names every address tried and its
+//! last error. Begin (batched), GetDecision, GetTopology, Abort and the
+//! admin calls are retried anywhere: a standby changed nothing and these
+//! are idempotent (rule 11). Commit is resent only where it certainly did
+//! nothing; a Commit cut off mid-flight has an unknown outcome, which
+//! [`crate::Txn::commit`] then learns from whoever leads. With one
+//! address, a failure without a hint is returned at once, as before lists
+//! existed.
 //!
 //! The topology is only a routing hint. A participant that restarts may come
 //! back at a new address, so an UNAVAILABLE from a participant (or a
@@ -12,19 +28,19 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 use twopc_proto::admin_token::AdminToken;
+use twopc_proto::follow::{Coordinator, FollowError, Follower, Policy, Retry};
 use twopc_proto::pb;
-use twopc_proto::pb::coordinator_client::CoordinatorClient;
 use twopc_proto::pb::participant_client::ParticipantClient;
 use twopc_proto::tls::ClientTls;
+use twopc_proto::token::PeerToken;
 use uuid::Uuid;
 
-use crate::error::error_chain;
-use crate::routing::{endpoint, partition_for};
+use crate::routing::{CONNECT_TIMEOUT, endpoint, partition_for};
 use crate::{ClientError, Txn};
 use twopc_proto::batch::{self, Batcher};
 
@@ -36,14 +52,14 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("coordinator", &self.inner.coordinator_addr).finish_non_exhaustive()
+        f.debug_struct("Client").field("coordinators", &self.inner.follower).finish_non_exhaustive()
     }
 }
 
 struct Inner {
-    coordinator_addr: String,
     options: ConnectOptions,
-    coordinator: CoordinatorClient<Channel>,
+    /// The coordinators given, and the one followed now.
+    follower: Follower,
     routes: Mutex<Routes>,
     /// Begin calls of concurrent transactions share BeginBatch RPCs.
     begins: Arc<Batcher<pb::BeginRequest, pb::BeginResponse>>,
@@ -52,12 +68,27 @@ struct Inner {
     operations: Mutex<HashMap<String, Arc<Batcher<pb::Operation, pb::OperationResult>>>>,
 }
 
-/// How to reach a cluster beyond its address: TLS (plaintext by default)
-/// and the admin token sent with admin calls (none by default).
-#[derive(Debug, Clone, Default)]
+/// How to reach a cluster beyond its addresses: TLS (plaintext by
+/// default), the admin token sent with admin calls (none by default), and
+/// how long one coordinator call may spend following the leader.
+#[derive(Debug, Clone)]
 pub struct ConnectOptions {
     pub tls: ClientTls,
     pub admin_token: AdminToken,
+    /// The most one coordinator call (hops, backoff and the outcome
+    /// question after a cut-off Commit included) may take; 15 s by default,
+    /// which covers a failover at the default 3 s lease. Keep it above the
+    /// coordinator's --prepare-timeout-ms, which a Commit may take.
+    pub call_budget: Duration,
+}
+
+/// [`ConnectOptions::call_budget`]'s default.
+pub const DEFAULT_CALL_BUDGET: Duration = Duration::from_secs(15);
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self { tls: ClientTls::default(), admin_token: AdminToken::default(), call_budget: DEFAULT_CALL_BUDGET }
+    }
 }
 
 /// Most items in one batch RPC, and batch RPCs in flight per peer.
@@ -157,27 +188,23 @@ impl Route {
 }
 
 impl Client {
-    /// Connects to the coordinator at `host:port` over plaintext and
-    /// fetches the topology.
-    pub async fn connect(coordinator_addr: &str) -> Result<Client, ClientError> {
-        Self::connect_with(coordinator_addr, ConnectOptions::default()).await
+    /// Connects to the coordinators at `host:port[,host:port...]` over
+    /// plaintext and fetches the topology.
+    pub async fn connect(coordinators: &str) -> Result<Client, ClientError> {
+        Self::connect_with(coordinators, ConnectOptions::default()).await
     }
 
-    /// Connects to the coordinator at `host:port` with `options` (TLS, admin
-    /// token; the participants are reached the same way) and fetches the
-    /// topology.
-    pub async fn connect_with(coordinator_addr: &str, options: ConnectOptions) -> Result<Client, ClientError> {
-        let channel = endpoint(coordinator_addr, &options.tls)?.connect().await.map_err(|e| {
-            ClientError::Unavailable(format!(
-                "cannot reach the coordinator at {coordinator_addr} ({}); is it running?",
-                error_chain(&e)
-            ))
-        })?;
+    /// Connects to the coordinators at `host:port[,host:port...]` (one
+    /// leads, the others are standbys; see the module docs) with `options`
+    /// (TLS, admin token, call budget; the participants are reached the same
+    /// way) and fetches the topology.
+    pub async fn connect_with(coordinators: &str, options: ConnectOptions) -> Result<Client, ClientError> {
+        let follower = Follower::new(coordinators, options.tls.clone(), PeerToken::default(), CONNECT_TIMEOUT)
+            .map_err(ClientError::InvalidArgument)?;
         let client = Client {
             inner: Arc::new(Inner {
-                coordinator_addr: coordinator_addr.to_string(),
                 options,
-                coordinator: CoordinatorClient::new(channel),
+                follower,
                 routes: Mutex::new(Routes::default()),
                 begins: Batcher::new(MAX_BATCH, BATCHES_IN_FLIGHT),
                 operations: Mutex::default(),
@@ -191,11 +218,21 @@ impl Client {
     /// timeout; the server caps it at its maximum.
     pub async fn begin(&self, timeout: Option<Duration>) -> Result<Txn, ClientError> {
         let timeout_ms = timeout.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let coordinator = self.coordinator();
+        let client = self.clone();
         let send = move |requests: Vec<pb::BeginRequest>| {
-            let mut c = coordinator.clone();
+            let client = client.clone();
             async move {
-                let resp = c.begin_batch(pb::BeginBatchRequest { requests }).await?.into_inner();
+                let resp = client
+                    .inner
+                    .follower
+                    .call("BeginBatch", client.policy(), Retry::Idempotent, |mut c| {
+                        let requests = requests.clone();
+                        async move { c.begin_batch(pb::BeginBatchRequest { requests }).await }
+                    })
+                    .await
+                    // Carried through the batcher as a status, restored below.
+                    .map_err(FollowError::into_status)?
+                    .into_inner();
                 Ok(resp
                     .results
                     .into_iter()
@@ -206,12 +243,13 @@ impl Client {
                     .collect())
             }
         };
-        let resp = self
-            .inner
-            .begins
-            .call(pb::BeginRequest { timeout_ms }, send)
-            .await
-            .map_err(|s| self.coordinator_error(s))?;
+        let resp = self.inner.begins.call(pb::BeginRequest { timeout_ms }, send).await.map_err(|s| {
+            match FollowError::from_status(s) {
+                Ok(e) => self.follow_error(e),
+                // An item's own refusal, or the batcher's.
+                Err(s) => self.coordinator_error(s),
+            }
+        })?;
         let tid = Uuid::parse_str(&resp.tid)
             .map_err(|e| Status::unknown(format!("the coordinator returned a malformed tid {:?}: {e}", resp.tid)))?;
         Ok(self.txn(tid, resp.deadline_unix_ms))
@@ -235,21 +273,26 @@ impl Client {
         Ok(resp.found.then_some(resp.value))
     }
 
-    /// The coordinator's decision for `tid`.
+    /// The coordinator's decision for `tid`, from whoever leads.
     pub async fn status(&self, tid: Uuid) -> Result<Decision, ClientError> {
+        self.decision(tid, self.policy()).await.map_err(|e| self.follow_error(e))
+    }
+
+    /// GetDecision for `tid` within `policy`, following the leader.
+    pub(crate) async fn decision(&self, tid: Uuid, policy: Policy) -> Result<Decision, FollowError> {
         let resp = self
-            .coordinator()
-            .get_decision(pb::GetDecisionRequest { tid: tid.to_string() })
-            .await
-            .map_err(|s| self.coordinator_error(s))?
-            .into_inner();
+            .coordinator_call("GetDecision", policy, Retry::Idempotent, |mut c| async move {
+                c.get_decision(pb::GetDecisionRequest { tid: tid.to_string() }).await
+            })
+            .await?;
         match resp.decision() {
             pb::Decision::Committed => Ok(Decision::Committed),
             pb::Decision::Aborted => Ok(Decision::Aborted { reason: resp.reason }),
             pb::Decision::Pending => Ok(Decision::Pending),
-            pb::Decision::Unspecified => {
-                Err(Status::unknown("the coordinator answered GetDecision without a decision").into())
-            }
+            pb::Decision::Unspecified => Err(FollowError::Status {
+                address: self.inner.follower.current(),
+                status: Status::unknown("the coordinator answered GetDecision without a decision"),
+            }),
         }
     }
 
@@ -257,11 +300,11 @@ impl Client {
     /// from now on.
     pub async fn topology(&self) -> Result<Topology, ClientError> {
         let resp = self
-            .coordinator()
-            .get_topology(pb::GetTopologyRequest {})
+            .coordinator_call("GetTopology", self.policy(), Retry::Idempotent, |mut c| async move {
+                c.get_topology(pb::GetTopologyRequest {}).await
+            })
             .await
-            .map_err(|s| self.coordinator_error(s))?
-            .into_inner();
+            .map_err(|e| self.follow_error(e))?;
         let topology = Topology::from_pb(resp);
         tracing::debug!(?topology, "topology refreshed");
         let mut routes = self.routes();
@@ -270,20 +313,57 @@ impl Client {
         Ok(topology)
     }
 
-    pub(crate) fn coordinator(&self) -> CoordinatorClient<Channel> {
-        self.inner.coordinator.clone()
+    /// One coordinator RPC, following the leader within `policy`.
+    pub(crate) async fn coordinator_call<T, F, Fut>(
+        &self,
+        rpc: &'static str,
+        policy: Policy,
+        retry: Retry,
+        call: F,
+    ) -> Result<T, FollowError>
+    where
+        F: Fn(Coordinator) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let call = &call;
+        self.inner.follower.call(rpc, policy, retry, |c| async move { call(c).await.map(Response::into_inner) }).await
+    }
+
+    /// The address of the coordinator calls go to now: the one that
+    /// answered last (the leader, once one has answered).
+    pub fn coordinator_address(&self) -> String {
+        self.inner.follower.current()
+    }
+
+    /// The bounds of one coordinator call: the whole budget.
+    pub(crate) fn policy(&self) -> Policy {
+        Policy::within(self.inner.options.call_budget)
+    }
+
+    /// The bounds of what is left of a call's budget begun at `started`.
+    pub(crate) fn policy_since(&self, started: Instant) -> Policy {
+        Policy::within(self.inner.options.call_budget.saturating_sub(started.elapsed()))
     }
 
     pub(crate) fn options(&self) -> &ConnectOptions {
         &self.inner.options
     }
 
-    pub(crate) fn coordinator_peer(&self) -> String {
-        format!("the coordinator at {}", self.inner.coordinator_addr)
+    /// A failed coordinator call as the caller sees it: an unreachable
+    /// coordinator named by its address, every address when none led.
+    pub(crate) fn follow_error(&self, e: FollowError) -> ClientError {
+        match e {
+            FollowError::Status { address, status } | FollowError::Uncertain { address, status } => {
+                ClientError::from_rpc(status, || format!("the coordinator at {address}"))
+            }
+            e @ FollowError::Exhausted { .. } => ClientError::Unavailable(e.to_string()),
+        }
     }
 
-    pub(crate) fn coordinator_error(&self, status: Status) -> ClientError {
-        ClientError::from_rpc(status, || self.coordinator_peer())
+    /// A coordinator's status that did not come through the follower (a
+    /// batch item's own refusal).
+    fn coordinator_error(&self, status: Status) -> ClientError {
+        ClientError::from_rpc(status, || format!("the coordinator at {}", self.inner.follower.current()))
     }
 
     fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
@@ -332,7 +412,7 @@ impl Client {
         if partitions == 0 {
             return Err(ClientError::Unavailable(format!(
                 "the coordinator at {} reports no partitions; is the cluster set up?",
-                self.inner.coordinator_addr
+                self.inner.follower.current()
             )));
         }
         self.route_partition(partition_for(key, partitions)).await
@@ -412,5 +492,138 @@ impl Client {
             }
             Err(s) => Err(route.error(s)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FailpointTarget, Outcome};
+    use twopc_proto::fake_coordinator::{Act, FakeCoordinator};
+    use twopc_proto::leader::{standby_status, uncertain_status};
+
+    fn dead_addr() -> String {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+    }
+
+    fn budget(ms: u64) -> ConnectOptions {
+        ConnectOptions { call_budget: Duration::from_millis(ms), ..ConnectOptions::default() }
+    }
+
+    #[tokio::test]
+    async fn begin_status_and_abort_follow_a_standby_and_skip_a_dead_address() {
+        let leader = FakeCoordinator::start(Box::new(|_, _| Act::Answer)).await;
+        let standby = FakeCoordinator::standby(Some(leader.addr.to_string())).await;
+        for list in [standby.addr.to_string(), format!("{},{}", dead_addr(), leader.addr)] {
+            let client = Client::connect(&list).await.unwrap();
+            let txn = client.begin(None).await.unwrap();
+            assert_eq!(client.status(txn.tid()).await.unwrap(), Decision::Committed);
+            txn.abort().await.unwrap();
+            client.transactions().await.unwrap();
+            client.set_failpoint(FailpointTarget::Coordinator, "x", "").await.unwrap();
+        }
+        assert_eq!(leader.calls("BeginBatch"), 2);
+        assert_eq!(standby.calls("GetTopology"), 1);
+        assert_eq!(standby.calls("BeginBatch"), 0, "after the first hop the leader is called directly");
+    }
+
+    #[tokio::test]
+    async fn no_leader_anywhere_names_every_address_tried() {
+        let (dead1, dead2) = (dead_addr(), dead_addr());
+        let e = Client::connect_with(&format!("{dead1},{dead2}"), budget(400)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+        let text = e.to_string();
+        assert!(text.contains("GetTopology: no coordinator answered as leader"), "{text}");
+        assert!(text.contains(&dead1) && text.contains(&dead2), "{text}");
+        // Through the Begin batcher too.
+        let script = || -> twopc_proto::fake_coordinator::Script {
+            Box::new(|rpc, _| if rpc == "GetTopology" { Act::Answer } else { Act::Fail(uncertain_status()) })
+        };
+        let (a, b) = (FakeCoordinator::start(script()).await, FakeCoordinator::start(script()).await);
+        let client = Client::connect_with(&format!("{},{}", a.addr, b.addr), budget(400)).await.unwrap();
+        let text = client.begin(None).await.unwrap_err().to_string();
+        assert!(text.starts_with("UNAVAILABLE: BeginBatch: no coordinator answered as leader"), "{text}");
+        assert!(text.contains(&a.addr.to_string()) && text.contains(&b.addr.to_string()), "{text}");
+        assert!(text.contains("cannot confirm its leadership"), "{text}");
+        // One address, dead: at once, as before lists existed.
+        let e = Client::connect(&dead1).await.unwrap_err();
+        assert!(e.to_string().contains(&format!("the coordinator at {dead1} is unavailable")), "{e}");
+        let e = Client::connect("a:1,,b:2").await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    }
+
+    /// A Commit cut off at the old leader, which is now a standby naming
+    /// the new one: the outcome comes from GetDecision there.
+    #[tokio::test]
+    async fn a_commit_cut_off_learns_its_outcome_from_the_new_leader() {
+        for (answer, want) in [
+            ((|| Act::Answer) as fn() -> Act, Outcome::Committed),
+            (|| Act::Aborted, Outcome::Aborted { reason: "scripted".into() }),
+        ] {
+            let new =
+                FakeCoordinator::start(Box::new(move |rpc, _| if rpc == "Commit" { Act::Hang } else { answer() }))
+                    .await;
+            let to = new.addr.to_string();
+            let old = FakeCoordinator::start(Box::new(move |rpc, n| match (rpc, n) {
+                ("GetTopology" | "BeginBatch", _) => Act::Answer,
+                ("Commit", 1) => Act::Fail(uncertain_status()),
+                _ => Act::Fail(standby_status(Some(&to))),
+            }))
+            .await;
+            let client = Client::connect_with(&old.addr.to_string(), budget(5_000)).await.unwrap();
+            let txn = client.begin(None).await.unwrap();
+            assert_eq!(txn.commit().await.unwrap(), want);
+            assert_eq!((old.calls("Commit"), new.calls("Commit")), (1, 0), "never resent blindly");
+            assert_eq!((old.calls("GetDecision"), new.calls("GetDecision")), (1, 1));
+        }
+    }
+
+    /// PENDING: the leader holds the tid live; the Commit is repeated there
+    /// (rule 11) and its answer is the outcome.
+    #[tokio::test]
+    async fn a_pending_tid_gets_its_commit_repeated() {
+        let f = FakeCoordinator::start(Box::new(|rpc, n| match (rpc, n) {
+            ("Commit", 1) => Act::Fail(tonic::Status::unknown("transport error")),
+            ("GetDecision", _) => Act::Pending,
+            _ => Act::Answer,
+        }))
+        .await;
+        let client = Client::connect(&f.addr.to_string()).await.unwrap();
+        let txn = client.begin(None).await.unwrap();
+        assert_eq!(txn.commit().await.unwrap(), Outcome::Committed);
+        assert_eq!((f.calls("Commit"), f.calls("GetDecision")), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn a_commit_whose_outcome_stays_unknown_says_so_within_the_budget() {
+        let f = FakeCoordinator::start(Box::new(|rpc, _| match rpc {
+            "Commit" => Act::Fail(uncertain_status()),
+            "GetDecision" => Act::Pending,
+            _ => Act::Answer,
+        }))
+        .await;
+        let client = Client::connect_with(&f.addr.to_string(), budget(600)).await.unwrap();
+        let txn = client.begin(None).await.unwrap();
+        let started = Instant::now();
+        let e = txn.commit().await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+        let text = e.to_string();
+        assert!(text.contains(&format!("the outcome of tid {} is unknown", txn.tid())), "{text}");
+        assert!(text.contains("the call budget ran out before a leader said"), "{text}");
+        assert!(f.calls("GetDecision") >= 2, "kept asking");
+        // The only coordinator gone: asking fails at once, and says so.
+        let dead = dead_addr();
+        let g = FakeCoordinator::start(Box::new(|rpc, _| match rpc {
+            "Commit" => Act::Fail(uncertain_status()),
+            "GetDecision" => Act::Fail(tonic::Status::unavailable("gone")),
+            _ => Act::Answer,
+        }))
+        .await;
+        let client = Client::connect(&g.addr.to_string()).await.unwrap();
+        let txn = client.begin(None).await.unwrap();
+        let text = txn.commit().await.unwrap_err().to_string();
+        assert!(text.contains("asking for its outcome failed") && text.contains("is unknown"), "{text}");
+        drop(dead);
     }
 }

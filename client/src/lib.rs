@@ -11,8 +11,16 @@
 //! - [`Client`]: a cheap-to-clone handle, safe to share between tasks.
 //! - [`Txn`]: one transaction's operations, by tid.
 //! - [`ClientError`]: every failure, printable as an actionable sentence.
-//! - [`ConnectOptions`]: TLS ([`ClientTls`], built from [`TlsArgs`]) and the
-//!   [`AdminToken`] sent with admin calls.
+//! - [`ConnectOptions`]: TLS ([`ClientTls`], built from [`TlsArgs`]), the
+//!   [`AdminToken`] sent with admin calls, and the time budget of one
+//!   coordinator call.
+//!
+//! A client is given one coordinator address or several (`A,B,C`): with a
+//! replicated decision log one coordinator leads and the others are
+//! standbys that name it; every coordinator call follows the leader within
+//! a bounded budget (PROTOCOL.md rule 16; the rules, and what any other
+//! client must do too, are in the `client` module docs and
+//! [`Txn::commit`]).
 //! - [`cli`]: the `twopc` client subcommands.
 
 mod admin;
@@ -26,7 +34,7 @@ pub use admin::{
     FailpointTarget, HeuristicOutcome, InDoubtTid, PartitionInDoubt, Resolution, in_doubt_at_address,
     resolve_heuristically,
 };
-pub use client::{Client, ConnectOptions, Decision, Topology};
+pub use client::{Client, ConnectOptions, DEFAULT_CALL_BUDGET, Decision, Topology};
 pub use error::ClientError;
 pub use routing::partition_for;
 pub use twopc_proto::admin_token::AdminToken;

@@ -14,7 +14,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::ClientError;
 
 /// How long to wait for a TCP connection before calling a peer unavailable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The partition that owns `key`: `xxh3_64(key) % partitions`.
 ///

@@ -8,13 +8,15 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use twopc_proto::Backoff;
+use twopc_proto::follow::{FollowError, Policy, Retry};
 use twopc_proto::pb;
 use twopc_proto::pb::operation::Kind;
 use uuid::Uuid;
 
-use crate::{Client, ClientError};
+use crate::{Client, ClientError, Decision};
 
 /// How a commit ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,39 +145,111 @@ impl Txn {
     }
 
     /// Asks the coordinator to run two-phase commit. COMMITTED is only
-    /// answered once the decision is durable. An UNAVAILABLE error leaves
-    /// the outcome unknown: ask [`Client::status`].
+    /// answered once the decision is durable.
+    ///
+    /// Following the leader (PROTOCOL.md rule 16; what any other client
+    /// must do too): a Commit is resent only where it certainly did
+    /// nothing (a standby's answer, a connection never made). When it was
+    /// cut off mid-flight (a transport error after it left, an UNAVAILABLE
+    /// without a leader's address, no answer in time) its outcome is
+    /// unknown: then the leader, whoever it is now, is asked GetDecision
+    /// until it says COMMITTED or ABORTED. A new leader answers ABORTED for
+    /// a tid it has no record of, which is honest because the old leader is
+    /// fenced (rule 14) and can no longer write one; COMMITTED if the
+    /// record was replicated. While the answer is PENDING the leader holds
+    /// the tid live: either deciding it (a repeated Commit joins and waits
+    /// for the same outcome, rule 11) or it never received the Commit (the
+    /// repeat starts it), so the Commit is repeated there. All of it within
+    /// [`crate::ConnectOptions::call_budget`]; if that runs out the error is
+    /// UNAVAILABLE saying the outcome is unknown: ask [`Client::status`].
     pub async fn commit(&self) -> Result<Outcome, ClientError> {
+        let started = Instant::now();
+        let req = pb::CommitRequest { tid: self.tid.to_string(), wrote: self.wrote.load(Ordering::Relaxed) };
+        let mut cut_off = match self.commit_once(&req, self.client.policy()).await {
+            Ok(outcome) => return outcome,
+            Err(FollowError::Uncertain { address, status }) => {
+                self.client.follow_error(FollowError::Uncertain { address, status })
+            }
+            Err(e) => return Err(self.client.follow_error(e)),
+        };
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
+        loop {
+            tracing::debug!(tid = %self.tid, error = %cut_off, "commit cut off: asking the leader for the outcome");
+            let asked = if self.client.options().call_budget <= started.elapsed() {
+                Some("the call budget ran out before a leader said COMMITTED or ABORTED".to_string())
+            } else {
+                match self.client.decision(self.tid, self.client.policy_since(started)).await {
+                    Ok(Decision::Committed) => return Ok(Outcome::Committed),
+                    Ok(Decision::Aborted { reason }) => return Ok(Outcome::Aborted { reason }),
+                    Ok(Decision::Pending) => match self.commit_once(&req, self.client.policy_since(started)).await {
+                        Ok(outcome) => return outcome,
+                        Err(FollowError::Uncertain { address, status }) => {
+                            cut_off = self.client.follow_error(FollowError::Uncertain { address, status });
+                            None
+                        }
+                        // A new leader that has no record of the tid: it
+                        // answers GetDecision ABORTED, asked next round.
+                        Err(FollowError::Status { status, .. }) if status.code() == tonic::Code::NotFound => None,
+                        Err(FollowError::Exhausted { .. }) => None,
+                        Err(e) => Some(format!("repeating the commit failed: {}", self.client.follow_error(e))),
+                    },
+                    // No leader answered within that call's hops; the
+                    // budget decides when to give up.
+                    Err(FollowError::Exhausted { .. }) => None,
+                    Err(e) => Some(format!("asking for its outcome failed: {}", self.client.follow_error(e))),
+                }
+            };
+            let Some(why) = asked else {
+                let left = self.client.options().call_budget.saturating_sub(started.elapsed());
+                tokio::time::sleep(backoff.next_delay().min(left)).await;
+                continue;
+            };
+            let cut_off = match cut_off {
+                ClientError::Unavailable(why) => why,
+                e => e.to_string(),
+            };
+            return Err(ClientError::Unavailable(format!(
+                "{cut_off}; {why}; the outcome of tid {tid} is unknown: ask with `twopc status {tid}` once a \
+                 coordinator leads",
+                tid = self.tid
+            )));
+        }
+    }
+
+    /// One Commit call, resent only where it did nothing; the outcome, or
+    /// an error (`Uncertain`: cut off, outcome unknown).
+    async fn commit_once(
+        &self,
+        req: &pb::CommitRequest,
+        policy: Policy,
+    ) -> Result<Result<Outcome, ClientError>, FollowError> {
         let resp = self
             .client
-            .coordinator()
-            .commit(pb::CommitRequest { tid: self.tid.to_string(), wrote: self.wrote.load(Ordering::Relaxed) })
-            .await
-            .map_err(|s| match self.client.coordinator_error(s) {
-                ClientError::Unavailable(why) => ClientError::Unavailable(format!(
-                    "{why}; the outcome of tid {tid} is unknown: ask with `twopc status {tid}` once it is back",
-                    tid = self.tid
-                )),
-                e => e,
-            })?
-            .into_inner();
-        match resp.outcome() {
+            .coordinator_call("Commit", policy, Retry::UntouchedOnly, |mut c| {
+                let req = req.clone();
+                async move { c.commit(req).await }
+            })
+            .await?;
+        Ok(match resp.outcome() {
             pb::Outcome::Committed => Ok(Outcome::Committed),
             pb::Outcome::Aborted => Ok(Outcome::Aborted { reason: resp.reason }),
             pb::Outcome::Unspecified => {
                 Err(tonic::Status::unknown("the coordinator answered Commit without an outcome").into())
             }
-        }
+        })
     }
 
-    /// Aborts the transaction. Fails with FAILED_PRECONDITION if it already
-    /// committed.
+    /// Aborts the transaction, at whoever leads. Fails with
+    /// FAILED_PRECONDITION if it already committed.
     pub async fn abort(&self) -> Result<(), ClientError> {
+        let tid = self.tid.to_string();
         self.client
-            .coordinator()
-            .abort(pb::AbortRequest { tid: self.tid.to_string() })
+            .coordinator_call("Abort", self.client.policy(), Retry::Idempotent, |mut c| {
+                let tid = tid.clone();
+                async move { c.abort(pb::AbortRequest { tid }).await }
+            })
             .await
-            .map_err(|s| self.client.coordinator_error(s))?;
+            .map_err(|e| self.client.follow_error(e))?;
         Ok(())
     }
 }

@@ -53,7 +53,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
@@ -298,16 +297,10 @@ impl Node {
     /// (rule 3); `None` when nothing binds (unreachable, or an ABORTED from
     /// another decision log).
     async fn logged_decision(&self, tid: Tid) -> Result<Option<Logged>, ParticipantError> {
-        let req = pb::GetDecisionRequest { tid: tid.to_string() };
-        let mut coordinator = self.coordinator.clone();
-        let resp = match tokio::time::timeout(Duration::from_secs(2), coordinator.get_decision(req)).await {
-            Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(s)) => {
-                tracing::warn!(%tid, error = %s.message(), "manual resolution: no answer from the coordinator");
-                return Ok(None);
-            }
-            Err(_) => {
-                tracing::warn!(%tid, "manual resolution: the coordinator did not answer in time");
+        let resp = match self.get_decision(tid).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%tid, error = %e, "manual resolution: no answer from the coordinator");
                 return Ok(None);
             }
         };

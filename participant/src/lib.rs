@@ -12,7 +12,8 @@
 //! locks re-taken *before* the socket serves, so no new transaction can
 //! touch a key an in-doubt tid wrote. Then the participant registers with
 //! the coordinator (at its possibly new address) and asks about every
-//! recovered tid at once.
+//! recovered tid at once. With several coordinators (`--coordinator A,B,C`)
+//! it registers with, enlists at and asks whichever leads (see [`node`]).
 
 pub mod error;
 pub mod fence;
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use twopc_core::participant::{Limits, Participant};
-use twopc_proto::pb::coordinator_client::CoordinatorClient;
+use twopc_proto::follow::Follower;
 use twopc_proto::pb::participant_server::ParticipantServer;
 use twopc_proto::token::{self, AdminToken, PeerToken};
 use twopc_proto::{now_unix_ms, runtime};
@@ -56,7 +57,8 @@ pub struct Config {
     /// Address to register with the coordinator (default: the bound address).
     #[arg(long, env = "TWOPC_ADVERTISE")]
     pub advertise: Option<String>,
-    /// The coordinator's host:port.
+    /// The coordinators, HOST:PORT[,HOST:PORT...]: with several (one leads, the
+    /// others are standbys) every call to them follows the leader.
     #[arg(long, env = "TWOPC_COORDINATOR", default_value = "127.0.0.1:7000")]
     pub coordinator: String,
     /// Directory of this partition's data (created if missing).
@@ -112,15 +114,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(%tid, keys = writes.len(), "recovery: prepared tid reloaded, locks re-taken; in doubt");
         core.recover_prepared(tid, writes, now);
     }
-    let coordinator = client_tls
-        .endpoint(&config.coordinator)
-        .map_err(|e| anyhow::anyhow!("bad coordinator address {:?}: {e}", config.coordinator))?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .connect_lazy();
     // Every call to the coordinator carries the peer token (Register and
-    // Enlist require it there when it is configured).
-    let coordinator = CoordinatorClient::with_interceptor(coordinator, peer_token.clone());
+    // Enlist require it there when it is configured), on every channel the
+    // follower opens.
+    let coordinator = Follower::new(&config.coordinator, client_tls, peer_token.clone(), Duration::from_secs(1))
+        .map_err(|e| anyhow::anyhow!("--coordinator: {e}"))?;
     let node = Node::new(core, store, coordinator);
     let service = ParticipantService {
         node: node.clone(),

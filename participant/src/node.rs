@@ -22,6 +22,21 @@
 //! - a tid is enlisted only under the decision log the prepared tids here
 //!   voted under: the enlistment's answer carries the coordinator's cluster
 //!   id and is checked (`crate::fence`) before the operation is applied.
+//!
+//! Every call to the coordinator goes through one [`Follower`] over the
+//! `--coordinator` list (PROTOCOL.md rule 16, `twopc_proto::follow`): a
+//! standby's answer names the leader and the call goes there, a failure
+//! without a hint moves to the next address, all with the peer token and
+//! TLS on every channel. Each kind of call has its own bound:
+//! - Register retries until some leader accepts: each round is bounded
+//!   ([`REGISTER_ROUND`]), rounds repeat with capped backoff forever;
+//! - Enlist is on a client's operation path: bounded ([`ENLIST_BUDGET`]),
+//!   then the operation fails with UNAVAILABLE;
+//! - GetDecision for an in-doubt tid is bounded per question
+//!   ([`QUESTION_BUDGET`]), and the core asks again with capped backoff,
+//!   forever (rules 8, 16), of whoever leads by then;
+//! - telling the coordinator of a unilateral abort is best effort, bounded
+//!   like a question (the coordinator aborts the tid at prepare anyway).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -32,8 +47,8 @@ use twopc_core::participant::{
 };
 use twopc_core::{PartitionId, Tid};
 use twopc_proto::batch::{self, Batcher};
-use twopc_proto::pb::{self, coordinator_client::CoordinatorClient};
-use twopc_proto::token::PeerChannel;
+use twopc_proto::follow::{FollowError, Follower, Policy, Retry};
+use twopc_proto::pb;
 use twopc_proto::{failpoint, now_unix_ms};
 
 use crate::error::ParticipantError;
@@ -54,10 +69,24 @@ pub enum OnePhaseReply {
     Aborted(String),
 }
 
+/// How long one enlistment may spend finding the leader: it holds up a
+/// client's operation, and a failover loses the open tids of the old leader
+/// anyway (the new one does not know them).
+pub const ENLIST_BUDGET: Duration = Duration::from_secs(3);
+/// One question about an in-doubt tid (or a manual resolution's check, or
+/// an abort notice): the core asks again later, of whoever leads then.
+pub const QUESTION_BUDGET: Duration = Duration::from_secs(3);
+/// One attempt of a question is cut at this: a wedged coordinator must not
+/// take the whole budget.
+pub const QUESTION_ATTEMPT: Duration = Duration::from_secs(2);
+/// One round of registration; rounds repeat until a leader accepts.
+pub const REGISTER_ROUND: Duration = Duration::from_secs(5);
+
 pub struct Node {
     core: Mutex<Participant>,
     pub store: Store,
-    pub(crate) coordinator: CoordinatorClient<PeerChannel>,
+    /// The coordinators of `--coordinator`, following the leader.
+    pub(crate) coordinator: Arc<Follower>,
     /// Set while the coordinator's log is not the one our prepared tids voted under.
     pub fence: Fence,
     /// Heuristic outcomes being made durable (`crate::heuristics`).
@@ -74,12 +103,12 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(core: Participant, store: Store, coordinator: CoordinatorClient<PeerChannel>) -> Arc<Self> {
+    pub fn new(core: Participant, store: Store, coordinator: Follower) -> Arc<Self> {
         let partition = core.partition();
         Arc::new(Self {
             core: Mutex::new(core),
             store,
-            coordinator,
+            coordinator: Arc::new(coordinator),
             fence: Fence::default(),
             resolving: InFlight::default(),
             partition,
@@ -117,9 +146,16 @@ impl Node {
         let req = pb::EnlistRequest { tid: tid.to_string(), partition: self.partition, incarnation: self.incarnation };
         let coordinator = self.coordinator.clone();
         let send = move |requests: Vec<pb::EnlistRequest>| {
-            let mut c = coordinator.clone();
+            let coordinator = coordinator.clone();
             async move {
-                let resp = c.enlist_batch(pb::EnlistBatchRequest { requests }).await?.into_inner();
+                let resp = coordinator
+                    .call("EnlistBatch", Policy::within(ENLIST_BUDGET), Retry::Idempotent, |mut c| {
+                        let requests = requests.clone();
+                        async move { c.enlist_batch(pb::EnlistBatchRequest { requests }).await }
+                    })
+                    .await
+                    .map_err(FollowError::into_status)?
+                    .into_inner();
                 Ok(resp
                     .results
                     .into_iter()
@@ -242,13 +278,28 @@ impl Node {
     }
 
     fn tell_coordinator_aborted(&self, tid: Tid) {
-        let mut c = self.coordinator.clone();
+        let coordinator = self.coordinator.clone();
         tokio::spawn(
             async move {
-                let _ = c.abort(pb::AbortRequest { tid: tid.to_string() }).await;
+                let policy = Policy::within(QUESTION_BUDGET).attempts_within(QUESTION_ATTEMPT);
+                let _ = coordinator
+                    .call("Abort", policy, Retry::Idempotent, |mut c| async move {
+                        c.abort(pb::AbortRequest { tid: tid.to_string() }).await
+                    })
+                    .await;
             }
             .in_current_span(),
         );
+    }
+
+    /// GetDecision for `tid`, of whoever leads, bounded as one question.
+    pub(crate) async fn get_decision(&self, tid: Tid) -> Result<pb::GetDecisionResponse, FollowError> {
+        let policy = Policy::within(QUESTION_BUDGET).attempts_within(QUESTION_ATTEMPT);
+        self.coordinator
+            .call("GetDecision", policy, Retry::Idempotent, |mut c| async move {
+                c.get_decision(pb::GetDecisionRequest { tid: tid.to_string() }).await.map(tonic::Response::into_inner)
+            })
+            .await
     }
 
     /// Phase 1 (rule 3). The durable part runs in a task of its own, so a
@@ -429,12 +480,9 @@ impl Node {
 
     /// Asks the coordinator for `tid`'s decision and applies it if known.
     async fn ask_decision(&self, tid: Tid) {
-        let req = pb::GetDecisionRequest { tid: tid.to_string() };
-        let mut coordinator = self.coordinator.clone();
-        let resp = match tokio::time::timeout(Duration::from_secs(2), coordinator.get_decision(req)).await {
-            Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(s)) => return tracing::warn!(%tid, error = %s.message(), "in doubt: coordinator did not answer"),
-            Err(_) => return tracing::warn!(%tid, "in doubt: coordinator did not answer in time"),
+        let resp = match self.get_decision(tid).await {
+            Ok(r) => r,
+            Err(e) => return tracing::warn!(%tid, error = %e, "in doubt: no coordinator answered; will ask again"),
         };
         let ours = self.check_cluster(&resp.cluster_id).await.is_ok();
         let result = match pb::Decision::try_from(resp.decision) {
@@ -467,7 +515,8 @@ impl Node {
         }
     }
 
-    /// Registers with the coordinator, retrying with backoff until it answers.
+    /// Registers with the leading coordinator, retrying with backoff until
+    /// one accepts.
     pub async fn register_loop(self: Arc<Self>, address: String) {
         let mut backoff = twopc_proto::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
@@ -476,29 +525,108 @@ impl Node {
                 address: address.clone(),
                 incarnation: self.incarnation,
             };
-            match self.coordinator.clone().register(req).await {
+            let answer = self
+                .coordinator
+                .call("Register", Policy::within(REGISTER_ROUND), Retry::Idempotent, |mut c| {
+                    let req = req.clone();
+                    async move { c.register(req).await }
+                })
+                .await;
+            match answer {
                 Ok(resp) => match self.check_cluster(&resp.into_inner().cluster_id).await {
                     Ok(()) => {
-                        tracing::info!(partition = self.partition, %address, "registered with the coordinator");
+                        let leader = self.coordinator.current();
+                        tracing::info!(partition = self.partition, %address, coordinator = %leader, "registered with the coordinator");
                         return;
                     }
                     // Fenced (crate::fence): register again in a while; the
                     // fence is re-examined with each answer.
                     Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
                 },
-                Err(s) if s.code() == tonic::Code::Unauthenticated => {
-                    tracing::error!("the coordinator refused our registration (check --peer-token): {}", s.message());
+                Err(e) if e.code() == tonic::Code::Unauthenticated => {
+                    tracing::error!("the coordinator refused our registration (check --peer-token): {e}");
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
-                Err(s) if s.code() == tonic::Code::InvalidArgument => {
-                    tracing::error!("the coordinator refused our registration: {}", s.message());
+                Err(e) if e.code() == tonic::Code::InvalidArgument => {
+                    tracing::error!("the coordinator refused our registration: {e}");
                     std::process::exit(2);
                 }
-                Err(s) => {
-                    tracing::warn!(error = %s.message(), "coordinator not reachable; retrying registration");
+                Err(e) => {
+                    tracing::warn!(error = %e, "coordinator not reachable; retrying registration");
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twopc_core::participant::Limits;
+    use twopc_proto::fake_coordinator::{Act, FakeCoordinator};
+    use twopc_proto::tls::ClientTls;
+    use twopc_proto::token::PeerToken;
+
+    fn dead_addr() -> String {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+    }
+
+    /// Register, Enlist, GetDecision and abort notices all reach the leader
+    /// through a dead address and a standby, with the peer token on every
+    /// channel.
+    #[tokio::test]
+    async fn calls_to_the_coordinator_follow_the_leader_with_the_peer_token() {
+        let leader = FakeCoordinator::start(Box::new(|_, _| Act::Answer)).await;
+        let standby = FakeCoordinator::standby(Some(leader.addr.to_string())).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 0).unwrap();
+        let token = PeerToken::new(Some("p33r")).unwrap();
+        let list = format!("{},{}", dead_addr(), standby.addr);
+        let follower = Follower::new(&list, ClientTls::plaintext(), token, Duration::from_secs(1)).unwrap();
+        let node = Node::new(Participant::new(0, Limits::default()), store, follower);
+
+        tokio::time::timeout(Duration::from_secs(10), node.clone().register_loop("127.0.0.1:7100".into()))
+            .await
+            .expect("registered through the standby");
+        assert_eq!((standby.calls("Register"), leader.calls("Register")), (1, 1));
+        assert_eq!(node.coordinator.current(), leader.addr.to_string());
+
+        let tid = Tid::now_v7();
+        node.ensure_enlisted(tid).await.expect("enlisted at the leader");
+        assert_eq!(leader.calls("EnlistBatch"), 1);
+        let resp = node.get_decision(tid).await.unwrap();
+        assert_eq!(resp.decision(), pb::Decision::Committed);
+
+        node.tell_coordinator_aborted(tid);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while leader.calls("Abort") == 0 {
+            assert!(std::time::Instant::now() < deadline, "the abort notice never reached the leader");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let tokens = [standby.peer_tokens(), leader.peer_tokens()].concat();
+        assert_eq!(tokens.len(), 5);
+        assert!(tokens.iter().all(|t| t.as_deref() == Some("p33r")), "{tokens:?}");
+    }
+
+    /// An enlistment that finds no leader fails the operation with
+    /// UNAVAILABLE naming the addresses, within its budget.
+    #[tokio::test]
+    async fn an_enlistment_without_a_leader_fails_within_its_budget() {
+        let lost = FakeCoordinator::standby(None).await;
+        let dead = dead_addr();
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 0).unwrap();
+        let list = format!("{dead},{}", lost.addr);
+        let follower = Follower::new(&list, ClientTls::plaintext(), PeerToken::default(), Duration::from_secs(1));
+        let node = Node::new(Participant::new(0, Limits::default()), store, follower.unwrap());
+        let started = std::time::Instant::now();
+        let e = node.ensure_enlisted(Tid::now_v7()).await.unwrap_err();
+        assert!(started.elapsed() < ENLIST_BUDGET + Duration::from_secs(2), "took {:?}", started.elapsed());
+        assert!(matches!(e, ParticipantError::CoordinatorUnavailable(_)), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains(&dead) && text.contains(&lost.addr.to_string()), "{text}");
+        assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unavailable);
     }
 }

@@ -10,7 +10,11 @@ use crate::Config;
 use crate::store;
 
 pub fn check(config: &Config) -> anyhow::Result<()> {
-    preflight::peer_addr("--coordinator", &config.coordinator).map_err(anyhow::Error::msg)?;
+    let coordinators = twopc_proto::leader::parse_addresses(&config.coordinator)
+        .map_err(|e| anyhow::anyhow!("--coordinator {:?}: {e}", config.coordinator))?;
+    for a in &coordinators {
+        preflight::peer_addr("--coordinator", a).map_err(anyhow::Error::msg)?;
+    }
     if let Some(a) = &config.advertise {
         preflight::peer_addr("--advertise", a).map_err(anyhow::Error::msg)?;
     }

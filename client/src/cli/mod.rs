@@ -31,7 +31,8 @@ use statement::Statement;
 /// Where to find the cluster and how to reach it; every client command takes it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnArgs {
-    /// Coordinator address, host:port.
+    /// Coordinator addresses, HOST:PORT[,HOST:PORT...]: with several (one leads, the
+    /// others are standbys) every call follows the leader.
     #[arg(long, global = false, env = "TWOPC_COORDINATOR", default_value = "127.0.0.1:7000")]
     pub coordinator: String,
     #[command(flatten)]
@@ -40,6 +41,10 @@ pub struct ConnArgs {
     /// started with --admin-token.
     #[arg(long, env = "TWOPC_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// The most one coordinator call may take, following the leader among
+    /// --coordinator's addresses (a commit cut off included).
+    #[arg(long, env = "TWOPC_CALL_BUDGET_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub call_budget_ms: u64,
 }
 
 impl ConnArgs {
@@ -48,6 +53,7 @@ impl ConnArgs {
         Ok(ConnectOptions {
             tls: self.tls.client().map_err(ClientError::InvalidArgument)?,
             admin_token: AdminToken::new(self.admin_token.as_deref()).map_err(ClientError::InvalidArgument)?,
+            call_budget: Duration::from_millis(self.call_budget_ms),
         })
     }
 }
