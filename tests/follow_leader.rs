@@ -97,6 +97,14 @@ async fn clients_cli_and_a_participant_follow_a_standby_and_skip_a_dead_address(
     }
     let o = twopc(&["transactions", "--coordinator", &list], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = twopc(&["begin", "--coordinator", &dead_list], &[]);
+    let tid = String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or_default().to_string();
+    let o = twopc(&["abort", "--tid", &tid, "--coordinator", &list], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = twopc(&["status", &tid, "--coordinator", &list], &[]);
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ABORTED"), "{}", text(&o));
+    let o = twopc(&["failpoint", "--coordinator", &list, "--target", "coordinator", "coordinator::x", ""], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 
     // twopc bench against the running cluster, given the list.
     let json = tc.cluster.dir.join("bench.json");

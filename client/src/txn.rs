@@ -167,35 +167,42 @@ impl Txn {
         let req = pb::CommitRequest { tid: self.tid.to_string(), wrote: self.wrote.load(Ordering::Relaxed) };
         let mut cut_off = match self.commit_once(&req, self.client.policy()).await {
             Ok(outcome) => return outcome,
-            Err(FollowError::Uncertain { address, status }) => {
-                self.client.follow_error(FollowError::Uncertain { address, status })
-            }
+            Err(e @ FollowError::Uncertain { .. }) => self.client.follow_error(e),
             Err(e) => return Err(self.client.follow_error(e)),
         };
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
+        // Why the last round learned nothing, for the final error.
+        let mut last = String::from("no answer");
         loop {
             tracing::debug!(tid = %self.tid, error = %cut_off, "commit cut off: asking the leader for the outcome");
             let asked = if self.client.options().call_budget <= started.elapsed() {
-                Some("the call budget ran out before a leader said COMMITTED or ABORTED".to_string())
+                Some(format!("the call budget ran out before a leader said COMMITTED or ABORTED (last: {last})"))
             } else {
                 match self.client.decision(self.tid, self.client.policy_since(started)).await {
                     Ok(Decision::Committed) => return Ok(Outcome::Committed),
                     Ok(Decision::Aborted { reason }) => return Ok(Outcome::Aborted { reason }),
                     Ok(Decision::Pending) => match self.commit_once(&req, self.client.policy_since(started)).await {
                         Ok(outcome) => return outcome,
-                        Err(FollowError::Uncertain { address, status }) => {
-                            cut_off = self.client.follow_error(FollowError::Uncertain { address, status });
+                        Err(e @ FollowError::Uncertain { .. }) => {
+                            cut_off = self.client.follow_error(e);
+                            last = "the leader said PENDING".into();
                             None
                         }
                         // A new leader that has no record of the tid: it
                         // answers GetDecision ABORTED, asked next round.
                         Err(FollowError::Status { status, .. }) if status.code() == tonic::Code::NotFound => None,
-                        Err(FollowError::Exhausted { .. }) => None,
+                        Err(e @ FollowError::Exhausted { .. }) => {
+                            last = e.to_string();
+                            None
+                        }
                         Err(e) => Some(format!("repeating the commit failed: {}", self.client.follow_error(e))),
                     },
                     // No leader answered within that call's hops; the
                     // budget decides when to give up.
-                    Err(FollowError::Exhausted { .. }) => None,
+                    Err(e @ FollowError::Exhausted { .. }) => {
+                        last = e.to_string();
+                        None
+                    }
                     Err(e) => Some(format!("asking for its outcome failed: {}", self.client.follow_error(e))),
                 }
             };

@@ -12,7 +12,8 @@
 //! - **A standby's answer** (UNAVAILABLE naming the leader in
 //!   [`leader::LEADER_HEADER`]): nothing happened there, so the call goes
 //!   to the named leader, which becomes current. A named address outside
-//!   the list is followed too (and joins the rotation for this process).
+//!   the list is followed too (and joins the rotation once it answers);
+//!   one that cannot be dialled is a failed hop.
 //! - **Never sent** (the connection could not be made: refused, no route,
 //!   TLS handshake refused at connect): nothing happened there either; the
 //!   next address of the list is tried (round robin).
@@ -42,10 +43,13 @@
 //!
 //! What any other client of the Coordinator service must do too: treat
 //! UNAVAILABLE with `x-twopc-leader` as "go there, nothing happened here";
-//! never resend a Commit whose fate is unknown without first learning the
-//! outcome (GetDecision of the current leader until COMMITTED or ABORTED;
-//! a repeated Commit is safe by rule 11, but only the leader's answer
-//! tells what happened).
+//! treat a failure without it as "maybe happened": repeat only idempotent
+//! calls elsewhere; for a Commit whose fate is unknown, ask GetDecision of
+//! whoever leads until it says COMMITTED or ABORTED (a new leader answers
+//! ABORTED for a tid it has no record of, honestly: the old leader is
+//! fenced and can no longer write one). While it says PENDING the leader
+//! holds the tid live, and repeating the Commit there is safe (rule 11)
+//! and starts it if it never arrived.
 
 use std::collections::HashMap;
 use std::future::Future;
