@@ -125,3 +125,31 @@ async fn get_for_update_queues_read_modify_writes_instead_of_aborting() {
     tc.wait_value(&a, Some("20")).await;
     tc.wait_settled().await;
 }
+
+/// Rule 10: the locks of an unprepared tid whose coordinator restarted are
+/// released as soon as the participant hears the new coordinator's term
+/// (here: the next enlistment there), not at the tid's deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_coordinators_unprepared_tids_release_their_locks_at_once() {
+    let mut tc = TestCluster::three().await;
+    let k = tc.key_on(0, "term");
+    let old = tc.client.begin(Some(Duration::from_secs(120))).await.unwrap();
+    old.put(k.as_bytes(), b"old").await.unwrap();
+    tc.cluster.coordinator.kill();
+    tc.cluster.restart_coordinator(&[]).unwrap();
+    tc.reconnect().await;
+    tc.cluster.wait_registered(SETTLE).await.unwrap();
+    let restarted = std::time::Instant::now();
+    // A new writer of the same key: without the term it would be refused
+    // (wait-die: it is younger) for the old tid's 120 s.
+    let new = tc.client.begin(None).await.unwrap();
+    new.put(k.as_bytes(), b"new").await.expect("the replaced coordinator's lock is released");
+    assert_eq!(new.commit().await.unwrap(), Outcome::Committed);
+    let released = restarted.elapsed();
+    eprintln!("coordinator restart -> the old tid's lock released and a new writer committed: {released:?}");
+    assert!(released < Duration::from_secs(10), "{released:?}");
+    assert_eq!(tc.read(&k).await.as_deref(), Some("new"));
+    // The old tid is aborted for its client too.
+    assert!(matches!(tc.client.status(old.tid()).await.unwrap(), Decision::Aborted { .. }));
+    tc.wait_settled().await;
+}

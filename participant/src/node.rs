@@ -99,7 +99,7 @@ pub struct Node {
     released: tokio::sync::Notify,
     /// Enlistments batched into EnlistBatch calls under load.
     /// Each answer: the tid's deadline and the coordinator's cluster id.
-    enlists: Arc<Batcher<pb::EnlistRequest, (u64, String)>>,
+    enlists: Arc<Batcher<pb::EnlistRequest, (u64, String, u64)>>,
 }
 
 impl Node {
@@ -159,11 +159,11 @@ impl Node {
                 Ok(resp
                     .results
                     .into_iter()
-                    .map(|r| batch::item(r.code, r.message, || (r.deadline_unix_ms, r.cluster_id)))
+                    .map(|r| batch::item(r.code, r.message, || (r.deadline_unix_ms, r.cluster_id, r.coordinator_term)))
                     .collect())
             }
         };
-        let (deadline, cluster_id) = self.enlists.call(req, send).await.map_err(|s| match s.code() {
+        let (deadline, cluster_id, term) = self.enlists.call(req, send).await.map_err(|s| match s.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 ParticipantError::CoordinatorUnavailable(s.message().to_string())
             }
@@ -180,7 +180,27 @@ impl Node {
             let theirs = self.fence.mismatched().unwrap_or(cluster_id);
             return Err(ParticipantError::Fenced { ours: self.store.cluster_id().unwrap_or_default(), theirs });
         }
-        self.core().enlisted(tid, deadline).map_err(|e| ParticipantError::from_op(tid, e, b""))
+        self.heard_term(term);
+        self.core().enlisted_under(tid, deadline, term).map_err(|e| ParticipantError::from_op(tid, e, b""))
+    }
+
+    /// Rule 10: a coordinator of a newer term (it restarted, or another
+    /// leader took over) does not know the unprepared tids enlisted under
+    /// older terms and presumes them aborted: abort them here now, so their
+    /// locks do not wait for the deadline. Only terms of our own cluster's
+    /// log are taken (the caller checked the cluster id).
+    fn heard_term(&self, term: u64) {
+        let stale = self.core().coordinator_term(term);
+        if stale.is_empty() {
+            return;
+        }
+        self.locks_released();
+        metrics::counter!("twopc_participant_replaced_coordinator_aborts_total").increment(stale.len() as u64);
+        tracing::info!(
+            count = stale.len(),
+            term,
+            "a newer coordinator term: aborted the unprepared tids the replaced coordinator began"
+        );
     }
 
     pub async fn get(
@@ -485,6 +505,9 @@ impl Node {
             Err(e) => return tracing::warn!(%tid, error = %e, "in doubt: no coordinator answered; will ask again"),
         };
         let ours = self.check_cluster(&resp.cluster_id).await.is_ok();
+        if ours {
+            self.heard_term(resp.coordinator_term);
+        }
         let result = match pb::Decision::try_from(resp.decision) {
             // A COMMIT record binds whatever log holds it: tids are unique
             // (e.g. a restored backup that was given a new cluster id).
@@ -533,8 +556,9 @@ impl Node {
                 })
                 .await;
             match answer {
-                Ok(resp) => match self.check_cluster(&resp.into_inner().cluster_id).await {
+                Ok(resp) => match self.check_cluster(&resp.get_ref().cluster_id).await {
                     Ok(()) => {
+                        self.heard_term(resp.get_ref().coordinator_term);
                         let leader = self.coordinator.current();
                         tracing::info!(partition = self.partition, %address, coordinator = %leader, "registered with the coordinator");
                         return;
