@@ -218,6 +218,10 @@ pub struct Report {
     pub external_cluster: bool,
     /// Local cluster only: three coordinators with their decision log on etcd (`--ha`).
     pub ha: bool,
+    /// `--ha`: the median of one etcd write (a one-key transaction, sent
+    /// alone), measured in the same run: what the COMMIT record costs
+    /// instead of a local fsync.
+    pub etcd_write_median_us: Option<f64>,
     pub committed: u64,
     pub committed_per_sec: f64,
     pub aborted: u64,
@@ -318,6 +322,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || measure_parallel_fsync(&dir, partitions as usize)).await??
     };
     drop(fsync_tmp);
+    let etcd_write = match &etcd {
+        Some(e) => Some(measure_etcd_write(&e.endpoints()).await?),
+        None => None,
+    };
     let floor = Floor {
         rtt_median_us: micros(rtt),
         fsync_median_us: micros(fsync),
@@ -401,6 +409,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         coordinator,
         external_cluster: args.coordinator.is_some(),
         ha: args.ha,
+        etcd_write_median_us: etcd_write.map(micros),
         committed,
         committed_per_sec: if args.duration_secs > 0 { committed as f64 / args.duration_secs as f64 } else { 0.0 },
         aborted: stats.aborted,
@@ -454,6 +463,31 @@ async fn measure_rtt(coordinator: &str, tls: &twopc_client::ClientTls) -> anyhow
     for _ in 0..RTT_SAMPLES {
         let t = Instant::now();
         c.get_topology(GetTopologyRequest {}).await?;
+        samples.push(t.elapsed());
+    }
+    Ok(median(samples))
+}
+
+/// Median of one etcd write (a put in a transaction, like the decision
+/// log's), sent alone, after a warm-up.
+async fn measure_etcd_write(endpoints: &str) -> anyhow::Result<Duration> {
+    let list: Vec<String> = endpoints.split(',').map(str::to_string).collect();
+    let etcd = twopc_etcd::Etcd::new(&list, Duration::from_secs(2))?;
+    let write = || {
+        let req = twopc_etcd::pb::TxnRequest {
+            compare: vec![],
+            success: vec![twopc_etcd::op::put(b"/twopc-bench/probe".to_vec(), b"x".to_vec(), 0)],
+            failure: vec![],
+        };
+        etcd.txn(req)
+    };
+    for _ in 0..20 {
+        write().await?;
+    }
+    let mut samples = Vec::with_capacity(RTT_SAMPLES);
+    for _ in 0..RTT_SAMPLES {
+        let t = Instant::now();
+        write().await?;
         samples.push(t.elapsed());
     }
     Ok(median(samples))
@@ -923,6 +957,12 @@ fn print_report(r: &Report) {
         f.parallel_fsync_median_us,
         fmt_us(f.shared_disk_floor_us.round() as u64)
     );
+    if let Some(w) = r.etcd_write_median_us {
+        println!(
+            "etcd write (one transaction, alone): median {} — what the COMMIT record costs here instead of an fsync",
+            fmt_us(w.round() as u64)
+        );
+    }
     let ratio = |us: u64| if f.floor_us > 0.0 { us as f64 / f.floor_us } else { 0.0 };
     for (title, p) in
         [("transaction (begin → commit answer)", &r.txn_latency_us), ("commit call", &r.commit_latency_us)]

@@ -430,3 +430,30 @@ fn settings_from_environment_variables_alone() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn the_replicated_log_is_refused_without_a_reachable_etcd() {
+    // Nothing listens on a port we just freed: etcd is unreachable there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let endpoint = format!("127.0.0.1:{port}");
+    let base = ["coordinator", "--partitions", "2", "--listen", "127.0.0.1:0", "--decision-log", "etcd"];
+    let err = refused(&base, &[]);
+    assert_says(&err, &["error: ", "--etcd-endpoints"]);
+    let err = refused(&with(base.to_vec(), &["--etcd-endpoints", &endpoint]), &[]);
+    assert_says(&err, &["error: ", "cannot reach etcd at", &endpoint]);
+    let err = refused(&with(base.to_vec(), &["--etcd-endpoints", "127.0.0.1:1,,127.0.0.1:2"]), &[]);
+    assert_says(&err, &["error: ", "--etcd-endpoints", "empty address"]);
+    let err = refused(&with(base.to_vec(), &["--etcd-endpoints", &endpoint, "--cluster-name", "a/b"]), &[]);
+    assert_says(&err, &["error: ", "--cluster-name"]);
+    let err = refused(&with(base.to_vec(), &["--etcd-endpoints", &endpoint, "--lease-ttl-secs", "1"]), &[]);
+    assert_says(&err, &["error: ", "--lease-ttl-secs"]);
+    // The same through the environment twins.
+    let err = refused(
+        &["coordinator", "--partitions", "2", "--listen", "127.0.0.1:0"],
+        &[("TWOPC_DECISION_LOG", "etcd"), ("TWOPC_ETCD_ENDPOINTS", &endpoint)],
+    );
+    assert_says(&err, &["error: ", "cannot reach etcd at"]);
+    // The SQLite log still needs its directory.
+    let err = refused(&["coordinator", "--partitions", "2", "--listen", "127.0.0.1:0"], &[]);
+    assert_says(&err, &["error: ", "--data-dir"]);
+}
