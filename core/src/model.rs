@@ -1,34 +1,82 @@
 //! Exhaustive model checking of the protocol cores.
 //!
-//! A [`World`] is one coordinator core, N participant cores, what each has
-//! on disk, the messages in flight, and what the client was told. From the
-//! moment the client may ask to commit one transaction (written on every
-//! partition, or only read on some), [`check`] explores **every**
-//! interleaving breadth-first: any in-flight message delivered in any order
+//! A [`World`] is the current coordinator core, the coordinator
+//! incarnations deposed by a failover that are still running, N participant
+//! cores, what each has on disk, the decision log and its epoch, the
+//! messages in flight, and what the client was told. From the moment the
+//! client may ask to commit one transaction (written on every partition, or
+//! only read on some), [`check`] explores **every** interleaving
+//! breadth-first: any in-flight message delivered in any order
 //! (reordering), lost or delivered twice (within budgets), timeouts firing
 //! at any moment, forced writes completing or not, the deadline passing,
-//! and the coordinator or a participant crashing at any step (within
-//! budgets) and restarting from exactly what it had made durable. The cores
-//! are the real ones; only the shells (network, disks, timers) are modelled.
+//! the coordinator or a participant crashing at any step (within budgets)
+//! and restarting from exactly what it had made durable, a leader failover
+//! at any step (within a budget, below), and the client asking the current
+//! leader what was decided once the coordinator it called is gone. The
+//! cores are the real ones; only the shells (network, disks, timers, the
+//! replicated store) are modelled.
 //!
-//! Checked in every reachable state:
+//! Checked in every reachable state, across every incarnation:
 //! - **agreement**: no participant applied COMMIT while another dropped its
 //!   prepared state as aborted;
 //! - **validity**: a COMMIT record exists only if every writer voted YES and
 //!   every reader voted YES or READ_ONLY;
-//! - **durability**: a participant applies COMMIT only if the COMMIT record
-//!   is durable, and a client told COMMITTED always finds the record;
+//! - **durability**: a participant applies COMMIT only if the COMMIT (or
+//!   DELEGATED) record is durable, and a client told COMMITTED always finds
+//!   the record;
 //! - **no contradiction**: a client told ABORTED never sees the tid commit,
 //!   and a client is never told two different outcomes;
 //! - **prepared means bound**: a participant drops prepared state as
 //!   aborted only if no COMMIT record exists;
-//! - **asking never contradicts**: the coordinator's answer to "what was
+//! - **asking never contradicts**: the current leader's answer to "what was
 //!   decided?" is never ABORTED for a tid that commits, nor COMMITTED for
-//!   one that does not.
+//!   one that does not;
+//! - **leaders agree**: no leader reports COMMITTED (to the client, or to a
+//!   participant asking) for a tid that a leader, the same or another
+//!   incarnation, reported ABORTED, or the reverse.
 //!
 //! With a single writer and no reader the transaction takes the one-phase
 //! path: the coordinator forces a DELEGATED record, and the participant's
 //! own durable commit (with its record of it) is the decision.
+//!
+//! **Failover (rules 14-16).** The decision log lives in a replicated store
+//! and each leader has an epoch (its leadership key's revision); the
+//! log's current epoch is the current leader's. Every write, forced
+//! (COMMIT, DELEGATED) or not (finished, forgotten), carries the epoch of
+//! the incarnation that issued it and is applied only if that epoch is
+//! still the current one, as the store's conditional write does (rule 14).
+//! A failover (`Failover`) happens only once the old leader's lease has
+//! expired: a new incarnation wins the election, which makes its epoch
+//! the log's, and rebuilds its core from the durable log alone with the
+//! same recovery functions a restart uses (rule 15: an unfinished COMMIT
+//! re-drives phase 2, a DELEGATED record asks the participant again, a tid
+//! without a record is presumed aborted). The old incarnation is not dead:
+//! - its messages already sent stay in flight and may be delivered;
+//! - its forced write in flight may still reach the store, where it is
+//!   refused (its epoch is stale), and a refused write stops it for good
+//!   (the shell exits);
+//! - replies to its own calls (votes, acknowledgements, one-phase answers)
+//!   may still reach it, and the core may then issue a write, refused in
+//!   turn;
+//! - it answers no one and sends nothing new: with its lease expired its
+//!   leadership is not certain (rule 14), so its replies and sends are
+//!   dropped; the model lets it go once nothing can make it write.
+//!
+//! Messages to the coordinator (votes, acknowledgements, asks, a
+//! participant's abort) otherwise reach the current leader, as participants
+//! follow the leader (rule 16); one for a tid the new leader does not know
+//! is handled by the core as by a restarted coordinator. The failover is a
+//! single step because the store orders it: a write applied before the new
+//! leader's election is in the log it reads, one after is refused. This is
+//! why presumed abort stays honest across a takeover (rule 15: the old
+//! leader can no longer write a record), and the checker proves it by also
+//! exploring the bug: with `unguarded_writes` the store applies every
+//! write, and a deposed leader's COMMIT or DELEGATED record lands after
+//! its successor presumed the tid aborted; the tests assert that this is
+//! found and print the trace. A coordinator crash is the other way an
+//! incarnation ends: the process dies with its write in flight (a write
+//! that made it is the interleaving where it completed first) and restarts
+//! from the log with the next epoch.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -734,6 +782,55 @@ impl World {
         }
     }
 
+    /// The state in a line, to end a trace with.
+    fn describe(&self) -> String {
+        let log = match self.log.get(&TID) {
+            None => "no record".to_string(),
+            Some((parts, finished, one_phase)) => format!(
+                "{} {parts:?}{}",
+                if *one_phase { "DELEGATED" } else { "COMMIT" },
+                if *finished { " (finished)" } else { "" }
+            ),
+        };
+        let knows = |c: &Coordinator| match c.live().find(|(t, _)| **t == TID) {
+            Some((_, txn)) => txn.phase.name().to_string(),
+            None if c.remembers(TID) => format!("finished, {:?}", c.decision(TID)),
+            None => "does not know the tid".to_string(),
+        };
+        let deposed: Vec<String> = self
+            .deposed
+            .iter()
+            .map(|d| {
+                let w = if d.forcing.is_some() { ", its write in flight" } else { "" };
+                format!("epoch {}: {}{w}", d.epoch, knows(&d.coord))
+            })
+            .collect();
+        let parts: Vec<String> = self
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(p, d)| {
+                let s = if d.committed {
+                    "committed"
+                } else if d.aborted_prepared {
+                    "aborted its prepared state"
+                } else if d.prepared.is_some() {
+                    "prepared"
+                } else {
+                    "not prepared"
+                };
+                format!("p{p} {s}")
+            })
+            .collect();
+        format!(
+            "log: {log}; leader (epoch {}): {}; deposed: {deposed:?}; {}; client told: {:?}",
+            self.epoch,
+            knows(&self.coord),
+            parts.join(", "),
+            self.told
+        )
+    }
+
     /// The invariants of the module docs; `Some(why)` when one is broken.
     fn violation(&self) -> Option<String> {
         if let Some(b) = &self.bad {
@@ -751,10 +848,16 @@ impl World {
         }
         match self.coord.decision(TID) {
             coordinator::DecisionAnswer::Aborted(_) if record || committed => {
-                return Some("asking: the coordinator answers ABORTED for a tid that commits".into());
+                return Some(format!(
+                    "asking: the leader (epoch {}) answers ABORTED for a tid that commits",
+                    self.epoch
+                ));
             }
             coordinator::DecisionAnswer::Committed if !record && !committed => {
-                return Some("asking: the coordinator answers COMMITTED for a tid that did not commit".into());
+                return Some(format!(
+                    "asking: the leader (epoch {}) answers COMMITTED for a tid that did not commit",
+                    self.epoch
+                ));
             }
             _ => {}
         }
@@ -894,7 +997,11 @@ pub fn check(cfg: &Config) -> Report {
                 transitions,
                 max_depth,
                 elapsed: started.elapsed(),
-                violation: Some((why, trace(&trail, at))),
+                violation: Some((why, {
+                    let mut t = trace(&trail, at);
+                    t.push(format!("=> {}", world.describe()));
+                    t
+                })),
                 truncated,
             };
         }
