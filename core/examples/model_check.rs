@@ -1,12 +1,18 @@
 //! Runs the exhaustive model check of the protocol cores with budgets from
 //! the command line and prints the state space explored:
 //!
-//! `cargo run --release -p twopc-core --example model_check -- WRITERS READERS COORD_CRASHES PART_CRASHES LOSSES DUPS`
+//! `cargo run --release -p twopc-core --example model_check -- WRITERS READERS COORD_CRASHES PART_CRASHES LOSSES DUPS FAILOVERS [MAX_STATES] [unguarded]`
+//!
+//! `unguarded` turns on the bug the checker must catch (decision-log writes
+//! without the leadership guard) and prints the trace it finds.
 
 use twopc_core::model::{Config, check};
 
 fn main() {
-    let a: Vec<u64> = std::env::args().skip(1).map(|s| s.parse().expect("numbers")).collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let unguarded_writes = args.iter().any(|a| a == "unguarded");
+    let a: Vec<u64> =
+        args.iter().filter(|a| *a != "unguarded").map(|s| s.parse().expect("numbers, or `unguarded`")).collect();
     let get = |i: usize, d: u64| a.get(i).copied().unwrap_or(d);
     let cfg = Config {
         writers: get(0, 2) as u32,
@@ -15,7 +21,9 @@ fn main() {
         participant_crashes: get(3, 1) as u8,
         losses: get(4, 1) as u8,
         duplicates: get(5, 0) as u8,
-        max_states: get(6, 20_000_000) as usize,
+        failovers: get(6, 0) as u8,
+        unguarded_writes,
+        max_states: get(7, 20_000_000) as usize,
     };
     let r = check(&cfg);
     println!(
