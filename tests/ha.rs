@@ -203,7 +203,8 @@ async fn attempt(client: &Client, keys: Vec<String>) -> Attempt {
     Attempt { tid: Some(txn.tid()), keys, heard, began, done: Instant::now() }
 }
 
-/// Honest answers, durability and atomicity for every attempt: whoever
+/// Honest answers, durability and atomicity for every attempt, once the
+/// cluster has settled (phase 2 done everywhere): whoever
 /// leads now answers each tid as its client heard it (a tid whose commit
 /// was never sent aborted; an unknown outcome may be either), and its keys
 /// are all written if it committed, none if it aborted. Returns (committed,
@@ -432,9 +433,9 @@ async fn c14_one_etcd_member_killed_commits_continue() {
         etcd.restart(victim).unwrap();
         tokio::task::block_in_place(|| etcd.wait_healthy(SETTLE)).unwrap();
     }
+    tc.wait_settled().await;
     let (committed, _) = check_attempts(&tc, &attempts).await;
     assert_eq!(committed, attempts.len());
-    tc.wait_settled().await;
     // No coordinator lost its leadership or its process over it.
     assert_eq!(coordinator_pids(&mut tc), pids);
     assert_eq!(leader(&tc).await, first_leader);
@@ -503,10 +504,10 @@ async fn c15_etcd_quorum_lost_then_back() {
     eprintln!("c15: first commit {:.2} s after the quorum came back", back_at.elapsed().as_secs_f64());
     assert_eq!(coordinator_pids(&mut tc), pids, "a coordinator exited or was restarted");
     assert_eq!(leader(&tc).await, first_leader);
-    // Every tid tried meanwhile ends as its client heard it, applied or not accordingly.
+    tc.wait_settled().await;
+    // Every tid tried meanwhile ended as its client heard it, applied or not accordingly.
     let (committed, aborted) = check_attempts(&tc, &attempts).await;
     eprintln!("c15: {} attempts, {committed} committed, {aborted} aborted", attempts.len());
-    tc.wait_settled().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
