@@ -321,7 +321,11 @@ async fn c12_one_phase_leader_killed_after_the_delegation_is_replicated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c13_paused_leader_is_fenced_and_steps_down() {
-    let mut tc = start().await;
+    // A prepare timeout longer than partition 1's stall below, so that A
+    // is still in prepare when the test looks, however slow the machine.
+    let opts =
+        ClusterOptions { coordinator_args: vec!["--prepare-timeout-ms".into(), "10000".into()], ..Default::default() };
+    let mut tc = TestCluster::start_ha(opts).await;
     let old = leader(&tc).await;
     // A is written first: partition 2 will be busy soon.
     let (a, a_keys) = three_writes(&tc, "c13a").await;
