@@ -38,6 +38,8 @@ pub struct Proc {
     pub addr: SocketAddr,
     pub name: String,
     paused: bool,
+    /// How the last child exited, once a wait or [`Proc::kill`] reaped it.
+    exit: Option<std::process::ExitStatus>,
 }
 
 impl Proc {
@@ -88,7 +90,7 @@ impl Proc {
     }
 
     fn new(child: Child, addr: SocketAddr, name: &str) -> Proc {
-        Proc { child: Some(child), addr, name: name.to_string(), paused: false }
+        Proc { child: Some(child), addr, name: name.to_string(), paused: false, exit: None }
     }
 
     /// The process id, until [`Proc::kill`] (or a wait that saw it exit) reaped it.
@@ -132,9 +134,18 @@ impl Proc {
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
-            let _ = child.wait();
+            // A child that had already exited keeps its own status.
+            self.exit = child.wait().ok();
         }
         self.paused = false;
+    }
+
+    /// How the process exited (its code, or the signal that killed it),
+    /// once it was reaped: by [`Proc::wait_exit`] seeing it exit by itself,
+    /// or by [`Proc::kill`] (then SIGKILL, unless it had exited already).
+    /// `None` while it runs.
+    pub fn exit_status(&self) -> Option<std::process::ExitStatus> {
+        if self.child.is_some() { None } else { self.exit }
     }
 
     /// Asks the process to stop gracefully (SIGTERM).

@@ -391,7 +391,7 @@ fn metric_value(text: &str, name: &str) -> Option<u64> {
 
 /// A minimal HTTP/1.0 client for loopback probes: one request per
 /// connection, the whole answer read until the server closes.
-pub fn http_request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, String)> {
+fn http_request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, String)> {
     anyhow::ensure!(addr.ip().is_loopback(), "refusing a non-loopback address {addr}: this client is for local probes");
     let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
     stream.set_read_timeout(Some(HTTP_TIMEOUT))?;

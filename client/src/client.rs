@@ -8,8 +8,9 @@
 //! short capped backoff when it comes back to one already tried. Each
 //! call is bounded by [`ConnectOptions::call_budget`] (15 s by default,
 //! enough to ride out an election at the default 3 s lease) and a number
-//! of hops; when they run out the error names every address tried and its
-//! last error. Begin (batched), GetDecision, GetTopology, Abort and the
+//! of hops, and each attempt by [`COORDINATOR_ATTEMPT`] (a frozen
+//! coordinator counts as a failed attempt, not as the whole call); when
+//! they run out the error names every address tried and its last error. Begin (batched), GetDecision, GetTopology, Abort and the
 //! admin calls are retried anywhere: a standby changed nothing and these
 //! are idempotent (rule 11). Commit is resent only where it certainly did
 //! nothing; a Commit cut off mid-flight has an unknown outcome, which
@@ -141,6 +142,14 @@ pub enum Decision {
     /// Still deciding: ask again later.
     Pending,
 }
+
+/// One attempt of a coordinator call is cut at this, and the call moves on
+/// to the next address (an idempotent call) or asks for the outcome (a
+/// Commit, see [`crate::Txn::commit`]). Without it a frozen coordinator
+/// (SIGSTOPped, or hung: it accepts connections and never answers), which
+/// stays the one calls go to first, would take every call's whole budget,
+/// and the client would never reach the leader that replaced it.
+pub(crate) const COORDINATOR_ATTEMPT: Duration = Duration::from_secs(5);
 
 /// How long a committed read or an admin call may go unanswered before the
 /// peer is reported as stuck: none of them waits for locks.
@@ -335,14 +344,16 @@ impl Client {
         self.inner.follower.current()
     }
 
-    /// The bounds of one coordinator call: the whole budget.
+    /// The bounds of one coordinator call: the whole budget, each attempt
+    /// cut at [`COORDINATOR_ATTEMPT`].
     pub(crate) fn policy(&self) -> Policy {
-        Policy::within(self.inner.options.call_budget)
+        Policy::within(self.inner.options.call_budget).attempts_within(COORDINATOR_ATTEMPT)
     }
 
     /// The bounds of what is left of a call's budget begun at `started`.
     pub(crate) fn policy_since(&self, started: Instant) -> Policy {
         Policy::within(self.inner.options.call_budget.saturating_sub(started.elapsed()))
+            .attempts_within(COORDINATOR_ATTEMPT)
     }
 
     pub(crate) fn options(&self) -> &ConnectOptions {

@@ -27,7 +27,9 @@
 //! `--coordinator` list (PROTOCOL.md rule 16, `twopc_proto::follow`): a
 //! standby's answer names the leader and the call goes there, a failure
 //! without a hint moves to the next address, all with the peer token and
-//! TLS on every channel. Each kind of call has its own bound:
+//! TLS on every channel. Every attempt is cut at [`COORDINATOR_ATTEMPT`]
+//! (a frozen coordinator is a failed attempt: the call moves on), and
+//! each kind of call has its own bound:
 //! - Register retries until some leader accepts: each round is bounded
 //!   ([`REGISTER_ROUND`]), rounds repeat with capped backoff forever;
 //! - Enlist is on a client's operation path: bounded ([`ENLIST_BUDGET`]),
@@ -76,9 +78,13 @@ pub const ENLIST_BUDGET: Duration = Duration::from_secs(3);
 /// One question about an in-doubt tid (or a manual resolution's check, or
 /// an abort notice): the core asks again later, of whoever leads then.
 pub const QUESTION_BUDGET: Duration = Duration::from_secs(3);
-/// One attempt of a question is cut at this: a wedged coordinator must not
-/// take the whole budget.
-pub const QUESTION_ATTEMPT: Duration = Duration::from_secs(2);
+/// One attempt of any call to the coordinator (a question, an enlistment,
+/// a registration) is cut at this, and the call moves on to the next
+/// address: a wedged coordinator (SIGSTOPped, or hung: it accepts
+/// connections and never answers), which stays the one calls go to first,
+/// must not take every call's whole budget, or no call would ever reach
+/// the leader that replaced it.
+pub const COORDINATOR_ATTEMPT: Duration = Duration::from_secs(2);
 /// One round of registration; rounds repeat until a leader accepts.
 pub const REGISTER_ROUND: Duration = Duration::from_secs(5);
 
@@ -149,10 +155,15 @@ impl Node {
             let coordinator = coordinator.clone();
             async move {
                 let resp = coordinator
-                    .call("EnlistBatch", Policy::within(ENLIST_BUDGET), Retry::Idempotent, |mut c| {
-                        let requests = requests.clone();
-                        async move { c.enlist_batch(pb::EnlistBatchRequest { requests }).await }
-                    })
+                    .call(
+                        "EnlistBatch",
+                        Policy::within(ENLIST_BUDGET).attempts_within(COORDINATOR_ATTEMPT),
+                        Retry::Idempotent,
+                        |mut c| {
+                            let requests = requests.clone();
+                            async move { c.enlist_batch(pb::EnlistBatchRequest { requests }).await }
+                        },
+                    )
                     .await
                     .map_err(FollowError::into_status)?
                     .into_inner();
@@ -301,7 +312,7 @@ impl Node {
         let coordinator = self.coordinator.clone();
         tokio::spawn(
             async move {
-                let policy = Policy::within(QUESTION_BUDGET).attempts_within(QUESTION_ATTEMPT);
+                let policy = Policy::within(QUESTION_BUDGET).attempts_within(COORDINATOR_ATTEMPT);
                 let _ = coordinator
                     .call("Abort", policy, Retry::Idempotent, |mut c| async move {
                         c.abort(pb::AbortRequest { tid: tid.to_string() }).await
@@ -314,7 +325,7 @@ impl Node {
 
     /// GetDecision for `tid`, of whoever leads, bounded as one question.
     pub(crate) async fn get_decision(&self, tid: Tid) -> Result<pb::GetDecisionResponse, FollowError> {
-        let policy = Policy::within(QUESTION_BUDGET).attempts_within(QUESTION_ATTEMPT);
+        let policy = Policy::within(QUESTION_BUDGET).attempts_within(COORDINATOR_ATTEMPT);
         self.coordinator
             .call("GetDecision", policy, Retry::Idempotent, |mut c| async move {
                 c.get_decision(pb::GetDecisionRequest { tid: tid.to_string() }).await.map(tonic::Response::into_inner)
@@ -550,10 +561,15 @@ impl Node {
             };
             let answer = self
                 .coordinator
-                .call("Register", Policy::within(REGISTER_ROUND), Retry::Idempotent, |mut c| {
-                    let req = req.clone();
-                    async move { c.register(req).await }
-                })
+                .call(
+                    "Register",
+                    Policy::within(REGISTER_ROUND).attempts_within(COORDINATOR_ATTEMPT),
+                    Retry::Idempotent,
+                    |mut c| {
+                        let req = req.clone();
+                        async move { c.register(req).await }
+                    },
+                )
                 .await;
             match answer {
                 Ok(resp) => match self.check_cluster(&resp.get_ref().cluster_id).await {
