@@ -107,8 +107,22 @@ async fn finished_records_are_trimmed_to_the_keep_bound() {
         log.force_commit(t, vec![0]).await.unwrap();
         log.finished(t);
     }
-    // A forced write after the marks orders them before the read-back.
-    log.register(0, "127.0.0.1:9".into()).await.unwrap();
+    // Marks are written by a task of their own, unforced: wait until the
+    // last one and the trim have landed in etcd.
+    let log_keys = format!("{PREFIX}log/").into_bytes();
+    let end = twopc_etcd::prefix_end(&log_keys);
+    let last = format!("{PREFIX}log/{}", tids[599]).into_bytes();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let kept = etcd.range(&log_keys, &end, 0).await.unwrap().kvs.len();
+        let last_mark = etcd.range(&last, &[], 1).await.unwrap().kvs.first().map(|kv| kv.value.clone());
+        if kept < 10 + 256 && last_mark.as_deref() == Some(b"F".as_slice()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{kept} records kept, last mark {last_mark:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(log);
     let (_l, rec) = DecisionLog::open_etcd(log_of(&etcd, &l, epoch, Arc::default()), 1, 10).await.unwrap();
     assert!(rec.finished.len() >= 10 && rec.finished.len() < 10 + 256, "{} finished kept", rec.finished.len());
     assert_eq!(rec.finished.last(), Some(&tids[599]), "the newest are kept");

@@ -31,8 +31,9 @@
 //! one is safe.
 //!
 //! **Group commit and etcd's limits.** The writer takes every queued
-//! request into one batch and writes it in as few transactions as etcd's
-//! default limits allow: at most [`MAX_OPS`] operations (etcd refuses more
+//! forced request into one batch (unforced marks go to a second writer, so
+//! a record never waits behind a mark: each etcd write is a Raft round) and
+//! writes it in as few transactions as etcd's default limits allow: at most [`MAX_OPS`] operations (etcd refuses more
 //! than 128 per transaction by default) and [`MAX_TXN_BYTES`] of keys and
 //! values (its default request limit is 1.5 MiB). A key written twice in one
 //! batch is written once, with its last value (etcd refuses duplicate keys
@@ -248,34 +249,70 @@ fn decode(v: &[u8]) -> Result<Record, LogError> {
     }
 }
 
-/// The writer task: group commit into guarded etcd transactions.
+/// The writer task: group commit of forced records into guarded etcd
+/// transactions. Unforced marks go to a task of their own ([`mark_writer`]):
+/// with etcd every write is a full Raft round (unlike SQLite, where a mark
+/// costs no fsync), and a COMMIT record must not queue behind the previous
+/// transaction's "finished" mark. That is safe because a mark is only ever
+/// sent after its record was acknowledged, so the two never race on a key.
 async fn writer(
+    log: EtcdLog,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    finished: VecDeque<Tid>,
+    keep_finished: usize,
+    stats: Arc<Stats>,
+) {
+    let (marks, marks_rx) = mpsc::unbounded_channel();
+    tokio::spawn(mark_writer(log.clone(), marks_rx, finished, keep_finished));
+    while let Some(batch) = next_batch(&mut rx).await {
+        let (forced, unforced): (Vec<Request>, Vec<Request>) = batch.into_iter().partition(Request::forced);
+        for mark in unforced {
+            let _ = marks.send(mark);
+        }
+        if forced.is_empty() {
+            continue;
+        }
+        // Last write of each key wins (etcd refuses a key twice in a txn).
+        let mut writes: BTreeMap<Vec<u8>, Option<String>> = BTreeMap::new();
+        for req in &forced {
+            match req {
+                Request::Commit { tid, partitions, one_phase, .. } => {
+                    let kind = if *one_phase { "D" } else { "C" };
+                    writes.insert(log.key(&format!("log/{tid}")), Some(format!("{kind} {}", encode_parts(partitions))));
+                }
+                Request::Register { partition, address, .. } => {
+                    writes.insert(log.key(&format!("members/{partition:05}")), Some(address.clone()));
+                }
+                Request::Finished { .. } | Request::Forget { .. } => {}
+            }
+        }
+        let result = write_all(&log, writes).await;
+        if result.is_ok() {
+            metrics::counter!("twopc_decision_log_fsyncs_total").increment(1);
+            metrics::histogram!("twopc_decision_log_batch_size").record(forced.len() as f64);
+            stats.forced_batches.fetch_add(1, Ordering::Relaxed);
+            stats.forced_records.fetch_add(forced.len() as u64, Ordering::Relaxed);
+        }
+        for req in forced {
+            if let Request::Commit { done, .. } | Request::Register { done, .. } = req {
+                let _ = done.send(result.as_ref().map(|_| ()).map_err(|e| LogError::Invalid(e.to_string())));
+            }
+        }
+    }
+}
+
+/// The unforced marks: "finished" and "forget", batched the same way, and
+/// the trim of finished records beyond `keep_finished`.
+async fn mark_writer(
     log: EtcdLog,
     mut rx: mpsc::UnboundedReceiver<Request>,
     mut finished: VecDeque<Tid>,
     keep_finished: usize,
-    stats: Arc<Stats>,
 ) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        // Last write of each key wins (etcd refuses a key twice in a txn).
+    while let Some(batch) = next_batch(&mut rx).await {
         let mut writes: BTreeMap<Vec<u8>, Option<String>> = BTreeMap::new();
         for req in &batch {
             match req {
-                Request::Commit { tid, partitions, one_phase, .. } => {
-                    let v = if *one_phase {
-                        format!("D {}", encode_parts(partitions))
-                    } else {
-                        format!("C {}", encode_parts(partitions))
-                    };
-                    writes.insert(log.key(&format!("log/{tid}")), Some(v));
-                }
                 Request::Finished { tid } => {
                     writes.insert(log.key(&format!("log/{tid}")), Some("F".into()));
                     finished.push_back(*tid);
@@ -283,9 +320,7 @@ async fn writer(
                 Request::Forget { tid } => {
                     writes.insert(log.key(&format!("log/{tid}")), None);
                 }
-                Request::Register { partition, address, .. } => {
-                    writes.insert(log.key(&format!("members/{partition:05}")), Some(address.clone()));
-                }
+                Request::Commit { .. } | Request::Register { .. } => {}
             }
         }
         if finished.len() >= keep_finished + TRIM_EVERY {
@@ -294,27 +329,32 @@ async fn writer(
                 writes.insert(log.key(&format!("log/{tid}")), None);
             }
         }
-        let forced = batch.iter().filter(|r| r.forced()).count();
-        let mut result = Ok(());
-        for ops in chunks(writes) {
-            if let Err(e) = log.write(ops).await {
-                tracing::error!(error = %e, "decision log write failed");
-                result = Err(e);
-                break;
-            }
-        }
-        if forced > 0 && result.is_ok() {
-            metrics::counter!("twopc_decision_log_fsyncs_total").increment(1);
-            metrics::histogram!("twopc_decision_log_batch_size").record(batch.len() as f64);
-            stats.forced_batches.fetch_add(1, Ordering::Relaxed);
-            stats.forced_records.fetch_add(forced as u64, Ordering::Relaxed);
-        }
-        for req in batch {
-            if let Request::Commit { done, .. } | Request::Register { done, .. } = req {
-                let _ = done.send(result.as_ref().map(|_| ()).map_err(|e| LogError::Invalid(e.to_string())));
-            }
+        // A lost mark only makes a later leader re-drive the tid (rule 11).
+        let _ = write_all(&log, writes).await;
+    }
+}
+
+/// Every queued request, up to [`MAX_BATCH`], once at least one is there.
+async fn next_batch(rx: &mut mpsc::UnboundedReceiver<Request>) -> Option<Vec<Request>> {
+    let mut batch = vec![rx.recv().await?];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(r) => batch.push(r),
+            Err(_) => break,
         }
     }
+    Some(batch)
+}
+
+/// Writes `writes` as guarded transactions within etcd's limits, in order.
+async fn write_all(log: &EtcdLog, writes: BTreeMap<Vec<u8>, Option<String>>) -> Result<(), LogError> {
+    for ops in chunks(writes) {
+        if let Err(e) = log.write(ops).await {
+            tracing::error!(error = %e, "decision log write failed");
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// Splits writes into transactions within etcd's default limits.
