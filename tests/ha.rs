@@ -490,6 +490,11 @@ async fn c15_etcd_quorum_lost_then_back() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // The leader that cannot confirm its lease reports NOT_SERVING, so a
+    // load balancer does not send traffic to a coordinator refusing it.
+    let health = tc.cluster.coordinator_health(first_leader).await;
+    assert!(matches!(health, twopc::cluster::CoordinatorHealth::NotServing(_)), "uncertain leader reports {health:?}");
+
     // Quorum back: service resumes by itself, same coordinator processes.
     let etcd = tc.etcd.as_mut().unwrap();
     etcd.restart(1).unwrap();
@@ -605,4 +610,27 @@ async fn failover_time_is_bounded() {
     tc.wait_settled().await;
     let (c, a) = check_attempts(&tc, &attempts).await;
     eprintln!("failover workload: {} transactions, {c} committed, {a} aborted", attempts.len());
+}
+
+/// A coordinator configured for another partition count than the cluster's
+/// log in etcd is refused at start, before it can win an election it could
+/// not use (which would leave the cluster leaderless for a lease TTL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_of_another_partition_count_is_refused_at_start() {
+    let tc = start().await;
+    let endpoints = tc.etcd.as_ref().unwrap().endpoints();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_twopc"))
+            .args(["coordinator", "--decision-log", "etcd", "--etcd-endpoints", &endpoints])
+            .args(["--partitions", "5", "--listen", "127.0.0.1:0"])
+            .env_remove("TWOPC_COORDINATOR")
+            .output()
+    });
+    let out = tokio::time::timeout(SETTLE, out).await.expect("refused in time").unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("created with 3 partitions, not 5"), "{stderr}");
+    // The cluster still has its leader and commits.
+    let (_, outcome) = tc.write_txn(&[(&tc.key_on(0, "shape"), "1"), (&tc.key_on(1, "shape"), "1")]).await;
+    assert_eq!(outcome, Outcome::Committed);
 }

@@ -149,7 +149,14 @@ pub enum Decision {
 /// (SIGSTOPped, or hung: it accepts connections and never answers), which
 /// stays the one calls go to first, would take every call's whole budget,
 /// and the client would never reach the leader that replaced it.
+/// Begin, GetDecision, GetTopology and Abort answer in milliseconds from a
+/// live leader, so theirs are cut sooner ([`QUICK_ATTEMPT`]): a CLI command
+/// whose first listed coordinator is frozen loses 2 s to it, not 5.
 pub(crate) const COORDINATOR_ATTEMPT: Duration = Duration::from_secs(5);
+
+/// The attempt limit of the calls that never wait for a transaction (see
+/// [`COORDINATOR_ATTEMPT`]).
+pub(crate) const QUICK_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// How long a committed read or an admin call may go unanswered before the
 /// peer is reported as stuck: none of them waits for locks.
@@ -344,14 +351,22 @@ impl Client {
         self.inner.follower.current()
     }
 
-    /// The bounds of one coordinator call: the whole budget, each attempt
-    /// cut at [`COORDINATOR_ATTEMPT`].
+    /// The bounds of one coordinator call that never waits for a
+    /// transaction: the whole budget, each attempt cut at [`QUICK_ATTEMPT`].
     pub(crate) fn policy(&self) -> Policy {
-        Policy::within(self.inner.options.call_budget).attempts_within(COORDINATOR_ATTEMPT)
+        Policy::within(self.inner.options.call_budget).attempts_within(QUICK_ATTEMPT)
     }
 
-    /// The bounds of what is left of a call's budget begun at `started`.
+    /// The bounds of what is left of a call's budget begun at `started`
+    /// (attempts cut at [`QUICK_ATTEMPT`]).
     pub(crate) fn policy_since(&self, started: Instant) -> Policy {
+        Policy::within(self.inner.options.call_budget.saturating_sub(started.elapsed())).attempts_within(QUICK_ATTEMPT)
+    }
+
+    /// The bounds of a Commit, which waits for the votes and the forced
+    /// record: what is left of the budget begun at `started`, each attempt
+    /// cut at [`COORDINATOR_ATTEMPT`].
+    pub(crate) fn commit_policy_since(&self, started: Instant) -> Policy {
         Policy::within(self.inner.options.call_budget.saturating_sub(started.elapsed()))
             .attempts_within(COORDINATOR_ATTEMPT)
     }

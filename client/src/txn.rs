@@ -165,7 +165,7 @@ impl Txn {
     pub async fn commit(&self) -> Result<Outcome, ClientError> {
         let started = Instant::now();
         let req = pb::CommitRequest { tid: self.tid.to_string(), wrote: self.wrote.load(Ordering::Relaxed) };
-        let mut cut_off = match self.commit_once(&req, self.client.policy()).await {
+        let mut cut_off = match self.commit_once(&req, self.client.commit_policy_since(started)).await {
             Ok(outcome) => return outcome,
             Err(e @ FollowError::Uncertain { .. }) => self.client.follow_error(e),
             Err(e) => return Err(self.client.follow_error(e)),
@@ -181,22 +181,24 @@ impl Txn {
                 match self.client.decision(self.tid, self.client.policy_since(started)).await {
                     Ok(Decision::Committed) => return Ok(Outcome::Committed),
                     Ok(Decision::Aborted { reason }) => return Ok(Outcome::Aborted { reason }),
-                    Ok(Decision::Pending) => match self.commit_once(&req, self.client.policy_since(started)).await {
-                        Ok(outcome) => return outcome,
-                        Err(e @ FollowError::Uncertain { .. }) => {
-                            cut_off = self.client.follow_error(e);
-                            last = "the leader said PENDING".into();
-                            None
+                    Ok(Decision::Pending) => {
+                        match self.commit_once(&req, self.client.commit_policy_since(started)).await {
+                            Ok(outcome) => return outcome,
+                            Err(e @ FollowError::Uncertain { .. }) => {
+                                cut_off = self.client.follow_error(e);
+                                last = "the leader said PENDING".into();
+                                None
+                            }
+                            // A new leader that has no record of the tid: it
+                            // answers GetDecision ABORTED, asked next round.
+                            Err(FollowError::Status { status, .. }) if status.code() == tonic::Code::NotFound => None,
+                            Err(e @ FollowError::Exhausted { .. }) => {
+                                last = e.to_string();
+                                None
+                            }
+                            Err(e) => Some(format!("repeating the commit failed: {}", self.client.follow_error(e))),
                         }
-                        // A new leader that has no record of the tid: it
-                        // answers GetDecision ABORTED, asked next round.
-                        Err(FollowError::Status { status, .. }) if status.code() == tonic::Code::NotFound => None,
-                        Err(e @ FollowError::Exhausted { .. }) => {
-                            last = e.to_string();
-                            None
-                        }
-                        Err(e) => Some(format!("repeating the commit failed: {}", self.client.follow_error(e))),
-                    },
+                    }
                     // No leader answered within that call's hops; the
                     // budget decides when to give up.
                     Err(e @ FollowError::Exhausted { .. }) => {

@@ -51,6 +51,10 @@ pub struct Leadership {
     me: String,
     ttl: Duration,
     state: Mutex<State>,
+    /// Whether this process serves as leader right now (elected, recovered,
+    /// lease certain): drives gRPC health and `twopc_coordinator_is_leader`,
+    /// so a load balancer never picks a leader that refuses every call.
+    serving: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -65,13 +69,39 @@ struct State {
     leader: Option<String>,
     /// Whether the "cannot confirm" warning was logged for this lapse.
     lapse_logged: bool,
+    /// Recovery is done and the gate open ([`Leadership::opened`]).
+    open: bool,
 }
 
 impl Leadership {
     /// `prefix` is the cluster's key prefix (ending in `/`); `me` the
     /// address standbys hand out for this process.
     pub fn new(etcd: std::sync::Arc<Etcd>, prefix: &str, me: String, ttl: Duration) -> Self {
-        Self { etcd, key: format!("{prefix}leader").into_bytes(), me, ttl, state: Mutex::new(State::default()) }
+        Self {
+            etcd,
+            key: format!("{prefix}leader").into_bytes(),
+            me,
+            ttl,
+            state: Mutex::new(State::default()),
+            serving: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// Follows whether this process serves as leader (see the field).
+    pub fn serving(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.serving.subscribe()
+    }
+
+    fn set_serving(&self, on: bool) {
+        self.serving.send_replace(on);
+        metrics::gauge!("twopc_coordinator_is_leader").set(if on { 1.0 } else { 0.0 });
+    }
+
+    /// Recovery is done and the gate is open: serving from now on, while
+    /// the lease is certain.
+    pub fn opened(&self) {
+        self.state().open = true;
+        self.set_serving(true);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -125,11 +155,18 @@ impl Leadership {
             match tokio::time::timeout(every, self.etcd.lease_keep_alive(lease)).await {
                 Ok(Ok(ttl)) if ttl > 0 => {
                     failures = 0;
-                    let mut st = self.state();
-                    st.certain_until = Some(sent + Duration::from_secs(ttl as u64).saturating_sub(self.margin()));
-                    if st.lapse_logged {
-                        tracing::warn!("leadership confirmed again: serving");
-                        st.lapse_logged = false;
+                    let serve_again = {
+                        let mut st = self.state();
+                        st.certain_until = Some(sent + Duration::from_secs(ttl as u64).saturating_sub(self.margin()));
+                        let again = st.lapse_logged;
+                        if again {
+                            tracing::warn!("leadership confirmed again: serving");
+                            st.lapse_logged = false;
+                        }
+                        again && st.open
+                    };
+                    if serve_again {
+                        self.set_serving(true);
                     }
                 }
                 Ok(Ok(_)) => {
@@ -150,13 +187,20 @@ impl Leadership {
     fn renewal_failed(&self, failures: &mut u32, why: &str) {
         *failures += 1;
         let lapsed = !self.certain();
-        let mut st = self.state();
-        if st.epoch.is_some() && lapsed && !st.lapse_logged {
-            st.lapse_logged = true;
+        let newly_lapsed = {
+            let mut st = self.state();
+            let newly = st.epoch.is_some() && lapsed && !st.lapse_logged;
+            if newly {
+                st.lapse_logged = true;
+            }
+            newly
+        };
+        if newly_lapsed {
+            self.set_serving(false);
             metrics::counter!("twopc_leader_lease_lapses_total").increment(1);
             tracing::error!(
                 error = why,
-                "cannot confirm leadership: the lease could not be renewed in time; refusing every call until it is"
+                "cannot confirm leadership: the lease could not be renewed in time; refusing every call (health NOT_SERVING) until it is"
             );
         } else if *failures % 10 == 1 {
             tracing::warn!(error = why, "lease renewal failed; retrying");
@@ -225,12 +269,20 @@ impl Leadership {
 
     /// Stops acting as leader for good: exits the process (module docs).
     pub fn step_down(&self, why: &str) -> ! {
-        metrics::gauge!("twopc_coordinator_is_leader").set(0.0);
+        self.set_serving(false);
         tracing::error!(
             reason = why,
             "no longer the leader: exiting so that nothing held in memory is acted on; restart this coordinator and it rejoins as a standby"
         );
         std::process::exit(EXIT_DEPOSED)
+    }
+
+    /// Reads the partition count a cluster's log was created with, if it
+    /// exists yet (checked at start, so a misconfigured coordinator never
+    /// wins an election it cannot use).
+    pub async fn stored_partitions(&self, prefix: &str) -> Result<Option<String>, twopc_etcd::EtcdError> {
+        let r = self.etcd.range(format!("{prefix}meta/partitions").as_bytes(), &[], 1).await?;
+        Ok(r.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).to_string()))
     }
 
     /// Gives leadership up on a graceful shutdown: revoking the lease

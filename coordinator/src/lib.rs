@@ -267,12 +267,32 @@ async fn run_replicated(shell: Shell, server_tls: Option<tonic::transport::Serve
     let me = config.advertise.clone().unwrap_or_else(|| local.to_string());
     let ttl = Duration::from_secs(config.lease_ttl_secs);
     let leadership = Arc::new(Leadership::new(etcd.clone(), &prefix, me.clone(), ttl));
+    let stored =
+        leadership.stored_partitions(&prefix).await.map_err(|e| anyhow::anyhow!("cannot read etcd at {list}: {e}"))?;
+    if let Some(stored) = stored
+        && stored != config.partitions.to_string()
+    {
+        anyhow::bail!(
+            "cluster {:?} in etcd was created with {stored} partitions, not {}: pass --partitions {stored} or another --cluster-name",
+            config.cluster_name,
+            config.partitions
+        );
+    }
+    if config.advertise.is_some() {
+        // A wrong advertised address makes a leader nobody can follow to.
+        let probe = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(&me)).await;
+        if !matches!(probe, Ok(Ok(_))) {
+            tracing::warn!(advertise = %me, "cannot connect to the --advertise address from here: if it is wrong, standbys will send every client and participant to an address where nothing answers");
+        }
+    }
     leadership.start().await.map_err(|e| anyhow::anyhow!("cannot take a lease in etcd at {list}: {e}"))?;
     tokio::spawn(leadership.clone().keep_alive());
     metrics::gauge!("twopc_coordinator_is_leader").set(0.0);
+    metrics::counter!("twopc_leader_elections_total").absolute(0);
+    metrics::counter!("twopc_leader_failovers_total").absolute(0);
 
     let gate = Gate::standby(leadership.clone());
-    let (serving_tx, serving_rx) = tokio::sync::watch::channel(false);
+    let serving_rx = leadership.serving();
     let term = {
         let (gate, leadership) = (gate.clone(), leadership.clone());
         async move {
@@ -293,21 +313,20 @@ async fn run_replicated(shell: Shell, server_tls: Option<tonic::transport::Serve
                 Ok(opened) => opened,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot open the decision log in etcd");
+                    // Hand the election on at once rather than after a TTL.
+                    leadership.resign().await;
                     std::process::exit(2);
                 }
             };
             let (driver, service, redo) = shell.recover(log, recovered, Some(leadership.clone()));
             gate.lead(CoordinatorServer::new(service));
-            let _ = serving_tx.send(true);
-            metrics::gauge!("twopc_coordinator_is_leader").set(1.0);
+            leadership.opened();
             if had_leader {
                 metrics::counter!("twopc_leader_failovers_total").increment(1);
             }
             driver.execute(redo);
             tokio::spawn(driver.clone().expiry_loop(Duration::from_millis(100)));
             tracing::info!("leader serving");
-            // Keep the channel's sender alive: dropping it would stop the health updates.
-            std::future::pending::<()>().await;
         }
     };
     tokio::spawn(term);

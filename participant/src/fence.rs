@@ -71,6 +71,7 @@ impl Node {
             return Ok(());
         }
         let ours = self.store.cluster_id();
+        let previous_id = ours.clone();
         if ours.as_deref() == Some(theirs) {
             self.unfence("the coordinator's decision log is ours again");
             return Ok(());
@@ -97,7 +98,20 @@ impl Node {
             tracing::warn!(error = %e, "cannot record the cluster id; will try again");
             return Err(ClusterMismatch { ours: self.store.cluster_id().unwrap_or_default(), theirs: theirs.into() });
         }
-        tracing::info!(cluster_id = %theirs, "cluster id recorded");
+        match previous_id {
+            None => tracing::info!(cluster_id = %theirs, "cluster id recorded"),
+            // Legitimate after a lost decision log was started afresh; a
+            // mistake if this data directory belongs to another cluster
+            // (e.g. two clusters sharing one etcd): say so loudly.
+            Some(previous) => tracing::warn!(
+                previous_cluster_id = %previous,
+                cluster_id = %theirs,
+                "this partition's store was last used with another decision log: it now follows this one. \
+                 Expected only when the coordinator's log was lost and started afresh; if this data \
+                 directory belongs to another cluster, stop this participant now: its data is being served \
+                 as this cluster's partition"
+            ),
+        }
         self.unfence("no prepared tid depends on the old decision log any more");
         Ok(())
     }
