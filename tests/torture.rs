@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures::StreamExt;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use twopc::cluster::{ClusterOptions, HaOptions};
 use twopc_client::{Client, ClientError, Decision, FailpointTarget, Outcome, partition_for};
@@ -332,6 +333,8 @@ struct HaChaos {
     resumed: Option<(usize, Instant)>,
     /// The one etcd member we killed, and when to restart it.
     etcd_down: Option<(usize, Instant)>,
+    /// The HA blows still to come once each (see [`HaChaos::strike`]).
+    first_blows: Vec<u32>,
     n: HaCounts,
 }
 
@@ -458,21 +461,32 @@ impl HaChaos {
     }
 
     /// One random blow.
+    ///
+    /// The HA blows (0-3) come first once each, in a random order (one that
+    /// cannot be dealt now, say for want of a leader, is tried again next
+    /// round), so that even a short run has each of them; then every blow
+    /// is drawn at random.
     async fn strike(&mut self, tc: &mut TestCluster) {
         let partitions = tc.partitions();
-        match self.rng.random_range(0..9) {
+        let (blow, first) = match self.first_blows.pop() {
+            Some(b) => (b, true),
+            None => (self.rng.random_range(0..11), false),
+        };
+        let dealt = match blow {
             // SIGKILL the leader; `tend` restarts it (as a standby) next round.
-            0 => {
-                if let Ok(l) = tc.cluster.leader(LEADER_PROBE).await {
+            0 | 5 => match tc.cluster.leader(LEADER_PROBE).await {
+                Ok(l) => {
                     tc.cluster.kill_coordinator(l);
                     self.n.leader_kills += 1;
+                    true
                 }
-            }
+                Err(_) => false,
+            },
             // SIGSTOP the leader past its lease; `tend` resumes it once another leads.
-            1 if self.paused.is_none() && self.resumed.is_none() => self.pause_leader(tc).await,
+            1 | 6 => self.paused.is_none() && self.resumed.is_none() && self.pause_leader(tc).await,
             // SIGKILL a standby.
             2 => {
-                let Ok(l) = tc.cluster.leader(LEADER_PROBE).await else { return };
+                let Ok(l) = tc.cluster.leader(LEADER_PROBE).await else { return self.again(blow, first) };
                 let standbys: Vec<usize> = (0..tc.cluster.coordinator_count())
                     .filter(|&i| {
                         i != l
@@ -485,20 +499,24 @@ impl HaChaos {
                     tc.cluster.kill_coordinator(standbys[self.rng.random_range(0..standbys.len())]);
                     self.n.standby_kills += 1;
                 }
+                !standbys.is_empty()
             }
             // SIGKILL one etcd member (a minority) for 1-4 s.
-            3 if self.etcd_down.is_none() => {
+            3 | 7 if self.etcd_down.is_none() => {
                 let m = self.rng.random_range(0..3);
                 etcd(tc).kill(m);
                 self.etcd_down = Some((m, Instant::now() + Duration::from_millis(self.rng.random_range(1000..4000))));
                 self.n.etcd_member_kills += 1;
+                true
             }
+            3 | 7 => false,
             // SIGKILL a participant and restart it at once.
             4 => {
                 let p = self.rng.random_range(0..partitions);
                 tokio::task::block_in_place(|| tc.cluster.restart_participant(p, &[])).unwrap();
                 self.n.participant_kills += 1;
                 self.n.restarts += 1;
+                true
             }
             // Arm a crash failpoint in the leader or a participant.
             _ => {
@@ -517,30 +535,47 @@ impl HaChaos {
                 if tc.client.set_failpoint(target, name, "1*return(abort)").await.is_ok() {
                     self.n.failpoints += 1;
                 }
+                true
             }
+        };
+        if !dealt {
+            self.again(blow, first);
+        }
+    }
+
+    /// A first blow that could not be dealt comes again next round.
+    fn again(&mut self, blow: u32, first: bool) {
+        if first {
+            self.first_blows.push(blow);
         }
     }
 
     /// Pauses the leader, after disarming its failpoints: once resumed it
     /// must end by exiting 75, not by a failpoint armed earlier.
-    async fn pause_leader(&mut self, tc: &mut TestCluster) {
-        let Ok(l) = tc.cluster.leader(LEADER_PROBE).await else { return };
+    async fn pause_leader(&mut self, tc: &mut TestCluster) -> bool {
+        let Ok(l) = tc.cluster.leader(LEADER_PROBE).await else {
+            eprintln!("torture-ha: {:?}: no pause: no single leader", self.at());
+            return false;
+        };
         let pid = tc.cluster.coordinator_proc(l).pid();
         for name in COORDINATOR_POINTS {
-            if tc.client.set_failpoint(FailpointTarget::Coordinator, name, "").await.is_err() {
-                return;
+            if let Err(e) = tc.client.set_failpoint(FailpointTarget::Coordinator, name, "").await {
+                eprintln!("torture-ha: {:?}: no pause: cannot disarm {name}: {e}", self.at());
+                return false;
             }
         }
         // Still the same process leading: the disarming reached it (a
         // leader that lost the lead exits, so leadership cannot have gone
         // away and come back to the same process).
         if tc.cluster.leader(LEADER_PROBE).await.ok() != Some(l) || tc.cluster.coordinator_proc(l).pid() != pid {
-            return;
+            eprintln!("torture-ha: {:?}: no pause: the leader changed while disarming", self.at());
+            return false;
         }
         tc.cluster.pause_coordinator(l);
         self.paused = Some((l, Instant::now()));
         self.n.pauses += 1;
         eprintln!("torture-ha: {:?}: leader {l} paused", self.at());
+        true
     }
 
     /// The run's one window without an etcd quorum: two of three members
@@ -676,8 +711,10 @@ async fn torture_ha() {
         paused: None,
         resumed: None,
         etcd_down: None,
+        first_blows: vec![0, 1, 2, 3],
         n: HaCounts::default(),
     };
+    chaos.first_blows.shuffle(&mut chaos.rng);
     let end = started + Duration::from_secs(secs);
     let window_at = started + Duration::from_secs(secs).mul_f64(chaos.rng.random_range(0.3..0.6));
     let mut next_sample = started + Duration::from_secs(60);
