@@ -355,24 +355,47 @@ fn etcd(tc: &mut TestCluster) -> &mut twopc::etcd_cluster::EtcdCluster {
     tc.etcd.as_mut().expect("an HA cluster has its etcd")
 }
 
-/// etcd's database size, total and in use, from the first member that
-/// answers (`EtcdCluster::db_size_bytes`, and the in-use gauge beside it).
-fn etcd_db_size(tc: &TestCluster) -> Option<(u64, u64)> {
+/// What etcd's database holds, from one member's `/metrics`.
+#[derive(Debug, Clone, Copy)]
+struct EtcdDb {
+    /// `EtcdCluster::db_size_bytes`: the database file's size.
+    total: u64,
+    in_use: u64,
+    /// Keys (all of them: twopc keeps only its own in this etcd).
+    keys: u64,
+    /// The store's revision, and the one its history is compacted to.
+    revision: u64,
+    compacted: u64,
+}
+
+/// etcd's database as the first member that answers sees it.
+fn etcd_db(tc: &TestCluster) -> Option<EtcdDb> {
     let etcd = tc.etcd.as_ref()?;
     (0..etcd.len()).find_map(|i| {
         let total = etcd.db_size_bytes(i).ok()?;
         let (_, metrics) = etcd.http(i, "GET", "/metrics", None).ok()?;
-        let in_use = metrics.lines().find_map(|l| {
-            let v = l.strip_prefix("etcd_mvcc_db_total_size_in_use_in_bytes ")?;
-            v.trim().parse::<f64>().ok().map(|v| v as u64)
-        })?;
-        Some((total, in_use))
+        let gauge = |name: &str| {
+            metrics.lines().find_map(|l| {
+                let v = l.strip_prefix(name)?.strip_prefix(' ')?;
+                v.trim().parse::<f64>().ok().map(|v| v as u64)
+            })
+        };
+        Some(EtcdDb {
+            total,
+            in_use: gauge("etcd_mvcc_db_total_size_in_use_in_bytes")?,
+            keys: gauge("etcd_debugging_mvcc_keys_total")?,
+            revision: gauge("etcd_debugging_mvcc_current_revision")?,
+            compacted: gauge("etcd_debugging_mvcc_compact_revision")?,
+        })
     })
 }
 
-fn show_db(size: Option<(u64, u64)>) -> String {
-    match size {
-        Some((total, in_use)) => format!("{total} bytes ({in_use} in use)"),
+fn show_db(db: Option<EtcdDb>) -> String {
+    match db {
+        Some(d) => format!(
+            "{} bytes ({} in use; {} keys, revision {}, history compacted to {})",
+            d.total, d.in_use, d.keys, d.revision, d.compacted
+        ),
         None => "unknown (no member answered /metrics)".into(),
     }
 }
@@ -658,7 +681,7 @@ async fn torture_ha() {
     let opening: Vec<(String, String)> = (0..ACCOUNTS).map(|a| (account(a), INITIAL.to_string())).collect();
     let opening: Vec<(&str, &str)> = opening.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(tc.write_txn(&opening).await.1, Outcome::Committed);
-    let db_start = etcd_db_size(&tc);
+    let db_start = etcd_db(&tc);
     eprintln!("torture-ha: etcd database at the start: {}", show_db(db_start));
 
     let started = Instant::now();
@@ -734,7 +757,7 @@ async fn torture_ha() {
     let end = started + Duration::from_secs(secs);
     let window_at = started + Duration::from_secs(secs).mul_f64(chaos.rng.random_range(0.3..0.6));
     let mut next_sample = started + Duration::from_secs(60);
-    let mut db_max = db_start.map_or(0, |s| s.0);
+    let mut db_max = db_start.map_or(0, |d| d.total);
     while Instant::now() < end || chaos.n.quorum_windows == 0 {
         tokio::time::sleep(Duration::from_millis(chaos.rng.random_range(200..1200))).await;
         chaos.tend(&mut tc).await;
@@ -749,8 +772,8 @@ async fn torture_ha() {
         }
         if Instant::now() >= next_sample {
             next_sample += Duration::from_secs(60);
-            let size = etcd_db_size(&tc);
-            db_max = db_max.max(size.map_or(0, |s| s.0));
+            let size = etcd_db(&tc);
+            db_max = db_max.max(size.map_or(0, |d| d.total));
             eprintln!(
                 "torture-ha: {:?}: {} transactions so far; etcd database {}",
                 chaos.at(),
@@ -789,8 +812,8 @@ async fn torture_ha() {
     tc.reconnect().await;
     let leader = tc.cluster.leader(SETTLE).await.expect("a leader at the end");
     tc.wait_settled().await;
-    let db_end = etcd_db_size(&tc);
-    db_max = db_max.max(db_end.map_or(0, |s| s.0));
+    let db_end = etcd_db(&tc);
+    db_max = db_max.max(db_end.map_or(0, |d| d.total));
 
     // The final leader alone answers the last questions.
     let final_leader = connect_until(&tc.cluster.coordinator_addrs()[leader], tc.cluster.connect_options()).await;
