@@ -76,6 +76,9 @@ enum Seen {
 struct Transfer {
     markers: [String; 2],
     seen: Seen,
+    /// For an unknown outcome: which step failed and with what code, and
+    /// the error's text.
+    why: Option<(String, String)>,
 }
 
 fn account(a: u32) -> String {
@@ -128,20 +131,25 @@ async fn transfer(
         Ok(())
     }
     .await;
-    let (seen, answer) = match ops {
+    let why = |step: &str, e: &ClientError| Some((format!("{step} {:?}", e.code()), e.to_string()));
+    let (seen, answer, why) = match ops {
         // An operation failed: the tid cannot commit without the client's
         // Commit, but say "unknown" unless the failure was a clean abort.
         Err(e) => {
             let answer = txn.abort().await.ok().map(|()| (false, "abort"));
-            (if e.is_retryable_abort() { Seen::Aborted } else { Seen::Unknown }, answer)
+            if e.is_retryable_abort() {
+                (Seen::Aborted, answer, None)
+            } else {
+                (Seen::Unknown, answer, why("operation", &e))
+            }
         }
         Ok(()) => match txn.commit().await {
-            Ok(Outcome::Committed) => (Seen::Committed, Some((true, "commit"))),
-            Ok(Outcome::Aborted { .. }) => (Seen::Aborted, Some((false, "commit"))),
-            Err(_) => (Seen::Unknown, None),
+            Ok(Outcome::Committed) => (Seen::Committed, Some((true, "commit")), None),
+            Ok(Outcome::Aborted { .. }) => (Seen::Aborted, Some((false, "commit")), None),
+            Err(e) => (Seen::Unknown, None, why("commit", &e)),
         },
     };
-    Some((tid, Transfer { markers, seen }, answer))
+    Some((tid, Transfer { markers, seen, why }, answer))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,12 +437,16 @@ impl HaChaos {
                     self.resumed = None;
                     self.restart_coordinator(tc, i);
                 }
-                None => assert!(
-                    since.elapsed() < DEPOSED_EXIT_WITHIN,
-                    "coordinator {i} was paused past its lease and replaced, yet still runs {:?} after it was \
-                     resumed: a deposed leader must exit with {EXIT_DEPOSED}",
-                    since.elapsed()
-                ),
+                None if since.elapsed() < DEPOSED_EXIT_WITHIN => {}
+                None => {
+                    let pid = tc.cluster.coordinator_proc(i).pid();
+                    panic!(
+                        "coordinator {i} was paused past its lease and replaced, yet still runs {:?} after it was \
+                         resumed: a deposed leader must exit with {EXIT_DEPOSED}\n{}",
+                        since.elapsed(),
+                        pid.map(stuck_report).unwrap_or_default()
+                    )
+                }
             }
         }
         if let Some((i, since)) = self.paused {
@@ -644,6 +656,29 @@ impl HaChaos {
         self.n.quorum_windows += 1;
         eprintln!("torture-ha: {:?}: quorum back", self.at());
     }
+}
+
+/// What a process that should have exited is doing: its threads' states
+/// and, when gdb is installed, their stacks (bounded in time).
+fn stuck_report(pid: u32) -> String {
+    let mut out = String::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let path = task.path();
+            let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+            let wchan = std::fs::read_to_string(path.join("wchan")).unwrap_or_default();
+            // "pid (comm) S ...": the state follows the command name.
+            let state = stat.rsplit_once(") ").map(|(head, rest)| (head, rest.split(' ').next().unwrap_or("?")));
+            out.push_str(&format!("thread {:?}: {state:?}, wchan {wchan}\n", task.file_name()));
+        }
+    }
+    let gdb = std::process::Command::new("timeout")
+        .args(["60", "gdb", "-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt 30"])
+        .output();
+    if let Ok(gdb) = gdb {
+        out.push_str(&String::from_utf8_lossy(&gdb.stdout));
+    }
+    out
 }
 
 /// How many elections the coordinators' logs show (every restart appends).
@@ -902,6 +937,15 @@ async fn torture_ha() {
         n.restarts,
         n.quorum_windows,
     );
+    // Why outcomes were unknown to the client (all resolved above).
+    let mut unknown_why: BTreeMap<&str, (u32, &str)> = BTreeMap::new();
+    for (kind, text) in log.values().filter_map(|t| t.why.as_ref()) {
+        unknown_why.entry(kind.as_str()).or_insert((0, text.as_str())).0 += 1;
+    }
+    for (kind, (count, example)) in &unknown_why {
+        let example: String = example.chars().take(240).collect();
+        eprintln!("torture-ha: unknown outcomes: {count} x {kind}, e.g. {example}");
+    }
     eprintln!(
         "torture-ha: etcd database: {} at the start, {} at the end, largest seen {db_max} bytes",
         show_db(db_start),
