@@ -425,6 +425,7 @@ impl HaChaos {
     /// every process that is down.
     async fn tend(&mut self, tc: &mut TestCluster) {
         if let Some((i, since)) = self.resumed {
+            assert!(tc.cluster.coordinator_proc(i).pid().is_some(), "the chaos must leave a resumed leader alone");
             match tc.cluster.coordinator_proc(i).exit_status() {
                 Some(status) => {
                     assert_eq!(
@@ -526,18 +527,24 @@ impl HaChaos {
         let dealt = match blow {
             // SIGKILL the leader; `tend` restarts it (as a standby) next round.
             0 | 5 => match tc.cluster.leader(LEADER_PROBE).await {
-                Ok(l) => {
+                // Not a resumed old leader that has not exited yet: it still
+                // reports SERVING on gRPC health until it exits, and the
+                // check of its exit needs it left alone.
+                Ok(l) if self.resumed.is_none_or(|(r, _)| r != l) => {
                     tc.cluster.kill_coordinator(l);
                     self.n.leader_kills += 1;
                     true
                 }
-                Err(_) => false,
+                _ => false,
             },
             // SIGSTOP the leader past its lease; `tend` resumes it once another leads.
             1 | 6 => self.paused.is_none() && self.resumed.is_none() && self.pause_leader(tc).await,
             // SIGKILL a standby.
             2 => {
-                let Ok(l) = tc.cluster.leader(LEADER_PROBE).await else { return self.again(blow, first) };
+                let l = match tc.cluster.leader(LEADER_PROBE).await {
+                    Ok(l) if self.resumed.is_none_or(|(r, _)| r != l) => l,
+                    _ => return self.again(blow, first),
+                };
                 let standbys: Vec<usize> = (0..tc.cluster.coordinator_count())
                     .filter(|&i| {
                         i != l
