@@ -161,6 +161,13 @@ impl Proc {
         }
     }
 
+    /// How the process ended, once it exited by itself (`None` while it
+    /// runs, or after [`Proc::kill`] or [`Proc::wait_exit`] reaped it): e.g.
+    /// a deposed HA leader's exit code 75, or SIGABRT from a failpoint.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     /// Waits until the process exits by itself (e.g. killed by a failpoint).
     pub fn wait_exit(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
