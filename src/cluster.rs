@@ -140,14 +140,6 @@ impl Proc {
         self.paused = false;
     }
 
-    /// How the process exited (its code, or the signal that killed it),
-    /// once it was reaped: by [`Proc::wait_exit`] seeing it exit by itself,
-    /// or by [`Proc::kill`] (then SIGKILL, unless it had exited already).
-    /// `None` while it runs.
-    pub fn exit_status(&self) -> Option<std::process::ExitStatus> {
-        if self.child.is_some() { None } else { self.exit }
-    }
-
     /// Asks the process to stop gracefully (SIGTERM).
     pub fn terminate(&mut self) {
         self.send_signal(libc::SIGTERM);
@@ -161,11 +153,16 @@ impl Proc {
         }
     }
 
-    /// How the process ended, once it exited by itself (`None` while it
-    /// runs, or after [`Proc::kill`] or [`Proc::wait_exit`] reaped it): e.g.
-    /// a deposed HA leader's exit code 75, or SIGABRT from a failpoint.
+    /// How the process ended (its code, or the signal that killed it):
+    /// `None` while it runs. Known once it exited by itself (e.g. a deposed
+    /// HA leader's exit code 75, or SIGABRT from a failpoint) or was reaped
+    /// by [`Proc::wait_exit`] or [`Proc::kill`] (then SIGKILL, unless it had
+    /// exited already).
     pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut()?.try_wait().ok().flatten()
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().ok().flatten(),
+            None => self.exit,
+        }
     }
 
     /// Waits until the process exits by itself (e.g. killed by a failpoint).

@@ -150,6 +150,11 @@ impl Leadership {
         let mut failures = 0u32;
         loop {
             tokio::time::sleep(every).await;
+            // Certainty runs out with time, not only when a renewal fails
+            // (a process resumed after SIGSTOP): stop reporting SERVING first.
+            if self.leads() && !self.certain() {
+                self.note_lapse("the lease ran out before it was renewed (was this process paused?)");
+            }
             let lease = self.state().lease;
             let sent = Instant::now();
             match tokio::time::timeout(every, self.etcd.lease_keep_alive(lease)).await {
@@ -186,24 +191,30 @@ impl Leadership {
 
     fn renewal_failed(&self, failures: &mut u32, why: &str) {
         *failures += 1;
-        let lapsed = !self.certain();
-        let newly_lapsed = {
+        if self.leads() && !self.certain() {
+            self.note_lapse(why);
+        } else if *failures % 10 == 1 {
+            tracing::warn!(error = why, "lease renewal failed; retrying");
+        }
+    }
+
+    /// A leader's certainty ran out: refuse (the gate checks `certain`)
+    /// and report NOT_SERVING until a renewal is answered again. Logged
+    /// and counted once per lapse.
+    fn note_lapse(&self, why: &str) {
+        let newly = {
             let mut st = self.state();
-            let newly = st.epoch.is_some() && lapsed && !st.lapse_logged;
-            if newly {
-                st.lapse_logged = true;
-            }
+            let newly = !st.lapse_logged;
+            st.lapse_logged = true;
             newly
         };
-        if newly_lapsed {
+        if newly {
             self.set_serving(false);
             metrics::counter!("twopc_leader_lease_lapses_total").increment(1);
             tracing::error!(
                 error = why,
                 "cannot confirm leadership: the lease could not be renewed in time; refusing every call (health NOT_SERVING) until it is"
             );
-        } else if *failures % 10 == 1 {
-            tracing::warn!(error = why, "lease renewal failed; retrying");
         }
     }
 

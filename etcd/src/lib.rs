@@ -10,7 +10,8 @@
 //!
 //! **Endpoints and failures.** The client holds one lazily connected
 //! channel per endpoint and sends each call to the endpoint that answered
-//! last. A call that fails with UNAVAILABLE or DEADLINE_EXCEEDED, or times
+//! last. A call that fails with UNAVAILABLE, DEADLINE_EXCEEDED or UNKNOWN
+//! (how tonic reports a connection broken mid-call), or times
 //! out (each attempt is bounded by the client's timeout), moves on to the
 //! next endpoint, once round the list; any other status is returned at
 //! once. A timed-out write may or may not have been applied: the callers'
@@ -126,7 +127,7 @@ impl Etcd {
                     self.current.store(i, Ordering::Relaxed);
                     return Ok(v);
                 }
-                Ok(Err(s)) if !matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded) => {
+                Ok(Err(s)) if !matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown) => {
                     return Err(EtcdError::Rpc {
                         endpoint: self.endpoints[i].clone(),
                         code: s.code(),

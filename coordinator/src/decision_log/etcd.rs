@@ -41,9 +41,10 @@
 //!
 //! **Bounded keyspace and history.** Finished records beyond
 //! `keep_finished` are deleted, oldest first, as in SQLite. etcd also keeps
-//! every key's history until it is compacted: the leader compacts it every
-//! `compact_every` to the revision it saw one period earlier (set it to
-//! zero when etcd runs its own `--auto-compaction-*`).
+//! every key's history until it is compacted: the leader compacts it when
+//! it starts serving and every `compact_every`, keeping the last
+//! [`KEEP_REVISIONS`] (set `compact_every` to zero when etcd runs its own
+//! `--auto-compaction-*`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -395,25 +396,33 @@ fn chunks(writes: BTreeMap<Vec<u8>, Option<String>>) -> Vec<Vec<pb::RequestOp>> 
     out
 }
 
-/// Compacts etcd's history every `compact_every`, to the revision seen one
-/// period earlier, so the database stays bounded under constant writes.
+/// Revisions of history the leader leaves uncompacted.
+const KEEP_REVISIONS: i64 = 10_000;
+
+/// Compacts etcd's history at once and then every `compact_every`, to
+/// [`KEEP_REVISIONS`] before the current revision, so the database stays
+/// bounded under constant writes, also when leaders change often (each new
+/// leader compacts as soon as it serves; nothing depends on a leader
+/// living a whole period).
 async fn compactor(log: EtcdLog) {
     let mut tick = tokio::time::interval(log.compact_every);
-    let mut previous = 0;
+    let mut done = 0;
     loop {
         tick.tick().await;
         let now = match log.etcd.range(&log.leader_key, &[], 1).await {
             Ok(r) => r.header.map_or(0, |h| h.revision),
             Err(_) => continue,
         };
-        if previous > 0 {
-            match log.etcd.compact(previous).await {
-                Ok(()) => tracing::debug!(revision = previous, "compacted etcd history"),
-                // Compacted already (by etcd's own auto-compaction): fine.
+        let to = now - KEEP_REVISIONS;
+        if to > done {
+            match log.etcd.compact(to).await {
+                Ok(()) => tracing::debug!(revision = to, "compacted etcd history"),
+                // Compacted already (by another leader, or etcd's own
+                // auto-compaction): fine.
                 Err(e) => tracing::debug!(error = %e, "etcd compaction skipped"),
             }
+            done = to;
         }
-        previous = now;
     }
 }
 
