@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::{EXIT, KILL, SETTLE, TestCluster, arm};
 use twopc::cluster::ClusterOptions;
 use twopc_client::{Client, ConnectOptions, Decision, FailpointTarget, Outcome};
-use twopc_proto::fake_coordinator::FakeCoordinator;
+use twopc_leader::fake_coordinator::FakeCoordinator;
 
 /// A loopback address nobody listens on (bound, then released).
 fn dead_addr() -> String {

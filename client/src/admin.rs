@@ -15,7 +15,7 @@
 use std::str::FromStr;
 
 use tonic::transport::Channel;
-use twopc_proto::follow::Retry;
+use twopc_leader::follow::Retry;
 use twopc_proto::pb;
 use twopc_proto::pb::participant_client::ParticipantClient;
 

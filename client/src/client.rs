@@ -2,7 +2,7 @@
 //! one cached channel per participant address.
 //!
 //! Coordinator calls go through one [`Follower`] over the addresses given
-//! (`A,B,C`; PROTOCOL.md rule 16, `twopc_proto::follow`): a standby's
+//! (`A,B,C`; PROTOCOL.md rule 16, `twopc_leader::follow`): a standby's
 //! answer names the leader and the call goes there; a connection failure
 //! or an UNAVAILABLE without a hint moves to the next address, with a
 //! short capped backoff when it comes back to one already tried. Each
@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
+use twopc_leader::follow::{Coordinator, FollowError, Follower, Policy, Retry};
 use twopc_proto::admin_token::AdminToken;
-use twopc_proto::follow::{Coordinator, FollowError, Follower, Policy, Retry};
 use twopc_proto::pb;
 use twopc_proto::pb::participant_client::ParticipantClient;
 use twopc_proto::tls::ClientTls;
@@ -525,8 +525,8 @@ impl Client {
 mod tests {
     use super::*;
     use crate::{FailpointTarget, Outcome};
-    use twopc_proto::fake_coordinator::{Act, FakeCoordinator};
-    use twopc_proto::leader::{standby_status, uncertain_status};
+    use twopc_leader::fake_coordinator::{Act, FakeCoordinator};
+    use twopc_leader::{standby_status, uncertain_status};
 
     fn dead_addr() -> String {
         std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
@@ -562,7 +562,7 @@ mod tests {
         assert!(text.contains("GetTopology: no coordinator answered as leader"), "{text}");
         assert!(text.contains(&dead1) && text.contains(&dead2), "{text}");
         // Through the Begin batcher too.
-        let script = || -> twopc_proto::fake_coordinator::Script {
+        let script = || -> twopc_leader::fake_coordinator::Script {
             Box::new(|rpc, _| if rpc == "GetTopology" { Act::Answer } else { Act::Fail(uncertain_status()) })
         };
         let (a, b) = (FakeCoordinator::start(script()).await, FakeCoordinator::start(script()).await);

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use twopc_leader::follow::{FollowError, Policy, Retry};
 use twopc_proto::Backoff;
-use twopc_proto::follow::{FollowError, Policy, Retry};
 use twopc_proto::pb;
 use twopc_proto::pb::operation::Kind;
 use uuid::Uuid;

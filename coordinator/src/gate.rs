@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service, http};
 use tonic::server::NamedService;
-use twopc_proto::leader::{standby_status, uncertain_status};
+use twopc_leader::{standby_status, uncertain_status};
 use twopc_proto::pb::coordinator_server::CoordinatorServer;
 
 use crate::leadership::Leadership;

@@ -30,7 +30,7 @@
 //! fresh process (restarted by its supervisor, as with any leader-elected
 //! service) rejoins as a standby. A leader that merely cannot renew in
 //! time (etcd unreachable or without quorum) is *uncertain*: it refuses
-//! every call ([`twopc_proto::leader::uncertain_status`]) and sends no
+//! every call ([`twopc_leader::uncertain_status`]) and sends no
 //! commit until a renewal is answered again; then it serves again if its
 //! lease survived, or steps down if it did not. Its pending decision-log
 //! writes wait meanwhile (they are repeated until etcd answers).

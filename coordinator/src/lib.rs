@@ -246,7 +246,7 @@ async fn run_replicated(shell: Shell, server_tls: Option<tonic::transport::Serve
     let config = shell.config.clone();
     let list =
         config.etcd_endpoints.as_deref().context("--decision-log etcd needs --etcd-endpoints HOST:PORT[,...]")?;
-    let endpoints = twopc_proto::leader::parse_addresses(list).map_err(|e| anyhow::anyhow!("--etcd-endpoints: {e}"))?;
+    let endpoints = twopc_leader::parse_addresses(list).map_err(|e| anyhow::anyhow!("--etcd-endpoints: {e}"))?;
     anyhow::ensure!(
         !config.cluster_name.is_empty() && !config.cluster_name.contains('/'),
         "--cluster-name {:?} must be non-empty and contain no '/'",

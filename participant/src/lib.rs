@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use twopc_core::participant::{Limits, Participant};
-use twopc_proto::follow::Follower;
+use twopc_leader::follow::Follower;
 use twopc_proto::pb::participant_server::ParticipantServer;
 use twopc_proto::token::{self, AdminToken, PeerToken};
 use twopc_proto::{now_unix_ms, runtime};

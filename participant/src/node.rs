@@ -24,7 +24,7 @@
 //!   id and is checked (`crate::fence`) before the operation is applied.
 //!
 //! Every call to the coordinator goes through one [`Follower`] over the
-//! `--coordinator` list (PROTOCOL.md rule 16, `twopc_proto::follow`): a
+//! `--coordinator` list (PROTOCOL.md rule 16, `twopc_leader::follow`): a
 //! standby's answer names the leader and the call goes there, a failure
 //! without a hint moves to the next address, all with the peer token and
 //! TLS on every channel. Every attempt is cut at [`COORDINATOR_ATTEMPT`]
@@ -48,8 +48,8 @@ use twopc_core::participant::{
     AbortStep, CommitStep, OnePhaseStep, OpError, Participant, PrepareStep, ReadPlan, WriteSet,
 };
 use twopc_core::{PartitionId, Tid};
+use twopc_leader::follow::{FollowError, Follower, Policy, Retry};
 use twopc_proto::batch::{self, Batcher};
-use twopc_proto::follow::{FollowError, Follower, Policy, Retry};
 use twopc_proto::pb;
 use twopc_proto::{failpoint, now_unix_ms};
 
@@ -604,7 +604,7 @@ impl Node {
 mod tests {
     use super::*;
     use twopc_core::participant::Limits;
-    use twopc_proto::fake_coordinator::{Act, FakeCoordinator};
+    use twopc_leader::fake_coordinator::{Act, FakeCoordinator};
     use twopc_proto::tls::ClientTls;
     use twopc_proto::token::PeerToken;
 

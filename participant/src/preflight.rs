@@ -10,7 +10,7 @@ use crate::Config;
 use crate::store;
 
 pub fn check(config: &Config) -> anyhow::Result<()> {
-    let coordinators = twopc_proto::leader::parse_addresses(&config.coordinator)
+    let coordinators = twopc_leader::parse_addresses(&config.coordinator)
         .map_err(|e| anyhow::anyhow!("--coordinator {:?}: {e}", config.coordinator))?;
     for a in &coordinators {
         preflight::peer_addr("--coordinator", a).map_err(anyhow::Error::msg)?;

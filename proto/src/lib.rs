@@ -14,10 +14,6 @@
 //!   (admin RPCs) and the cluster's peer token (the protocol RPCs the
 //!   processes call on each other); [`admin_token`] re-exports the former.
 //! - [`data_file`]: the start-up check of an existing SQLite data file.
-//! - [`leader`]: how a standby coordinator points at the leader, and how
-//!   callers given several coordinator addresses follow it.
-//! - [`follow`]: the [`follow::Follower`] every caller of the coordinator
-//!   (client library, participants) uses to follow the leader.
 //! - [`Backoff`]: the bounded exponential backoff used for every retry loop.
 
 pub mod admin_token;
@@ -25,9 +21,6 @@ pub mod batch;
 pub mod data_file;
 pub mod failpoint;
 #[doc(hidden)]
-pub mod fake_coordinator;
-pub mod follow;
-pub mod leader;
 pub mod preflight;
 pub mod runtime;
 pub mod tid;

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
-use crate::pb;
-use crate::pb::coordinator_server::{Coordinator, CoordinatorServer};
+use twopc_proto::pb;
+use twopc_proto::pb::coordinator_server::{Coordinator, CoordinatorServer};
 
 /// What the fake does with one call.
 pub enum Act {
@@ -59,7 +59,7 @@ impl FakeCoordinator {
 
     /// A standby that names `leader` (or no one) on every call.
     pub async fn standby(leader: Option<String>) -> FakeCoordinator {
-        Self::start(Box::new(move |_, _| Act::Fail(crate::leader::standby_status(leader.as_deref())))).await
+        Self::start(Box::new(move |_, _| Act::Fail(crate::standby_status(leader.as_deref())))).await
     }
 
     /// The peer token (`x-twopc-peer-token`) of every call so far, in order.
@@ -183,7 +183,7 @@ impl Coordinator for Fake {
     ) -> Result<Response<pb::EnlistBatchResponse>, Status> {
         let n = r.get_ref().requests.len();
         // A deadline a minute away, so an enlistment can be applied.
-        let result = pb::EnlistResult { deadline_unix_ms: crate::now_unix_ms() + 60_000, ..Default::default() };
+        let result = pb::EnlistResult { deadline_unix_ms: twopc_proto::now_unix_ms() + 60_000, ..Default::default() };
         self.act("EnlistBatch", &r, || pb::EnlistBatchResponse { results: vec![result; n] }).await
     }
     async fn begin_batch(&self, r: Request<pb::BeginBatchRequest>) -> Result<Response<pb::BeginBatchResponse>, Status> {

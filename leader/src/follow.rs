@@ -3,14 +3,14 @@
 //! (the client library and the participants).
 //!
 //! A caller is given a list of coordinator addresses (`A,B,C`,
-//! [`leader::parse_addresses`]). It keeps the coordinator that answered
+//! [`crate::parse_addresses`]). It keeps the coordinator that answered
 //! last as its *current* one, and one channel per address (TLS and the
 //! peer token on every one, so a channel opened after a hop is as
 //! trusted as the first). A call goes to the current coordinator; its
 //! failure decides what happens next ([`Failure`]):
 //!
 //! - **A standby's answer** (UNAVAILABLE naming the leader in
-//!   [`leader::LEADER_HEADER`]): nothing happened there, so the call goes
+//!   [`crate::LEADER_HEADER`]): nothing happened there, so the call goes
 //!   to the named leader, which becomes current. A named address outside
 //!   the list is followed too (and joins the rotation once it answers);
 //!   one that cannot be dialled is a failed hop.
@@ -60,11 +60,10 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::Backoff;
-use crate::leader;
-use crate::pb::coordinator_client::CoordinatorClient;
-use crate::tls::ClientTls;
-use crate::token::{PeerChannel, PeerToken};
+use twopc_proto::Backoff;
+use twopc_proto::pb::coordinator_client::CoordinatorClient;
+use twopc_proto::tls::ClientTls;
+use twopc_proto::token::{PeerChannel, PeerToken};
 
 /// A Coordinator client as the follower hands it out: over the channel of
 /// one address, sending the peer token (if any) on every call.
@@ -131,7 +130,7 @@ pub enum Failure {
 
 /// Classifies a failed attempt's status (see the module docs).
 pub fn classify(status: &Status) -> Failure {
-    if let Some(leader) = leader::leader_hint(status) {
+    if let Some(leader) = crate::leader_hint(status) {
         return Failure::Hint(leader);
     }
     if never_sent(status) {
@@ -294,7 +293,7 @@ impl Follower {
     /// `tls`, sending `peer_token` on every call. Nothing is connected
     /// yet. Refuses an empty or malformed list, naming the bad item.
     pub fn new(list: &str, tls: ClientTls, peer_token: PeerToken, connect_timeout: Duration) -> Result<Self, String> {
-        let rotation = leader::parse_addresses(list)?;
+        let rotation = crate::parse_addresses(list)?;
         for a in &rotation {
             tls.endpoint(a).map_err(|e| format!("bad coordinator address {a:?} in {list:?}: {e}"))?;
         }
@@ -468,7 +467,7 @@ impl Follower {
 mod tests {
     use super::*;
     use crate::fake_coordinator::{Act, FakeCoordinator};
-    use crate::pb;
+    use twopc_proto::pb;
 
     fn follower(list: &str) -> Follower {
         Follower::new(list, ClientTls::plaintext(), PeerToken::default(), Duration::from_secs(1)).unwrap()
@@ -537,8 +536,8 @@ mod tests {
         let e = topology(&f, quick()).await.unwrap_err();
         let FollowError::Status { status, .. } = &e else { panic!("one address fails at once: {e:?}") };
         assert_eq!(classify(status), Failure::NeverSent, "{status:?}");
-        assert_eq!(classify(&leader::standby_status(Some("h:1"))), Failure::Hint("h:1".into()));
-        assert_eq!(classify(&leader::uncertain_status()), Failure::Unsure);
+        assert_eq!(classify(&crate::standby_status(Some("h:1"))), Failure::Hint("h:1".into()));
+        assert_eq!(classify(&crate::uncertain_status()), Failure::Unsure);
         assert_eq!(classify(&Status::unknown("transport error")), Failure::Unsure);
         assert_eq!(classify(&Status::deadline_exceeded("x")), Failure::Unsure);
         assert_eq!(classify(&Status::aborted("x")), Failure::Answer);
@@ -593,7 +592,7 @@ mod tests {
     #[tokio::test]
     async fn a_commit_cut_off_is_uncertain_and_an_idempotent_call_moves_on() {
         let leader = FakeCoordinator::start(Box::new(|_, _| Act::Answer)).await;
-        let unsure = FakeCoordinator::start(Box::new(|_, _| Act::Fail(leader::uncertain_status()))).await;
+        let unsure = FakeCoordinator::start(Box::new(|_, _| Act::Fail(crate::uncertain_status()))).await;
         let list = format!("{},{}", unsure.addr, leader.addr);
         let e = commit(&follower(&list), quick()).await.unwrap_err();
         assert!(matches!(&e, FollowError::Uncertain { address, .. } if *address == unsure.addr.to_string()), "{e:?}");

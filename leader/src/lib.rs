@@ -14,6 +14,14 @@
 //! A leader that can no longer confirm its leadership (its lease in the
 //! store could not be renewed in time) answers the same way, without a
 //! hint: it must not answer from memory (rule 14).
+//!
+//! [`follow`] is the follower every caller of the coordinator uses (the
+//! client library and the participants); [`fake_coordinator`] a scripted
+//! Coordinator for their tests.
+
+#[doc(hidden)]
+pub mod fake_coordinator;
+pub mod follow;
 
 use tonic::Status;
 
