@@ -396,8 +396,11 @@ fn chunks(writes: BTreeMap<Vec<u8>, Option<String>>) -> Vec<Vec<pb::RequestOp>> 
     out
 }
 
-/// Revisions of history the leader leaves uncompacted.
-const KEEP_REVISIONS: i64 = 10_000;
+/// Revisions of history the leader leaves uncompacted. twopc reads no
+/// history (no watches); a revision can hold a whole group commit (up to
+/// 128 records), so measured at concurrency 64: 10,000 kept revisions held
+/// etcd's database near 115 MB, 1,000 near 25 MB.
+const KEEP_REVISIONS: i64 = 1_000;
 
 /// Compacts etcd's history at once and then every `compact_every`, to
 /// [`KEEP_REVISIONS`] before the current revision, so the database stays
