@@ -118,13 +118,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         elapsed.as_secs_f64()
     );
 
-    let total = audit(&client, args.accounts).await?;
-    let expected = INITIAL_BALANCE * args.accounts as i64;
-    println!("sum of all balances: {total} (expected {expected})");
-    if total != expected {
-        bail!("money was created or lost: {total} != {expected}");
-    }
-    println!("atomicity held: every transfer moved money on both partitions or on neither");
+    check_conserved(&client, args.accounts, "").await?;
 
     if args.keep_running {
         let coord = cluster.coordinator_addr();
@@ -158,6 +152,19 @@ pub(crate) async fn open_accounts(client: &Client, accounts: u32) -> anyhow::Res
 /// consistent state. (Plain reads could see a transfer applied on one
 /// partition and not yet on the other: phase 2 runs after the client has
 /// heard COMMITTED.) Retried while a lock conflict aborts it.
+/// Reads every balance and fails unless the sum is the opening total;
+/// `during` says what the workload went through (e.g. " across the failover").
+pub(crate) async fn check_conserved(client: &Client, accounts: u32, during: &str) -> anyhow::Result<()> {
+    let total = audit(client, accounts).await?;
+    let expected = INITIAL_BALANCE * i64::from(accounts);
+    println!("sum of all balances: {total} (expected {expected})");
+    if total != expected {
+        bail!("money was created or lost{during}: {total} != {expected}");
+    }
+    println!("atomicity held{during}: every transfer moved money on both partitions or on neither");
+    Ok(())
+}
+
 pub(crate) async fn audit(client: &Client, accounts: u32) -> anyhow::Result<i64> {
     for attempt in 0..50u64 {
         let txn = client.begin(Some(Duration::from_secs(10))).await?;

@@ -152,18 +152,29 @@ async fn transfer(
     Some((tid, Transfer { markers, seen, why }, answer))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bank_transfers_survive_random_crashes() {
+/// The run's seed (`TWOPC_TORTURE_SEED`, else random) and chaos duration
+/// in seconds (`TWOPC_TORTURE_SECS`, 20 by default), printed for replay.
+fn seed_and_duration(name: &str) -> (u64, u64) {
     let seed: u64 =
         std::env::var("TWOPC_TORTURE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| rand::rng().random());
     let secs: u64 = std::env::var("TWOPC_TORTURE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
-    eprintln!("torture: seed {seed} (replay with TWOPC_TORTURE_SEED={seed}), {secs}s of chaos");
+    eprintln!("{name}: seed {seed} (replay with TWOPC_TORTURE_SEED={seed}), {secs}s of chaos");
+    (seed, secs)
+}
 
-    let opts = ClusterOptions {
+/// Short prepare timeout and in-doubt interval, so the chaos settles fast.
+fn cluster_options() -> ClusterOptions {
+    ClusterOptions {
         coordinator_args: vec!["--prepare-timeout-ms".into(), "1000".into()],
         participant_args: vec!["--in-doubt-after-ms".into(), "200".into()],
         ..Default::default()
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_transfers_survive_random_crashes() {
+    let (seed, secs) = seed_and_duration("torture");
+    let opts = cluster_options();
     let mut tc = TestCluster::start(opts).await;
     let partitions = tc.partitions();
     let opening: Vec<(String, String)> = (0..ACCOUNTS).map(|a| (account(a), INITIAL.to_string())).collect();
@@ -707,16 +718,10 @@ fn elections(tc: &TestCluster) -> usize {
 /// answers, which agrees with what the participants applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torture_ha() {
-    let seed: u64 =
-        std::env::var("TWOPC_TORTURE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| rand::rng().random());
-    let secs: u64 = std::env::var("TWOPC_TORTURE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
-    eprintln!("torture-ha: seed {seed} (replay with TWOPC_TORTURE_SEED={seed}), {secs}s of chaos");
-
+    let (seed, secs) = seed_and_duration("torture-ha");
     let opts = ClusterOptions {
-        coordinator_args: vec!["--prepare-timeout-ms".into(), "1000".into()],
-        participant_args: vec!["--in-doubt-after-ms".into(), "200".into()],
         ha: Some(HaOptions { lease_ttl_secs: HA_LEASE_TTL_SECS, ..HaOptions::new("") }),
-        ..Default::default()
+        ..cluster_options()
     };
     let mut tc = TestCluster::start_ha(opts).await;
     let partitions = tc.partitions();

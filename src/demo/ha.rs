@@ -30,7 +30,7 @@ use anyhow::{Context, bail};
 use rand::Rng;
 use twopc_client::{Client, ClientError, Decision, Outcome};
 
-use super::{DemoArgs, INITIAL_BALANCE, account, audit, balance, open_accounts};
+use super::{DemoArgs, account, balance, check_conserved, open_accounts};
 use crate::cluster::{ClusterOptions, HaOptions, LocalCluster};
 use crate::etcd_cluster::EtcdCluster;
 
@@ -190,13 +190,7 @@ pub(super) async fn run(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         );
     }
 
-    let total = audit(&client, args.accounts).await?;
-    let expected = INITIAL_BALANCE * i64::from(args.accounts);
-    println!("sum of all balances: {total} (expected {expected})");
-    if total != expected {
-        bail!("money was created or lost across the failover: {total} != {expected}");
-    }
-    println!("atomicity held across the failover: every transfer moved money on both partitions or on neither");
+    check_conserved(&client, args.accounts, " across the failover").await?;
 
     if args.keep_running {
         let coord = cluster.coordinator_addr();
