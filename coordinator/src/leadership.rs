@@ -71,6 +71,8 @@ struct State {
     lapse_logged: bool,
     /// Recovery is done and the gate open ([`Leadership::opened`]).
     open: bool,
+    /// Elected after seeing another coordinator lead: a failover.
+    took_over: bool,
 }
 
 impl Leadership {
@@ -127,6 +129,12 @@ impl Leadership {
     /// Whether this process won an election (it may be uncertain now).
     pub fn leads(&self) -> bool {
         self.state().epoch.is_some()
+    }
+
+    /// Whether this process was elected after seeing another leader (a
+    /// failover, not the cluster's first election).
+    pub fn took_over(&self) -> bool {
+        self.state().took_over
     }
 
     /// The leader's address as last seen, for a standby's answer.
@@ -218,7 +226,8 @@ impl Leadership {
         }
     }
 
-    /// Stands by until this process is elected; returns its epoch.
+    /// Stands by until this process is elected; returns its epoch. Whether
+    /// it took over from another leader it saw: [`Leadership::took_over`].
     pub async fn campaign(&self) -> i64 {
         let mut seen: Option<String> = None;
         loop {
@@ -226,6 +235,7 @@ impl Leadership {
                 Ok(Ok(epoch)) => {
                     let mut st = self.state();
                     st.epoch = Some(epoch);
+                    st.took_over = seen.is_some();
                     st.leader = Some(self.me.clone());
                     return epoch;
                 }

@@ -296,7 +296,6 @@ async fn run_replicated(shell: Shell, server_tls: Option<tonic::transport::Serve
     let term = {
         let (gate, leadership) = (gate.clone(), leadership.clone());
         async move {
-            let had_leader = leadership.leader_hint().is_some();
             let epoch = leadership.campaign().await;
             tracing::info!(epoch, address = %me, "elected leader: running recovery before serving");
             metrics::counter!("twopc_leader_elections_total").increment(1);
@@ -321,7 +320,7 @@ async fn run_replicated(shell: Shell, server_tls: Option<tonic::transport::Serve
             let (driver, service, redo) = shell.recover(log, recovered, Some(leadership.clone()));
             gate.lead(CoordinatorServer::new(service));
             leadership.opened();
-            if had_leader {
+            if leadership.took_over() {
                 metrics::counter!("twopc_leader_failovers_total").increment(1);
             }
             driver.execute(redo);
