@@ -53,10 +53,18 @@ async fn scrapes_show_the_protocol_at_work() {
     let deadline = std::time::Instant::now() + SETTLE;
     let p = loop {
         let p = scrape(part_port);
-        if p.contains("twopc_in_doubt_tids") && p.contains("twopc_store_fsyncs_total") {
+        // The gauge may still show the last transaction prepared until the
+        // timer's next refresh after its commit: wait for that refresh.
+        if p.contains("twopc_in_doubt_tids")
+            && p.contains("twopc_store_fsyncs_total")
+            && value(&p, "twopc_in_doubt_tids") == 0.0
+        {
             break p;
         }
-        assert!(std::time::Instant::now() < deadline, "participant metrics incomplete:\n{p}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "participant metrics incomplete or still in doubt:\n{p}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
     assert!(value(&p, "twopc_store_fsyncs_total") >= 5.0, "{p}");
