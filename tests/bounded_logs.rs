@@ -70,3 +70,38 @@ async fn logs_stay_bounded_under_a_long_stream() {
     assert!(second.1 <= first.1 + 64 * 1024, "partition file grew from {} to {} bytes", first.1, second.1);
     assert!(size(&wal) <= 5 * 1024 * 1024, "decision log WAL is {} bytes", size(&wal));
 }
+
+/// Issue 13, "logs stay proportionate": at the default level, committing
+/// and aborting transactions writes no line per transaction. 1,000
+/// three-partition commits and 100 client aborts may add at most a few
+/// lines per process (the throttled samples, at most one per 10 s per
+/// site); one line per transaction would be ~100 KB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_level_log_volume_does_not_grow_with_transactions() {
+    let tc = TestCluster::three().await;
+    let logs: Vec<_> = std::iter::once(tc.cluster.coordinator_log(0))
+        .chain((0..3).map(|p| tc.cluster.dir.join(format!("p{p}.log"))))
+        .collect();
+    let before: Vec<u64> = logs.iter().map(|l| size(l)).collect();
+
+    stream(&tc, 1000).await;
+    for i in 0..100 {
+        let txn = tc.client.begin(Some(Duration::from_secs(10))).await.unwrap();
+        txn.put(tc.key_on(i % 3, "aborted").as_bytes(), b"x").await.unwrap();
+        txn.abort().await.unwrap();
+    }
+    tc.wait_settled().await;
+
+    let grown: Vec<u64> = logs.iter().zip(&before).map(|(l, b)| size(l) - b).collect();
+    let total: u64 = grown.iter().sum();
+    println!(
+        "default-level log bytes for 1,000 commits + 100 aborts: {grown:?} (coordinator, p0, p1, p2), {total} total"
+    );
+    assert!(total <= 4 * 1024, "default-level logs grew {grown:?} bytes for 1,000 transactions:\n{}", {
+        let mut tails = String::new();
+        for l in &logs {
+            tails.push_str(&twopc::cluster::log_tail(l, 10));
+        }
+        tails
+    });
+}

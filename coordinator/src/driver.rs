@@ -33,6 +33,7 @@ use twopc_core::{PartitionId, Tid};
 use twopc_proto::batch::{self, Batcher};
 use twopc_proto::pb;
 use twopc_proto::pb::participant_client::ParticipantClient;
+use twopc_proto::throttle::Throttle;
 use twopc_proto::token::PeerChannel;
 use twopc_proto::{Backoff, failpoint, now_unix_ms};
 
@@ -142,7 +143,12 @@ impl Driver {
                             metrics::counter!("twopc_transactions_committed_total").increment(1);
                         }
                         Outcome::Aborted(why) => {
-                            tracing::info!(%tid, reason = %why, "aborted");
+                            // Aborts are routine (conflicts, clients): one
+                            // line per tid at debug, a sample at info.
+                            tracing::debug!(%tid, reason = %why, "aborted");
+                            if let Some(suppressed) = ABORTED.allow() {
+                                tracing::info!(%tid, reason = %why, suppressed, "aborted (one line per 10 s; `suppressed` counts the others)");
+                            }
                             metrics::counter!("twopc_transactions_aborted_total", "reason" => abort_kind(why))
                                 .increment(1);
                         }
@@ -277,7 +283,7 @@ impl Driver {
         // restart: phase 2 is re-driven, or the participant is asked again.
         match record {
             Record::Commit(_) => {
-                tracing::info!(%tid, "decision COMMIT forced to the log");
+                tracing::debug!(%tid, "decision COMMIT forced to the log");
                 let _ = failpoint::hit(after);
                 self.apply(|c| ((), c.commit_durable(tid)));
             }
@@ -301,7 +307,9 @@ impl Driver {
                     let n = backoff.attempts() + 1;
                     self.state().retries.insert((tid, p), n);
                     metrics::counter!("twopc_phase2_retries_total").increment(1);
-                    tracing::warn!(%tid, partition = p, retry = n, error = %e, "one-phase commit unanswered; resending");
+                    if let Some(suppressed) = RESENT.allow() {
+                        tracing::warn!(%tid, partition = p, retry = n, error = %e, suppressed, "one-phase commit unanswered; resending");
+                    }
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
@@ -340,7 +348,9 @@ impl Driver {
                     let n = backoff.attempts() + 1;
                     self.state().retries.insert((tid, p), n);
                     metrics::counter!("twopc_phase2_retries_total").increment(1);
-                    tracing::warn!(%tid, partition = p, retry = n, error = %e, "commit not acknowledged; resending");
+                    if let Some(suppressed) = RESENT.allow() {
+                        tracing::warn!(%tid, partition = p, retry = n, error = %e, suppressed, "commit not acknowledged; resending");
+                    }
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
@@ -390,6 +400,11 @@ enum Record {
     /// One-phase commit handed to this partition.
     Delegated(PartitionId),
 }
+
+/// Log sites that can fire once per tid or per retry (`twopc_proto::throttle`):
+/// at most one line per 10 s each; the metrics count every event.
+static ABORTED: Throttle = Throttle::new(Duration::from_secs(10));
+static RESENT: Throttle = Throttle::new(Duration::from_secs(10));
 
 /// Runs one protocol step of `tid` as a task of its own, inside the
 /// transaction's span. The span is at debug level, so the default `info`

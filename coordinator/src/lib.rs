@@ -201,11 +201,13 @@ impl Shell {
         let mut redo = vec![];
         let now = now_unix_ms();
         for (tid, partitions) in &recovered.unfinished {
-            tracing::info!(%tid, ?partitions, "recovery: re-driving phase 2 of a logged COMMIT");
+            // One line per tid at debug: a restart may find thousands; the
+            // summary below counts them at info.
+            tracing::debug!(%tid, ?partitions, "recovery: re-driving phase 2 of a logged COMMIT");
             redo.extend(core.recover_commit(*tid, partitions, now));
         }
         for &(tid, partition) in &recovered.delegated {
-            tracing::info!(%tid, partition, "recovery: asking the participant a one-phase commit was delegated to");
+            tracing::debug!(%tid, partition, "recovery: asking the participant a one-phase commit was delegated to");
             redo.extend(core.recover_delegated(tid, partition, now));
         }
         tracing::info!(

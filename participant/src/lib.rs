@@ -110,9 +110,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let mut core = Participant::new(config.partition, limits);
     let now = now_unix_ms();
+    // One line per tid at debug (a restart may find thousands), a count at info.
+    let in_doubt = prepared.len();
     for (tid, writes) in prepared {
-        tracing::info!(%tid, keys = writes.len(), "recovery: prepared tid reloaded, locks re-taken; in doubt");
+        tracing::debug!(%tid, keys = writes.len(), "recovery: prepared tid reloaded, locks re-taken; in doubt");
         core.recover_prepared(tid, writes, now);
+    }
+    if in_doubt > 0 {
+        tracing::info!(in_doubt, "recovery: prepared tids reloaded, their locks re-taken; asking the coordinator");
     }
     // Every call to the coordinator carries the peer token (Register and
     // Enlist require it there when it is configured), on every channel the

@@ -51,12 +51,20 @@ use twopc_core::{PartitionId, Tid};
 use twopc_leader::follow::{FollowError, Follower, Policy, Retry};
 use twopc_proto::batch::{self, Batcher};
 use twopc_proto::pb;
+use twopc_proto::throttle::Throttle;
 use twopc_proto::{failpoint, now_unix_ms};
 
 use crate::error::ParticipantError;
 use crate::fence::Fence;
 use crate::heuristics::InFlight;
 use crate::store::Store;
+
+/// Log sites that can fire once per tid (`twopc_proto::throttle`): at most
+/// one line per 10 s each at the default level; debug has every one.
+static EXPIRED: Throttle = Throttle::new(Duration::from_secs(10));
+static UNANSWERED: Throttle = Throttle::new(Duration::from_secs(10));
+static LEARNED: Throttle = Throttle::new(Duration::from_secs(10));
+static APPLY_FAILED: Throttle = Throttle::new(Duration::from_secs(10));
 
 /// A participant's vote, as returned on the wire.
 pub enum VoteReply {
@@ -465,7 +473,7 @@ impl Node {
         match step {
             AbortStep::DeletePrepared => {
                 self.store.delete_prepared(tid).await.map_err(|e| ParticipantError::Internal(e.to_string()))?;
-                tracing::info!(%tid, "prepared tid aborted");
+                tracing::debug!(%tid, "prepared tid aborted");
             }
             AbortStep::Ack => self.note_late_decision(tid, false).await,
         }
@@ -498,7 +506,10 @@ impl Node {
                 self.recheck_fence().await;
             }
             for tid in expired {
-                tracing::info!(%tid, "deadline passed before prepare: aborted here");
+                tracing::debug!(%tid, "deadline passed before prepare: aborted here");
+                if let Some(suppressed) = EXPIRED.allow() {
+                    tracing::info!(%tid, suppressed, "deadline passed before prepare: aborted here (one line per 10 s)");
+                }
                 self.tell_coordinator_aborted(tid);
             }
             for tid in due {
@@ -513,7 +524,12 @@ impl Node {
     async fn ask_decision(&self, tid: Tid) {
         let resp = match self.get_decision(tid).await {
             Ok(r) => r,
-            Err(e) => return tracing::warn!(%tid, error = %e, "in doubt: no coordinator answered; will ask again"),
+            Err(e) => {
+                if let Some(suppressed) = UNANSWERED.allow() {
+                    tracing::warn!(%tid, error = %e, suppressed, "in doubt: no coordinator answered; will ask again");
+                }
+                return;
+            }
         };
         let ours = self.check_cluster(&resp.cluster_id).await.is_ok();
         if ours {
@@ -523,7 +539,10 @@ impl Node {
             // A COMMIT record binds whatever log holds it: tids are unique
             // (e.g. a restored backup that was given a new cluster id).
             Ok(pb::Decision::Committed) => {
-                tracing::info!(%tid, same_cluster = ours, "in doubt: learned COMMIT");
+                tracing::debug!(%tid, same_cluster = ours, "in doubt: learned COMMIT");
+                if let Some(suppressed) = LEARNED.allow() {
+                    tracing::info!(%tid, suppressed, "in doubt: learned the decision COMMIT (one line per 10 s)");
+                }
                 let done = self.commit(tid).await;
                 if !ours && done.is_ok() {
                     // That may have been the last tid bound to our id.
@@ -536,16 +555,21 @@ impl Node {
                 return tracing::debug!(%tid, "in doubt: answer from another cluster's decision log not taken");
             }
             Ok(pb::Decision::Aborted) => {
-                tracing::info!(%tid, reason = %resp.reason, "in doubt: learned ABORT");
+                tracing::debug!(%tid, reason = %resp.reason, "in doubt: learned ABORT");
+                if let Some(suppressed) = LEARNED.allow() {
+                    tracing::info!(%tid, reason = %resp.reason, suppressed, "in doubt: learned the decision ABORT (one line per 10 s)");
+                }
                 self.abort(tid).await
             }
             _ => {
-                tracing::info!(%tid, "in doubt: decision still pending");
+                tracing::debug!(%tid, "in doubt: decision still pending");
                 Ok(())
             }
         };
-        if let Err(e) = result {
-            tracing::warn!(%tid, error = %e, "applying the learned decision failed; will ask again");
+        if let Err(e) = result
+            && let Some(suppressed) = APPLY_FAILED.allow()
+        {
+            tracing::warn!(%tid, error = %e, suppressed, "applying the learned decision failed; will ask again");
         }
     }
 

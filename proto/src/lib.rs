@@ -14,6 +14,7 @@
 //!   (admin RPCs) and the cluster's peer token (the protocol RPCs the
 //!   processes call on each other); [`admin_token`] re-exports the former.
 //! - [`data_file`]: the start-up check of an existing SQLite data file.
+//! - [`throttle`]: rate-limited log lines for events that repeat per tid.
 //! - [`Backoff`]: the bounded exponential backoff used for every retry loop.
 
 pub mod admin_token;
@@ -23,6 +24,7 @@ pub mod failpoint;
 #[doc(hidden)]
 pub mod preflight;
 pub mod runtime;
+pub mod throttle;
 pub mod tid;
 pub mod tls;
 pub mod token;
