@@ -469,6 +469,12 @@ impl Client {
         op: pb::Operation,
         limit: Option<Duration>,
     ) -> Result<pb::OperationResult, ClientError> {
+        // An operation over the message limit would go alone and fail in
+        // tonic's encoder as a reset stream: refuse it here, naming the limit.
+        let (len, max) = (twopc_proto::limits::wire_size(&op), self.inner.options.sizes.message_limit());
+        if len > max {
+            return Err(ClientError::Status(twopc_proto::limits::too_large_to_send(len, max)));
+        }
         let route = self.route_key(key).await?;
         let batcher = {
             let mut m = self.inner.operations.lock().unwrap_or_else(|p| p.into_inner());

@@ -136,6 +136,15 @@ pub fn size_status(status: Status) -> Status {
     }
 }
 
+/// A client's refusal to send a message of `len` bytes over its `limit`
+/// (checked before sending: tonic's own encode error reaches the caller as
+/// a reset HTTP/2 stream, which names no limit).
+pub fn too_large_to_send(len: usize, limit: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "the message is too large to send: found {len} bytes, the limit is: {limit} bytes ({WHERE})"
+    ))
+}
+
 /// The server's answer to a request over its message limit (rule 4).
 fn request_too_large(status: &Status) -> Option<Status> {
     let rest = status.message().strip_prefix(DECODED)?;
