@@ -837,7 +837,9 @@ impl Stats {
 }
 
 enum TxnResult {
-    Committed { commit: Duration },
+    Committed {
+        commit: Duration,
+    },
     Aborted,
     /// Failed with an error other than ABORTED: its kind (gRPC code) and text.
     Error(String, String),

@@ -35,7 +35,11 @@ async fn bad_inputs_get_precise_statuses() {
     let txn = tc.client.begin(None).await.unwrap();
     expect_code(txn.put(b"", b"v").await, Code::InvalidArgument, "key is empty");
     // Over a size limit: RESOURCE_EXHAUSTED naming it (gRPC's convention).
-    expect_code(txn.put(&[b'k'; 17], b"v").await, Code::ResourceExhausted, "over the limit of 16 bytes (--max-key-bytes)");
+    expect_code(
+        txn.put(&[b'k'; 17], b"v").await,
+        Code::ResourceExhausted,
+        "over the limit of 16 bytes (--max-key-bytes)",
+    );
     expect_code(
         txn.put(key.as_bytes(), &[b'v'; 33]).await,
         Code::ResourceExhausted,

@@ -35,14 +35,14 @@ use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 use twopc_leader::follow::{Coordinator, FollowError, Follower, Policy, Retry};
 use twopc_proto::admin_token::AdminToken;
-use twopc_proto::pb;
 use twopc_proto::limits::SizeLimits;
+use twopc_proto::pb;
 use twopc_proto::pb::participant_client::ParticipantClient;
 use twopc_proto::tls::ClientTls;
 use twopc_proto::token::PeerToken;
 use uuid::Uuid;
 
-use crate::routing::{CONNECT_TIMEOUT, partition_for, participant_client};
+use crate::routing::{CONNECT_TIMEOUT, participant_client, partition_for};
 use crate::{ClientError, Txn};
 use twopc_proto::batch::{self, Batcher};
 

@@ -8,8 +8,8 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use twopc_core::Tid;
 use twopc_proto::admin_token::AdminToken;
-use twopc_proto::pb::{self, participant_server::Participant as ParticipantRpc};
 use twopc_proto::limits::SizeLimits;
+use twopc_proto::pb::{self, participant_server::Participant as ParticipantRpc};
 use twopc_proto::token::PeerToken;
 use twopc_proto::{failpoint, now_unix_ms, tid};
 

@@ -130,7 +130,10 @@ pub fn size_status(status: Status) -> Status {
              TWOPC_MAX_KEY_BYTES/TWOPC_MAX_VALUE_BYTES as the participants)"
         ))
     } else if let Some(rest) = msg.strip_prefix(ENCODED) {
-        Status::resource_exhausted(format!("the message is too large to send: {rest} ({WHERE})"))
+        // The client checks its own requests before sending (see
+        // `too_large_to_send`), so this is mostly a server's answer over
+        // that server's limit.
+        Status::resource_exhausted(format!("a message is too large to encode: {rest} ({WHERE})"))
     } else {
         status
     }
