@@ -99,7 +99,7 @@ fn bench(coordinator: &str, args: &[&str]) -> (Option<i32>, serde_json::Value, S
 /// length too large". The load itself is the write side: ten concurrent
 /// puts of 1 MiB in one transaction, then eight transactions each writing
 /// 1 MiB concurrently and committing at once (their operations, prepares
-/// and commits share batches).
+/// and commits share batches), and the bench writing 1 MiB values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_at_the_limit_never_fail_other_transactions() {
     let tc = TestCluster::three().await;
@@ -160,6 +160,15 @@ async fn values_at_the_limit_never_fail_other_transactions() {
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(report["errors"], 0, "{out}");
     assert!(report["committed"].as_u64().unwrap_or(0) > 0, "{out}");
+    eprintln!("reads of 1 MiB values: {}", out.lines().find(|l| l.starts_with("committed ")).unwrap_or(""));
+    // And writes of 1 MiB values by 8 concurrent transactions (conflicts
+    // abort, and are counted apart; no errors).
+    let args = ["--workload", "spread", "--keys", "10", "--concurrency", "8", "--value-bytes", "1048576"];
+    let (code, report, out) = bench(&addr, &[&args[..], &["--duration-secs", "2"]].concat());
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(report["errors"], 0, "{out}");
+    assert!(report["committed"].as_u64().unwrap_or(0) > 0, "{out}");
+    eprintln!("writes of 1 MiB values: {}", out.lines().find(|l| l.starts_with("committed ")).unwrap_or(""));
     tc.wait_settled().await;
 }
 
