@@ -292,6 +292,19 @@ async fn raised_limits_fit_the_largest_value() {
     assert!(e.to_string().contains(&format!("limit of {max} bytes (--max-value-bytes)")), "{e}");
     let _ = t2.abort().await;
 
+    // A client left at the default limits: its Get of the 6 MiB value
+    // fails alone (over its own limit, saying so), while a concurrent small
+    // Get of another transaction to the same participant succeeds.
+    let small = twopc_client::Client::connect(&tc.cluster.coordinator_addr()).await.unwrap();
+    let (t3, t4) = (small.begin(None).await.unwrap(), small.begin(None).await.unwrap());
+    let other = tc.key_on(0, "other");
+    let (big, little) = tokio::join!(t3.get(a.as_bytes()), t4.get(other.as_bytes()));
+    let e = big.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    assert!(e.to_string().contains("the answer is too large for this client"), "{e}");
+    assert_eq!(little.expect("the small read is not failed by the large one"), None);
+    let _ = (t3.abort().await, t4.abort().await);
+
     // The CLI with the same variable reads the 6 MiB value back.
     let env = [("TWOPC_MAX_VALUE_BYTES", max.to_string())];
     let o = twopc(&tc.cluster.coordinator_addr(), &["read", &a], &env, None);

@@ -25,17 +25,22 @@
 //!    keys or values and uses the defaults.
 //! 2. **Batches are bounded by bytes**, not only by count
 //!    ([`crate::batch::Batcher`]): items are packed in order while the
-//!    batch's encoded size stays within [`SizeLimits::batch_budget`] (equal
-//!    to the message limit); the item that would overflow opens the next
-//!    batch, and an item bigger than the budget goes alone (its server then
-//!    judges it, rule 4).
-//! 3. **Answers are bounded by bytes.** A batch answer whose results could
-//!    carry values (OperateBatch: Get results) carries results while they
-//!    fit the budget; a Get result that does not fit is answered
+//!    batch's encoded size stays within [`SizeLimits::batch_budget`]; the
+//!    item that would overflow opens the next batch, and an item bigger
+//!    than the budget goes alone (its server then judges it, rule 4). The
+//!    budget is the 4 MiB floor, the least message limit any process has,
+//!    not this process's own limit: a batch of several items then fits
+//!    every peer whatever its settings, and only an item that is large by
+//!    itself depends on the peer's limit, failing (if it does) alone.
+//! 3. **Answers are bounded by bytes**, by the same budget. A batch answer
+//!    whose results could carry values (OperateBatch: Get results) carries
+//!    results while they fit; a Get result that does not fit is answered
 //!    `must_wait` (not carried: the client repeats it with its unary Get,
-//!    whose answer holds one value and always fits). Listings (ListInDoubt,
-//!    ListTransactions) stop at the budget and say how many entries they
-//!    left out ([`fit`]).
+//!    whose answer holds one value and fits the message limit). Listings
+//!    (ListInDoubt, ListTransactions) stop at the budget and say how many
+//!    entries they left out ([`fit`]). The other batch answers (Begin,
+//!    Enlist, Prepare, Commit, Abort, one-phase) hold at most 256 results
+//!    of a code, a tid or deadline and a short reason: tens of KiB.
 //! 4. **Over a limit is RESOURCE_EXHAUSTED, naming the limit** (gRPC's
 //!    convention), on every RPC: a key or value over its limit is refused by
 //!    the participant's service; a whole request over the message limit is
@@ -78,11 +83,12 @@ impl SizeLimits {
         MESSAGE_LIMIT_FLOOR.max(self.max_key_bytes.saturating_add(self.max_value_bytes).saturating_add(ITEM_OVERHEAD))
     }
 
-    /// The most bytes of items one batch (request or answer) carries
-    /// (rules 2 and 3). A batch message is its repeated items and nothing
-    /// else, so the budget is the whole message limit.
+    /// The most bytes of items one batch (request or answer) of several
+    /// items carries (rules 2 and 3): the floor, which every process's
+    /// message limit reaches, so such a batch fits any peer. (A batch
+    /// message is its repeated items and nothing else.)
     pub fn batch_budget(&self) -> usize {
-        self.message_limit()
+        MESSAGE_LIMIT_FLOOR
     }
 }
 
