@@ -63,6 +63,13 @@ pub const MESSAGE_LIMIT_FLOOR: usize = 4 << 20;
 /// tid, field tags and lengths, and an error message.
 pub const ITEM_OVERHEAD: usize = 64 << 10;
 
+/// The most `--max-key-bytes` + `--max-value-bytes` + [`ITEM_OVERHEAD`] may
+/// come to: SQLite's largest string or blob (its default SQLITE_MAX_LENGTH),
+/// since a tid's prepared write set is stored as one blob and must hold at
+/// least one key and value at their limits. (gRPC's own frame limit, 4 GiB,
+/// is higher.)
+pub const MAX_ITEM_BYTES: usize = 1_000_000_000;
+
 /// The key and value limits one message limit is derived from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SizeLimits {
@@ -77,6 +84,20 @@ impl Default for SizeLimits {
 }
 
 impl SizeLimits {
+    /// Refuses limits whose largest item could not be stored
+    /// ([`MAX_ITEM_BYTES`]); checked at a participant's start.
+    pub fn check(&self) -> Result<(), String> {
+        let item = self.max_key_bytes.saturating_add(self.max_value_bytes).saturating_add(ITEM_OVERHEAD);
+        if item > MAX_ITEM_BYTES {
+            return Err(format!(
+                "--max-key-bytes {} + --max-value-bytes {} + {ITEM_OVERHEAD} bytes of overhead is over \
+                 {MAX_ITEM_BYTES} bytes, the largest value SQLite stores (a prepared write set is one value)",
+                self.max_key_bytes, self.max_value_bytes
+            ));
+        }
+        Ok(())
+    }
+
     /// The gRPC message limit (decode and encode) of every server and
     /// client channel: `max(4 MiB, key + value + 64 KiB)` (rule 1).
     pub fn message_limit(&self) -> usize {
@@ -204,6 +225,13 @@ mod tests {
             value: vec![2; big.max_value_bytes],
         };
         assert!(wire_size(&put) + 5 <= big.message_limit());
+    }
+
+    #[test]
+    fn limits_too_large_to_store_are_refused() {
+        assert!(SizeLimits::default().check().is_ok());
+        let e = SizeLimits { max_key_bytes: 1024, max_value_bytes: 1 << 30 }.check().unwrap_err();
+        assert!(e.contains("--max-value-bytes 1073741824") && e.contains("SQLite"), "{e}");
     }
 
     #[test]

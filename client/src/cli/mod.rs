@@ -501,6 +501,21 @@ mod tests {
     }
 
     #[test]
+    fn in_doubt_lines_say_how_many_were_left_out() {
+        let part = PartitionInDoubt {
+            partition: 0,
+            address: None,
+            tids: Ok(vec![crate::InDoubtTid { tid: "t1".into(), prepared_for_ms: 5, asked: 2 }]),
+            heuristics: vec![],
+            cluster_id: "A".into(),
+            mismatched_cluster_id: None,
+            omitted_tids: 7,
+        };
+        let lines = in_doubt_lines(&part);
+        assert_eq!(lines.last().unwrap(), "  ... and 7 more not listed (the answer reached the gRPC message limit)");
+    }
+
+    #[test]
     fn transaction_lines() {
         let t = pb::TransactionInfo {
             tid: "t1".into(),
