@@ -221,6 +221,21 @@ async fn over_a_limit_is_resource_exhausted_naming_it() {
     expect(coordinator.commit(commit).await, &["request is too large for this server", limit]);
     let begins = pb::BeginBatchRequest { requests: vec![pb::BeginRequest { timeout_ms: 1 }; 1_500_000] };
     expect(coordinator.begin_batch(begins).await, &[limit]);
+    // Siblings on other RPCs of both services, each with one 5 MiB field.
+    let long = "x".repeat(5 * MIB);
+    expect(coordinator.get_decision(pb::GetDecisionRequest { tid: long.clone() }).await, &[limit]);
+    expect(coordinator.abort(pb::AbortRequest { tid: long.clone() }).await, &[limit]);
+    let enlist = pb::EnlistRequest { tid: long.clone(), partition: 0, incarnation: 1 };
+    expect(coordinator.enlist_batch(pb::EnlistBatchRequest { requests: vec![enlist] }).await, &[limit]);
+    let register = pb::RegisterRequest { partition: 0, address: long.clone(), incarnation: 1 };
+    expect(coordinator.register(register).await, &[limit]);
+    expect(raw.get(pb::GetRequest { tid: tid.clone(), key: huge.clone(), for_update: false }).await, &[limit]);
+    expect(raw.read(pb::ReadRequest { key: huge.clone() }).await, &[limit]);
+    expect(raw.delete(pb::DeleteRequest { tid: tid.clone(), key: huge.clone() }).await, &[limit]);
+    expect(raw.prepare_batch(pb::TidBatch { tids: vec![long.clone()] }).await, &[limit]);
+    expect(raw.commit_batch(pb::TidBatch { tids: vec![long.clone()] }).await, &[limit]);
+    let resolve = pb::ResolveHeuristicallyRequest { tid: tid.clone(), reason: long.clone(), ..Default::default() };
+    expect(raw.resolve_heuristically(resolve).await, &[limit]);
 
     // The library: a value over the limit, and one over the client's own
     // message limit (refused before it is sent).
