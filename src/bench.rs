@@ -29,8 +29,16 @@
 //! back until `--warmup-secs` + `--duration-secs` have passed; only
 //! transactions finishing after the warm-up count. An abort (ABORTED from an
 //! operation, or an ABORTED outcome) is counted and not retried: the task
-//! starts a new transaction. Other errors are counted and the first few
-//! printed. Progress goes to stderr once a second.
+//! starts a new transaction. Other errors are counted by kind (their gRPC
+//! code) and the first few printed; the bench then exits non-zero (2) after
+//! its report, since a transaction that failed with an error (not a
+//! conflict's abort) is a fault of the cluster or of its configuration.
+//! Progress goes to stderr once a second.
+//!
+//! `--value-bytes N` makes every value written N bytes long (default: a few
+//! bytes), to measure large values; the client's message limit follows
+//! `--max-key-bytes`/`--max-value-bytes` (`TWOPC_MAX_KEY_BYTES`,
+//! `TWOPC_MAX_VALUE_BYTES`, the participants' own variables).
 //!
 //! # What is measured
 //!
@@ -136,6 +144,16 @@ pub struct BenchArgs {
     /// Tokio worker threads of the bench client (1: a single-threaded runtime).
     #[arg(long, default_value_t = 1)]
     pub runtime_threads: usize,
+    /// Length of every value written (spread and local puts; 0: the tid, 32 bytes).
+    #[arg(long, default_value_t = 0)]
+    pub value_bytes: usize,
+    /// The participants' --max-key-bytes (same variable): with
+    /// --max-value-bytes it sets the client's gRPC message limit.
+    #[arg(long, env = "TWOPC_MAX_KEY_BYTES", default_value_t = twopc_proto::limits::DEFAULT_MAX_KEY_BYTES)]
+    pub max_key_bytes: usize,
+    /// The participants' --max-value-bytes (same variable).
+    #[arg(long, env = "TWOPC_MAX_VALUE_BYTES", default_value_t = twopc_proto::limits::DEFAULT_MAX_VALUE_BYTES)]
+    pub max_value_bytes: usize,
 }
 
 const INITIAL_BALANCE: i64 = 1000;
@@ -228,6 +246,8 @@ pub struct Report {
     /// aborted / (committed + aborted), in the measured window.
     pub abort_rate: f64,
     pub errors: u64,
+    /// Errors by kind (their gRPC code, e.g. UNAVAILABLE), over the whole run.
+    pub error_kinds: std::collections::BTreeMap<String, u64>,
     pub first_errors: Vec<String>,
     /// begin → commit answer, committed transactions, microseconds.
     pub txn_latency_us: Percentiles,
@@ -295,7 +315,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
 
-    let options = twopc_client::ConnectOptions { tls: tls.clone(), ..Default::default() };
+    let sizes =
+        twopc_proto::limits::SizeLimits { max_key_bytes: args.max_key_bytes, max_value_bytes: args.max_value_bytes };
+    let options = twopc_client::ConnectOptions { tls: tls.clone(), sizes, ..Default::default() };
     let client = Client::connect_with(&coordinator, options).await?;
     let partitions = client.topology().await?.partitions;
     anyhow::ensure!(partitions >= 1, "the coordinator at {coordinator} reports no partitions");
@@ -366,6 +388,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             keys: keys.clone(),
             shared: shared.clone(),
             read_ratio: args.read_ratio,
+            value_bytes: args.value_bytes,
             measure_from,
             end,
         };
@@ -375,7 +398,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     while let Some(r) = workers.join_next().await {
         match r {
             Ok(s) => stats.merge(s),
-            Err(e) => shared.error(format!("a worker task failed: {e}")),
+            Err(e) => shared.error("worker task failed", format!("a worker task failed: {e}")),
         }
     }
     shared.stop.store(true, Ordering::Relaxed);
@@ -415,6 +438,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         aborted: stats.aborted,
         abort_rate: if finished > 0 { stats.aborted as f64 / finished as f64 } else { 0.0 },
         errors: shared.errors.load(Ordering::Relaxed),
+        error_kinds: shared.kinds.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         first_errors: shared.first_errors.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         txn_latency_us: Percentiles::of(&stats.txn),
         commit_latency_us: Percentiles::of(&stats.commit),
@@ -437,6 +461,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if conserved == Some(false) {
         bail!("money was created or lost: {} != {}", total_balance.unwrap_or(0), expected_total.unwrap_or(0));
+    }
+    if report.errors > 0 {
+        bail!(
+            "{} transactions failed with errors (not conflicts' aborts): {}",
+            report.errors,
+            kinds_line(&report.error_kinds)
+        );
     }
     Ok(())
 }
@@ -739,13 +770,15 @@ struct Shared {
     committed: AtomicU64,
     aborted: AtomicU64,
     errors: AtomicU64,
+    kinds: Mutex<std::collections::BTreeMap<String, u64>>,
     first_errors: Mutex<Vec<String>>,
     stop: AtomicBool,
 }
 
 impl Shared {
-    fn error(&self, msg: String) {
+    fn error(&self, kind: &str, msg: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        *self.kinds.lock().unwrap_or_else(|p| p.into_inner()).entry(kind.to_string()).or_default() += 1;
         let mut first = self.first_errors.lock().unwrap_or_else(|p| p.into_inner());
         if first.len() < MAX_ERRORS_KEPT {
             eprintln!("error: {msg}");
@@ -804,9 +837,25 @@ impl Stats {
 }
 
 enum TxnResult {
-    Committed { commit: Duration },
+    Committed {
+        commit: Duration,
+    },
     Aborted,
-    Error(String),
+    /// Failed with an error other than ABORTED: its kind (gRPC code) and text.
+    Error(String, String),
+}
+
+/// A failed transaction's error: its kind (the gRPC code, which every
+/// [`ClientError`] displays first) and the whole text, prefixed with `step`.
+fn error(step: &str, e: &ClientError) -> TxnResult {
+    let text = e.to_string();
+    let kind = text.split(':').next().unwrap_or("UNKNOWN").to_string();
+    TxnResult::Error(kind, format!("{step}: {text}"))
+}
+
+/// `KIND count, KIND count` for the report.
+fn kinds_line(kinds: &std::collections::BTreeMap<String, u64>) -> String {
+    kinds.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
 }
 
 struct Worker {
@@ -814,6 +863,7 @@ struct Worker {
     keys: Keys,
     shared: Arc<Shared>,
     read_ratio: f64,
+    value_bytes: usize,
     measure_from: Instant,
     end: Instant,
 }
@@ -841,8 +891,8 @@ impl Worker {
                         stats.aborted += 1;
                     }
                 }
-                TxnResult::Error(msg) => {
-                    self.shared.error(msg);
+                TxnResult::Error(kind, msg) => {
+                    self.shared.error(&kind, msg);
                     // Do not spin on a dead cluster.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
@@ -856,7 +906,7 @@ impl Worker {
         let txn = match self.client.begin(Some(TXN_TIMEOUT)).await {
             Ok(t) => t,
             Err(e) if e.is_retryable_abort() => return TxnResult::Aborted,
-            Err(e) => return TxnResult::Error(format!("begin: {e}")),
+            Err(e) => return error("begin", &e),
         };
         let ops: Result<(), ClientError> = async {
             match self.keys.workload {
@@ -870,7 +920,7 @@ impl Worker {
                 }
                 Workload::Local => {
                     let key = self.keys.name(rand::rng().random_range(0..self.keys.count));
-                    txn.put(key.as_bytes(), txn.tid().as_simple().to_string().as_bytes()).await?;
+                    txn.put(key.as_bytes(), &self.value(&txn)).await?;
                 }
                 Workload::Spread => {
                     for (i, read) in self.keys.spread(self.read_ratio) {
@@ -878,7 +928,7 @@ impl Worker {
                         if read {
                             txn.get(key.as_bytes()).await?;
                         } else {
-                            txn.put(key.as_bytes(), txn.tid().as_simple().to_string().as_bytes()).await?;
+                            txn.put(key.as_bytes(), &self.value(&txn)).await?;
                         }
                     }
                 }
@@ -888,15 +938,24 @@ impl Worker {
         .await;
         if let Err(e) = ops {
             let _ = txn.abort().await;
-            return if e.is_retryable_abort() { TxnResult::Aborted } else { TxnResult::Error(e.to_string()) };
+            return if e.is_retryable_abort() { TxnResult::Aborted } else { error("operation", &e) };
         }
         let t = Instant::now();
         match txn.commit().await {
             Ok(Outcome::Committed) => TxnResult::Committed { commit: t.elapsed() },
             Ok(Outcome::Aborted { .. }) => TxnResult::Aborted,
             Err(e) if e.is_retryable_abort() => TxnResult::Aborted,
-            Err(e) => TxnResult::Error(format!("commit: {e}")),
+            Err(e) => error("commit", &e),
         }
+    }
+
+    /// The value a put writes: the tid, padded to `--value-bytes` if given.
+    fn value(&self, txn: &twopc_client::Txn) -> Vec<u8> {
+        let mut v = txn.tid().as_simple().to_string().into_bytes();
+        if self.value_bytes > 0 {
+            v.resize(self.value_bytes, b'.');
+        }
+        v
     }
 }
 
@@ -939,6 +998,9 @@ fn print_report(r: &Report) {
         r.abort_rate * 100.0,
         r.errors
     );
+    if !r.error_kinds.is_empty() {
+        println!("errors by kind: {}", kinds_line(&r.error_kinds));
+    }
     for e in &r.first_errors {
         println!("  error: {e}");
     }

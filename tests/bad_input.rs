@@ -34,8 +34,17 @@ async fn bad_inputs_get_precise_statuses() {
     // Empty and oversized keys and values.
     let txn = tc.client.begin(None).await.unwrap();
     expect_code(txn.put(b"", b"v").await, Code::InvalidArgument, "key is empty");
-    expect_code(txn.put(&[b'k'; 17], b"v").await, Code::InvalidArgument, "over the limit of 16");
-    expect_code(txn.put(key.as_bytes(), &[b'v'; 33]).await, Code::InvalidArgument, "over the limit of 32");
+    // Over a size limit: RESOURCE_EXHAUSTED naming it (gRPC's convention).
+    expect_code(
+        txn.put(&[b'k'; 17], b"v").await,
+        Code::ResourceExhausted,
+        "over the limit of 16 bytes (--max-key-bytes)",
+    );
+    expect_code(
+        txn.put(key.as_bytes(), &[b'v'; 33]).await,
+        Code::ResourceExhausted,
+        "over the limit of 32 bytes (--max-value-bytes)",
+    );
     expect_code(tc.client.read(b"").await, Code::InvalidArgument, "key is empty");
 
     // Operation after commit, and abort after commit.

@@ -46,6 +46,9 @@ pub struct PartitionInDoubt {
     /// this other cluster id (its decision log is not the one the
     /// participant's prepared tids voted under).
     pub mismatched_cluster_id: Option<String>,
+    /// In-doubt tids the participant left out of `tids`: its answer would
+    /// have passed the message limit.
+    pub omitted_tids: u32,
 }
 
 impl PartitionInDoubt {
@@ -68,6 +71,7 @@ impl PartitionInDoubt {
             .collect();
         let mismatched = Some(resp.mismatched_cluster_id).filter(|m| !m.is_empty());
         PartitionInDoubt {
+            omitted_tids: resp.omitted_tids,
             partition,
             address,
             tids: Ok(tids),
@@ -85,6 +89,7 @@ impl PartitionInDoubt {
             heuristics: vec![],
             cluster_id: String::new(),
             mismatched_cluster_id: None,
+            omitted_tids: 0,
         }
     }
 }
@@ -121,7 +126,7 @@ pub async fn resolve_heuristically(
     options: &ConnectOptions,
 ) -> Result<Resolution, ClientError> {
     let peer = || format!("participant at {address}");
-    let mut client = ParticipantClient::new(crate::routing::endpoint(address, &options.tls)?.connect_lazy());
+    let mut client = crate::routing::participant_client(address, &options.tls, options.sizes)?;
     let req = options.admin_token.request(pb::ResolveHeuristicallyRequest {
         tid: tid.to_string(),
         commit,
@@ -159,7 +164,7 @@ impl FromStr for FailpointTarget {
 /// coordinator: this is how an operator looks while the coordinator is down.
 pub async fn in_doubt_at_address(address: &str, options: &ConnectOptions) -> Result<PartitionInDoubt, ClientError> {
     let peer = || format!("participant at {address}");
-    let mut client = ParticipantClient::new(crate::routing::endpoint(address, &options.tls)?.connect_lazy());
+    let mut client = crate::routing::participant_client(address, &options.tls, options.sizes)?;
     let request = options.admin_token.request(pb::ListInDoubtRequest {});
     let resp = within(Some(ADMIN_TIMEOUT), peer, client.list_in_doubt(request))
         .await
@@ -203,6 +208,12 @@ impl Client {
 
     /// The coordinator's live and unfinished transactions (the leader's).
     pub async fn transactions(&self) -> Result<Vec<pb::TransactionInfo>, ClientError> {
+        Ok(self.transactions_listing().await?.0)
+    }
+
+    /// [`Client::transactions`], with how many the coordinator left out
+    /// because its answer would have passed the message limit.
+    pub async fn transactions_listing(&self) -> Result<(Vec<pb::TransactionInfo>, u32), ClientError> {
         let token = &self.options().admin_token;
         let policy = self.policy().attempts_within(ADMIN_TIMEOUT);
         let resp = self
@@ -211,7 +222,7 @@ impl Client {
             })
             .await
             .map_err(|e| self.follow_error(e))?;
-        Ok(resp.transactions)
+        Ok((resp.transactions, resp.omitted))
     }
 
     /// Arms failpoint `name` with `actions` in one process (the leading

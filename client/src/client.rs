@@ -35,13 +35,14 @@ use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 use twopc_leader::follow::{Coordinator, FollowError, Follower, Policy, Retry};
 use twopc_proto::admin_token::AdminToken;
+use twopc_proto::limits::SizeLimits;
 use twopc_proto::pb;
 use twopc_proto::pb::participant_client::ParticipantClient;
 use twopc_proto::tls::ClientTls;
 use twopc_proto::token::PeerToken;
 use uuid::Uuid;
 
-use crate::routing::{CONNECT_TIMEOUT, endpoint, partition_for};
+use crate::routing::{CONNECT_TIMEOUT, participant_client, partition_for};
 use crate::{ClientError, Txn};
 use twopc_proto::batch::{self, Batcher};
 
@@ -81,6 +82,12 @@ pub struct ConnectOptions {
     /// which covers a failover at the default 3 s lease. Keep it above the
     /// coordinator's --prepare-timeout-ms, which a Commit may take.
     pub call_budget: Duration,
+    /// The participants' key and value limits (their --max-key-bytes and
+    /// --max-value-bytes; the defaults by default): the message limit of
+    /// the channels to them and the byte bound of batched operations derive
+    /// from these (`twopc_proto::limits`). Keep them equal to the
+    /// participants'.
+    pub sizes: SizeLimits,
 }
 
 /// [`ConnectOptions::call_budget`]'s default.
@@ -88,7 +95,12 @@ pub const DEFAULT_CALL_BUDGET: Duration = Duration::from_secs(15);
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        Self { tls: ClientTls::default(), admin_token: AdminToken::default(), call_budget: DEFAULT_CALL_BUDGET }
+        Self {
+            tls: ClientTls::default(),
+            admin_token: AdminToken::default(),
+            call_budget: DEFAULT_CALL_BUDGET,
+            sizes: SizeLimits::default(),
+        }
     }
 }
 
@@ -222,7 +234,9 @@ impl Client {
                 options,
                 follower,
                 routes: Mutex::new(Routes::default()),
-                begins: Batcher::new(MAX_BATCH, BATCHES_IN_FLIGHT),
+                // Begin requests are a few bytes: the coordinator's (default)
+                // message limit bounds their batches.
+                begins: Batcher::new(MAX_BATCH, SizeLimits::default().batch_budget(), BATCHES_IN_FLIGHT),
                 operations: Mutex::default(),
             }),
         };
@@ -407,7 +421,7 @@ impl Client {
         let client = match routes.channels.get(&address) {
             Some(c) => c.clone(),
             None => {
-                let c = ParticipantClient::new(endpoint(&address, &self.inner.options.tls)?.connect_lazy());
+                let c = participant_client(&address, &self.inner.options.tls, self.inner.options.sizes)?;
                 routes.channels.insert(address.clone(), c.clone());
                 c
             }
@@ -455,10 +469,19 @@ impl Client {
         op: pb::Operation,
         limit: Option<Duration>,
     ) -> Result<pb::OperationResult, ClientError> {
+        // An operation over the message limit would go alone and fail in
+        // tonic's encoder as a reset stream: refuse it here, naming the limit.
+        let (len, max) = (twopc_proto::limits::wire_size(&op), self.inner.options.sizes.message_limit());
+        if len > max {
+            return Err(ClientError::Status(twopc_proto::limits::too_large_to_send(len, max)));
+        }
         let route = self.route_key(key).await?;
         let batcher = {
             let mut m = self.inner.operations.lock().unwrap_or_else(|p| p.into_inner());
-            m.entry(route.address.clone()).or_insert_with(|| Batcher::new(MAX_BATCH, BATCHES_IN_FLIGHT)).clone()
+            // Bounded by bytes too: large values share no batch past the
+            // message limit (`twopc_proto::limits`, rule 2).
+            let budget = self.inner.options.sizes.batch_budget();
+            m.entry(route.address.clone()).or_insert_with(|| Batcher::new(MAX_BATCH, budget, BATCHES_IN_FLIGHT)).clone()
         };
         let client = route.client.clone();
         let send = move |operations: Vec<pb::Operation>| {

@@ -40,6 +40,9 @@ impl ClientError {
     /// Turns an RPC failure into an error naming the peer when it could not
     /// be reached: tonic's own transport messages never say where they went.
     pub(crate) fn from_rpc(status: Status, peer: impl FnOnce() -> String) -> Self {
+        // tonic's own OUT_OF_RANGE for a message over this client's limit:
+        // RESOURCE_EXHAUSTED naming the limit (`twopc_proto::limits`, rule 4).
+        let status = twopc_proto::limits::size_status(status);
         // A peer that dies mid-call shows up as UNKNOWN "transport error"
         // (the HTTP/2 stream was reset), not UNAVAILABLE.
         let lost = status.code() == Code::Unknown && status.message().contains("transport error");

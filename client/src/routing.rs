@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
+use twopc_proto::limits::SizeLimits;
+use twopc_proto::pb::participant_client::ParticipantClient;
 use twopc_proto::tls::ClientTls;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -23,6 +25,19 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
     assert!(partitions > 0, "partition_for: a cluster has at least one partition");
     (xxh3_64(key) % u64::from(partitions)) as u32
+}
+
+/// A client of the participant at `addr`, with the message limit of
+/// `sizes` both ways (`twopc_proto::limits`, rule 1).
+pub(crate) fn participant_client(
+    addr: &str,
+    tls: &ClientTls,
+    sizes: SizeLimits,
+) -> Result<ParticipantClient<Channel>, ClientError> {
+    let limit = sizes.message_limit();
+    Ok(ParticipantClient::new(endpoint(addr, tls)?.connect_lazy())
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit))
 }
 
 /// An endpoint for `addr`, given as `host:port` (or with an `http://` or

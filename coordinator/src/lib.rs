@@ -166,7 +166,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     driver.execute(redo);
     tokio::spawn(driver.clone().expiry_loop(Duration::from_millis(100)));
     tracing::info!(%local, partitions = config.partitions, tls = server_tls.is_some(), peer_token = peer_token.is_set(), "coordinator serving");
-    let routes = tonic::service::Routes::new(Gate::open(CoordinatorServer::new(service)));
+    let routes = tonic::service::Routes::new(Gate::open(limited(CoordinatorServer::new(service))));
     runtime::serve("twopc.v1.Coordinator", routes, listener, local, server_tls).await.map_err(anyhow::Error::msg)
 }
 
@@ -320,7 +320,7 @@ async fn run_replicated(shell: Shell, server_tls: Option<tonic::transport::Serve
                 }
             };
             let (driver, service, redo) = shell.recover(log, recovered, Some(leadership.clone()));
-            gate.lead(CoordinatorServer::new(service));
+            gate.lead(limited(CoordinatorServer::new(service)));
             leadership.opened();
             if leadership.took_over() {
                 metrics::counter!("twopc_leader_failovers_total").increment(1);
@@ -347,4 +347,13 @@ async fn run_replicated(shell: Shell, server_tls: Option<tonic::transport::Serve
 pub fn main_with(config: Config) -> anyhow::Result<()> {
     runtime::init_tracing();
     runtime::build_runtime(config.worker_threads)?.block_on(run(config))
+}
+
+/// The coordinator's server with its message limit (`twopc_proto::limits`,
+/// rule 1). It carries no keys or values (tids, decisions, listings), so it
+/// takes the default limits: the 4 MiB floor, which ListTransactions also
+/// stops at.
+fn limited<S>(server: CoordinatorServer<S>) -> CoordinatorServer<S> {
+    let limit = twopc_proto::limits::SizeLimits::default().message_limit();
+    server.max_decoding_message_size(limit).max_encoding_message_size(limit)
 }

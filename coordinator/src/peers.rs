@@ -21,6 +21,7 @@ use tonic::transport::Endpoint;
 
 use twopc_core::PartitionId;
 use twopc_proto::batch::Batcher;
+use twopc_proto::limits::SizeLimits;
 use twopc_proto::pb::{self, participant_client::ParticipantClient};
 use twopc_proto::tls::ClientTls;
 use twopc_proto::token::{PeerChannel, PeerToken};
@@ -66,14 +67,17 @@ impl Peers {
 
     /// The batchers of `partition` (kept across re-registrations).
     pub fn batchers(&self, partition: PartitionId) -> Arc<PeerBatchers> {
+        // Tid batches: bounded by the participants' least message limit,
+        // the default (`twopc_proto::limits`, rule 2).
+        let budget = SizeLimits::default().batch_budget();
         let mut m = self.batchers.lock().unwrap();
         m.entry(partition)
             .or_insert_with(|| {
                 Arc::new(PeerBatchers {
-                    prepare: Batcher::new(MAX_BATCH, BATCHES_IN_FLIGHT),
-                    commit: Batcher::new(MAX_BATCH, BATCHES_IN_FLIGHT),
-                    abort: Batcher::new(MAX_BATCH, BATCHES_IN_FLIGHT),
-                    one_phase: Batcher::new(MAX_BATCH, BATCHES_IN_FLIGHT),
+                    prepare: Batcher::new(MAX_BATCH, budget, BATCHES_IN_FLIGHT),
+                    commit: Batcher::new(MAX_BATCH, budget, BATCHES_IN_FLIGHT),
+                    abort: Batcher::new(MAX_BATCH, budget, BATCHES_IN_FLIGHT),
+                    one_phase: Batcher::new(MAX_BATCH, budget, BATCHES_IN_FLIGHT),
                 })
             })
             .clone()
@@ -101,8 +105,11 @@ impl Peers {
 
     /// Sets (or replaces) the address of `partition`.
     pub fn set(&self, partition: PartitionId, address: &str) -> Result<(), String> {
+        let limit = SizeLimits::default().message_limit();
         let client =
-            ParticipantClient::with_interceptor(self.endpoint(address)?.connect_lazy(), self.peer_token.clone());
+            ParticipantClient::with_interceptor(self.endpoint(address)?.connect_lazy(), self.peer_token.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit);
         let mut map = self.map.lock().unwrap();
         if map.get(&partition).is_some_and(|(a, _)| a == address) {
             return Ok(());

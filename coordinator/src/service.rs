@@ -261,7 +261,11 @@ impl CoordinatorRpc for CoordinatorService {
             })
             .collect();
         transactions.sort_by(|a, b| a.tid.cmp(&b.tid));
-        Ok(Response::new(pb::ListTransactionsResponse { transactions }))
+        // Oldest first, up to the message limit (`twopc_proto::limits`, rule 3).
+        let limits = twopc_proto::limits::SizeLimits::default();
+        let budget = limits.batch_budget().saturating_sub(twopc_proto::limits::ITEM_OVERHEAD);
+        let omitted = twopc_proto::limits::fit(&mut transactions, budget) as u32;
+        Ok(Response::new(pb::ListTransactionsResponse { transactions, omitted }))
     }
 
     async fn set_failpoint(&self, req: Request<pb::SetFailpointRequest>) -> Reply<pb::SetFailpointResponse> {

@@ -339,7 +339,12 @@ impl Follower {
                 c
             }
         };
-        Ok(CoordinatorClient::with_interceptor(channel, self.peer_token.clone()))
+        // The coordinator's message limit: it carries no keys or values
+        // (`twopc_proto::limits`, rule 1).
+        let limit = twopc_proto::limits::SizeLimits::default().message_limit();
+        Ok(CoordinatorClient::with_interceptor(channel, self.peer_token.clone())
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit))
     }
 
     /// Makes `address` current, adding it to the rotation if new.

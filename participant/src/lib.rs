@@ -64,9 +64,14 @@ pub struct Config {
     /// Directory of this partition's data (created if missing).
     #[arg(long, env = "TWOPC_PARTICIPANT_DATA_DIR")]
     pub data_dir: PathBuf,
-    #[arg(long, env = "TWOPC_MAX_KEY_BYTES", default_value_t = 1024, value_parser = preflight::count())]
+    /// Longest key accepted (RESOURCE_EXHAUSTED over it). With
+    /// --max-value-bytes it sets this process's gRPC message limit,
+    /// max(4 MiB, key + value + 64 KiB); clients must use the same values
+    /// (the same environment variables; README, Message sizes).
+    #[arg(long, env = "TWOPC_MAX_KEY_BYTES", default_value_t = twopc_proto::limits::DEFAULT_MAX_KEY_BYTES, value_parser = preflight::count())]
     pub max_key_bytes: usize,
-    #[arg(long, env = "TWOPC_MAX_VALUE_BYTES", default_value_t = 1 << 20, value_parser = preflight::count())]
+    /// Largest value accepted (RESOURCE_EXHAUSTED over it); see --max-key-bytes.
+    #[arg(long, env = "TWOPC_MAX_VALUE_BYTES", default_value_t = twopc_proto::limits::DEFAULT_MAX_VALUE_BYTES, value_parser = preflight::count())]
     pub max_value_bytes: usize,
     #[arg(long, env = "TWOPC_MAX_OPS_PER_TID", default_value_t = 10_000, value_parser = preflight::count())]
     pub max_ops_per_tid: usize,
@@ -139,7 +144,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(node.clone().register_loop(advertise));
     tokio::spawn(node.clone().timer_loop(Duration::from_millis(100)));
     tracing::info!(%local, partition = config.partition, tls = server_tls.is_some(), peer_token = peer_token.is_set(), "participant serving");
-    let routes = tonic::service::Routes::new(ParticipantServer::new(service));
+    // One message limit for requests and answers, from the key and value
+    // limits (`twopc_proto::limits`, rule 1).
+    let message_limit = service.limits.sizes().message_limit();
+    let routes = tonic::service::Routes::new(
+        ParticipantServer::new(service)
+            .max_decoding_message_size(message_limit)
+            .max_encoding_message_size(message_limit),
+    );
     runtime::serve("twopc.v1.Participant", routes, listener, local, server_tls).await.map_err(anyhow::Error::msg)
 }
 

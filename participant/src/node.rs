@@ -131,7 +131,9 @@ impl Node {
                 time ^ random
             },
             released: tokio::sync::Notify::new(),
-            enlists: Batcher::new(256, 2),
+            // Enlist requests carry a tid each: the coordinator's default
+            // message limit bounds their batches (`twopc_proto::limits`).
+            enlists: Batcher::new(256, twopc_proto::limits::SizeLimits::default().batch_budget(), 2),
         })
     }
 

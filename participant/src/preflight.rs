@@ -19,6 +19,9 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
         preflight::peer_addr("--advertise", a).map_err(anyhow::Error::msg)?;
     }
     preflight::listen_and_metrics(&config.listen, config.metrics_listen.as_deref()).map_err(anyhow::Error::msg)?;
+    twopc_proto::limits::SizeLimits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes }
+        .check()
+        .map_err(anyhow::Error::msg)?;
     preflight::writable_dir("--data-dir", &config.data_dir).map_err(anyhow::Error::msg)?;
     store::check_existing(&config.data_dir, config.partition)
         .with_context(|| format!("cannot open the partition store in {}", config.data_dir.display()))

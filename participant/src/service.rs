@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use twopc_core::Tid;
 use twopc_proto::admin_token::AdminToken;
+use twopc_proto::limits::SizeLimits;
 use twopc_proto::pb::{self, participant_server::Participant as ParticipantRpc};
 use twopc_proto::token::PeerToken;
 use twopc_proto::{failpoint, now_unix_ms, tid};
@@ -21,6 +22,32 @@ use crate::node::{Node, OnePhaseReply, VoteReply};
 pub struct InputLimits {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
+}
+
+impl InputLimits {
+    /// The limits the message limit and batch budget derive from.
+    pub fn sizes(&self) -> SizeLimits {
+        SizeLimits { max_key_bytes: self.max_key_bytes, max_value_bytes: self.max_value_bytes }
+    }
+}
+
+/// Bounds an OperateBatch answer by bytes (`twopc_proto::limits`, rule 3):
+/// results are kept in order while they fit `budget`; a Get result that
+/// would not fit is replaced by `must_wait`, so the client repeats that
+/// Get with its unary call (the read was done and its lock is held, so the
+/// repeat reads the same value), whose answer carries one value and always
+/// fits. Other results carry no value and are always kept.
+pub fn fit_operation_results(results: &mut [pb::OperationResult], budget: usize) {
+    let mut used = 0usize;
+    for r in results.iter_mut() {
+        let size = twopc_proto::limits::wire_size(r);
+        if used.saturating_add(size) > budget && r.code == 0 && !r.value.is_empty() {
+            *r = pb::OperationResult { must_wait: true, ..Default::default() };
+            used = used.saturating_add(twopc_proto::limits::wire_size(r));
+        } else {
+            used = used.saturating_add(size);
+        }
+    }
 }
 
 pub struct ParticipantService {
@@ -43,8 +70,9 @@ impl ParticipantService {
             return Err(Status::invalid_argument("key is empty: keys must be 1 or more bytes"));
         }
         if key.len() > self.limits.max_key_bytes {
-            return Err(Status::invalid_argument(format!(
-                "key is {} bytes, over the limit of {} (--max-key-bytes)",
+            // Over a size limit: RESOURCE_EXHAUSTED, gRPC's convention (`twopc_proto::limits`, rule 4).
+            return Err(Status::resource_exhausted(format!(
+                "key is {} bytes, over the limit of {} bytes (--max-key-bytes)",
                 key.len(),
                 self.limits.max_key_bytes
             )));
@@ -54,8 +82,8 @@ impl ParticipantService {
 
     fn check_value(&self, value: &[u8]) -> Result<(), Status> {
         if value.len() > self.limits.max_value_bytes {
-            return Err(Status::invalid_argument(format!(
-                "value is {} bytes, over the limit of {} (--max-value-bytes)",
+            return Err(Status::resource_exhausted(format!(
+                "value is {} bytes, over the limit of {} bytes (--max-value-bytes)",
                 value.len(),
                 self.limits.max_value_bytes
             )));
@@ -227,7 +255,7 @@ impl ParticipantRpc for ParticipantService {
 
     async fn operate_batch(&self, req: Request<pb::OperationBatch>) -> Reply<pb::OperationBatchResponse> {
         let answers = join_all(req.into_inner().operations.into_iter().map(|op| self.operate_one(op))).await;
-        let results = answers
+        let mut results: Vec<_> = answers
             .into_iter()
             .map(|r| {
                 r.unwrap_or_else(|s| pb::OperationResult {
@@ -237,6 +265,7 @@ impl ParticipantRpc for ParticipantService {
                 })
             })
             .collect();
+        fit_operation_results(&mut results, self.limits.sizes().batch_budget());
         Ok(Response::new(pb::OperationBatchResponse { results }))
     }
 
@@ -270,7 +299,7 @@ impl ParticipantRpc for ParticipantService {
     async fn list_in_doubt(&self, req: Request<pb::ListInDoubtRequest>) -> Reply<pb::ListInDoubtResponse> {
         self.admin_token.check(&req, "ListInDoubt")?;
         let now = now_unix_ms();
-        let heuristics = self
+        let heuristics: Vec<pb::HeuristicOutcome> = self
             .node
             .store
             .heuristics()
@@ -286,7 +315,7 @@ impl ParticipantRpc for ParticipantService {
         let cluster_id = self.node.store.cluster_id().unwrap_or_default();
         let mismatched_cluster_id = self.node.fence.mismatched().unwrap_or_default();
         let core = self.node.core();
-        let tids = core
+        let mut tids: Vec<_> = core
             .in_doubt()
             .into_iter()
             .map(|d| pb::InDoubtTid {
@@ -295,7 +324,13 @@ impl ParticipantRpc for ParticipantService {
                 asked: d.asked,
             })
             .collect();
+        // The listing stops at the message limit (`twopc_proto::limits`,
+        // rule 3), leaving room for the other fields.
+        let others: usize = heuristics.iter().map(twopc_proto::limits::wire_size).sum();
+        let budget = self.limits.sizes().batch_budget().saturating_sub(others + twopc_proto::limits::ITEM_OVERHEAD);
+        let omitted_tids = twopc_proto::limits::fit(&mut tids, budget) as u32;
         Ok(Response::new(pb::ListInDoubtResponse {
+            omitted_tids,
             partition: self.node.partition,
             tids,
             open_tids: core.open_tids() as u32,
@@ -333,5 +368,25 @@ impl ParticipantRpc for ParticipantService {
         self.admin_token.check(&req, "SetFailpoint")?;
         failpoint::set_from_rpc(req.into_inner())?;
         Ok(Response::new(pb::SetFailpointResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_operate_batch_answer_stays_within_the_budget() {
+        let get = |n: usize| pb::OperationResult { found: true, value: vec![7; n], ..Default::default() };
+        let err = pb::OperationResult { code: 10, message: "lock conflict".into(), ..Default::default() };
+        let mut results = vec![get(400), err.clone(), get(400), get(400), pb::OperationResult::default(), get(10)];
+        fit_operation_results(&mut results, 1_000);
+        let total: usize = results.iter().map(twopc_proto::limits::wire_size).sum();
+        assert!(total <= 1_000, "{total}");
+        assert_eq!(results[0], get(400));
+        assert_eq!(results[1], err, "errors are kept");
+        assert_eq!(results[2], get(400));
+        assert!(results[3].must_wait && results[3].value.is_empty(), "did not fit: repeated alone");
+        assert_eq!(results[5], get(10), "a later small one still fits");
     }
 }

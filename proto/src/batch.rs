@@ -10,9 +10,12 @@
 //! coordinator comes from (every transaction costs an enlist, a prepare and
 //! a commit per participant).
 //!
-//! Bounded: at most `max_batch` items per RPC and `max_in_flight` RPCs; the
-//! queue itself is bounded by the callers (each waits for its answer, and
-//! the coordinator bounds open transactions and in-flight calls).
+//! Bounded: at most `max_batch` items and `max_bytes` encoded bytes per RPC
+//! (an item that would push a batch past `max_bytes` opens the next one, and
+//! an item bigger than `max_bytes` goes alone: [`crate::limits`], rule 2), and
+//! `max_in_flight` RPCs; the queue itself is bounded by the callers (each
+//! waits for its answer, and the coordinator bounds open transactions and
+//! in-flight calls).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -30,16 +33,35 @@ struct Queue<Req, Resp> {
 pub struct Batcher<Req, Resp> {
     queue: Mutex<Queue<Req, Resp>>,
     max_batch: usize,
+    max_bytes: usize,
     max_in_flight: usize,
 }
 
-impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
-    pub fn new(max_batch: usize, max_in_flight: usize) -> Arc<Self> {
+impl<Req: prost::Message + Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
+    /// At most `max_batch` items and `max_bytes` bytes of encoded items
+    /// (see [`crate::limits::wire_size`]) per RPC, `max_in_flight` RPCs.
+    pub fn new(max_batch: usize, max_bytes: usize, max_in_flight: usize) -> Arc<Self> {
         Arc::new(Self {
             queue: Mutex::new(Queue { items: vec![], senders: 0 }),
             max_batch: max_batch.max(1),
+            max_bytes,
             max_in_flight: max_in_flight.max(1),
         })
+    }
+
+    /// How many of the queued `items`, from the front, make the next batch:
+    /// as many as fit `max_batch` and `max_bytes`, and always at least one.
+    fn next_len(&self, items: &[(Req, Waiter<Resp>)]) -> usize {
+        let mut bytes = 0usize;
+        let fitting = items
+            .iter()
+            .take(self.max_batch)
+            .take_while(|(r, _)| {
+                bytes = bytes.saturating_add(crate::limits::wire_size(r));
+                bytes <= self.max_bytes
+            })
+            .count();
+        fitting.max(1).min(items.len())
     }
 
     /// Submits `req` and waits for its answer. `send` performs one batch
@@ -80,7 +102,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
                     q.senders -= 1;
                     return;
                 }
-                let n = q.items.len().min(self.max_batch);
+                let n = self.next_len(&q.items);
                 q.items.drain(..n).collect::<Vec<_>>()
             };
             let (reqs, waiters): (Vec<Req>, Vec<Waiter<Resp>>) = batch.into_iter().unzip();
@@ -139,7 +161,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lone_call_goes_alone_and_concurrent_calls_share_rpcs() {
-        let b: Arc<Batcher<u32, u32>> = Batcher::new(64, 1);
+        let b: Arc<Batcher<u32, u32>> = Batcher::new(64, usize::MAX, 1);
         let rpcs = Arc::new(AtomicUsize::new(0));
         let send = {
             let rpcs = rpcs.clone();
@@ -162,9 +184,41 @@ mod tests {
         assert!(rpcs <= 5, "100 concurrent calls took {rpcs} RPCs");
     }
 
+    /// Rule 2 of `limits`: items go in order, a batch never passes the byte
+    /// bound, and an item bigger than the bound goes alone.
+    #[tokio::test]
+    async fn batches_are_bounded_by_bytes_and_a_big_item_goes_alone() {
+        let b: Arc<Batcher<String, usize>> = Batcher::new(64, 1_000, 1);
+        let batches = Arc::new(Mutex::new(Vec::<Vec<usize>>::new()));
+        let send = {
+            let batches = batches.clone();
+            move |items: Vec<String>| {
+                let batches = batches.clone();
+                async move {
+                    tokio::task::yield_now().await;
+                    let sizes: Vec<usize> = items.iter().map(String::len).collect();
+                    batches.lock().unwrap().push(sizes.clone());
+                    Ok(sizes.into_iter().map(Ok).collect())
+                }
+            }
+        };
+        // 400-byte items (404 on the wire): two per batch; the 5000-byte one alone.
+        let sizes = [400, 400, 400, 5000, 400, 400];
+        let calls: Vec<_> = sizes.iter().map(|&n| b.call("x".repeat(n), send.clone())).collect();
+        let out: Vec<usize> = futures::future::join_all(calls).await.into_iter().map(Result::unwrap).collect();
+        assert_eq!(out, sizes);
+        let batches = batches.lock().unwrap().clone();
+        for batch in &batches {
+            let bytes: usize = batch.iter().map(|n| n + 4).sum();
+            assert!(bytes <= 1_000 || batch.len() == 1, "{batches:?}");
+        }
+        assert!(batches.contains(&vec![5000]), "{batches:?}");
+        assert_eq!(batches.concat(), sizes, "in order");
+    }
+
     #[tokio::test]
     async fn a_failed_rpc_fails_every_item_of_its_batch() {
-        let b: Arc<Batcher<u32, u32>> = Batcher::new(8, 2);
+        let b: Arc<Batcher<u32, u32>> = Batcher::new(8, usize::MAX, 2);
         let r = b.call(1, |_items: Vec<u32>| async { Err(Status::unavailable("down")) }).await;
         assert_eq!(r.unwrap_err().code(), tonic::Code::Unavailable);
     }

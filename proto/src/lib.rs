@@ -7,6 +7,9 @@
 //! - [`failpoint`]: named crash points, compiled in only with the
 //!   `failpoints` feature.
 //! - [`batch`]: natural batching of calls to one peer (many items, one RPC).
+//! - [`limits`]: message sizes: the gRPC message limit every server and
+//!   client uses, derived from the key and value limits, and the
+//!   RESOURCE_EXHAUSTED answer to anything over a limit.
 //! - [`runtime`]: logging set-up and the listening socket every server uses.
 //! - [`preflight`]: the start-up checks of addresses and data directories.
 //! - [`tls`]: the TLS flags and the client/server TLS settings built from them.
@@ -21,6 +24,7 @@ pub mod admin_token;
 pub mod batch;
 pub mod data_file;
 pub mod failpoint;
+pub mod limits;
 #[doc(hidden)]
 pub mod preflight;
 pub mod runtime;

@@ -202,7 +202,9 @@ pub async fn serve_reporting(
             }
         });
     }
-    let mut server = tonic::transport::Server::builder();
+    // Every answer passes the size layer: a request over the message limit
+    // is answered RESOURCE_EXHAUSTED naming the limit (`limits`, rule 4).
+    let mut server = tonic::transport::Server::builder().layer(crate::limits::size_status_layer());
     if let Some(tls) = tls {
         server = server.tls_config(tls).map_err(|e| format!("cannot serve TLS: {e}"))?;
     }

@@ -45,6 +45,13 @@ pub struct ConnArgs {
     /// --coordinator's addresses (a commit cut off included).
     #[arg(long, env = "TWOPC_CALL_BUDGET_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub call_budget_ms: u64,
+    /// The participants' --max-key-bytes (same variable): with
+    /// --max-value-bytes it sets this client's gRPC message limit.
+    #[arg(long, env = "TWOPC_MAX_KEY_BYTES", default_value_t = twopc_proto::limits::DEFAULT_MAX_KEY_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_key_bytes: usize,
+    /// The participants' --max-value-bytes (same variable); see --max-key-bytes.
+    #[arg(long, env = "TWOPC_MAX_VALUE_BYTES", default_value_t = twopc_proto::limits::DEFAULT_MAX_VALUE_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_value_bytes: usize,
 }
 
 impl ConnArgs {
@@ -54,6 +61,10 @@ impl ConnArgs {
             tls: self.tls.client().map_err(ClientError::InvalidArgument)?,
             admin_token: AdminToken::new(self.admin_token.as_deref()).map_err(ClientError::InvalidArgument)?,
             call_budget: Duration::from_millis(self.call_budget_ms),
+            sizes: twopc_proto::limits::SizeLimits {
+                max_key_bytes: self.max_key_bytes,
+                max_value_bytes: self.max_value_bytes,
+            },
         })
     }
 }
@@ -281,13 +292,16 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
             out!("{}", r.detail);
         }
         C::Transactions { conn } => {
-            let txns = connect(&conn).await?.transactions().await?;
-            if txns.is_empty() {
+            let (txns, omitted) = connect(&conn).await?.transactions_listing().await?;
+            if txns.is_empty() && omitted == 0 {
                 out!("(none)");
             }
             let now = twopc_proto::now_unix_ms();
             for t in &txns {
                 out!("{}", transaction_line(t, now));
+            }
+            if omitted > 0 {
+                out!("... and {omitted} more not listed (the answer reached the gRPC message limit)");
             }
         }
         C::Failpoint { conn, target, name, actions } => {
@@ -377,6 +391,12 @@ fn in_doubt_lines(part: &PartitionInDoubt) -> Vec<String> {
     for t in tids {
         lines.push(format!("  {}  prepared {}ms ago  asked {} times", t.tid, t.prepared_for_ms, t.asked));
     }
+    if part.omitted_tids > 0 {
+        lines.push(format!(
+            "  ... and {} more not listed (the answer reached the gRPC message limit)",
+            part.omitted_tids
+        ));
+    }
     if let Some(theirs) = &part.mismatched_cluster_id {
         lines.push(format!(
             "  cluster mismatch: these tids voted under cluster {}, the coordinator's log is cluster {theirs} \
@@ -455,6 +475,7 @@ mod tests {
             heuristics: vec![],
             cluster_id: "A".into(),
             mismatched_cluster_id: None,
+            omitted_tids: 0,
         };
         assert_eq!(in_doubt_lines(&part), vec!["partition 1: (none)"]);
         part.tids = Ok(vec![crate::InDoubtTid { tid: "t1".into(), prepared_for_ms: 5, asked: 2 }]);
@@ -477,6 +498,21 @@ mod tests {
             lines[3],
             "  heuristic COMMIT  t0  at_unix_ms=7  reason: log lost  CONTRADICTED by the coordinator's decision"
         );
+    }
+
+    #[test]
+    fn in_doubt_lines_say_how_many_were_left_out() {
+        let part = PartitionInDoubt {
+            partition: 0,
+            address: None,
+            tids: Ok(vec![crate::InDoubtTid { tid: "t1".into(), prepared_for_ms: 5, asked: 2 }]),
+            heuristics: vec![],
+            cluster_id: "A".into(),
+            mismatched_cluster_id: None,
+            omitted_tids: 7,
+        };
+        let lines = in_doubt_lines(&part);
+        assert_eq!(lines.last().unwrap(), "  ... and 7 more not listed (the answer reached the gRPC message limit)");
     }
 
     #[test]
