@@ -122,6 +122,7 @@ pub async fn hit(name: &'static str) -> Result<(), Injected> {
             }
             Some(a) if a.starts_with(SLEEP_MARKER) => {
                 let ms = a[SLEEP_MARKER.len()..].parse::<u64>().unwrap_or(0);
+                tracing::info!(failpoint = name, ms, "failpoint: this step waits; the process keeps serving");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
                     _ = reconfigured(name, since) => {}
