@@ -3,7 +3,8 @@
 //! decision log file), checked before anything is written or served. The
 //! cheap pure checks come first, so a typo never creates a data directory.
 //! The data directory is locked (`twopc_proto::data_dir_lock`) before its
-//! log is read, and the lock is returned to be held for the process's life.
+//! log is read (the holder's pid recorded once the checks passed), and the
+//! lock is returned to be held for the process's life.
 
 use anyhow::Context;
 use twopc_proto::data_dir_lock::DataDirLock;
@@ -32,6 +33,7 @@ pub fn check(config: &Config) -> anyhow::Result<Option<DataDirLock>> {
     let lock = DataDirLock::acquire(dir)?;
     decision_log::check_existing(dir, config.partitions)
         .with_context(|| format!("cannot open the decision log in {}", dir.display()))?;
+    lock.record_holder()?;
     Ok(Some(lock))
 }
 

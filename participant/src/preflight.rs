@@ -3,7 +3,8 @@
 //! store file), checked before anything is written or served. The cheap
 //! pure checks come first, so a typo never creates a data directory.
 //! The data directory is locked (`twopc_proto::data_dir_lock`) before its
-//! store is read, and the lock is returned to be held for the process's life.
+//! store is read (the holder's pid recorded once the checks passed), and
+//! the lock is returned to be held for the process's life.
 
 use anyhow::Context;
 use twopc_proto::data_dir_lock::DataDirLock;
@@ -26,6 +27,7 @@ pub fn check(config: &Config) -> anyhow::Result<DataDirLock> {
     let lock = DataDirLock::acquire(&config.data_dir)?;
     store::check_existing(&config.data_dir, config.partition)
         .with_context(|| format!("cannot open the partition store in {}", config.data_dir.display()))?;
+    lock.record_holder()?;
     Ok(lock)
 }
 

@@ -8,29 +8,32 @@
 //! its whole life, taken at start before the data is read, and a second
 //! process on the same directory is refused at start with the holder's pid.
 //!
-//! How: `flock(LOCK_EX | LOCK_NB)` on the file `LOCK` in the directory,
-//! which also holds the holder's pid (for the message only: the lock, not
-//! the file's content, decides). Rules kept, and why:
+//! How: `flock(LOCK_EX | LOCK_NB)` on the directory itself (a read-only
+//! descriptor of it), and, once the process's start-up checks passed, its
+//! pid in the file `LOCK` there, for the refusal message only (the lock,
+//! not the file's content, decides). Rules kept, and why:
 //! - the kernel releases a `flock` when its holder's last descriptor
 //!   closes, whatever way the process ended (SIGKILL included), so a crash
-//!   never leaves a stale lock behind that would block the restart;
-//! - the `LOCK` file is never deleted: deleting it on exit would let a
-//!   process that opened the old file and one that creates a new one both
-//!   hold "the" lock;
+//!   never leaves a stale lock behind that would block the restart (the
+//!   `LOCK` file then names a dead pid until the next holder rewrites it);
+//! - locking the directory, not a file in it, creates nothing: a process
+//!   refused at start (the directory in use, or its data file damaged or
+//!   another cluster's) leaves the directory byte for byte as it was;
+//! - the pid is written only by the holder, after its checks passed
+//!   ([`DataDirLock::record_holder`]);
 //! - the descriptor is opened close-on-exec (Rust's default), so a child
 //!   process never inherits, and outlives us with, the lock;
-//! - `flock` locks are per open file description, so even a second open
-//!   within one process is refused (tests rely on that).
+//! - `flock` locks belong to an open file description, so even a second
+//!   open within one process is refused (the unit tests rely on that).
 //!
 //! Limit: on some network filesystems `flock` is local to one client
 //! machine; keep data directories on local disks.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-/// The lock file's name inside a data directory.
+/// The file naming the holder's pid, inside a data directory.
 pub const LOCK_FILE: &str = "LOCK";
 
 /// Why a data directory could not be locked.
@@ -44,8 +47,8 @@ pub enum LockError {
         match holder { Some(pid) => format!("pid {pid}"), None => "pid not yet recorded: it is starting".to_string() }
     )]
     Held { dir: PathBuf, holder: Option<u32> },
-    /// The lock file could not be opened, locked or written.
-    #[error("cannot lock data directory {}: {what} {}: {source}", dir.display(), dir.join(LOCK_FILE).display())]
+    /// The directory could not be opened or locked, or the pid file written.
+    #[error("cannot lock data directory {}: {what}: {source}", dir.display())]
     Io {
         dir: PathBuf,
         what: &'static str,
@@ -64,30 +67,29 @@ pub struct DataDirLock {
 }
 
 impl DataDirLock {
-    /// Takes the lock of `dir` (which must exist) without waiting, and
-    /// records this process's pid in it.
+    /// Takes the lock of `dir` (which must exist) without waiting. Writes
+    /// nothing: see [`DataDirLock::record_holder`].
     pub fn acquire(dir: &Path) -> Result<Self, LockError> {
         let io = |what| move |source| LockError::Io { dir: dir.to_path_buf(), what, source };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dir.join(LOCK_FILE))
-            .map_err(io("opening"))?;
+        let file = File::open(dir).map_err(io("opening it"))?;
         // SAFETY: flock on a descriptor we own; no memory is involved.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(LockError::Held { dir: dir.to_path_buf(), holder: holder_pid(&mut file) });
+                return Err(LockError::Held { dir: dir.to_path_buf(), holder: holder_pid(dir) });
             }
-            return Err(io("locking")(e));
+            return Err(io("locking it")(e));
         }
-        // Ours now: replace whatever pid an earlier holder left.
-        file.set_len(0).map_err(io("writing"))?;
-        file.seek(SeekFrom::Start(0)).map_err(io("writing"))?;
-        writeln!(file, "{}", std::process::id()).map_err(io("writing"))?;
         Ok(Self { _file: file, dir: dir.to_path_buf() })
+    }
+
+    /// Records this process's pid in the directory's `LOCK` file (replacing
+    /// a crashed holder's), for the message a refused process prints. Call
+    /// once the start-up checks of the directory passed.
+    pub fn record_holder(&self) -> Result<(), LockError> {
+        std::fs::write(self.dir.join(LOCK_FILE), format!("{}\n", std::process::id())).map_err(|source| {
+            LockError::Io { dir: self.dir.clone(), what: "writing its LOCK file", source }
+        })
     }
 
     /// The directory this lock holds.
@@ -96,11 +98,9 @@ impl DataDirLock {
     }
 }
 
-/// The pid the current holder wrote, if it has written it yet.
-fn holder_pid(file: &mut File) -> Option<u32> {
-    let mut text = String::new();
-    file.read_to_string(&mut text).ok()?;
-    text.trim().parse().ok()
+/// The pid the current holder recorded, if it has yet.
+fn holder_pid(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join(LOCK_FILE)).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -112,6 +112,12 @@ mod tests {
         let dir = tempfile_dir();
         let first = DataDirLock::acquire(&dir).unwrap();
         assert_eq!(first.dir(), dir);
+        // Nothing written yet: the holder is refused without a pid.
+        assert!(std::fs::read_dir(&dir).unwrap().next().is_none(), "acquire wrote into the directory");
+        let e = DataDirLock::acquire(&dir).unwrap_err();
+        assert!(matches!(e, LockError::Held { holder: None, .. }), "{e:?}");
+        assert!(e.to_string().contains("it is starting"), "{e}");
+        first.record_holder().unwrap();
         let e = DataDirLock::acquire(&dir).unwrap_err();
         let pid = std::process::id();
         assert!(matches!(e, LockError::Held { holder: Some(p), .. } if p == pid), "{e:?}");
@@ -119,10 +125,8 @@ mod tests {
         assert!(text.contains(&format!("pid {pid}")) && text.contains(&dir.display().to_string()), "{text}");
         assert!(!text.contains('\n'), "one line: {text}");
         drop(first);
-        // Released: the next process takes it (the stale pid is replaced).
+        // Released: the next process takes it.
         let again = DataDirLock::acquire(&dir).unwrap();
-        let recorded = std::fs::read_to_string(dir.join(LOCK_FILE)).unwrap();
-        assert_eq!(recorded.trim(), pid.to_string());
         drop(again);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -131,8 +135,8 @@ mod tests {
     fn a_missing_directory_is_an_io_error_naming_the_file() {
         let dir = std::env::temp_dir().join(format!("twopc-no-such-dir-{}", std::process::id()));
         let e = DataDirLock::acquire(&dir).unwrap_err();
-        assert!(matches!(e, LockError::Io { what: "opening", .. }), "{e:?}");
-        assert!(e.to_string().contains(LOCK_FILE), "{e}");
+        assert!(matches!(e, LockError::Io { what: "opening it", .. }), "{e:?}");
+        assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
     }
 
     fn tempfile_dir() -> PathBuf {
