@@ -87,8 +87,10 @@ impl DataDirLock {
     /// a crashed holder's), for the message a refused process prints. Call
     /// once the start-up checks of the directory passed.
     pub fn record_holder(&self) -> Result<(), LockError> {
-        std::fs::write(self.dir.join(LOCK_FILE), format!("{}\n", std::process::id())).map_err(|source| {
-            LockError::Io { dir: self.dir.clone(), what: "writing its LOCK file", source }
+        std::fs::write(self.dir.join(LOCK_FILE), format!("{}\n", std::process::id())).map_err(|source| LockError::Io {
+            dir: self.dir.clone(),
+            what: "writing its LOCK file",
+            source,
         })
     }
 
