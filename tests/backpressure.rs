@@ -30,7 +30,7 @@ async fn a_slow_participant_does_not_stall_the_others() {
         txn.put(b.as_bytes(), b"v").await.unwrap();
         txns.push(txn);
     }
-    // Partition 1 stalls in prepare (fail-rs sleeps block its threads).
+    // Partition 1 stalls in prepare (each prepare waits 5 s at the failpoint).
     tc.client
         .set_failpoint(FailpointTarget::Partition(1), "participant::before_prepare_durable", "sleep(5000)")
         .await

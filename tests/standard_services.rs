@@ -27,8 +27,25 @@ async fn check(addr: String, service: &str) {
     let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
         panic!("unexpected reflection answer {answer:?}")
     };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.iter().any(|n| n == service), "{service} missing from {names:?}");
+    // Exactly what this process serves: its own service, health and
+    // reflection; never the other role's service (which would answer
+    // UNIMPLEMENTED here).
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    let mut want = vec![service, "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"];
+    want.sort();
+    assert_eq!(names, want, "services listed at {addr}");
+
+    // The other role's service is not described either.
+    let other = if service == "twopc.v1.Coordinator" { "twopc.v1.Participant" } else { "twopc.v1.Coordinator" };
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(other.into())),
+    };
+    let mut answers = reflection.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    // tonic-reflection ends the stream with NOT_FOUND for an unknown symbol.
+    let status = answers.message().await.expect_err("the other role's service is unknown here");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{other} at {addr}: {status:?}");
 
     // The full descriptor of the service is there too.
     let req = ServerReflectionRequest {
@@ -41,6 +58,15 @@ async fn check(addr: String, service: &str) {
         matches!(answer.message_response, Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()),
         "{answer:?}"
     );
+
+    // Health is described as well as listed, so a stock tool can call it.
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol("grpc.health.v1.Health".into())),
+    };
+    let mut answers = reflection.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    let answer = answers.message().await.unwrap().expect("one answer");
+    assert!(matches!(answer.message_response, Some(MessageResponse::FileDescriptorResponse(_))), "{answer:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

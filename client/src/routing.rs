@@ -11,20 +11,20 @@ use tonic::transport::{Channel, Endpoint};
 use twopc_proto::limits::SizeLimits;
 use twopc_proto::pb::participant_client::ParticipantClient;
 use twopc_proto::tls::ClientTls;
-use xxhash_rust::xxh3::xxh3_64;
 
 use crate::ClientError;
 
 /// How long to wait for a TCP connection before calling a peer unavailable.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The partition that owns `key`: `xxh3_64(key) % partitions`.
+/// The partition that owns `key`: `xxh3_64(key) % partitions`, the one
+/// function the participants check keys with
+/// ([`twopc_proto::placement`], which documents it for other languages).
 ///
 /// # Panics
 /// If `partitions` is 0.
 pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
-    assert!(partitions > 0, "partition_for: a cluster has at least one partition");
-    (xxh3_64(key) % u64::from(partitions)) as u32
+    twopc_proto::placement::partition_for(key, partitions)
 }
 
 /// A client of the participant at `addr`, with the message limit of
@@ -50,6 +50,7 @@ pub(crate) fn endpoint(addr: &str, tls: &ClientTls) -> Result<Endpoint, ClientEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xxhash_rust::xxh3::xxh3_64;
 
     #[test]
     fn hash_is_xxh3_64() {

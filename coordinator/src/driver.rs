@@ -267,7 +267,7 @@ impl Driver {
         };
         // C1 (and its one-phase twin): a crash here leaves no record;
         // recovery presumes abort.
-        if let Err(e) = failpoint::hit(before) {
+        if let Err(e) = failpoint::hit(before).await {
             tracing::warn!(%tid, "{e}: treating the forced write as failed");
             return self.log_failed(tid);
         }
@@ -284,12 +284,12 @@ impl Driver {
         match record {
             Record::Commit(_) => {
                 tracing::debug!(%tid, "decision COMMIT forced to the log");
-                let _ = failpoint::hit(after);
+                let _ = failpoint::hit(after).await;
                 self.apply(|c| ((), c.commit_durable(tid)));
             }
             Record::Delegated(p) => {
                 tracing::debug!(%tid, partition = p, "DELEGATED forced: one-phase commit");
-                let _ = failpoint::hit(after);
+                let _ = failpoint::hit(after).await;
                 self.apply(|c| ((), c.delegation_durable(tid)));
             }
         }
@@ -357,7 +357,7 @@ impl Driver {
         }
         tracing::debug!("commit acknowledged");
         // C3: a crash after some partitions acknowledged.
-        let _ = failpoint::hit("coordinator::after_commit_acked");
+        let _ = failpoint::hit("coordinator::after_commit_acked").await;
         self.apply(|c| ((), c.commit_acked(tid, p)));
     }
 

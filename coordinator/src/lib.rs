@@ -140,7 +140,8 @@ pub struct Config {
 
 /// Runs the coordinator until the process is stopped.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    preflight::check(&config)?;
+    // Held until the process ends (PROTOCOL.md rule 13).
+    let _data_dir_lock = preflight::check(&config)?;
     anyhow::ensure!(config.partitions > 0, "--partitions must be at least 1");
     anyhow::ensure!(config.prepare_timeout_ms > 0, "--prepare-timeout-ms must be positive");
     twopc_proto::failpoint::setup_from_env().map_err(anyhow::Error::msg)?;

@@ -266,7 +266,7 @@ impl Node {
 
     async fn persist_heuristic(self: Arc<Self>, record: Heuristic, writes: Option<WriteSet>) -> Result<(), String> {
         let (tid, commit, reason) = (record.tid, record.committed, record.reason.clone());
-        let written = match failpoint::hit("participant::before_heuristic_durable") {
+        let written = match failpoint::hit("participant::before_heuristic_durable").await {
             Err(e) => Err(e.to_string()),
             Ok(()) => self.store.apply_heuristic(record, writes).await.map_err(|e| e.to_string()),
         };

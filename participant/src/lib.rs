@@ -6,6 +6,7 @@
 //! the shell that enlists, persists and runs the timers; [`store`] the
 //! SQLite file with group commit; [`service`] the gRPC face; [`fence`] the
 //! cluster-id check that detects a coordinator whose decision log was lost;
+//! [`ownership`] the check that a key belongs to this partition;
 //! [`heuristics`] the operator's manual resolution for that case.
 //!
 //! Start-up order keeps rule 9: prepared write sets are read back and their
@@ -19,6 +20,7 @@ pub mod error;
 pub mod fence;
 pub mod heuristics;
 pub mod node;
+pub mod ownership;
 pub mod preflight;
 pub mod service;
 pub mod store;
@@ -97,7 +99,8 @@ pub struct Config {
 
 /// Runs the participant until the process is stopped.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    preflight::check(&config)?;
+    // Held until the process ends (PROTOCOL.md rule 13).
+    let _data_dir_lock = preflight::check(&config)?;
     twopc_proto::failpoint::setup_from_env().map_err(anyhow::Error::msg)?;
     let (server_tls, client_tls) = config.tls.load().map_err(anyhow::Error::msg)?;
     let admin_token = AdminToken::new(config.admin_token.as_deref()).map_err(anyhow::Error::msg)?;

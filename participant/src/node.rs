@@ -106,6 +106,8 @@ pub struct Node {
     /// Heuristic outcomes being made durable (`crate::heuristics`).
     pub(crate) resolving: InFlight,
     pub partition: PartitionId,
+    /// Which keys are ours: the partition count is learned at registration.
+    pub ownership: crate::ownership::Ownership,
     /// Random per process start: tells the coordinator when this
     /// participant restarted and lost unprepared tids.
     pub incarnation: u64,
@@ -126,6 +128,7 @@ impl Node {
             fence: Fence::default(),
             resolving: InFlight::default(),
             partition,
+            ownership: crate::ownership::Ownership::new(partition),
             incarnation: {
                 let (time, random) = uuid::Uuid::now_v7().as_u64_pair();
                 time ^ random
@@ -373,7 +376,7 @@ impl Node {
 
     async fn persist_prepared(&self, tid: Tid, writes: WriteSet) -> Result<VoteReply, ParticipantError> {
         // C4: a crash before the prepared state is durable.
-        let written = match failpoint::hit("participant::before_prepare_durable") {
+        let written = match failpoint::hit("participant::before_prepare_durable").await {
             Err(e) => Err(e.to_string()),
             Ok(()) => self.store.prepare(tid, &writes).await.map_err(|e| e.to_string()),
         };
@@ -397,7 +400,7 @@ impl Node {
         }
         // C5: prepared and durable, but the vote is never sent (with
         // `return(error)` the tid stays prepared, in doubt, and asks).
-        self.failpoint("participant::after_prepare_durable")?;
+        self.failpoint("participant::after_prepare_durable").await?;
         tracing::debug!(%tid, "prepared, voting YES");
         metrics::counter!("twopc_votes_total", "vote" => "yes").increment(1);
         Ok(VoteReply::Yes)
@@ -406,7 +409,7 @@ impl Node {
     /// Phase 2, commit (from the coordinator, or learned by asking).
     pub async fn commit(&self, tid: Tid) -> Result<(), ParticipantError> {
         // C6: voted YES, the decision never arrives.
-        self.failpoint("participant::before_commit_applied")?;
+        self.failpoint("participant::before_commit_applied").await?;
         let step = self.core().commit(tid).map_err(|e| ParticipantError::from_resolve(tid, e))?;
         match step {
             CommitStep::Apply(writes) => {
@@ -418,7 +421,7 @@ impl Node {
             CommitStep::Ack => self.note_late_decision(tid, true).await,
         }
         // C7: applied, but the acknowledgement is never sent.
-        self.failpoint("participant::after_commit_applied")?;
+        self.failpoint("participant::after_commit_applied").await?;
         Ok(())
     }
 
@@ -455,7 +458,7 @@ impl Node {
 
     async fn apply_one_phase(&self, tid: Tid, writes: WriteSet) -> Result<OnePhaseReply, ParticipantError> {
         // Crash before the one-phase commit is durable: the tid is lost, an abort.
-        self.failpoint("participant::before_one_phase_applied")?;
+        self.failpoint("participant::before_one_phase_applied").await?;
         // A failed write leaves the tid committing: its fate on disk is
         // unknown, and the coordinator's repeat applies it (once) or finds it.
         self.store.commit_one_phase(tid, writes).await.map_err(|e| ParticipantError::Internal(e.to_string()))?;
@@ -464,7 +467,7 @@ impl Node {
         metrics::counter!("twopc_one_phase_commits_total").increment(1);
         tracing::debug!(%tid, "committed in one phase");
         // Crash after it is durable, before the answer: the repeat finds the record.
-        self.failpoint("participant::after_one_phase_applied")?;
+        self.failpoint("participant::after_one_phase_applied").await?;
         Ok(OnePhaseReply::Committed)
     }
 
@@ -482,8 +485,8 @@ impl Node {
         Ok(())
     }
 
-    fn failpoint(&self, name: &'static str) -> Result<(), ParticipantError> {
-        failpoint::hit(name).map_err(|e| ParticipantError::Internal(e.to_string()))
+    async fn failpoint(&self, name: &'static str) -> Result<(), ParticipantError> {
+        failpoint::hit(name).await.map_err(|e| ParticipantError::Internal(e.to_string()))
     }
 
     /// Rule 8/10 timers: aborts expired tids and asks about in-doubt ones.
@@ -597,6 +600,10 @@ impl Node {
                     },
                 )
                 .await;
+            // The partition count clients route by (`crate::ownership`), also while fenced.
+            if let Ok(resp) = &answer {
+                self.ownership.learn(resp.get_ref().partitions);
+            }
             match answer {
                 Ok(resp) => match self.check_cluster(&resp.get_ref().cluster_id).await {
                     Ok(()) => {

@@ -77,6 +77,8 @@ impl ParticipantService {
                 self.limits.max_key_bytes
             )));
         }
+        // Rule 12: only this partition's keys (`crate::ownership`).
+        self.node.ownership.check(key)?;
         Ok(())
     }
 

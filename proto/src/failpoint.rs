@@ -9,8 +9,91 @@
 //! Actions are fail-rs actions. `return(abort)` (or bare `return`) kills the
 //! process at once with SIGKILL, exactly like an external `kill -9`: no
 //! destructor runs and nothing is flushed. `return(error)` makes the step
-//! fail with an error. `sleep(ms)`, counts (`1*return(abort)`) and
-//! probabilities (`20%return(abort)`) come from fail-rs.
+//! fail with an error. Counts (`1*return(abort)`), probabilities
+//! (`20%return(abort)`) and chains (`1*sleep(100)->return(abort)`) come
+//! from fail-rs.
+//!
+//! Rule: a failpoint pauses **the step, not the process**. fail-rs runs
+//! `sleep(ms)` and `delay(ms)` as a blocking `thread::sleep` (or a busy
+//! loop) and `pause` as a blocking wait, on the thread that reached the
+//! point: with a single-threaded runtime that froze the whole process, so
+//! other requests, health checks, and even the `SetFailpoint` call that
+//! would disarm the point waited behind it. So [`configure`] rewrites those
+//! three actions into `return` actions carrying a marker, and [`hit`] (an
+//! `async fn`) awaits a tokio timer instead: only the step that reached
+//! the point waits. A `sleep`/`delay` ends after its time or as soon as
+//! the point is disarmed or re-armed, whichever comes first; a `pause`
+//! ends when the point is disarmed or re-armed (as in fail-rs).
+
+// Without failpoints nothing is armed: the rewriting and waiting below go unused.
+#![cfg_attr(not(feature = "failpoints"), allow(dead_code, unused_imports))]
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+/// The `return` argument a `sleep(ms)` or `delay(ms)` action is rewritten to,
+/// followed by the milliseconds.
+const SLEEP_MARKER: &str = "twopc-sleep-ms:";
+/// The `return` argument a `pause` action is rewritten to.
+const PAUSE_MARKER: &str = "twopc-pause";
+
+/// How many times each point was (re)configured: a sleeping or paused step
+/// ends when its point's count changes. Every change is announced on
+/// [`CHANGED`].
+static GENERATIONS: LazyLock<Mutex<HashMap<String, u64>>> = LazyLock::new(Default::default);
+static CHANGED: LazyLock<tokio::sync::watch::Sender<()>> = LazyLock::new(|| tokio::sync::watch::channel(()).0);
+
+fn generation(name: &str) -> u64 {
+    GENERATIONS.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied().unwrap_or(0)
+}
+
+fn bump(name: &str) {
+    *GENERATIONS.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_string()).or_default() += 1;
+    CHANGED.send_replace(());
+}
+
+/// Resolves once failpoint `name` is configured again (disarmed or re-armed)
+/// after `since` (its generation when the step reached it).
+async fn reconfigured(name: &str, since: u64) {
+    let mut changed = CHANGED.subscribe();
+    while generation(name) == since {
+        if changed.changed().await.is_err() {
+            // The sender is a static: never dropped.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Rewrites the blocking fail-rs tasks of an action chain
+/// (`[p%][cnt*]task[(arg)]` joined by `->`) into `return` tasks that
+/// [`hit`] awaits; everything else is passed through unchanged. A bad
+/// duration is refused here, as fail-rs would.
+fn rewrite(actions: &str) -> Result<String, String> {
+    let mut out = Vec::new();
+    for action in actions.split("->") {
+        let action = action.trim();
+        let (head, args) = match action.split_once('(') {
+            Some((head, rest)) => (head, rest.strip_suffix(')')),
+            None => (action, None),
+        };
+        // The task is what follows the optional `p%` and `cnt*` prefixes.
+        let task_at = head.rfind(['%', '*']).map_or(0, |i| i + 1);
+        let (prefix, task) = head.split_at(task_at);
+        let rewritten = match task.trim() {
+            "sleep" | "delay" => {
+                let ms = args
+                    .and_then(|a| a.trim().parse::<u64>().ok())
+                    .ok_or_else(|| format!("{task}(MS) needs a whole number of milliseconds, got {action:?}"))?;
+                format!("{prefix}return({SLEEP_MARKER}{ms})")
+            }
+            "pause" => format!("{prefix}return({PAUSE_MARKER})"),
+            _ => action.to_string(),
+        };
+        out.push(rewritten);
+    }
+    Ok(out.join("->"))
+}
 
 /// What a failpoint asks its step to do when it does not kill the process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,19 +105,31 @@ impl std::fmt::Display for Injected {
     }
 }
 
-/// Evaluates the failpoint `name`: kills the process, sleeps, or returns an
-/// injected error, as armed. Unarmed (or in a build without failpoints) it
-/// returns `Ok(())`.
+/// Evaluates the failpoint `name`: kills the process, waits (only this
+/// step: see the module doc), or returns an injected error, as armed.
+/// Unarmed (or in a build without failpoints) it returns `Ok(())` at once.
 #[allow(unused_variables)]
-pub fn hit(name: &'static str) -> Result<(), Injected> {
+pub async fn hit(name: &'static str) -> Result<(), Injected> {
     #[cfg(feature = "failpoints")]
     {
-        fail::fail_point!(name, |arg: Option<String>| {
-            match arg.as_deref() {
-                None | Some("") | Some("abort") | Some("kill") => kill_self(name),
-                Some(_) => Err(Injected(name.to_string())),
+        let since = generation(name);
+        let Some(arg) = fail::eval(name, |arg| arg) else { return Ok(()) };
+        match arg.as_deref() {
+            None | Some("") | Some("abort") | Some("kill") => kill_self(name),
+            Some(PAUSE_MARKER) => {
+                tracing::info!(failpoint = name, "failpoint paused this step until it is disarmed");
+                reconfigured(name, since).await;
             }
-        });
+            Some(a) if a.starts_with(SLEEP_MARKER) => {
+                let ms = a[SLEEP_MARKER.len()..].parse::<u64>().unwrap_or(0);
+                tracing::info!(failpoint = name, ms, "failpoint: this step waits; the process keeps serving");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                    _ = reconfigured(name, since) => {}
+                }
+            }
+            Some(_) => return Err(Injected(name.to_string())),
+        }
     }
     Ok(())
 }
@@ -73,12 +168,15 @@ pub fn setup_from_env() -> Result<(), String> {
 pub fn configure(name: &str, actions: &str) -> Result<(), String> {
     #[cfg(feature = "failpoints")]
     {
+        let bad = |e: String| format!("failpoint {name}: bad action {actions:?}: {e}");
         if actions.is_empty() {
             fail::remove(name);
-            Ok(())
         } else {
-            fail::cfg(name, actions).map_err(|e| format!("failpoint {name}: bad action {actions:?}: {e}"))
+            fail::cfg(name, &rewrite(actions).map_err(bad)?).map_err(bad)?;
         }
+        // Ends a sleep or pause in progress at this point.
+        bump(name);
+        Ok(())
     }
     #[cfg(not(feature = "failpoints"))]
     {
@@ -93,4 +191,52 @@ pub fn set_from_rpc(req: crate::pb::SetFailpointRequest) -> Result<(), tonic::St
     }
     configure(&req.name, &req.actions)
         .map_err(|e| if ENABLED { tonic::Status::invalid_argument(e) } else { tonic::Status::failed_precondition(e) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocking_tasks_become_awaitable_returns() {
+        assert_eq!(rewrite("sleep(5000)").unwrap(), "return(twopc-sleep-ms:5000)");
+        assert_eq!(rewrite("delay(7)").unwrap(), "return(twopc-sleep-ms:7)");
+        assert_eq!(rewrite("pause").unwrap(), "return(twopc-pause)");
+        assert_eq!(rewrite("1*sleep(100)->return(abort)").unwrap(), "1*return(twopc-sleep-ms:100)->return(abort)");
+        assert_eq!(rewrite("20%2*pause->off").unwrap(), "20%2*return(twopc-pause)->off");
+        assert_eq!(rewrite("return(error)").unwrap(), "return(error)");
+        assert!(rewrite("sleep").is_err());
+        assert!(rewrite("sleep(soon)").is_err());
+    }
+
+    #[cfg(feature = "failpoints")]
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_sleep_waits_in_its_task_only_and_ends_when_disarmed() {
+        const NAME: &str = "failpoint::test::sleep";
+        configure(NAME, "sleep(60000)").unwrap();
+        let started = std::time::Instant::now();
+        let step = tokio::spawn(hit(NAME));
+        // The (single) runtime thread is free while the step sleeps.
+        tokio::task::yield_now().await;
+        assert!(!step.is_finished());
+        configure(NAME, "").unwrap();
+        assert_eq!(step.await.unwrap(), Ok(()));
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+        // Disarmed: no wait at all.
+        assert_eq!(hit(NAME).await, Ok(()));
+    }
+
+    #[cfg(feature = "failpoints")]
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_pause_ends_when_rearmed_and_errors_still_inject() {
+        const NAME: &str = "failpoint::test::pause";
+        configure(NAME, "pause").unwrap();
+        let step = tokio::spawn(hit(NAME));
+        tokio::task::yield_now().await;
+        assert!(!step.is_finished());
+        configure(NAME, "return(error)").unwrap();
+        assert_eq!(step.await.unwrap(), Ok(()));
+        assert_eq!(hit(NAME).await, Err(Injected(NAME.to_string())));
+        configure(NAME, "").unwrap();
+    }
 }

@@ -10,23 +10,31 @@
 //! - [`limits`]: message sizes: the gRPC message limit every server and
 //!   client uses, derived from the key and value limits, and the
 //!   RESOURCE_EXHAUSTED answer to anything over a limit.
+//! - [`reflection`]: gRPC reflection listing exactly the process's own services.
+//! - [`placement`]: which partition owns a key (the client routes by it,
+//!   a participant refuses keys it does not own).
 //! - [`runtime`]: logging set-up and the listening socket every server uses.
 //! - [`preflight`]: the start-up checks of addresses and data directories.
 //! - [`tls`]: the TLS flags and the client/server TLS settings built from them.
 //! - [`token`]: the optional shared secrets that guard RPCs: the admin token
 //!   (admin RPCs) and the cluster's peer token (the protocol RPCs the
 //!   processes call on each other); [`admin_token`] re-exports the former.
+//! - [`data_dir_lock`]: the exclusive lock a process holds on its data
+//!   directory (one process per decision log or partition store).
 //! - [`data_file`]: the start-up check of an existing SQLite data file.
 //! - [`throttle`]: rate-limited log lines for events that repeat per tid.
 //! - [`Backoff`]: the bounded exponential backoff used for every retry loop.
 
 pub mod admin_token;
 pub mod batch;
+pub mod data_dir_lock;
 pub mod data_file;
 pub mod failpoint;
 pub mod limits;
+pub mod placement;
 #[doc(hidden)]
 pub mod preflight;
+pub mod reflection;
 pub mod runtime;
 pub mod throttle;
 pub mod tid;

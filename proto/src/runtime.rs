@@ -80,7 +80,8 @@ pub fn announce(
 }
 
 /// The standard gRPC health service (reporting `service` as SERVING) and
-/// server reflection for `twopc.v1`, so stock tools (grpcurl,
+/// server reflection of `service` (and of health and reflection; nothing
+/// else, see [`crate::reflection`]), so stock tools (grpcurl,
 /// grpc-health-probe) and clients in other languages need no .proto file.
 pub async fn standard_services(
     service: &str,
@@ -95,10 +96,8 @@ pub async fn standard_services(
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_service_status(service, tonic_health::ServingStatus::Serving).await;
     reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| format!("cannot build the reflection service: {e}"))?;
+    // Lists exactly what this process serves (`crate::reflection`).
+    let reflection = crate::reflection::service(service)?;
     Ok((reporter, health, reflection))
 }
 
