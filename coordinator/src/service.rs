@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
-use twopc_core::coordinator::{DecisionAnswer, Outcome};
+use twopc_core::coordinator::{DecisionAnswer, Outcome, Phase};
 use twopc_proto::admin_token::AdminToken;
 use twopc_proto::pb::{self, coordinator_server::Coordinator as CoordinatorRpc};
 use twopc_proto::token::PeerToken;
 use twopc_proto::{failpoint, now_unix_ms, tid};
 
-use crate::driver::Driver;
+use crate::decision_log::LogError;
+use crate::driver::{Driver, disk_full_reason};
 use crate::error::CoordinatorError;
 
 /// Limits on what clients may ask for.
@@ -68,6 +69,26 @@ impl CoordinatorService {
         tracing::debug!(%tid, deadline, "begun");
         metrics::counter!("twopc_transactions_begun_total").increment(1);
         Ok(pb::BeginResponse { tid: tid.to_string(), deadline_unix_ms: deadline })
+    }
+
+    /// While the decision log is out of space (`Driver::disk`), a new
+    /// commit of a tid that wrote is refused before anything is prepared
+    /// (its record could not be written): the tid is aborted, so its locks
+    /// go at once, and the answer is RESOURCE_EXHAUSTED naming the disk.
+    /// One commit per probe interval goes through as the probe. A repeated
+    /// commit of a tid already underway is not refused: it waits for the
+    /// outcome as usual.
+    fn refuse_if_disk_full(&self, tid: twopc_core::Tid) -> Result<(), CoordinatorError> {
+        if self.driver.state().core.phase(tid) != Some(Phase::Active) {
+            return Ok(());
+        }
+        let Some(detail) = self.driver.disk.should_refuse() else {
+            return Ok(());
+        };
+        let reason = disk_full_reason(&detail);
+        self.driver.apply(|c| ((), c.abort_requested(tid, &reason).unwrap_or_default()));
+        self.driver.disk.refused();
+        Err(CoordinatorError::DiskFull { tid, reason })
     }
 
     /// Rule 2, for one enlistment (unary or inside a batch).
@@ -147,6 +168,9 @@ impl CoordinatorRpc for CoordinatorService {
         let started = std::time::Instant::now();
         let req = req.into_inner();
         let tid = tid::parse(&req.tid)?;
+        if req.wrote {
+            self.refuse_if_disk_full(tid)?;
+        }
         let rx = self
             .driver
             .apply_and_wait(tid, |c| c.commit_requested(tid, now_unix_ms(), req.wrote))
@@ -209,11 +233,17 @@ impl CoordinatorRpc for CoordinatorService {
         // Validated before it is recorded: a recorded address is dialled
         // again after every restart.
         self.driver.peers.check_address(&req.address).map_err(Status::invalid_argument)?;
-        self.driver
-            .log
-            .register(req.partition, req.address.clone())
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot record the registration: {e}")))?;
+        let recorded = self.driver.log.register(req.partition, req.address.clone()).await;
+        match recorded {
+            Ok(()) => self.driver.disk.succeeded(),
+            Err(LogError::DiskFull(detail)) => {
+                self.driver.disk.failed(&detail);
+                return Err(Status::resource_exhausted(format!(
+                    "cannot record the registration: the decision log is out of disk space ({detail})"
+                )));
+            }
+            Err(e) => return Err(Status::unavailable(format!("cannot record the registration: {e}"))),
+        }
         self.driver.peers.set(req.partition, &req.address).map_err(Status::invalid_argument)?;
         tracing::info!(partition = req.partition, address = %req.address, incarnation = req.incarnation, "participant registered");
         Ok(Response::new(pb::RegisterResponse {

@@ -19,6 +19,14 @@
 //!   coordinator whose decision log is the one the tid voted under
 //!   (`crate::fence`); or, in disaster recovery, by an operator's explicit
 //!   heuristic outcome (`crate::heuristics`);
+//! - a prepare whose write fails for lack of space (`StoreError::DiskFull`:
+//!   certainly not written) votes NO with a reason naming this partition's
+//!   full disk (rule 10: no YES was sent), counted and logged once per
+//!   episode by [`Node::disk`]; reads and everything already prepared are
+//!   served on, and the next prepare that fits ends the episode. A commit
+//!   (phase 2 or one-phase) that cannot be written for lack of space is
+//!   refused with RESOURCE_EXHAUSTED and stays pending: its tid must still
+//!   commit, so the coordinator's resends apply it once space returns;
 //! - a tid is enlisted only under the decision log the prepared tids here
 //!   voted under: the enlistment's answer carries the coordinator's cluster
 //!   id and is checked (`crate::fence`) before the operation is applied.
@@ -50,13 +58,14 @@ use twopc_core::participant::{
 use twopc_core::{PartitionId, Tid};
 use twopc_leader::follow::{FollowError, Follower, Policy, Retry};
 use twopc_proto::batch::{self, Batcher};
+use twopc_proto::disk_full::DiskFull;
 use twopc_proto::pb;
 use twopc_proto::{failpoint, now_unix_ms};
 
 use crate::error::ParticipantError;
 use crate::fence::Fence;
 use crate::heuristics::InFlight;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// A participant's vote, as returned on the wire.
 pub enum VoteReply {
@@ -106,11 +115,14 @@ pub struct Node {
     /// Enlistments batched into EnlistBatch calls under load.
     /// Each answer: the tid's deadline and the coordinator's cluster id.
     enlists: Arc<Batcher<pb::EnlistRequest, (u64, String, u64)>>,
+    /// Whether this partition's store is out of space (see module docs).
+    pub disk: DiskFull,
 }
 
 impl Node {
     pub fn new(core: Participant, store: Store, coordinator: Follower) -> Arc<Self> {
         let partition = core.partition();
+        let store_path = store.path().to_path_buf();
         Arc::new(Self {
             core: Mutex::new(core),
             store,
@@ -124,6 +136,13 @@ impl Node {
             },
             released: tokio::sync::Notify::new(),
             enlists: Batcher::new(256, 2),
+            disk: DiskFull::new(
+                format!("partition {partition}'s disk (store {})", store_path.display()),
+                "twopc_store_disk_full",
+                "twopc_store_disk_full_total",
+                // Every prepare tries its write: the first that fits resumes.
+                Duration::ZERO,
+            ),
         })
     }
 
@@ -365,7 +384,10 @@ impl Node {
         // C4: a crash before the prepared state is durable.
         let written = match failpoint::hit("participant::before_prepare_durable") {
             Err(e) => Err(e.to_string()),
-            Ok(()) => self.store.prepare(tid, &writes).await.map_err(|e| e.to_string()),
+            Ok(()) => match self.store.prepare(tid, &writes).await {
+                Err(StoreError::DiskFull(detail)) => return Ok(self.prepare_out_of_space(tid, &detail)),
+                r => r.map_err(|e| e.to_string()),
+            },
         };
         if let Err(e) = written {
             // Not durable (or unknown): abort here; the record, if it landed
@@ -376,6 +398,7 @@ impl Node {
             self.tell_coordinator_aborted(tid);
             return Err(ParticipantError::Internal(format!("persisting the prepared state failed: {e}")));
         }
+        self.disk.succeeded();
         let durable = self.core().prepared_durable(tid, now_unix_ms());
         if let Err(why) = durable {
             // Aborted while the record was being written: delete it, and only
@@ -393,6 +416,41 @@ impl Node {
         Ok(VoteReply::Yes)
     }
 
+    /// A prepare's write failed for lack of space: it certainly did not
+    /// land, so the tid aborts here (no YES was sent, rule 10) and votes NO
+    /// with a reason naming this partition's full disk.
+    fn prepare_out_of_space(&self, tid: Tid, detail: &str) -> VoteReply {
+        self.disk.failed(detail);
+        self.core().prepare_failed(tid);
+        self.locks_released();
+        tracing::debug!(%tid, "prepare not written: out of space; voting NO");
+        VoteReply::No(format!(
+            "partition {} is out of disk space (store {}: {detail}): its prepared state could not be written; \
+             free space there and retry (the participant resumes by itself)",
+            self.partition,
+            self.store.path().display()
+        ))
+    }
+
+    /// A commit's write (phase 2 or one-phase) failed: out of space it
+    /// stays pending and is refused RESOURCE_EXHAUSTED, naming the
+    /// partition (the coordinator resends until space returns); any other
+    /// failure is internal.
+    fn commit_write_failed(&self, e: StoreError) -> ParticipantError {
+        match e {
+            StoreError::DiskFull(detail) => {
+                self.disk.failed(&detail);
+                ParticipantError::ResourceExhausted(format!(
+                    "partition {} is out of disk space (store {}: {detail}): the commit will be applied once space \
+                     is freed",
+                    self.partition,
+                    self.store.path().display()
+                ))
+            }
+            e => ParticipantError::Internal(e.to_string()),
+        }
+    }
+
     /// Phase 2, commit (from the coordinator, or learned by asking).
     pub async fn commit(&self, tid: Tid) -> Result<(), ParticipantError> {
         // C6: voted YES, the decision never arrives.
@@ -400,7 +458,8 @@ impl Node {
         let step = self.core().commit(tid).map_err(|e| ParticipantError::from_resolve(tid, e))?;
         match step {
             CommitStep::Apply(writes) => {
-                self.store.commit(tid, writes).await.map_err(|e| ParticipantError::Internal(e.to_string()))?;
+                self.store.commit(tid, writes).await.map_err(|e| self.commit_write_failed(e))?;
+                self.disk.succeeded();
                 self.core().commit_applied(tid);
                 self.locks_released();
                 tracing::debug!(%tid, "commit applied");
@@ -448,7 +507,8 @@ impl Node {
         self.failpoint("participant::before_one_phase_applied")?;
         // A failed write leaves the tid committing: its fate on disk is
         // unknown, and the coordinator's repeat applies it (once) or finds it.
-        self.store.commit_one_phase(tid, writes).await.map_err(|e| ParticipantError::Internal(e.to_string()))?;
+        self.store.commit_one_phase(tid, writes).await.map_err(|e| self.commit_write_failed(e))?;
+        self.disk.succeeded();
         self.core().commit_applied(tid);
         self.locks_released();
         metrics::counter!("twopc_one_phase_commits_total").increment(1);

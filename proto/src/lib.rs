@@ -14,11 +14,14 @@
 //!   (admin RPCs) and the cluster's peer token (the protocol RPCs the
 //!   processes call on each other); [`admin_token`] re-exports the former.
 //! - [`data_file`]: the start-up check of an existing SQLite data file.
+//! - [`disk_full`]: a full disk under a SQLite file, told apart from a
+//!   failed fsync, and degraded on instead of stopped for.
 //! - [`Backoff`]: the bounded exponential backoff used for every retry loop.
 
 pub mod admin_token;
 pub mod batch;
 pub mod data_file;
+pub mod disk_full;
 pub mod failpoint;
 #[doc(hidden)]
 pub mod preflight;
