@@ -9,7 +9,7 @@ use twopc_core::coordinator::{DecisionAnswer, Outcome, Phase};
 use twopc_proto::admin_token::AdminToken;
 use twopc_proto::pb::{self, coordinator_server::Coordinator as CoordinatorRpc};
 use twopc_proto::token::PeerToken;
-use twopc_proto::{failpoint, now_unix_ms, tid};
+use twopc_proto::{clock, failpoint, now_unix_ms, tid};
 
 use crate::decision_log::LogError;
 use crate::driver::{Driver, disk_full_reason};
@@ -68,7 +68,12 @@ impl CoordinatorService {
         self.driver.state().core.begin(tid, now, deadline).map_err(|r| CoordinatorError::from_refusal(tid, r))?;
         tracing::debug!(%tid, deadline, "begun");
         metrics::counter!("twopc_transactions_begun_total").increment(1);
-        Ok(pb::BeginResponse { tid: tid.to_string(), deadline_unix_ms: deadline })
+        Ok(pb::BeginResponse {
+            tid: tid.to_string(),
+            deadline_unix_ms: deadline,
+            remaining_ms: Some(clock::remaining(deadline, now)),
+            sent_unix_ms: now,
+        })
     }
 
     /// While the decision log is out of space (`Driver::disk`), a new
@@ -123,6 +128,8 @@ impl CoordinatorRpc for CoordinatorService {
                     message: String::new(),
                     tid: b.tid,
                     deadline_unix_ms: b.deadline_unix_ms,
+                    remaining_ms: b.remaining_ms,
+                    sent_unix_ms: b.sent_unix_ms,
                 },
                 Err(s) => {
                     pb::BeginResult { code: s.code() as i32, message: s.message().to_string(), ..Default::default() }
@@ -135,15 +142,19 @@ impl CoordinatorRpc for CoordinatorService {
     async fn enlist(&self, req: Request<pb::EnlistRequest>) -> Reply<pb::EnlistResponse> {
         self.peer_token.check(&req, "Enlist")?;
         let deadline = self.enlist_one(req.into_inner())?;
+        let now = now_unix_ms();
         Ok(Response::new(pb::EnlistResponse {
             deadline_unix_ms: deadline,
             cluster_id: self.cluster_id.clone(),
             coordinator_term: self.term,
+            remaining_ms: Some(clock::remaining(deadline, now)),
+            sent_unix_ms: now,
         }))
     }
 
     async fn enlist_batch(&self, req: Request<pb::EnlistBatchRequest>) -> Reply<pb::EnlistBatchResponse> {
         self.peer_token.check(&req, "EnlistBatch")?;
+        let now = now_unix_ms();
         let results = req
             .into_inner()
             .requests
@@ -155,6 +166,8 @@ impl CoordinatorRpc for CoordinatorService {
                     deadline_unix_ms: deadline,
                     cluster_id: self.cluster_id.clone(),
                     coordinator_term: self.term,
+                    remaining_ms: Some(clock::remaining(deadline, now)),
+                    sent_unix_ms: now,
                 },
                 Err(s) => {
                     pb::EnlistResult { code: s.code() as i32, message: s.message().to_string(), ..Default::default() }
@@ -279,6 +292,7 @@ impl CoordinatorRpc for CoordinatorService {
                 state: txn.phase.name().to_string(),
                 age_ms: now.saturating_sub(txn.begun_at),
                 deadline_unix_ms: txn.deadline,
+                remaining_ms: Some(txn.deadline as i64 - now as i64),
                 participants: txn
                     .parts
                     .iter()

@@ -58,6 +58,7 @@ use twopc_core::participant::{
 use twopc_core::{PartitionId, Tid};
 use twopc_leader::follow::{FollowError, Follower, Policy, Retry};
 use twopc_proto::batch::{self, Batcher};
+use twopc_proto::clock::{self, Skew};
 use twopc_proto::disk_full::DiskFull;
 use twopc_proto::pb;
 use twopc_proto::{failpoint, now_unix_ms};
@@ -117,6 +118,9 @@ pub struct Node {
     enlists: Arc<Batcher<pb::EnlistRequest, (u64, String, u64)>>,
     /// Whether this partition's store is out of space (see module docs).
     pub disk: DiskFull,
+    /// The coordinator's clock offset from ours, as last measured
+    /// (`twopc_proto::clock`): reported, never used for timing.
+    pub clock: Arc<Skew>,
 }
 
 impl Node {
@@ -136,6 +140,11 @@ impl Node {
             },
             released: tokio::sync::Notify::new(),
             enlists: Batcher::new(256, 2),
+            clock: Arc::new(Skew::new(
+                "the coordinator",
+                format!("partition {partition}"),
+                "twopc_coordinator_clock_offset_ms",
+            )),
             disk: DiskFull::new(
                 format!("partition {partition}'s disk (store {})", store_path.display()),
                 "twopc_store_disk_full",
@@ -170,9 +179,13 @@ impl Node {
         }
         let req = pb::EnlistRequest { tid: tid.to_string(), partition: self.partition, incarnation: self.incarnation };
         let coordinator = self.coordinator.clone();
+        let skew = self.clock.clone();
         let send = move |requests: Vec<pb::EnlistRequest>| {
-            let coordinator = coordinator.clone();
+            let (coordinator, skew) = (coordinator.clone(), skew.clone());
             async move {
+                // The tid's deadline here is its remaining time counted from
+                // now, on this clock (`twopc_proto::clock`).
+                let asked = now_unix_ms();
                 let resp = coordinator
                     .call(
                         "EnlistBatch",
@@ -186,10 +199,17 @@ impl Node {
                     .await
                     .map_err(FollowError::into_status)?
                     .into_inner();
+                let answered = now_unix_ms();
+                if let Some(r) = resp.results.iter().find(|r| r.sent_unix_ms > 0) {
+                    skew.observe(r.sent_unix_ms, asked, answered);
+                }
                 Ok(resp
                     .results
                     .into_iter()
-                    .map(|r| batch::item(r.code, r.message, || (r.deadline_unix_ms, r.cluster_id, r.coordinator_term)))
+                    .map(|r| {
+                        let deadline = clock::local_deadline(r.remaining_ms, r.deadline_unix_ms, asked);
+                        batch::item(r.code, r.message, || (deadline, r.cluster_id, r.coordinator_term))
+                    })
                     .collect())
             }
         };
@@ -324,7 +344,22 @@ impl Node {
             self.locks_released();
             self.tell_coordinator_aborted(tid);
         }
-        ParticipantError::from_op(tid, e, key)
+        match ParticipantError::from_op(tid, e, key) {
+            ParticipantError::Aborted { tid, reason } if reason.contains("deadline") => {
+                ParticipantError::Aborted { tid, reason: self.deadline_reason(reason) }
+            }
+            e => e,
+        }
+    }
+
+    /// A deadline's abort reason, with a note when this participant's
+    /// clock and the coordinator's disagree beyond the bound (deadlines
+    /// travel as remaining time, but an older coordinator sends none).
+    pub(crate) fn deadline_reason(&self, reason: String) -> String {
+        match self.clock.hint() {
+            Some(hint) => format!("{reason} ({hint})"),
+            None => reason,
+        }
     }
 
     fn tell_coordinator_aborted(&self, tid: Tid) {
@@ -365,6 +400,7 @@ impl Node {
             }
             PrepareStep::No(why) => {
                 self.locks_released();
+                let why = if why.contains("deadline") { self.deadline_reason(why) } else { why };
                 return Ok(VoteReply::No(why));
             }
             PrepareStep::InProgress => {

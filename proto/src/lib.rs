@@ -7,6 +7,8 @@
 //! - [`failpoint`]: named crash points, compiled in only with the
 //!   `failpoints` feature.
 //! - [`batch`]: natural batching of calls to one peer (many items, one RPC).
+//! - [`clock`]: deadlines as remaining time, and clock skew measured and
+//!   reported.
 //! - [`runtime`]: logging set-up and the listening socket every server uses.
 //! - [`preflight`]: the start-up checks of addresses and data directories.
 //! - [`tls`]: the TLS flags and the client/server TLS settings built from them.
@@ -20,6 +22,7 @@
 
 pub mod admin_token;
 pub mod batch;
+pub mod clock;
 pub mod data_file;
 pub mod disk_full;
 pub mod failpoint;
@@ -42,7 +45,10 @@ pub mod pb {
 /// The encoded protobuf descriptors of `twopc.v1`, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/twopc_descriptor.bin"));
 
-/// Milliseconds since the Unix epoch: the clock deadlines are expressed in.
+/// Milliseconds since the Unix epoch: the clock deadlines are expressed in
+/// (shifted by the test hook `TWOPC_TEST_CLOCK_OFFSET_MS`, see [`clock`]).
 pub fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    let wall =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    wall.saturating_add_signed(clock::test_offset_ms())
 }
