@@ -16,6 +16,7 @@
 //! call with the leader's address; the process that wins the election reads
 //! the log back (rule 15, the same recovery) and only then opens the gate.
 
+pub mod clock_watch;
 pub mod decision_log;
 pub mod driver;
 pub mod error;

@@ -11,6 +11,7 @@ use twopc_proto::pb::{self, coordinator_server::Coordinator as CoordinatorRpc};
 use twopc_proto::token::PeerToken;
 use twopc_proto::{clock, failpoint, now_unix_ms, tid};
 
+use crate::clock_watch;
 use crate::decision_log::LogError;
 use crate::driver::{Driver, disk_full_reason};
 use crate::error::CoordinatorError;
@@ -100,6 +101,7 @@ impl CoordinatorService {
     fn enlist_one(&self, req: pb::EnlistRequest) -> Result<u64, Status> {
         let tid = tid::parse(&req.tid)?;
         self.check_partition(req.partition)?;
+        clock_watch::heard_from(req.partition, req.sent_unix_ms);
         if !self.driver.peers.contains(req.partition) {
             return Err(CoordinatorError::NotRegistered(req.partition).into());
         }
@@ -233,6 +235,7 @@ impl CoordinatorRpc for CoordinatorService {
             cluster_id: self.cluster_id.clone(),
             coordinator_term: self.term,
             presumed: decision == pb::Decision::Aborted && !remembered,
+            sent_unix_ms: now_unix_ms(),
         }))
     }
 
@@ -240,6 +243,7 @@ impl CoordinatorRpc for CoordinatorService {
         self.peer_token.check(&req, "Register")?;
         let req = req.into_inner();
         self.check_partition(req.partition)?;
+        clock_watch::heard_from(req.partition, req.sent_unix_ms);
         if req.address.is_empty() {
             return Err(Status::invalid_argument("address is empty: pass the host:port the participant serves on"));
         }
@@ -263,6 +267,7 @@ impl CoordinatorRpc for CoordinatorService {
             partitions: self.limits.partitions,
             cluster_id: self.cluster_id.clone(),
             coordinator_term: self.term,
+            sent_unix_ms: now_unix_ms(),
         }))
     }
 

@@ -141,7 +141,7 @@ impl Node {
             released: tokio::sync::Notify::new(),
             enlists: Batcher::new(256, 2),
             clock: Arc::new(Skew::new(
-                "the coordinator",
+                "the coordinator".into(),
                 format!("partition {partition}"),
                 "twopc_coordinator_clock_offset_ms",
             )),
@@ -177,7 +177,12 @@ impl Node {
                 return Err(ParticipantError::Fenced { ours: self.store.cluster_id().unwrap_or_default(), theirs });
             }
         }
-        let req = pb::EnlistRequest { tid: tid.to_string(), partition: self.partition, incarnation: self.incarnation };
+        let req = pb::EnlistRequest {
+            tid: tid.to_string(),
+            partition: self.partition,
+            incarnation: self.incarnation,
+            sent_unix_ms: now_unix_ms(),
+        };
         let coordinator = self.coordinator.clone();
         let skew = self.clock.clone();
         let send = move |requests: Vec<pb::EnlistRequest>| {
@@ -380,11 +385,15 @@ impl Node {
     /// GetDecision for `tid`, of whoever leads, bounded as one question.
     pub(crate) async fn get_decision(&self, tid: Tid) -> Result<pb::GetDecisionResponse, FollowError> {
         let policy = Policy::within(QUESTION_BUDGET).attempts_within(COORDINATOR_ATTEMPT);
-        self.coordinator
+        let asked = now_unix_ms();
+        let resp = self
+            .coordinator
             .call("GetDecision", policy, Retry::Idempotent, |mut c| async move {
                 c.get_decision(pb::GetDecisionRequest { tid: tid.to_string() }).await.map(tonic::Response::into_inner)
             })
-            .await
+            .await?;
+        self.clock.observe(resp.sent_unix_ms, asked, now_unix_ms());
+        Ok(resp)
     }
 
     /// Phase 1 (rule 3). The durable part runs in a task of its own, so a
@@ -650,10 +659,12 @@ impl Node {
     pub async fn register_loop(self: Arc<Self>, address: String) {
         let mut backoff = twopc_proto::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
+            let asked = now_unix_ms();
             let req = pb::RegisterRequest {
                 partition: self.partition,
                 address: address.clone(),
                 incarnation: self.incarnation,
+                sent_unix_ms: asked,
             };
             let answer = self
                 .coordinator
@@ -667,6 +678,9 @@ impl Node {
                     },
                 )
                 .await;
+            if let Ok(resp) = &answer {
+                self.clock.observe(resp.get_ref().sent_unix_ms, asked, now_unix_ms());
+            }
             match answer {
                 Ok(resp) => match self.check_cluster(&resp.get_ref().cluster_id).await {
                     Ok(()) => {

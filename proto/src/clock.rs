@@ -63,10 +63,11 @@ pub fn remaining(deadline: u64, now: u64) -> u64 {
 /// The measured offset of one peer's clock from this process's.
 pub struct Skew {
     /// Who the peer is, for log lines ("the coordinator").
-    peer: &'static str,
+    peer: String,
     /// Who we are, for log lines ("this participant").
     me: String,
     gauge: &'static str,
+    labels: Vec<metrics::Label>,
     /// Milliseconds the peer's clock is ahead of ours (negative: behind);
     /// `i64::MIN` until measured.
     offset: AtomicI64,
@@ -75,8 +76,13 @@ pub struct Skew {
 
 impl Skew {
     /// `gauge`: the metric that shows the last measured offset, in ms.
-    pub fn new(peer: &'static str, me: String, gauge: &'static str) -> Self {
-        Self { peer, me, gauge, offset: AtomicI64::new(i64::MIN), last_warn: Mutex::new(None) }
+    pub fn new(peer: String, me: String, gauge: &'static str) -> Self {
+        Self::labelled(peer, me, gauge, vec![])
+    }
+
+    /// As [`Skew::new`], the gauge with these labels (one gauge per peer).
+    pub fn labelled(peer: String, me: String, gauge: &'static str, labels: Vec<metrics::Label>) -> Self {
+        Self { peer, me, gauge, labels, offset: AtomicI64::new(i64::MIN), last_warn: Mutex::new(None) }
     }
 
     /// One exchange: we asked at `asked_at` and had the answer at
@@ -89,7 +95,7 @@ impl Skew {
         let mid = (asked_at / 2 + answered_at / 2) as i64;
         let offset = peer_sent as i64 - mid;
         self.offset.store(offset, Ordering::Relaxed);
-        metrics::gauge!(self.gauge).set(offset as f64);
+        metrics::gauge!(self.gauge, self.labels.clone()).set(offset as f64);
         if offset.abs() <= SKEW_BOUND_MS {
             return;
         }
@@ -151,7 +157,7 @@ mod tests {
 
     #[test]
     fn an_offset_beyond_the_bound_is_measured_and_hinted() {
-        let skew = Skew::new("the coordinator", "this participant".into(), "t_clock_offset_ms");
+        let skew = Skew::new("the coordinator".into(), "this participant".into(), "t_clock_offset_ms");
         assert_eq!(skew.offset_ms(), None);
         skew.observe(1_000_500, 1_000_000, 1_001_000);
         assert_eq!(skew.offset_ms(), Some(0));
