@@ -123,6 +123,22 @@ async fn a_full_decision_log_aborts_and_refuses_commits_serves_the_rest_and_resu
     assert!(committed >= full_at && aborted + refused >= 11, "{committed} {aborted} {refused}");
     assert!(refused >= 1, "while full, new commits are refused before anything is prepared");
 
+    // One partition (one-phase commit: a DELEGATED record) fails the same
+    // way, and a transaction that only read still commits (no record).
+    let solo = tc.key_on(0, "solo");
+    let (tid, end) = txn(&tc, &[(&solo, "1")]).await;
+    match &end {
+        End::Refused(tonic::Code::ResourceExhausted, r) | End::Aborted(r) => {
+            assert!(r.contains("out of disk space"), "{tid}: {r}")
+        }
+        e => panic!("one-phase commit while the log is full: {e:?}"),
+    }
+    let t = tc.client.begin(Some(Duration::from_secs(30))).await.unwrap();
+    assert_eq!(t.get(a0.as_bytes()).await.unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(t.commit().await.unwrap(), Outcome::Committed, "a read-only commit needs no record");
+    tc.wait_settled().await;
+    assert_eq!(tc.read(&solo).await, None, "the refused one-phase write is not applied");
+
     // Reads and decisions are still answered; the process never stopped.
     assert_eq!(tc.client.status(before).await.unwrap(), Decision::Committed);
     assert_eq!(tc.read(&a0).await.as_deref(), Some("1"));
