@@ -211,6 +211,17 @@ async fn a_participant_out_of_space_votes_no_naming_its_partition_serves_reads_a
         }
     }
     assert!(no_votes >= 5, "{FILL} transactions never filled partition 1's capped store");
+    // One partition: the participant's answer is the decision (one-phase);
+    // out of space it decides ABORT, naming itself. (A value needing a page
+    // of its own: no page is left.)
+    let solo = tc.key_on(1, "solo");
+    let big = "y".repeat(5000);
+    let (tid, end) = txn(&tc, &[(&solo, &big)]).await;
+    match &end {
+        End::Aborted(r) => assert!(r.contains("partition 1 is out of disk space"), "{tid}: {r}"),
+        e => panic!("one-phase commit at a full partition: {e:?}"),
+    }
+    assert_eq!(tc.read(&solo).await, None);
     // Reads at the full partition are served; partition 0 was never full.
     assert_eq!(tc.read(&b0).await.as_deref(), Some("1"));
     let text = scrape(port);

@@ -23,10 +23,13 @@
 //!   certainly not written) votes NO with a reason naming this partition's
 //!   full disk (rule 10: no YES was sent), counted and logged once per
 //!   episode by [`Node::disk`]; reads and everything already prepared are
-//!   served on, and the next prepare that fits ends the episode. A commit
-//!   (phase 2 or one-phase) that cannot be written for lack of space is
-//!   refused with RESOURCE_EXHAUSTED and stays pending: its tid must still
-//!   commit, so the coordinator's resends apply it once space returns;
+//!   served on, and the next prepare that fits ends the episode. A
+//!   phase-2 commit that cannot be written for lack of space is refused
+//!   with RESOURCE_EXHAUSTED and stays pending: its tid must still commit,
+//!   so the coordinator's resends apply it once space returns. A one-phase
+//!   commit that cannot be written is decided ABORT here (this answer is
+//!   the decision, and nothing landed), with the same reason; one write
+//!   per tid at a time, so no repeat can land after that answer;
 //! - a tid is enlisted only under the decision log the prepared tids here
 //!   voted under: the enlistment's answer carries the coordinator's cluster
 //!   id and is checked (`crate::fence`) before the operation is applied.
@@ -67,6 +70,24 @@ use crate::error::ParticipantError;
 use crate::fence::Fence;
 use crate::heuristics::InFlight;
 use crate::store::{Store, StoreError};
+
+/// Holds a tid's one-phase write slot; released when dropped.
+struct OnePhaseSlot<'a> {
+    set: &'a Mutex<std::collections::HashSet<Tid>>,
+    tid: Tid,
+}
+
+impl<'a> OnePhaseSlot<'a> {
+    fn take(set: &'a Mutex<std::collections::HashSet<Tid>>, tid: Tid) -> Option<Self> {
+        set.lock().unwrap_or_else(|e| e.into_inner()).insert(tid).then_some(Self { set, tid })
+    }
+}
+
+impl Drop for OnePhaseSlot<'_> {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.tid);
+    }
+}
 
 /// A participant's vote, as returned on the wire.
 pub enum VoteReply {
@@ -118,6 +139,8 @@ pub struct Node {
     enlists: Arc<Batcher<pb::EnlistRequest, (u64, String, u64)>>,
     /// Whether this partition's store is out of space (see module docs).
     pub disk: DiskFull,
+    /// Tids whose one-phase commit is being written (see `apply_one_phase`).
+    one_phase_writing: Mutex<std::collections::HashSet<Tid>>,
     /// The coordinator's clock offset from ours, as last measured
     /// (`twopc_proto::clock`): reported, never used for timing.
     pub clock: Arc<Skew>,
@@ -140,6 +163,7 @@ impl Node {
             },
             released: tokio::sync::Notify::new(),
             enlists: Batcher::new(256, 2),
+            one_phase_writing: Mutex::default(),
             clock: Arc::new(Skew::new(
                 "the coordinator".into(),
                 format!("partition {partition}"),
@@ -477,8 +501,7 @@ impl Node {
         ))
     }
 
-    /// A commit's write (phase 2 or one-phase) failed: out of space it
-    /// stays pending and is refused RESOURCE_EXHAUSTED, naming the
+    /// A commit's write failed: out of space it stays pending and is refused RESOURCE_EXHAUSTED, naming the
     /// partition (the coordinator resends until space returns); any other
     /// failure is internal.
     fn commit_write_failed(&self, e: StoreError) -> ParticipantError {
@@ -548,12 +571,41 @@ impl Node {
     }
 
     async fn apply_one_phase(&self, tid: Tid, writes: WriteSet) -> Result<OnePhaseReply, ParticipantError> {
+        // One write of a tid's one-phase commit at a time, so that one
+        // certainly not written (out of space) can be decided ABORT: no
+        // other write of it can land afterwards.
+        let Some(_slot) = OnePhaseSlot::take(&self.one_phase_writing, tid) else {
+            return Err(ParticipantError::Unavailable(format!(
+                "tid {tid} is being committed by an earlier call; ask again for its outcome"
+            )));
+        };
+        if !self.core().committing(tid) {
+            // An earlier call finished it while this one waited for the
+            // slot: the repeat then finds its answer (rule 11).
+            return Err(ParticipantError::Unavailable(format!(
+                "tid {tid} was just decided by an earlier call; ask again for its outcome"
+            )));
+        }
         // Crash before the one-phase commit is durable: the tid is lost, an abort.
         self.failpoint("participant::before_one_phase_applied")?;
         // A failed write leaves the tid committing: its fate on disk is
         // unknown, and the coordinator's repeat applies it (once) or finds it.
-        self.store.commit_one_phase(tid, writes).await.map_err(|e| self.commit_write_failed(e))?;
-        self.disk.succeeded();
+        // Except out of space: certainly not written, so this participant,
+        // whose answer is the decision, aborts it.
+        match self.store.commit_one_phase(tid, writes).await {
+            Ok(()) => self.disk.succeeded(),
+            Err(StoreError::DiskFull(detail)) if self.core().one_phase_not_written(tid) => {
+                self.disk.failed(&detail);
+                self.locks_released();
+                return Ok(OnePhaseReply::Aborted(format!(
+                    "partition {} is out of disk space (store {}: {detail}): nothing was committed; free space \
+                     there and retry (the participant resumes by itself)",
+                    self.partition,
+                    self.store.path().display()
+                )));
+            }
+            Err(e) => return Err(self.commit_write_failed(e)),
+        }
         self.core().commit_applied(tid);
         self.locks_released();
         metrics::counter!("twopc_one_phase_commits_total").increment(1);
