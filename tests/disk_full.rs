@@ -252,3 +252,93 @@ async fn a_participant_out_of_space_votes_no_naming_its_partition_serves_reads_a
     }
     assert_eq!(count_in(&log, "partition 1's disk (store"), 2, "one line when full, one when resumed");
 }
+
+/// Unmounts (lazily: the coordinator may still hold its files) on drop.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The scenario on a real full file system: the coordinator's data
+/// directory on a small tmpfs that a filler file fills up. Needs root (or
+/// CAP_SYS_ADMIN) to mount; elsewhere it says so and skips (the tests
+/// above cover the same paths through the page-limit hook).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_really_full_file_system_under_the_coordinator_degrades_and_recovers_by_itself() {
+    let mut tc = TestCluster::start(ClusterOptions { partitions: 2, ..Default::default() }).await;
+    let (a0, b0) = (tc.key_on(0, "before"), tc.key_on(1, "before"));
+    let (before, end) = txn(&tc, &[(&a0, "1"), (&b0, "1")]).await;
+    assert!(matches!(end, End::Committed), "{end:?}");
+
+    // Move the decision log onto a 2 MiB tmpfs.
+    tc.cluster.kill_coordinator(0);
+    let data = tc.cluster.dir.join("coordinator");
+    let saved = tc.cluster.dir.join("coordinator-saved");
+    std::fs::rename(&data, &saved).unwrap();
+    std::fs::create_dir(&data).unwrap();
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&data)
+        .output()
+        .expect("run mount");
+    if !mount.status.success() {
+        eprintln!("SKIPPED: cannot mount a tmpfs here: {}", String::from_utf8_lossy(&mount.stderr));
+        return;
+    }
+    let _mounted = Mounted(data.clone());
+    for f in std::fs::read_dir(&saved).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), data.join(f.file_name())).unwrap();
+    }
+    tokio::task::block_in_place(|| tc.cluster.restart_coordinator(&[]).unwrap());
+    tc.reconnect().await;
+    let (_, end) = txn(&tc, &[(&a0, "2"), (&b0, "2")]).await;
+    assert!(matches!(end, End::Committed), "{end:?}");
+
+    // Fill the file system.
+    let filler = data.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+    }
+    let mut full = None;
+    for i in 0..2000 {
+        let (a, b) = (tc.key_on(0, &format!("k{i}")), tc.key_on(1, &format!("k{i}")));
+        let v = value(i);
+        let (tid, end) = txn(&tc, &[(&a, &v), (&b, &v)]).await;
+        match end {
+            End::Committed => {}
+            End::Aborted(r) | End::Refused(tonic::Code::ResourceExhausted, r) => {
+                assert!(r.contains("out of disk space") && r.contains("decisions.db"), "{tid}: {r}");
+                full = Some(i);
+                break;
+            }
+            End::Refused(code, m) => panic!("{tid}: {code:?}: {m}"),
+        }
+    }
+    let full = full.expect("2000 transactions never filled a 2 MiB file system");
+    eprintln!("ENOSPC after {full} transactions");
+    assert!(tc.cluster.coordinator.is_running(), "the coordinator must not stop on ENOSPC");
+    assert_eq!(tc.client.status(before).await.unwrap(), Decision::Committed);
+    assert_eq!(tc.read(&a0).await.as_deref(), Some("2"));
+
+    // Free the space: commits succeed again, no restart.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + SETTLE;
+    let (a1, b1) = (tc.key_on(0, "after"), tc.key_on(1, "after"));
+    loop {
+        let (_, end) = txn(&tc, &[(&a1, "3"), (&b1, "3")]).await;
+        match end {
+            End::Committed => break,
+            End::Aborted(r) | End::Refused(_, r) => assert!(r.contains("out of disk space"), "{r}"),
+        }
+        assert!(Instant::now() < deadline, "commits did not resume after space was freed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tc.wait_settled().await;
+    assert!(tc.cluster.coordinator.is_running());
+}
