@@ -38,7 +38,7 @@ use twopc_proto::disk_full::DiskFull;
 use twopc_proto::pb;
 use twopc_proto::pb::participant_client::ParticipantClient;
 use twopc_proto::token::PeerChannel;
-use twopc_proto::{Backoff, failpoint, now_unix_ms};
+use twopc_proto::{Backoff, clock, failpoint};
 
 use crate::decision_log::{DecisionLog, LogError};
 use crate::leadership::Leadership;
@@ -411,7 +411,7 @@ impl Driver {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            let open = self.apply(|c| (c.live_count(), c.expire(now_unix_ms())));
+            let open = self.apply(|c| (c.live_count(), c.expire(clock::now_ms())));
             metrics::gauge!("twopc_open_transactions").set(open as f64);
         }
     }

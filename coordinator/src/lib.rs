@@ -35,7 +35,7 @@ use twopc_core::coordinator::{Action, Coordinator};
 use twopc_proto::pb::coordinator_server::CoordinatorServer;
 use twopc_proto::tls::ClientTls;
 use twopc_proto::token::{self, AdminToken, PeerToken};
-use twopc_proto::{now_unix_ms, runtime};
+use twopc_proto::{clock, runtime};
 
 use crate::decision_log::etcd::EtcdLog;
 use crate::decision_log::{DecisionLog, Recovered};
@@ -200,7 +200,7 @@ impl Shell {
             core.recover_finished(*tid);
         }
         let mut redo = vec![];
-        let now = now_unix_ms();
+        let now = clock::now_ms();
         for (tid, partitions) in &recovered.unfinished {
             tracing::info!(%tid, ?partitions, "recovery: re-driving phase 2 of a logged COMMIT");
             redo.extend(core.recover_commit(*tid, partitions, now));

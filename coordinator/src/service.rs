@@ -64,7 +64,8 @@ impl CoordinatorService {
         let timeout = if asked == 0 { self.limits.default_timeout } else { Duration::from_millis(asked) };
         let timeout = timeout.min(self.limits.max_timeout);
         let tid = tid::new_tid();
-        let now = now_unix_ms();
+        // On this process's deadline clock (`twopc_proto::clock`).
+        let now = clock::now_ms();
         let deadline = now + timeout.as_millis() as u64;
         self.driver.state().core.begin(tid, now, deadline).map_err(|r| CoordinatorError::from_refusal(tid, r))?;
         tracing::debug!(%tid, deadline, "begun");
@@ -73,7 +74,7 @@ impl CoordinatorService {
             tid: tid.to_string(),
             deadline_unix_ms: deadline,
             remaining_ms: Some(clock::remaining(deadline, now)),
-            sent_unix_ms: now,
+            sent_unix_ms: now_unix_ms(),
         })
     }
 
@@ -107,7 +108,7 @@ impl CoordinatorService {
         }
         let deadline = self
             .driver
-            .apply(|c| c.enlist(tid, req.partition, req.incarnation, now_unix_ms()))
+            .apply(|c| c.enlist(tid, req.partition, req.incarnation, clock::now_ms()))
             .map_err(|r| CoordinatorError::from_refusal(tid, r))?;
         Ok(deadline)
     }
@@ -144,19 +145,19 @@ impl CoordinatorRpc for CoordinatorService {
     async fn enlist(&self, req: Request<pb::EnlistRequest>) -> Reply<pb::EnlistResponse> {
         self.peer_token.check(&req, "Enlist")?;
         let deadline = self.enlist_one(req.into_inner())?;
-        let now = now_unix_ms();
+        let now = clock::now_ms();
         Ok(Response::new(pb::EnlistResponse {
             deadline_unix_ms: deadline,
             cluster_id: self.cluster_id.clone(),
             coordinator_term: self.term,
             remaining_ms: Some(clock::remaining(deadline, now)),
-            sent_unix_ms: now,
+            sent_unix_ms: now_unix_ms(),
         }))
     }
 
     async fn enlist_batch(&self, req: Request<pb::EnlistBatchRequest>) -> Reply<pb::EnlistBatchResponse> {
         self.peer_token.check(&req, "EnlistBatch")?;
-        let now = now_unix_ms();
+        let (now, wall) = (clock::now_ms(), now_unix_ms());
         let results = req
             .into_inner()
             .requests
@@ -169,7 +170,7 @@ impl CoordinatorRpc for CoordinatorService {
                     cluster_id: self.cluster_id.clone(),
                     coordinator_term: self.term,
                     remaining_ms: Some(clock::remaining(deadline, now)),
-                    sent_unix_ms: now,
+                    sent_unix_ms: wall,
                 },
                 Err(s) => {
                     pb::EnlistResult { code: s.code() as i32, message: s.message().to_string(), ..Default::default() }
@@ -188,7 +189,7 @@ impl CoordinatorRpc for CoordinatorService {
         }
         let rx = self
             .driver
-            .apply_and_wait(tid, |c| c.commit_requested(tid, now_unix_ms(), req.wrote))
+            .apply_and_wait(tid, |c| c.commit_requested(tid, clock::now_ms(), req.wrote))
             .map_err(|r| CoordinatorError::from_refusal(tid, r))?;
         let outcome = match tokio::time::timeout(self.limits.commit_wait, rx).await {
             Ok(Ok(o)) => o,
@@ -287,7 +288,7 @@ impl CoordinatorRpc for CoordinatorService {
         req: Request<pb::ListTransactionsRequest>,
     ) -> Reply<pb::ListTransactionsResponse> {
         self.admin_token.check(&req, "ListTransactions")?;
-        let now = now_unix_ms();
+        let now = clock::now_ms();
         let st = self.driver.state();
         let mut transactions: Vec<pb::TransactionInfo> = st
             .core

@@ -31,7 +31,7 @@ use twopc_core::participant::{Limits, Participant};
 use twopc_leader::follow::Follower;
 use twopc_proto::pb::participant_server::ParticipantServer;
 use twopc_proto::token::{self, AdminToken, PeerToken};
-use twopc_proto::{now_unix_ms, runtime};
+use twopc_proto::{clock, runtime};
 
 use crate::node::Node;
 use crate::service::{InputLimits, ParticipantService};
@@ -109,7 +109,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ..Limits::default()
     };
     let mut core = Participant::new(config.partition, limits);
-    let now = now_unix_ms();
+    let now = clock::now_ms();
     for (tid, writes) in prepared {
         tracing::info!(%tid, keys = writes.len(), "recovery: prepared tid reloaded, locks re-taken; in doubt");
         core.recover_prepared(tid, writes, now);

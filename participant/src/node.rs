@@ -214,7 +214,7 @@ impl Node {
             async move {
                 // The tid's deadline here is its remaining time counted from
                 // now, on this clock (`twopc_proto::clock`).
-                let asked = now_unix_ms();
+                let (asked, asked_wall) = (clock::now_ms(), now_unix_ms());
                 let resp = coordinator
                     .call(
                         "EnlistBatch",
@@ -230,7 +230,7 @@ impl Node {
                     .into_inner();
                 let answered = now_unix_ms();
                 if let Some(r) = resp.results.iter().find(|r| r.sent_unix_ms > 0) {
-                    skew.observe(r.sent_unix_ms, asked, answered);
+                    skew.observe(r.sent_unix_ms, asked_wall, answered);
                 }
                 Ok(resp
                     .results
@@ -293,9 +293,9 @@ impl Node {
         let plan = self
             .until_granted(tid, key, wait, |core| {
                 if for_update {
-                    core.get_for_update(tid, key, now_unix_ms())
+                    core.get_for_update(tid, key, clock::now_ms())
                 } else {
-                    core.get(tid, key, now_unix_ms())
+                    core.get(tid, key, clock::now_ms())
                 }
             })
             .await?;
@@ -313,7 +313,7 @@ impl Node {
         wait: bool,
     ) -> Result<(), ParticipantError> {
         self.ensure_enlisted(tid).await?;
-        self.until_granted(tid, key, wait, |core| core.write(tid, key, value.clone(), now_unix_ms())).await
+        self.until_granted(tid, key, wait, |core| core.write(tid, key, value.clone(), clock::now_ms())).await
     }
 
     /// Runs a locking operation, waiting while wait-die says the tid must
@@ -424,7 +424,7 @@ impl Node {
     /// dropped call (the coordinator's connection closing) cannot leave the
     /// tid half-way in "preparing" with its locks held.
     pub async fn prepare(self: &Arc<Self>, tid: Tid) -> Result<VoteReply, ParticipantError> {
-        let step = self.core().prepare(tid, now_unix_ms());
+        let step = self.core().prepare(tid, clock::now_ms());
         let writes = match step {
             PrepareStep::Yes => return Ok(VoteReply::Yes),
             PrepareStep::ReadOnly => {
@@ -468,7 +468,7 @@ impl Node {
             return Err(ParticipantError::Internal(format!("persisting the prepared state failed: {e}")));
         }
         self.disk.succeeded();
-        let durable = self.core().prepared_durable(tid, now_unix_ms());
+        let durable = self.core().prepared_durable(tid, clock::now_ms());
         if let Err(why) = durable {
             // Aborted while the record was being written: delete it, and only
             // then release the locks (prepare_failed).
@@ -541,7 +541,7 @@ impl Node {
 
     /// One-phase commit: the coordinator delegated the decision here.
     pub async fn commit_one_phase(self: &Arc<Self>, tid: Tid) -> Result<OnePhaseReply, ParticipantError> {
-        let step = self.core().commit_one_phase(tid, now_unix_ms());
+        let step = self.core().commit_one_phase(tid, clock::now_ms());
         let writes = match step {
             OnePhaseStep::Apply(writes) => writes,
             OnePhaseStep::Aborted(why) => {
@@ -638,7 +638,7 @@ impl Node {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            let now = now_unix_ms();
+            let now = clock::now_ms();
             let (expired, due) = {
                 let mut core = self.core();
                 metrics::gauge!("twopc_in_doubt_tids").set(core.in_doubt().len() as f64);

@@ -10,6 +10,13 @@
 //! deadlines with their own clocks only, and a receiver whose clock is
 //! ahead or behind by any amount still gets the full timeout.
 //!
+//! Each process counts deadlines on its **deadline clock** ([`now_ms`]):
+//! the Unix time when the process first read it, advanced by the monotonic
+//! clock, so a step of the wall clock (an NTP correction, a VM resumed)
+//! does not move a deadline either. Its values are close to Unix time (the
+//! absolute `deadline_unix_ms` on the wire is on it), but only the process
+//! itself compares them.
+//!
 //! **Reporting.** Messages that carry a deadline also carry the sender's
 //! wall clock when it answered (`sent_unix_ms`). The receiver estimates the
 //! sender's offset from its own clock as `sent - (asked + answered) / 2`
@@ -45,8 +52,16 @@ pub fn test_offset_ms() -> i64 {
     })
 }
 
+/// This process's deadline clock, in ms (see the module docs): every
+/// deadline and every `now` fed to a protocol core is on it.
+pub fn now_ms() -> u64 {
+    static ANCHOR: OnceLock<(Instant, u64)> = OnceLock::new();
+    let (at, unix) = *ANCHOR.get_or_init(|| (Instant::now(), crate::now_unix_ms()));
+    unix.saturating_add(at.elapsed().as_millis() as u64)
+}
+
 /// The local deadline of a received deadline: `remaining_ms` counted from
-/// `asked_at` (this process's clock when it sent the request), or, from a
+/// `asked_at` (this process's deadline clock when it sent the request), or, from a
 /// peer that sends no remaining time, its absolute deadline as is.
 pub fn local_deadline(remaining_ms: Option<u64>, deadline_unix_ms: u64, asked_at: u64) -> u64 {
     match remaining_ms {
@@ -143,6 +158,13 @@ impl Skew {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_deadline_clock_starts_at_unix_time_and_never_goes_back() {
+        let (a, wall) = (now_ms(), crate::now_unix_ms());
+        assert!(a.abs_diff(wall) < 1_000, "{a} vs {wall}");
+        assert!(now_ms() >= a);
+    }
 
     #[test]
     fn remaining_time_makes_the_deadline_local() {
