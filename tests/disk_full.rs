@@ -227,7 +227,11 @@ async fn a_participant_out_of_space_votes_no_naming_its_partition_serves_reads_a
     let text = scrape(port);
     assert_eq!(metric(&text, "twopc_store_disk_full"), 1.0, "{text}");
     assert!(metric(&text, "twopc_store_disk_full_total") >= no_votes as f64, "{text}");
-    assert_eq!(count_in(&log, "partition 1's disk (store"), 1, "one line per episode");
+    // One line per episode, not per failure (near full, a write that fits
+    // may succeed between failures; an episode ends only after a second
+    // without one, which a very slow machine could reach once).
+    let starts = count_in(&log, "partition.db) is full: refusing");
+    assert!(starts == 1 || (starts == 2 && no_votes > 2), "{starts} episodes logged for {no_votes} failures");
 
     // Space returns: prepares succeed again, without a restart; commits
     // that were waiting for space are applied too.
@@ -250,7 +254,7 @@ async fn a_participant_out_of_space_votes_no_naming_its_partition_serves_reads_a
         let (_, end) = txn(&tc, &[(&a1, &i.to_string()), (&b1, &i.to_string())]).await;
         assert!(matches!(end, End::Committed), "{end:?}");
     }
-    assert_eq!(count_in(&log, "partition 1's disk (store"), 2, "one line when full, one when resumed");
+    assert_eq!(count_in(&log, "partition.db) has space again"), starts, "one line when each episode ends");
 }
 
 /// Unmounts (lazily: the coordinator may still hold its files) on drop.
@@ -321,7 +325,21 @@ async fn a_really_full_file_system_under_the_coordinator_degrades_and_recovers_b
         }
     }
     let full = full.expect("2000 transactions never filled a 2 MiB file system");
-    eprintln!("ENOSPC after {full} transactions");
+    // The run (300 two-partition transactions: 12 committed, 288
+    // UNAVAILABLE until a restart), smaller: every later one is answered
+    // at once, ABORTED or RESOURCE_EXHAUSTED naming the disk.
+    let (mut aborted, mut refused) = (0, 0);
+    for i in 0..40 {
+        let (a, b) = (tc.key_on(0, &format!("f{i}")), tc.key_on(1, &format!("f{i}")));
+        let (tid, end) = txn(&tc, &[(&a, "x"), (&b, "x")]).await;
+        match end {
+            End::Aborted(r) if r.contains("out of disk space") => aborted += 1,
+            End::Refused(tonic::Code::ResourceExhausted, r) if r.contains("out of disk space") => refused += 1,
+            e => panic!("{tid} while the disk is full: {e:?}"),
+        }
+        assert!(!all_or_nothing(&tc, &[&a, &b], "x").await, "{tid} applied");
+    }
+    eprintln!("ENOSPC after {full} transactions; then 40 more: {aborted} aborted, {refused} refused");
     assert!(tc.cluster.coordinator.is_running(), "the coordinator must not stop on ENOSPC");
     assert_eq!(tc.client.status(before).await.unwrap(), Decision::Committed);
     assert_eq!(tc.read(&a0).await.as_deref(), Some("2"));
