@@ -76,8 +76,10 @@ async fn bad_inputs_get_precise_statuses() {
     let s = raw.commit(pb::CommitRequest { tid: "not-a-uuid".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
     assert!(s.message().contains("not a UUID"), "{s:?}");
-    let s =
-        raw.enlist(pb::EnlistRequest { tid: late.tid().to_string(), partition: 7, incarnation: 1 }).await.unwrap_err();
+    let s = raw
+        .enlist(pb::EnlistRequest { tid: late.tid().to_string(), partition: 7, incarnation: 1, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
     assert!(s.message().contains("out of range"), "{s:?}");
 
@@ -103,14 +105,17 @@ async fn unregistered_participant_and_open_transaction_limit() {
         pb::coordinator_client::CoordinatorClient::connect(format!("http://{}", tc.cluster.coordinator_addr()))
             .await
             .unwrap();
-    let s =
-        raw.enlist(pb::EnlistRequest { tid: t1.tid().to_string(), partition: 2, incarnation: 1 }).await.unwrap_err();
+    let s = raw
+        .enlist(pb::EnlistRequest { tid: t1.tid().to_string(), partition: 2, incarnation: 1, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
     assert!(s.message().contains("no registered participant"), "{s:?}");
     // A registration with an address that cannot be dialled is refused
     // before anything is recorded (a recorded address is dialled again at
     // every restart).
-    let req = pb::RegisterRequest { partition: 2, address: "no such host:7100".into(), incarnation: 1 };
+    let req =
+        pb::RegisterRequest { partition: 2, address: "no such host:7100".into(), incarnation: 1, ..Default::default() };
     let s = raw.register(req).await.unwrap_err();
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
     assert!(s.message().contains("not a host:port address"), "{s:?}");

@@ -225,9 +225,9 @@ async fn over_a_limit_is_resource_exhausted_naming_it() {
     let long = "x".repeat(5 * MIB);
     expect(coordinator.get_decision(pb::GetDecisionRequest { tid: long.clone() }).await, &[limit]);
     expect(coordinator.abort(pb::AbortRequest { tid: long.clone() }).await, &[limit]);
-    let enlist = pb::EnlistRequest { tid: long.clone(), partition: 0, incarnation: 1 };
+    let enlist = pb::EnlistRequest { tid: long.clone(), partition: 0, incarnation: 1, ..Default::default() };
     expect(coordinator.enlist_batch(pb::EnlistBatchRequest { requests: vec![enlist] }).await, &[limit]);
-    let register = pb::RegisterRequest { partition: 0, address: long.clone(), incarnation: 1 };
+    let register = pb::RegisterRequest { partition: 0, address: long.clone(), incarnation: 1, ..Default::default() };
     expect(coordinator.register(register).await, &[limit]);
     expect(raw.get(pb::GetRequest { tid: tid.clone(), key: huge.clone(), for_update: false }).await, &[limit]);
     expect(raw.read(pb::ReadRequest { key: huge.clone() }).await, &[limit]);

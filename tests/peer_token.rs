@@ -139,12 +139,13 @@ async fn clients_cannot_act_as_the_coordinator_or_a_participant() {
 
     // The coordinator: Register (redirecting partition 0), Enlist and EnlistBatch are refused...
     let mut coord = coordinator(&tc).await;
-    let fake = pb::RegisterRequest { partition: 0, address: "127.0.0.1:1".into(), incarnation: 7 };
+    let fake =
+        pb::RegisterRequest { partition: 0, address: "127.0.0.1:1".into(), incarnation: 7, ..Default::default() };
     for (how, r) in forged(&fake) {
         assert_unauthenticated(coord.register(r).await, &format!("Register with {how}"));
     }
     let late = tc.client.begin(None).await.unwrap();
-    let enlist = pb::EnlistRequest { tid: late.tid().to_string(), partition: 1, incarnation: 7 };
+    let enlist = pb::EnlistRequest { tid: late.tid().to_string(), partition: 1, incarnation: 7, ..Default::default() };
     for (how, r) in forged(&enlist) {
         assert_unauthenticated(coord.enlist(r).await, &format!("Enlist with {how}"));
     }

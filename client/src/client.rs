@@ -267,12 +267,21 @@ impl Client {
                     .results
                     .into_iter()
                     .map(|r| {
-                        let (tid, deadline_unix_ms) = (r.tid, r.deadline_unix_ms);
-                        batch::item(r.code, r.message, || pb::BeginResponse { tid, deadline_unix_ms })
+                        let (tid, deadline_unix_ms, remaining_ms) = (r.tid, r.deadline_unix_ms, r.remaining_ms);
+                        let sent_unix_ms = r.sent_unix_ms;
+                        batch::item(r.code, r.message, || pb::BeginResponse {
+                            tid,
+                            deadline_unix_ms,
+                            remaining_ms,
+                            sent_unix_ms,
+                        })
                     })
                     .collect())
             }
         };
+        // The deadline is timed on this machine's monotonic clock from here
+        // (see `twopc_proto::clock`): the coordinator's clock may differ.
+        let asked = std::time::Instant::now();
         let resp = self.inner.begins.call(pb::BeginRequest { timeout_ms }, send).await.map_err(|s| {
             match FollowError::from_status(s) {
                 Ok(e) => self.follow_error(e),
@@ -282,7 +291,9 @@ impl Client {
         })?;
         let tid = Uuid::parse_str(&resp.tid)
             .map_err(|e| Status::unknown(format!("the coordinator returned a malformed tid {:?}: {e}", resp.tid)))?;
-        Ok(self.txn(tid, resp.deadline_unix_ms))
+        let mut txn = self.txn(tid, resp.deadline_unix_ms);
+        txn.expires = resp.remaining_ms.map(|left| asked + Duration::from_millis(left));
+        Ok(txn)
     }
 
     /// Attaches to an existing transaction; `deadline_unix_ms` may be 0 when

@@ -34,6 +34,10 @@ pub struct Txn {
     client: Client,
     tid: Uuid,
     deadline_unix_ms: u64,
+    /// The deadline on this machine's monotonic clock, from the remaining
+    /// time the coordinator sent (`None`: attached by tid, or an older
+    /// coordinator; then `deadline_unix_ms` on this machine's wall clock).
+    pub(crate) expires: Option<std::time::Instant>,
     /// Whether a put or delete was sent: tells the coordinator whether a
     /// transaction on one participant may commit in one phase (see
     /// `CommitRequest.wrote`; a handle attached by tid does not know).
@@ -42,7 +46,7 @@ pub struct Txn {
 
 impl Txn {
     pub(crate) fn new(client: Client, tid: Uuid, deadline_unix_ms: u64) -> Self {
-        Txn { client, tid, deadline_unix_ms, wrote: Arc::default() }
+        Txn { client, tid, deadline_unix_ms, expires: None, wrote: Arc::default() }
     }
 
     pub fn tid(&self) -> Uuid {
@@ -60,6 +64,9 @@ impl Txn {
     /// Unlimited when the deadline is unknown.
     fn limit(&self) -> Option<Duration> {
         const GRACE: Duration = Duration::from_secs(2);
+        if let Some(expires) = self.expires {
+            return Some(expires.saturating_duration_since(std::time::Instant::now()) + GRACE);
+        }
         (self.deadline_unix_ms > 0).then(|| {
             let left = self.deadline_unix_ms.saturating_sub(twopc_proto::now_unix_ms());
             Duration::from_millis(left) + GRACE

@@ -7,7 +7,10 @@
 //! - `ForceCommit`: the decision log's forced write; only when it returns is
 //!   `commit_durable` fed in, which is what lets anyone hear COMMITTED. A
 //!   failed forced write stops the process (fail-stop): the record may or may
-//!   not be on disk, and only recovery can tell.
+//!   not be on disk, and only recovery can tell. Except out of space
+//!   (`LogError::DiskFull`): then the record is certainly not on disk, so
+//!   the tid aborts with a reason naming the full disk and the process
+//!   goes on (see [`Driver::disk`] and `twopc_proto::disk_full`).
 //! - `SendCommit`: resent with capped exponential backoff until the
 //!   participant acknowledges (rule 5). The count of retries is unbounded by
 //!   design (the protocol requires it); their rate is bounded by the cap.
@@ -31,13 +34,14 @@ use tracing::Instrument;
 use twopc_core::coordinator::{Action, Coordinator, Outcome, Vote};
 use twopc_core::{PartitionId, Tid};
 use twopc_proto::batch::{self, Batcher};
+use twopc_proto::disk_full::DiskFull;
 use twopc_proto::pb;
 use twopc_proto::pb::participant_client::ParticipantClient;
 use twopc_proto::throttle::Throttle;
 use twopc_proto::token::PeerChannel;
-use twopc_proto::{Backoff, failpoint, now_unix_ms};
+use twopc_proto::{Backoff, clock, failpoint};
 
-use crate::decision_log::DecisionLog;
+use crate::decision_log::{DecisionLog, LogError};
 use crate::leadership::Leadership;
 use crate::peers::Peers;
 
@@ -57,7 +61,15 @@ pub struct Driver {
     /// With a replicated log: no message is sent while leadership is not
     /// certain (rule 14).
     leadership: Option<Arc<Leadership>>,
+    /// Whether the decision log is out of space: while it is, commits that
+    /// need a record are refused (`CoordinatorService::commit`), but for
+    /// one probe per [`DISK_PROBE_EVERY`], whose success resumes service.
+    pub disk: DiskFull,
 }
+
+/// While the decision log is full, one commit is let through this often to
+/// find out whether space came back.
+pub const DISK_PROBE_EVERY: Duration = Duration::from_secs(1);
 
 pub struct State {
     pub core: Coordinator,
@@ -80,6 +92,12 @@ impl Driver {
             peers: Arc::new(peers),
             timeouts,
             leadership,
+            disk: DiskFull::new(
+                "the decision log's disk".into(),
+                "twopc_decision_log_disk_full",
+                "twopc_decision_log_disk_full_total",
+                DISK_PROBE_EVERY,
+            ),
         })
     }
 
@@ -275,9 +293,13 @@ impl Driver {
             Record::Commit(parts) => self.log.force_commit(tid, parts.clone()).await,
             Record::Delegated(p) => self.log.force_delegation(tid, *p).await,
         };
-        if let Err(e) = written {
-            tracing::error!(%tid, error = %e, "forcing the {what} record failed");
-            return self.log_failed(tid);
+        match written {
+            Ok(()) => self.disk.succeeded(),
+            Err(LogError::DiskFull(detail)) => return self.record_not_written(tid, &detail),
+            Err(e) => {
+                tracing::error!(%tid, error = %e, "forcing the {what} record failed");
+                return self.log_failed(tid);
+            }
         }
         // C2 (and its twin): a crash here must still finish the tid after
         // restart: phase 2 is re-driven, or the participant is asked again.
@@ -329,6 +351,18 @@ impl Driver {
         } else {
             Outcome::Aborted(format!("partition {p} aborted it: {}", r.reason))
         })
+    }
+
+    /// The forced record of `tid` failed for lack of space: SQLite rolled
+    /// it back, so it is certainly not on disk and nobody was told
+    /// COMMITTED. The tid aborts (its YES voters are told) with a reason
+    /// naming the full disk; the process serves on. Logged once per
+    /// episode by [`Driver::disk`], not per tid.
+    fn record_not_written(self: &Arc<Self>, tid: Tid, detail: &str) {
+        self.disk.failed(detail);
+        let why = disk_full_reason(detail);
+        tracing::debug!(%tid, reason = %why, "record not written: out of space");
+        self.apply(|c| ((), c.record_not_written(tid, why)));
     }
 
     /// Fail-stop: after a failed forced write the record's fate is unknown,
@@ -387,7 +421,7 @@ impl Driver {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            let open = self.apply(|c| (c.live_count(), c.expire(now_unix_ms())));
+            let open = self.apply(|c| (c.live_count(), c.expire(clock::now_ms())));
             metrics::gauge!("twopc_open_transactions").set(open as f64);
         }
     }
@@ -415,9 +449,20 @@ fn spawn_for(tid: Tid, partition: Option<PartitionId>, step: impl Future<Output 
     tokio::spawn(step.instrument(tracing::debug_span!("txn", %tid, partition)));
 }
 
+/// The abort reason of a tid whose record could not be written, or whose
+/// commit was refused, because the decision log is out of space.
+pub fn disk_full_reason(detail: &str) -> String {
+    format!(
+        "the decision log is out of disk space ({detail}): nothing was committed; free space in the \
+         coordinator's data directory and retry (the coordinator resumes by itself)"
+    )
+}
+
 /// A low-cardinality label for an abort reason (the full text is logged).
 fn abort_kind(why: &str) -> &'static str {
-    if why.contains("client") {
+    if why.contains("out of disk space") {
+        "disk_full"
+    } else if why.contains("client") {
         "client"
     } else if why.contains("deadline") {
         "deadline"

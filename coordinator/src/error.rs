@@ -26,6 +26,10 @@ pub enum CoordinatorError {
     NotRegistered(u32),
     #[error("{0}")]
     Unavailable(String),
+    /// A commit refused because the decision log is out of space; the tid
+    /// was aborted (its reason says so too).
+    #[error("tid {tid} aborted: {reason}")]
+    DiskFull { tid: Tid, reason: String },
 }
 
 impl From<CoordinatorError> for Status {
@@ -41,6 +45,7 @@ impl From<CoordinatorError> for Status {
             CoordinatorError::TooManyOpen(_) => Status::resource_exhausted(msg),
             CoordinatorError::NotRegistered(_) => Status::failed_precondition(msg),
             CoordinatorError::Unavailable(_) => Status::unavailable(msg),
+            CoordinatorError::DiskFull { .. } => Status::resource_exhausted(msg),
         }
     }
 }

@@ -16,6 +16,7 @@
 //! call with the leader's address; the process that wins the election reads
 //! the log back (rule 15, the same recovery) and only then opens the gate.
 
+pub mod clock_watch;
 pub mod decision_log;
 pub mod driver;
 pub mod error;
@@ -34,7 +35,7 @@ use twopc_core::coordinator::{Action, Coordinator};
 use twopc_proto::pb::coordinator_server::CoordinatorServer;
 use twopc_proto::tls::ClientTls;
 use twopc_proto::token::{self, AdminToken, PeerToken};
-use twopc_proto::{now_unix_ms, runtime};
+use twopc_proto::{clock, runtime};
 
 use crate::decision_log::etcd::EtcdLog;
 use crate::decision_log::{DecisionLog, Recovered};
@@ -200,7 +201,7 @@ impl Shell {
             core.recover_finished(*tid);
         }
         let mut redo = vec![];
-        let now = now_unix_ms();
+        let now = clock::now_ms();
         for (tid, partitions) in &recovered.unfinished {
             // One line per tid at debug: a restart may find thousands; the
             // summary below counts them at info.

@@ -5,13 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
-use twopc_core::coordinator::{DecisionAnswer, Outcome};
+use twopc_core::coordinator::{DecisionAnswer, Outcome, Phase};
 use twopc_proto::admin_token::AdminToken;
 use twopc_proto::pb::{self, coordinator_server::Coordinator as CoordinatorRpc};
 use twopc_proto::token::PeerToken;
-use twopc_proto::{failpoint, now_unix_ms, tid};
+use twopc_proto::{clock, failpoint, now_unix_ms, tid};
 
-use crate::driver::Driver;
+use crate::clock_watch;
+use crate::decision_log::LogError;
+use crate::driver::{Driver, disk_full_reason};
 use crate::error::CoordinatorError;
 
 /// Limits on what clients may ask for.
@@ -62,24 +64,51 @@ impl CoordinatorService {
         let timeout = if asked == 0 { self.limits.default_timeout } else { Duration::from_millis(asked) };
         let timeout = timeout.min(self.limits.max_timeout);
         let tid = tid::new_tid();
-        let now = now_unix_ms();
+        // On this process's deadline clock (`twopc_proto::clock`).
+        let now = clock::now_ms();
         let deadline = now + timeout.as_millis() as u64;
         self.driver.state().core.begin(tid, now, deadline).map_err(|r| CoordinatorError::from_refusal(tid, r))?;
         tracing::debug!(%tid, deadline, "begun");
         metrics::counter!("twopc_transactions_begun_total").increment(1);
-        Ok(pb::BeginResponse { tid: tid.to_string(), deadline_unix_ms: deadline })
+        Ok(pb::BeginResponse {
+            tid: tid.to_string(),
+            deadline_unix_ms: deadline,
+            remaining_ms: Some(clock::remaining(deadline, now)),
+            sent_unix_ms: now_unix_ms(),
+        })
+    }
+
+    /// While the decision log is out of space (`Driver::disk`), a new
+    /// commit of a tid that wrote is refused before anything is prepared
+    /// (its record could not be written): the tid is aborted, so its locks
+    /// go at once, and the answer is RESOURCE_EXHAUSTED naming the disk.
+    /// One commit per probe interval goes through as the probe. A repeated
+    /// commit of a tid already underway is not refused: it waits for the
+    /// outcome as usual.
+    fn refuse_if_disk_full(&self, tid: twopc_core::Tid) -> Result<(), CoordinatorError> {
+        if self.driver.state().core.phase(tid) != Some(Phase::Active) {
+            return Ok(());
+        }
+        let Some(detail) = self.driver.disk.should_refuse() else {
+            return Ok(());
+        };
+        let reason = disk_full_reason(&detail);
+        self.driver.apply(|c| ((), c.abort_requested(tid, &reason).unwrap_or_default()));
+        self.driver.disk.refused();
+        Err(CoordinatorError::DiskFull { tid, reason })
     }
 
     /// Rule 2, for one enlistment (unary or inside a batch).
     fn enlist_one(&self, req: pb::EnlistRequest) -> Result<u64, Status> {
         let tid = tid::parse(&req.tid)?;
         self.check_partition(req.partition)?;
+        clock_watch::heard_from(req.partition, req.sent_unix_ms);
         if !self.driver.peers.contains(req.partition) {
             return Err(CoordinatorError::NotRegistered(req.partition).into());
         }
         let deadline = self
             .driver
-            .apply(|c| c.enlist(tid, req.partition, req.incarnation, now_unix_ms()))
+            .apply(|c| c.enlist(tid, req.partition, req.incarnation, clock::now_ms()))
             .map_err(|r| CoordinatorError::from_refusal(tid, r))?;
         Ok(deadline)
     }
@@ -102,6 +131,8 @@ impl CoordinatorRpc for CoordinatorService {
                     message: String::new(),
                     tid: b.tid,
                     deadline_unix_ms: b.deadline_unix_ms,
+                    remaining_ms: b.remaining_ms,
+                    sent_unix_ms: b.sent_unix_ms,
                 },
                 Err(s) => {
                     pb::BeginResult { code: s.code() as i32, message: s.message().to_string(), ..Default::default() }
@@ -114,15 +145,19 @@ impl CoordinatorRpc for CoordinatorService {
     async fn enlist(&self, req: Request<pb::EnlistRequest>) -> Reply<pb::EnlistResponse> {
         self.peer_token.check(&req, "Enlist")?;
         let deadline = self.enlist_one(req.into_inner())?;
+        let now = clock::now_ms();
         Ok(Response::new(pb::EnlistResponse {
             deadline_unix_ms: deadline,
             cluster_id: self.cluster_id.clone(),
             coordinator_term: self.term,
+            remaining_ms: Some(clock::remaining(deadline, now)),
+            sent_unix_ms: now_unix_ms(),
         }))
     }
 
     async fn enlist_batch(&self, req: Request<pb::EnlistBatchRequest>) -> Reply<pb::EnlistBatchResponse> {
         self.peer_token.check(&req, "EnlistBatch")?;
+        let (now, wall) = (clock::now_ms(), now_unix_ms());
         let results = req
             .into_inner()
             .requests
@@ -134,6 +169,8 @@ impl CoordinatorRpc for CoordinatorService {
                     deadline_unix_ms: deadline,
                     cluster_id: self.cluster_id.clone(),
                     coordinator_term: self.term,
+                    remaining_ms: Some(clock::remaining(deadline, now)),
+                    sent_unix_ms: wall,
                 },
                 Err(s) => {
                     pb::EnlistResult { code: s.code() as i32, message: s.message().to_string(), ..Default::default() }
@@ -147,9 +184,12 @@ impl CoordinatorRpc for CoordinatorService {
         let started = std::time::Instant::now();
         let req = req.into_inner();
         let tid = tid::parse(&req.tid)?;
+        if req.wrote {
+            self.refuse_if_disk_full(tid)?;
+        }
         let rx = self
             .driver
-            .apply_and_wait(tid, |c| c.commit_requested(tid, now_unix_ms(), req.wrote))
+            .apply_and_wait(tid, |c| c.commit_requested(tid, clock::now_ms(), req.wrote))
             .map_err(|r| CoordinatorError::from_refusal(tid, r))?;
         let outcome = match tokio::time::timeout(self.limits.commit_wait, rx).await {
             Ok(Ok(o)) => o,
@@ -196,6 +236,7 @@ impl CoordinatorRpc for CoordinatorService {
             cluster_id: self.cluster_id.clone(),
             coordinator_term: self.term,
             presumed: decision == pb::Decision::Aborted && !remembered,
+            sent_unix_ms: now_unix_ms(),
         }))
     }
 
@@ -203,23 +244,31 @@ impl CoordinatorRpc for CoordinatorService {
         self.peer_token.check(&req, "Register")?;
         let req = req.into_inner();
         self.check_partition(req.partition)?;
+        clock_watch::heard_from(req.partition, req.sent_unix_ms);
         if req.address.is_empty() {
             return Err(Status::invalid_argument("address is empty: pass the host:port the participant serves on"));
         }
         // Validated before it is recorded: a recorded address is dialled
         // again after every restart.
         self.driver.peers.check_address(&req.address).map_err(Status::invalid_argument)?;
-        self.driver
-            .log
-            .register(req.partition, req.address.clone())
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot record the registration: {e}")))?;
+        let recorded = self.driver.log.register(req.partition, req.address.clone()).await;
+        match recorded {
+            Ok(()) => self.driver.disk.succeeded(),
+            Err(LogError::DiskFull(detail)) => {
+                self.driver.disk.failed(&detail);
+                return Err(Status::resource_exhausted(format!(
+                    "cannot record the registration: the decision log is out of disk space ({detail})"
+                )));
+            }
+            Err(e) => return Err(Status::unavailable(format!("cannot record the registration: {e}"))),
+        }
         self.driver.peers.set(req.partition, &req.address).map_err(Status::invalid_argument)?;
         tracing::info!(partition = req.partition, address = %req.address, incarnation = req.incarnation, "participant registered");
         Ok(Response::new(pb::RegisterResponse {
             partitions: self.limits.partitions,
             cluster_id: self.cluster_id.clone(),
             coordinator_term: self.term,
+            sent_unix_ms: now_unix_ms(),
         }))
     }
 
@@ -239,7 +288,7 @@ impl CoordinatorRpc for CoordinatorService {
         req: Request<pb::ListTransactionsRequest>,
     ) -> Reply<pb::ListTransactionsResponse> {
         self.admin_token.check(&req, "ListTransactions")?;
-        let now = now_unix_ms();
+        let now = clock::now_ms();
         let st = self.driver.state();
         let mut transactions: Vec<pb::TransactionInfo> = st
             .core
@@ -249,6 +298,7 @@ impl CoordinatorRpc for CoordinatorService {
                 state: txn.phase.name().to_string(),
                 age_ms: now.saturating_sub(txn.begun_at),
                 deadline_unix_ms: txn.deadline,
+                remaining_ms: Some(txn.deadline as i64 - now as i64),
                 participants: txn
                     .parts
                     .iter()

@@ -77,7 +77,8 @@ pub enum Action {
     /// Force a COMMIT record naming these partitions to the decision log;
     /// report with [`Coordinator::commit_durable`]. If the write fails the
     /// record's fate is unknown and the shell must stop (fail-stop):
-    /// recovery reads the log back and settles the tid.
+    /// recovery reads the log back and settles the tid; unless it certainly
+    /// was not written (out of space): then [`Coordinator::record_not_written`].
     ForceCommit(Tid, Vec<PartitionId>),
     /// Send Commit to this partition until it acknowledges; report with
     /// [`Coordinator::commit_acked`].
@@ -411,6 +412,19 @@ impl Coordinator {
         actions
     }
 
+    /// The forced COMMIT or DELEGATED record of `tid` was **certainly not
+    /// written** (the log was out of space and rolled the write back): no
+    /// one heard COMMITTED and no commit was sent, so the tid aborts like
+    /// any undecided one (YES voters are told; the client hears `why`).
+    /// Only for that certainty: a write whose outcome is unknown (a failed
+    /// fsync) must not come here; the shell stops instead (fail-stop).
+    pub fn record_not_written(&mut self, tid: Tid, why: String) -> Vec<Action> {
+        match self.live.get(&tid).map(|t| t.phase) {
+            Some(Phase::Deciding | Phase::Delegating) => self.abort(tid, why),
+            _ => vec![],
+        }
+    }
+
     /// `partition` acknowledged the commit (rule 5).
     pub fn commit_acked(&mut self, tid: Tid, partition: PartitionId) -> Vec<Action> {
         let Some(txn) = self.live.get_mut(&tid) else {
@@ -477,6 +491,11 @@ impl Coordinator {
                 None => DecisionAnswer::Aborted("unknown tid: presumed aborted".into()),
             },
         }
+    }
+
+    /// The phase of a live tid (`None`: not live).
+    pub fn phase(&self, tid: Tid) -> Option<Phase> {
+        self.live.get(&tid).map(|t| t.phase)
     }
 
     /// Whether `tid` is live or remembered as finished: when not, an ABORTED

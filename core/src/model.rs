@@ -35,6 +35,15 @@
 //!   participant asking) for a tid that a leader, the same or another
 //!   incarnation, reported ABORTED, or the reverse.
 //!
+//! **A full disk** ([`check_disk_full`], issue 13 kind 14): a forced write
+//! may also fail cleanly for lack of space, certainly not written: the
+//! decision log's COMMIT or DELEGATED record (the tid aborts:
+//! `Coordinator::record_not_written`), a participant's prepare (it votes
+//! NO) or its one-phase commit (it decides ABORT:
+//! `Participant::one_phase_not_written`). Its test also re-injects the
+//! mistake this rests on, a failure whose write landed after all (a failed
+//! fsync) handled the same way, and shows the checker catching it.
+//!
 //! With a single writer and no reader the transaction takes the one-phase
 //! path: the coordinator forces a DELEGATED record, and the participant's
 //! own durable commit (with its record of it) is the decision.
@@ -241,6 +250,13 @@ pub struct World {
     failovers: u8,
     writers: u32,
     unguarded: bool,
+    /// Clean out-of-space failures of a forced write left to inject
+    /// ([`check_disk_full`]): the write is certainly not on disk.
+    fulls: u8,
+    /// The bug [`check_disk_full`]'s test must catch: an out-of-space
+    /// failure treated as "not written" although the write landed (what a
+    /// failed fsync, of unknown outcome, would be).
+    full_but_written: bool,
     bad: Option<String>,
 }
 
@@ -297,6 +313,8 @@ impl World {
             failovers: cfg.failovers,
             writers: cfg.writers,
             unguarded: cfg.unguarded_writes,
+            fulls: 0,
+            full_but_written: false,
             bad: None,
         }
     }
@@ -467,6 +485,9 @@ impl World {
         }
         if self.forcing.is_some() {
             ev.push(Event::LogDurable);
+            if self.fulls > 0 {
+                ev.push(Event::LogFull);
+            }
         }
         if let Some(txn) = self.coord.live().find(|(t, _)| **t == TID).map(|(_, t)| t) {
             for (&p, part) in &txn.parts {
@@ -491,6 +512,9 @@ impl World {
             }
             if d.applying.is_some() {
                 ev.push(Event::ApplyDurable(p));
+            }
+            if self.fulls > 0 && (d.persisting.is_some() || d.applying_one_phase) {
+                ev.push(Event::StoreFull(p));
             }
             if !self.parts[p as usize].in_doubt().is_empty() && !self.net.contains_key(&Msg::Ask(p)) {
                 ev.push(Event::AskDecision(p));
@@ -564,6 +588,32 @@ impl World {
                 let one_phase = self.forced_write(w).expect("the current leader's epoch is the log's");
                 let a = if one_phase { self.coord.delegation_durable(TID) } else { self.coord.commit_durable(TID) };
                 self.run(a);
+            }
+            Event::LogFull => {
+                // SQLITE_FULL: rolled back, certainly not on disk (the bug
+                // variant: on disk after all), and the tid aborts.
+                self.fulls -= 1;
+                let w = self.forcing.take().expect("forcing");
+                if self.full_but_written {
+                    self.forced_write(w);
+                }
+                let a = self.coord.record_not_written(TID, "the decision log is out of disk space".into());
+                self.run(a);
+            }
+            Event::StoreFull(p) => {
+                // A participant's write fails for lack of space: a prepare
+                // votes NO, a one-phase commit is decided ABORT there.
+                self.fulls -= 1;
+                let i = *p as usize;
+                if self.disks[i].persisting.take().is_some() {
+                    self.parts[i].prepare_failed(TID);
+                    self.vote(*p, VoteMsg::No);
+                } else if std::mem::take(&mut self.disks[i].applying_one_phase) {
+                    self.disks[i].applying = None;
+                    if self.parts[i].one_phase_not_written(TID) {
+                        self.send(Msg::OnePhaseAnswer(*p, Answer::Aborted));
+                    }
+                }
             }
             Event::DeposedWriteCompletes { epoch } => {
                 let i = self.deposed.iter().position(|d| d.epoch == *epoch).expect("deposed");
@@ -914,6 +964,10 @@ enum Event {
     Deliver(Msg, bool),
     Lose(Msg),
     LogDurable,
+    /// The current leader's forced write fails for lack of space.
+    LogFull,
+    /// A participant's prepare or one-phase write fails for lack of space.
+    StoreFull(PartitionId),
     PrepareTimeout(PartitionId),
     ResendCommit(PartitionId),
     ResendOnePhase(PartitionId),
@@ -978,8 +1032,23 @@ impl Hasher for FxHasher {
 
 /// Explores every state reachable from the start of commit, breadth-first.
 pub fn check(cfg: &Config) -> Report {
+    explore(World::initial(cfg), cfg)
+}
+
+/// As [`check`], with up to `fulls` forced writes (the decision log's, or
+/// a participant's prepare or one-phase commit) failing cleanly for lack of
+/// space at any moment (issue 13, kind 14). `written_anyway` is the bug
+/// the checker must catch: a failure whose write landed after all (a
+/// failed fsync) handled as if it had not.
+pub fn check_disk_full(cfg: &Config, fulls: u8, written_anyway: bool) -> Report {
+    let mut init = World::initial(cfg);
+    init.fulls = fulls;
+    init.full_but_written = written_anyway;
+    explore(init, cfg)
+}
+
+fn explore(init: World, cfg: &Config) -> Report {
     let started = Instant::now();
-    let init = World::initial(cfg);
     // A state is stored once, shared by the seen set and the queue.
     let mut seen: HashSet<Rc<World>, BuildHasherDefault<FxHasher>> = HashSet::default();
     // Each queued state carries its parent index, to rebuild a trace.
@@ -1141,6 +1210,55 @@ mod tests {
             unguarded_writes: false,
             max_states: 0,
         });
+    }
+
+    #[test]
+    fn writes_failing_for_lack_of_space_abort_cleanly_in_two_and_one_phase() {
+        let cfg = Config {
+            writers: 2,
+            readers: 0,
+            coordinator_crashes: 1,
+            participant_crashes: 0,
+            losses: 0,
+            duplicates: 0,
+            failovers: 0,
+            unguarded_writes: false,
+            max_states: 0,
+        };
+        for (cfg, fulls) in
+            [(cfg.clone(), 2), (Config { writers: 1, participant_crashes: 1, losses: 1, duplicates: 1, ..cfg }, 1)]
+        {
+            let r = check_disk_full(&cfg, fulls, false);
+            eprintln!("model check {cfg:?} with {fulls} full-disk failures: {} states, {:.2?}", r.states, r.elapsed);
+            if let Some((why, trace)) = &r.violation {
+                panic!("invariant violated: {why}\ntrace:\n  {}", trace.join("\n  "));
+            }
+            assert!(!r.truncated && r.states > 1000);
+        }
+    }
+
+    /// Why only a write *certainly* not written may abort: one whose
+    /// outcome is unknown (a failed fsync) and that landed after all makes
+    /// a restarted coordinator commit what it told the client was aborted.
+    #[test]
+    fn a_failed_write_that_landed_after_all_is_caught() {
+        let cfg = Config {
+            writers: 2,
+            readers: 0,
+            coordinator_crashes: 1,
+            participant_crashes: 0,
+            losses: 0,
+            duplicates: 0,
+            failovers: 0,
+            unguarded_writes: false,
+            max_states: 0,
+        };
+        let r = check_disk_full(&cfg, 1, true);
+        let Some((why, trace)) = r.violation else {
+            panic!("an unknown-outcome write treated as not written went unnoticed")
+        };
+        eprintln!("violation found: {why}\ntrace:\n  {}", trace.join("\n  "));
+        assert!(trace.iter().any(|s| s == "LogFull"), "{trace:?}");
     }
 
     /// The checker must catch the bug rule 14 guards against; the trace is

@@ -473,6 +473,25 @@ impl Participant {
         }
     }
 
+    /// Whether `tid` is being committed (its write set is being applied).
+    pub fn committing(&self, tid: Tid) -> bool {
+        matches!(self.tids.get(&tid).map(|e| &e.state), Some(State::Committing))
+    }
+
+    /// One-phase: the commit's write **certainly did not land** (the store
+    /// was out of space and rolled it back), and no other write of it is
+    /// in flight (the shell lets one at a time). This participant's answer
+    /// is the decision, and nothing was applied, so it decides ABORT: the
+    /// tid is aborted here, remembered, and its locks go. Returns false if
+    /// the tid is not being committed in one phase (then nothing changes).
+    pub fn one_phase_not_written(&mut self, tid: Tid) -> bool {
+        if !self.committing(tid) {
+            return false;
+        }
+        self.abort_locally(tid);
+        true
+    }
+
     /// The commit of `tid` is applied durably: release its locks.
     pub fn commit_applied(&mut self, tid: Tid) {
         if matches!(self.tids.get(&tid).map(|e| &e.state), Some(State::Committing)) {

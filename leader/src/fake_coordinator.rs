@@ -130,7 +130,8 @@ impl Fake {
 #[tonic::async_trait]
 impl Coordinator for Fake {
     async fn begin(&self, r: Request<pb::BeginRequest>) -> Result<Response<pb::BeginResponse>, Status> {
-        self.act("Begin", &r, || pb::BeginResponse { tid: uuid::Uuid::now_v7().to_string(), deadline_unix_ms: 0 }).await
+        self.act("Begin", &r, || pb::BeginResponse { tid: uuid::Uuid::now_v7().to_string(), ..Default::default() })
+            .await
     }
     async fn enlist(&self, r: Request<pb::EnlistRequest>) -> Result<Response<pb::EnlistResponse>, Status> {
         self.act("Enlist", &r, pb::EnlistResponse::default).await

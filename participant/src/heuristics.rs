@@ -59,7 +59,7 @@ use futures::future::{BoxFuture, Shared};
 use tracing::Instrument;
 use twopc_core::Tid;
 use twopc_core::participant::{HeuristicError, WriteSet};
-use twopc_proto::{failpoint, now_unix_ms, pb};
+use twopc_proto::{clock, failpoint, now_unix_ms, pb};
 
 use crate::error::ParticipantError;
 use crate::node::Node;
@@ -281,7 +281,7 @@ impl Node {
             Err(e) => {
                 // Prepared and in doubt again: open to the coordinator's
                 // decision or another manual resolution.
-                self.core().heuristic_failed(tid, now_unix_ms());
+                self.core().heuristic_failed(tid, clock::now_ms());
                 tracing::error!(%tid, outcome = word(commit), error = %e, "making the heuristic outcome durable failed; the tid is in doubt again");
             }
         }

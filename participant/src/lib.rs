@@ -33,7 +33,7 @@ use twopc_core::participant::{Limits, Participant};
 use twopc_leader::follow::Follower;
 use twopc_proto::pb::participant_server::ParticipantServer;
 use twopc_proto::token::{self, AdminToken, PeerToken};
-use twopc_proto::{now_unix_ms, runtime};
+use twopc_proto::{clock, runtime};
 
 use crate::node::Node;
 use crate::service::{InputLimits, ParticipantService};
@@ -117,7 +117,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ..Limits::default()
     };
     let mut core = Participant::new(config.partition, limits);
-    let now = now_unix_ms();
+    let now = clock::now_ms();
     // One line per tid at debug (a restart may find thousands), a count at info.
     let in_doubt = prepared.len();
     for (tid, writes) in prepared {

@@ -19,6 +19,17 @@
 //!   coordinator whose decision log is the one the tid voted under
 //!   (`crate::fence`); or, in disaster recovery, by an operator's explicit
 //!   heuristic outcome (`crate::heuristics`);
+//! - a prepare whose write fails for lack of space (`StoreError::DiskFull`:
+//!   certainly not written) votes NO with a reason naming this partition's
+//!   full disk (rule 10: no YES was sent), counted and logged once per
+//!   episode by [`Node::disk`]; reads and everything already prepared are
+//!   served on, and the next prepare that fits ends the episode. A
+//!   phase-2 commit that cannot be written for lack of space is refused
+//!   with RESOURCE_EXHAUSTED and stays pending: its tid must still commit,
+//!   so the coordinator's resends apply it once space returns. A one-phase
+//!   commit that cannot be written is decided ABORT here (this answer is
+//!   the decision, and nothing landed), with the same reason; one write
+//!   per tid at a time, so no repeat can land after that answer;
 //! - a tid is enlisted only under the decision log the prepared tids here
 //!   voted under: the enlistment's answer carries the coordinator's cluster
 //!   id and is checked (`crate::fence`) before the operation is applied.
@@ -50,6 +61,8 @@ use twopc_core::participant::{
 use twopc_core::{PartitionId, Tid};
 use twopc_leader::follow::{FollowError, Follower, Policy, Retry};
 use twopc_proto::batch::{self, Batcher};
+use twopc_proto::clock::{self, Skew};
+use twopc_proto::disk_full::DiskFull;
 use twopc_proto::pb;
 use twopc_proto::throttle::Throttle;
 use twopc_proto::{failpoint, now_unix_ms};
@@ -57,7 +70,25 @@ use twopc_proto::{failpoint, now_unix_ms};
 use crate::error::ParticipantError;
 use crate::fence::Fence;
 use crate::heuristics::InFlight;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+
+/// Holds a tid's one-phase write slot; released when dropped.
+struct OnePhaseSlot<'a> {
+    set: &'a Mutex<std::collections::HashSet<Tid>>,
+    tid: Tid,
+}
+
+impl<'a> OnePhaseSlot<'a> {
+    fn take(set: &'a Mutex<std::collections::HashSet<Tid>>, tid: Tid) -> Option<Self> {
+        set.lock().unwrap_or_else(|e| e.into_inner()).insert(tid).then_some(Self { set, tid })
+    }
+}
+
+impl Drop for OnePhaseSlot<'_> {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.tid);
+    }
+}
 
 /// Log sites that can fire once per tid (`twopc_proto::throttle`): at most
 /// one line per 10 s each at the default level; debug has every one.
@@ -116,11 +147,19 @@ pub struct Node {
     /// Enlistments batched into EnlistBatch calls under load.
     /// Each answer: the tid's deadline and the coordinator's cluster id.
     enlists: Arc<Batcher<pb::EnlistRequest, (u64, String, u64)>>,
+    /// Whether this partition's store is out of space (see module docs).
+    pub disk: DiskFull,
+    /// Tids whose one-phase commit is being written (see `apply_one_phase`).
+    one_phase_writing: Mutex<std::collections::HashSet<Tid>>,
+    /// The coordinator's clock offset from ours, as last measured
+    /// (`twopc_proto::clock`): reported, never used for timing.
+    pub clock: Arc<Skew>,
 }
 
 impl Node {
     pub fn new(core: Participant, store: Store, coordinator: Follower) -> Arc<Self> {
         let partition = core.partition();
+        let store_path = store.path().to_path_buf();
         Arc::new(Self {
             core: Mutex::new(core),
             store,
@@ -137,6 +176,19 @@ impl Node {
             // Enlist requests carry a tid each: the coordinator's default
             // message limit bounds their batches (`twopc_proto::limits`).
             enlists: Batcher::new(256, twopc_proto::limits::SizeLimits::default().batch_budget(), 2),
+            one_phase_writing: Mutex::default(),
+            clock: Arc::new(Skew::new(
+                "the coordinator".into(),
+                format!("partition {partition}"),
+                "twopc_coordinator_clock_offset_ms",
+            )),
+            disk: DiskFull::new(
+                format!("partition {partition}'s disk (store {})", store_path.display()),
+                "twopc_store_disk_full",
+                "twopc_store_disk_full_total",
+                // Every prepare tries its write: the first that fits resumes.
+                Duration::ZERO,
+            ),
         })
     }
 
@@ -162,11 +214,20 @@ impl Node {
                 return Err(ParticipantError::Fenced { ours: self.store.cluster_id().unwrap_or_default(), theirs });
             }
         }
-        let req = pb::EnlistRequest { tid: tid.to_string(), partition: self.partition, incarnation: self.incarnation };
+        let req = pb::EnlistRequest {
+            tid: tid.to_string(),
+            partition: self.partition,
+            incarnation: self.incarnation,
+            sent_unix_ms: now_unix_ms(),
+        };
         let coordinator = self.coordinator.clone();
+        let skew = self.clock.clone();
         let send = move |requests: Vec<pb::EnlistRequest>| {
-            let coordinator = coordinator.clone();
+            let (coordinator, skew) = (coordinator.clone(), skew.clone());
             async move {
+                // The tid's deadline here is its remaining time counted from
+                // now, on this clock (`twopc_proto::clock`).
+                let (asked, asked_wall) = (clock::now_ms(), now_unix_ms());
                 let resp = coordinator
                     .call(
                         "EnlistBatch",
@@ -180,10 +241,17 @@ impl Node {
                     .await
                     .map_err(FollowError::into_status)?
                     .into_inner();
+                let answered = now_unix_ms();
+                if let Some(r) = resp.results.iter().find(|r| r.sent_unix_ms > 0) {
+                    skew.observe(r.sent_unix_ms, asked_wall, answered);
+                }
                 Ok(resp
                     .results
                     .into_iter()
-                    .map(|r| batch::item(r.code, r.message, || (r.deadline_unix_ms, r.cluster_id, r.coordinator_term)))
+                    .map(|r| {
+                        let deadline = clock::local_deadline(r.remaining_ms, r.deadline_unix_ms, asked);
+                        batch::item(r.code, r.message, || (deadline, r.cluster_id, r.coordinator_term))
+                    })
                     .collect())
             }
         };
@@ -238,9 +306,9 @@ impl Node {
         let plan = self
             .until_granted(tid, key, wait, |core| {
                 if for_update {
-                    core.get_for_update(tid, key, now_unix_ms())
+                    core.get_for_update(tid, key, clock::now_ms())
                 } else {
-                    core.get(tid, key, now_unix_ms())
+                    core.get(tid, key, clock::now_ms())
                 }
             })
             .await?;
@@ -258,7 +326,7 @@ impl Node {
         wait: bool,
     ) -> Result<(), ParticipantError> {
         self.ensure_enlisted(tid).await?;
-        self.until_granted(tid, key, wait, |core| core.write(tid, key, value.clone(), now_unix_ms())).await
+        self.until_granted(tid, key, wait, |core| core.write(tid, key, value.clone(), clock::now_ms())).await
     }
 
     /// Runs a locking operation, waiting while wait-die says the tid must
@@ -318,7 +386,22 @@ impl Node {
             self.locks_released();
             self.tell_coordinator_aborted(tid);
         }
-        ParticipantError::from_op(tid, e, key)
+        match ParticipantError::from_op(tid, e, key) {
+            ParticipantError::Aborted { tid, reason } if reason.contains("deadline") => {
+                ParticipantError::Aborted { tid, reason: self.deadline_reason(reason) }
+            }
+            e => e,
+        }
+    }
+
+    /// A deadline's abort reason, with a note when this participant's
+    /// clock and the coordinator's disagree beyond the bound (deadlines
+    /// travel as remaining time, but an older coordinator sends none).
+    pub(crate) fn deadline_reason(&self, reason: String) -> String {
+        match self.clock.hint() {
+            Some(hint) => format!("{reason} ({hint})"),
+            None => reason,
+        }
     }
 
     fn tell_coordinator_aborted(&self, tid: Tid) {
@@ -339,18 +422,22 @@ impl Node {
     /// GetDecision for `tid`, of whoever leads, bounded as one question.
     pub(crate) async fn get_decision(&self, tid: Tid) -> Result<pb::GetDecisionResponse, FollowError> {
         let policy = Policy::within(QUESTION_BUDGET).attempts_within(COORDINATOR_ATTEMPT);
-        self.coordinator
+        let asked = now_unix_ms();
+        let resp = self
+            .coordinator
             .call("GetDecision", policy, Retry::Idempotent, |mut c| async move {
                 c.get_decision(pb::GetDecisionRequest { tid: tid.to_string() }).await.map(tonic::Response::into_inner)
             })
-            .await
+            .await?;
+        self.clock.observe(resp.sent_unix_ms, asked, now_unix_ms());
+        Ok(resp)
     }
 
     /// Phase 1 (rule 3). The durable part runs in a task of its own, so a
     /// dropped call (the coordinator's connection closing) cannot leave the
     /// tid half-way in "preparing" with its locks held.
     pub async fn prepare(self: &Arc<Self>, tid: Tid) -> Result<VoteReply, ParticipantError> {
-        let step = self.core().prepare(tid, now_unix_ms());
+        let step = self.core().prepare(tid, clock::now_ms());
         let writes = match step {
             PrepareStep::Yes => return Ok(VoteReply::Yes),
             PrepareStep::ReadOnly => {
@@ -359,6 +446,7 @@ impl Node {
             }
             PrepareStep::No(why) => {
                 self.locks_released();
+                let why = if why.contains("deadline") { self.deadline_reason(why) } else { why };
                 return Ok(VoteReply::No(why));
             }
             PrepareStep::InProgress => {
@@ -378,7 +466,10 @@ impl Node {
         // C4: a crash before the prepared state is durable.
         let written = match failpoint::hit("participant::before_prepare_durable").await {
             Err(e) => Err(e.to_string()),
-            Ok(()) => self.store.prepare(tid, &writes).await.map_err(|e| e.to_string()),
+            Ok(()) => match self.store.prepare(tid, &writes).await {
+                Err(StoreError::DiskFull(detail)) => return Ok(self.prepare_out_of_space(tid, &detail)),
+                r => r.map_err(|e| e.to_string()),
+            },
         };
         if let Err(e) = written {
             // Not durable (or unknown): abort here; the record, if it landed
@@ -389,7 +480,8 @@ impl Node {
             self.tell_coordinator_aborted(tid);
             return Err(ParticipantError::Internal(format!("persisting the prepared state failed: {e}")));
         }
-        let durable = self.core().prepared_durable(tid, now_unix_ms());
+        self.disk.succeeded();
+        let durable = self.core().prepared_durable(tid, clock::now_ms());
         if let Err(why) = durable {
             // Aborted while the record was being written: delete it, and only
             // then release the locks (prepare_failed).
@@ -406,6 +498,40 @@ impl Node {
         Ok(VoteReply::Yes)
     }
 
+    /// A prepare's write failed for lack of space: it certainly did not
+    /// land, so the tid aborts here (no YES was sent, rule 10) and votes NO
+    /// with a reason naming this partition's full disk.
+    fn prepare_out_of_space(&self, tid: Tid, detail: &str) -> VoteReply {
+        self.disk.failed(detail);
+        self.core().prepare_failed(tid);
+        self.locks_released();
+        tracing::debug!(%tid, "prepare not written: out of space; voting NO");
+        VoteReply::No(format!(
+            "partition {} is out of disk space (store {}: {detail}): its prepared state could not be written; \
+             free space there and retry (the participant resumes by itself)",
+            self.partition,
+            self.store.path().display()
+        ))
+    }
+
+    /// A commit's write failed: out of space it stays pending and is refused RESOURCE_EXHAUSTED, naming the
+    /// partition (the coordinator resends until space returns); any other
+    /// failure is internal.
+    fn commit_write_failed(&self, e: StoreError) -> ParticipantError {
+        match e {
+            StoreError::DiskFull(detail) => {
+                self.disk.failed(&detail);
+                ParticipantError::ResourceExhausted(format!(
+                    "partition {} is out of disk space (store {}: {detail}): the commit will be applied once space \
+                     is freed",
+                    self.partition,
+                    self.store.path().display()
+                ))
+            }
+            e => ParticipantError::Internal(e.to_string()),
+        }
+    }
+
     /// Phase 2, commit (from the coordinator, or learned by asking).
     pub async fn commit(&self, tid: Tid) -> Result<(), ParticipantError> {
         // C6: voted YES, the decision never arrives.
@@ -413,7 +539,8 @@ impl Node {
         let step = self.core().commit(tid).map_err(|e| ParticipantError::from_resolve(tid, e))?;
         match step {
             CommitStep::Apply(writes) => {
-                self.store.commit(tid, writes).await.map_err(|e| ParticipantError::Internal(e.to_string()))?;
+                self.store.commit(tid, writes).await.map_err(|e| self.commit_write_failed(e))?;
+                self.disk.succeeded();
                 self.core().commit_applied(tid);
                 self.locks_released();
                 tracing::debug!(%tid, "commit applied");
@@ -427,7 +554,7 @@ impl Node {
 
     /// One-phase commit: the coordinator delegated the decision here.
     pub async fn commit_one_phase(self: &Arc<Self>, tid: Tid) -> Result<OnePhaseReply, ParticipantError> {
-        let step = self.core().commit_one_phase(tid, now_unix_ms());
+        let step = self.core().commit_one_phase(tid, clock::now_ms());
         let writes = match step {
             OnePhaseStep::Apply(writes) => writes,
             OnePhaseStep::Aborted(why) => {
@@ -457,11 +584,41 @@ impl Node {
     }
 
     async fn apply_one_phase(&self, tid: Tid, writes: WriteSet) -> Result<OnePhaseReply, ParticipantError> {
+        // One write of a tid's one-phase commit at a time, so that one
+        // certainly not written (out of space) can be decided ABORT: no
+        // other write of it can land afterwards.
+        let Some(_slot) = OnePhaseSlot::take(&self.one_phase_writing, tid) else {
+            return Err(ParticipantError::Unavailable(format!(
+                "tid {tid} is being committed by an earlier call; ask again for its outcome"
+            )));
+        };
+        if !self.core().committing(tid) {
+            // An earlier call finished it while this one waited for the
+            // slot: the repeat then finds its answer (rule 11).
+            return Err(ParticipantError::Unavailable(format!(
+                "tid {tid} was just decided by an earlier call; ask again for its outcome"
+            )));
+        }
         // Crash before the one-phase commit is durable: the tid is lost, an abort.
         self.failpoint("participant::before_one_phase_applied").await?;
         // A failed write leaves the tid committing: its fate on disk is
         // unknown, and the coordinator's repeat applies it (once) or finds it.
-        self.store.commit_one_phase(tid, writes).await.map_err(|e| ParticipantError::Internal(e.to_string()))?;
+        // Except out of space: certainly not written, so this participant,
+        // whose answer is the decision, aborts it.
+        match self.store.commit_one_phase(tid, writes).await {
+            Ok(()) => self.disk.succeeded(),
+            Err(StoreError::DiskFull(detail)) if self.core().one_phase_not_written(tid) => {
+                self.disk.failed(&detail);
+                self.locks_released();
+                return Ok(OnePhaseReply::Aborted(format!(
+                    "partition {} is out of disk space (store {}: {detail}): nothing was committed; free space \
+                     there and retry (the participant resumes by itself)",
+                    self.partition,
+                    self.store.path().display()
+                )));
+            }
+            Err(e) => return Err(self.commit_write_failed(e)),
+        }
         self.core().commit_applied(tid);
         self.locks_released();
         metrics::counter!("twopc_one_phase_commits_total").increment(1);
@@ -494,7 +651,7 @@ impl Node {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            let now = now_unix_ms();
+            let now = clock::now_ms();
             let (expired, due) = {
                 let mut core = self.core();
                 metrics::gauge!("twopc_in_doubt_tids").set(core.in_doubt().len() as f64);
@@ -583,10 +740,12 @@ impl Node {
     pub async fn register_loop(self: Arc<Self>, address: String) {
         let mut backoff = twopc_proto::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
+            let asked = now_unix_ms();
             let req = pb::RegisterRequest {
                 partition: self.partition,
                 address: address.clone(),
                 incarnation: self.incarnation,
+                sent_unix_ms: asked,
             };
             let answer = self
                 .coordinator
@@ -600,9 +759,10 @@ impl Node {
                     },
                 )
                 .await;
-            // The partition count clients route by (`crate::ownership`), also while fenced.
             if let Ok(resp) = &answer {
+                // The partition count clients route by (`crate::ownership`), also while fenced.
                 self.ownership.learn(resp.get_ref().partitions);
+                self.clock.observe(resp.get_ref().sent_unix_ms, asked, now_unix_ms());
             }
             match answer {
                 Ok(resp) => match self.check_cluster(&resp.get_ref().cluster_id).await {

@@ -11,7 +11,7 @@ use twopc_proto::admin_token::AdminToken;
 use twopc_proto::limits::SizeLimits;
 use twopc_proto::pb::{self, participant_server::Participant as ParticipantRpc};
 use twopc_proto::token::PeerToken;
-use twopc_proto::{failpoint, now_unix_ms, tid};
+use twopc_proto::{clock, failpoint, tid};
 
 use crate::error::ParticipantError;
 use crate::heuristics::Resolution;
@@ -300,7 +300,7 @@ impl ParticipantRpc for ParticipantService {
 
     async fn list_in_doubt(&self, req: Request<pb::ListInDoubtRequest>) -> Reply<pb::ListInDoubtResponse> {
         self.admin_token.check(&req, "ListInDoubt")?;
-        let now = now_unix_ms();
+        let now = clock::now_ms();
         let heuristics: Vec<pb::HeuristicOutcome> = self
             .node
             .store

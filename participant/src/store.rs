@@ -30,6 +30,14 @@
 //! abort is not forced: if it survives a crash the participant asks, and
 //! hears ABORTED.
 //!
+//! Out of space (`SQLITE_FULL`), a batch is rolled back by SQLite and
+//! answered [`StoreError::DiskFull`]: certainly not written, so a prepare
+//! that hit it can vote NO (rule 10) and the participant serves on
+//! (`twopc_proto::disk_full` says why that is safe and a failed fsync is
+//! not). The test hook `store::max_page_count` (a failpoint armed with
+//! `return(PAGES)`) caps the file's size to make that happen without a
+//! full disk.
+//!
 //! All writes go through one writer thread that takes every queued request
 //! into one SQLite transaction (group commit: concurrent prepares and
 //! commits share one fsync; nobody is answered before it returns). Reads of
@@ -46,6 +54,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 use twopc_core::participant::WriteSet;
 use twopc_core::{PartitionId, Tid};
+use twopc_proto::disk_full::{PageLimit, is_disk_full};
 use twopc_proto::pb;
 
 use crate::heuristics::{Heuristic, Heuristics};
@@ -68,6 +77,16 @@ pub enum StoreError {
     Invalid(String),
     #[error("store writer stopped")]
     Stopped,
+    /// Out of space: the write certainly did not take effect.
+    #[error("store: {0}")]
+    DiskFull(String),
+}
+
+/// How a batch failed, as its writers are told.
+#[derive(Debug, Clone)]
+struct Failed {
+    disk_full: bool,
+    message: String,
 }
 
 enum Write {
@@ -105,7 +124,7 @@ impl Write {
     }
 }
 
-type Done = oneshot::Sender<Result<(), String>>;
+type Done = oneshot::Sender<Result<(), Failed>>;
 
 pub struct Store {
     tx: mpsc::Sender<(Write, Done)>,
@@ -114,6 +133,7 @@ pub struct Store {
     /// In-memory copies of what is durable in `meta` and `heuristics`.
     cluster_id: Mutex<Option<String>>,
     heuristics: Mutex<Heuristics>,
+    path: std::path::PathBuf,
 }
 
 /// Counters of the writer thread: how well group commit batches.
@@ -169,6 +189,7 @@ impl Store {
             stats,
             cluster_id: Mutex::new(cluster_id),
             heuristics: Mutex::new(heuristics),
+            path,
         };
         Ok((store, prepared))
     }
@@ -249,6 +270,11 @@ impl Store {
         &self.stats
     }
 
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The committed value of `key`.
     pub fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
@@ -259,7 +285,9 @@ impl Store {
     async fn submit(&self, w: Write) -> Result<(), StoreError> {
         let (done, rx) = oneshot::channel();
         self.tx.send((w, done)).map_err(|_| StoreError::Stopped)?;
-        rx.await.map_err(|_| StoreError::Stopped)?.map_err(StoreError::Invalid)
+        rx.await
+            .map_err(|_| StoreError::Stopped)?
+            .map_err(|f| if f.disk_full { StoreError::DiskFull(f.message) } else { StoreError::Invalid(f.message) })
     }
 }
 
@@ -352,13 +380,15 @@ fn apply(txn: &rusqlite::Transaction<'_>, writes: &WriteSet) -> Result<(), rusql
 fn writer(mut conn: Connection, rx: mpsc::Receiver<(Write, Done)>, stats: &Stats) {
     let mut one_phase_since_trim = 0usize;
     let mut synchronous_full = true;
+    let mut page_limit = PageLimit::new("store::max_page_count", &conn);
     while let Some(batch) = twopc_proto::batch::next_batch(&rx, MAX_BATCH) {
+        page_limit.apply(&conn);
         one_phase_since_trim += batch.iter().filter(|(w, _)| matches!(w, Write::CommitOnePhase { .. })).count();
         let trim = one_phase_since_trim >= TRIM_EVERY;
         if trim {
             one_phase_since_trim = 0;
         }
-        let result = write_batch(&mut conn, &batch, trim, &mut synchronous_full).map_err(|e| e.to_string());
+        let result = write_batch(&mut conn, &batch, trim, &mut synchronous_full).map_err(|e| write_failed(&conn, &e));
         let forced = batch.iter().filter(|(w, _)| w.forced()).count() as u64;
         if forced > 0 && result.is_ok() {
             metrics::counter!("twopc_store_fsyncs_total").increment(1);
@@ -366,13 +396,25 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<(Write, Done)>, stats: &Stats
             stats.forced_batches.fetch_add(1, Ordering::Relaxed);
             stats.forced_writes.fetch_add(forced, Ordering::Relaxed);
         }
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "store write failed");
+        // Out of space is logged once per episode by the node, not per batch.
+        if let Err(e) = &result
+            && !e.disk_full
+        {
+            tracing::error!(error = %e.message, "store write failed");
         }
         for (_, done) in batch {
             let _ = done.send(result.clone());
         }
     }
+}
+
+/// How a failed batch is reported; SQLite may leave the transaction open
+/// after some errors: it is ended here so the next batch starts clean.
+fn write_failed(conn: &Connection, e: &rusqlite::Error) -> Failed {
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    Failed { disk_full: is_disk_full(e), message: e.to_string() }
 }
 
 fn write_batch(

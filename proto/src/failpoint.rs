@@ -134,6 +134,19 @@ pub async fn hit(name: &'static str) -> Result<(), Injected> {
     Ok(())
 }
 
+/// The argument the failpoint `name` is armed with (`return(ARG)`), without
+/// acting on it: for test hooks that take a value (e.g.
+/// [`crate::disk_full::PageLimit`]). `None` when unarmed, and always in a
+/// build without failpoints.
+#[allow(unused_variables)]
+pub fn value(name: &'static str) -> Option<String> {
+    #[cfg(feature = "failpoints")]
+    {
+        fail::fail_point!(name, |arg: Option<String>| arg);
+    }
+    None
+}
+
 #[cfg(feature = "failpoints")]
 fn kill_self(name: &str) -> ! {
     eprintln!("failpoint {name}: killing the process (SIGKILL)");

@@ -13,6 +13,8 @@
 //! - [`reflection`]: gRPC reflection listing exactly the process's own services.
 //! - [`placement`]: which partition owns a key (the client routes by it,
 //!   a participant refuses keys it does not own).
+//! - [`clock`]: deadlines as remaining time, and clock skew measured and
+//!   reported.
 //! - [`runtime`]: logging set-up and the listening socket every server uses.
 //! - [`preflight`]: the start-up checks of addresses and data directories.
 //! - [`tls`]: the TLS flags and the client/server TLS settings built from them.
@@ -23,12 +25,16 @@
 //!   directory (one process per decision log or partition store).
 //! - [`data_file`]: the start-up check of an existing SQLite data file.
 //! - [`throttle`]: rate-limited log lines for events that repeat per tid.
+//! - [`disk_full`]: a full disk under a SQLite file, told apart from a
+//!   failed fsync, and degraded on instead of stopped for.
 //! - [`Backoff`]: the bounded exponential backoff used for every retry loop.
 
 pub mod admin_token;
 pub mod batch;
+pub mod clock;
 pub mod data_dir_lock;
 pub mod data_file;
+pub mod disk_full;
 pub mod failpoint;
 pub mod limits;
 pub mod placement;
@@ -53,7 +59,10 @@ pub mod pb {
 /// The encoded protobuf descriptors of `twopc.v1`, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/twopc_descriptor.bin"));
 
-/// Milliseconds since the Unix epoch: the clock deadlines are expressed in.
+/// Milliseconds since the Unix epoch: the clock deadlines are expressed in
+/// (shifted by the test hook `TWOPC_TEST_CLOCK_OFFSET_MS`, see [`clock`]).
 pub fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    let wall =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    wall.saturating_add_signed(clock::test_offset_ms())
 }

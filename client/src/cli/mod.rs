@@ -419,10 +419,14 @@ fn in_doubt_lines(part: &PartitionInDoubt) -> Vec<String> {
 }
 
 fn transaction_line(t: &pb::TransactionInfo, now_ms: u64) -> String {
-    let deadline = match t.deadline_unix_ms {
-        0 => "no deadline".to_string(),
-        d if d >= now_ms => format!("deadline in {}ms", d - now_ms),
-        d => format!("deadline passed {}ms ago", now_ms - d),
+    // The coordinator's own count of the time left, when it sends one: the
+    // reader's clock may differ from the coordinator's.
+    let deadline = match (t.remaining_ms, t.deadline_unix_ms) {
+        (_, 0) => "no deadline".to_string(),
+        (Some(left), _) if left >= 0 => format!("deadline in {left}ms"),
+        (Some(left), _) => format!("deadline passed {}ms ago", left.unsigned_abs()),
+        (None, d) if d >= now_ms => format!("deadline in {}ms", d - now_ms),
+        (None, d) => format!("deadline passed {}ms ago", now_ms - d),
     };
     let parts: Vec<String> = t
         .participants
@@ -526,10 +530,17 @@ mod tests {
                 pb::ParticipantInfo { partition: 0, state: "voted-yes".into(), retries: 2 },
                 pb::ParticipantInfo { partition: 1, state: "acked".into(), retries: 0 },
             ],
+            remaining_ms: None,
         };
         assert_eq!(
             transaction_line(&t, 1_000),
             "t1  committing  age 40ms  deadline in 500ms  p0:voted-yes(retries 2) p1:acked"
         );
+        // The coordinator's count of the time left wins over the reader's
+        // clock (here 30 s ahead of the coordinator's).
+        let t = pb::TransactionInfo { remaining_ms: Some(500), ..t };
+        assert!(transaction_line(&t, 31_000).contains("deadline in 500ms"));
+        let t = pb::TransactionInfo { remaining_ms: Some(-20), ..t };
+        assert!(transaction_line(&t, 1_000).contains("deadline passed 20ms ago"));
     }
 }

@@ -49,6 +49,11 @@ pub enum LogError {
     Invalid(String),
     #[error("decision log writer stopped")]
     Stopped,
+    /// The write failed for lack of space (`SQLITE_FULL`): it certainly did
+    /// not take effect, so the caller may act on "not written" (see
+    /// `twopc_proto::disk_full`), unlike every other error here.
+    #[error("{0}")]
+    DiskFull(String),
 }
 
 /// What the log held at start (rule 7).

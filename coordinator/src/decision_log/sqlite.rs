@@ -32,6 +32,14 @@
 //! into a single SQLite transaction: concurrent forced records share one
 //! fsync (group commit) and nobody is answered before that commit returns.
 //! At concurrency 1 the queue holds one request, so batching adds no wait.
+//!
+//! A batch that fails for lack of space (`SQLITE_FULL`) is answered
+//! [`LogError::DiskFull`], naming the file: SQLite rolled it back, so none
+//! of its records is on disk and the driver aborts their tids instead of
+//! stopping (`twopc_proto::disk_full` says why that is safe and a failed
+//! fsync is not). The writer's test hook `decision_log::max_page_count`
+//! (a failpoint armed with `return(PAGES)`) caps the file's size to make
+//! that happen without a full disk.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -41,6 +49,7 @@ use std::thread;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use twopc_core::{PartitionId, Tid};
+use twopc_proto::disk_full::{PageLimit, is_disk_full};
 
 use super::{DecisionLog, LogError, Recovered, Request, Stats};
 
@@ -55,7 +64,8 @@ impl DecisionLog {
     /// Opens (or creates) `dir/decisions.db`, checks it belongs to a cluster
     /// of `partitions`, reads back what it holds, and starts the writer.
     pub fn open(dir: &Path, partitions: u32, keep_finished: usize) -> Result<(Self, Recovered), LogError> {
-        let conn = Connection::open(dir.join("decisions.db"))?;
+        let path = dir.join("decisions.db");
+        let conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // Bounded files: SQLite checkpoints the WAL every 1000 pages and,
         // with this limit, truncates it back to 4 MiB after a checkpoint.
@@ -81,7 +91,7 @@ impl DecisionLog {
         let writer_stats = stats.clone();
         thread::Builder::new()
             .name("decision-log".into())
-            .spawn(move || writer(conn, rx, keep_finished, &writer_stats))
+            .spawn(move || writer(conn, rx, keep_finished, &writer_stats, &path))
             .map_err(|e| LogError::Invalid(format!("cannot start writer thread: {e}")))?;
         Ok((Self { tx: super::Queue::Thread(tx), stats }, recovered))
     }
@@ -199,7 +209,7 @@ fn decode_partitions(s: &str) -> Result<Vec<PartitionId>, LogError> {
 /// trimming them is a few rowid deletes instead of a scan of the table
 /// (the scan, every 256 marks over 100,000 kept rows, was the busiest
 /// thread of a profile under load).
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, keep_finished: usize, stats: &Stats) {
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, keep_finished: usize, stats: &Stats, path: &Path) {
     let mut finished = match finished_seqs(&conn) {
         Ok(f) => f,
         Err(e) => {
@@ -209,8 +219,10 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, keep_finished: usiz
         }
     };
     let mut synchronous_full = true;
+    let mut page_limit = PageLimit::new("decision_log::max_page_count", &conn);
     while let Some(batch) = twopc_proto::batch::next_batch(&rx, MAX_BATCH) {
         let forced = batch.iter().any(Request::forced);
+        page_limit.apply(&conn);
         let result = write_batch(&mut conn, &batch, forced, &mut synchronous_full, &finished, keep_finished);
         if forced && result.is_ok() {
             metrics::counter!("twopc_decision_log_fsyncs_total").increment(1);
@@ -224,13 +236,14 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, keep_finished: usiz
                 finished.drain(..trimmed.min(finished.len()));
                 Ok(())
             }
-            Err(e) => {
-                tracing::error!(error = %e, "decision log write failed");
-                Err(e)
-            }
+            Err(e) => Err(write_failed(&conn, e, path)),
         };
         for req in batch {
-            let r = result.as_ref().map(|_| ()).map_err(|e| LogError::Invalid(e.to_string()));
+            let r = result.as_ref().map(|_| ()).map_err(|e| match e {
+                LogError::DiskFull(m) => LogError::DiskFull(m.clone()),
+                LogError::Invalid(m) => LogError::Invalid(m.clone()),
+                e => LogError::Invalid(e.to_string()),
+            });
             match req {
                 Request::Commit { done, .. } | Request::Register { done, .. } => {
                     let _ = done.send(r);
@@ -239,6 +252,22 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, keep_finished: usiz
             }
         }
     }
+}
+
+/// The error a failed batch is answered with. Out of space, the batch was
+/// rolled back: [`LogError::DiskFull`], naming the file, and no log line
+/// (the driver logs once per episode). Anything else is logged here.
+fn write_failed(conn: &Connection, e: rusqlite::Error, path: &Path) -> LogError {
+    // SQLite may leave the transaction open after some errors; end it, so
+    // the next batch starts clean (a no-op when it was rolled back).
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    if is_disk_full(&e) {
+        return LogError::DiskFull(format!("decision log {}: {e}", path.display()));
+    }
+    tracing::error!(error = %e, "decision log write failed");
+    LogError::Invalid(e.to_string())
 }
 
 fn finished_seqs(conn: &Connection) -> Result<VecDeque<i64>, rusqlite::Error> {

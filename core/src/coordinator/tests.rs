@@ -217,3 +217,29 @@ fn aborts_never_push_out_remembered_commits() {
     }
     assert_eq!(c.decision(tid(1)), DecisionAnswer::Committed);
 }
+
+#[test]
+fn a_record_certainly_not_written_aborts_the_tid_and_tells_the_yes_voters() {
+    let (mut c, t) = coord_with(&[0, 1]);
+    c.commit_requested(t, 20, true).unwrap();
+    c.vote(t, 0, Vote::Yes);
+    c.vote(t, 1, Vote::ReadOnly);
+    let a = c.record_not_written(t, "the disk is full".into());
+    assert_eq!(a, vec![Action::SendAbort(t, 0), Action::Reply(t, Outcome::Aborted("the disk is full".into()))]);
+    assert_eq!(c.decision(t), DecisionAnswer::Aborted("the disk is full".into()));
+    // A late durability report (impossible, but idempotent) changes nothing.
+    assert_eq!(c.commit_durable(t), vec![]);
+    // One-phase: the DELEGATED record was not written, the participant never heard.
+    let (mut c, t) = coord_with(&[0]);
+    assert_eq!(c.commit_requested(t, 20, true).unwrap(), vec![Action::ForceDelegation(t, 0)]);
+    let a = c.record_not_written(t, "full".into());
+    assert_eq!(a, vec![Action::SendAbort(t, 0), Action::Reply(t, Outcome::Aborted("full".into()))]);
+    // Once the record is durable, the tid is committed: this event cannot abort it.
+    let (mut c, t) = coord_with(&[0, 1]);
+    c.commit_requested(t, 20, true).unwrap();
+    c.vote(t, 0, Vote::Yes);
+    c.vote(t, 1, Vote::Yes);
+    c.commit_durable(t);
+    assert_eq!(c.record_not_written(t, "full".into()), vec![]);
+    assert_eq!(c.decision(t), DecisionAnswer::Committed);
+}

@@ -334,3 +334,25 @@ fn a_newer_coordinator_term_aborts_unprepared_tids_of_older_terms_only() {
     assert_eq!(p.enlisted_under(tid(4), 1_000, 5), Err(OpError::CoordinatorReplaced));
     assert!(p.aborted_here(tid(4)));
 }
+
+#[test]
+fn a_one_phase_commit_not_written_aborts_and_releases_its_locks() {
+    let mut p = part();
+    let t = tid(1);
+    p.enlisted(t, 100).unwrap();
+    p.write(t, b"a", Some(b"1".to_vec()), 0).unwrap();
+    assert!(matches!(p.commit_one_phase(t, 1), OnePhaseStep::Apply(_)));
+    assert!(p.committing(t));
+    assert!(p.one_phase_not_written(t));
+    assert_eq!(p.locked_keys(), 0);
+    assert!(p.aborted_here(t), "a repeat hears the same answer");
+    assert!(matches!(p.commit_one_phase(t, 2), OnePhaseStep::Aborted(_)));
+    // Only a tid being committed: a prepared one (two-phase) is untouched.
+    let t2 = tid(2);
+    p.enlisted(t2, 100).unwrap();
+    p.write(t2, b"b", Some(b"1".to_vec()), 0).unwrap();
+    let PrepareStep::Persist(_) = p.prepare(t2, 1) else { panic!("expected persist") };
+    p.prepared_durable(t2, 2).unwrap();
+    assert!(!p.one_phase_not_written(t2));
+    assert_eq!(p.prepare(t2, 3), PrepareStep::Yes);
+}
