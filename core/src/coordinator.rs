@@ -41,6 +41,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use crate::reason::{AbortKind, AbortReason};
 use crate::{Millis, PartitionId, Tid};
 
 /// A participant's vote in phase 1, or why it has none.
@@ -48,7 +49,8 @@ use crate::{Millis, PartitionId, Tid};
 pub enum Vote {
     Yes,
     ReadOnly,
-    No(String),
+    /// NO, and why the participant aborted (its own reason, kind kept).
+    No(AbortReason),
     /// The prepare call failed or timed out: counts as NO.
     Failed(String),
 }
@@ -57,14 +59,14 @@ pub enum Vote {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Outcome {
     Committed,
-    Aborted(String),
+    Aborted(AbortReason),
 }
 
 /// What the coordinator answers when asked for a decision (rule 6).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DecisionAnswer {
     Committed,
-    Aborted(String),
+    Aborted(AbortReason),
     Pending,
 }
 
@@ -87,6 +89,13 @@ pub enum Action {
     SendAbort(Tid, PartitionId),
     /// Answer every client waiting on this tid's commit.
     Reply(Tid, Outcome),
+    /// The tid's outcome was decided just now: emitted exactly once per
+    /// tid, at the transition (COMMIT durable, or the abort), never for a
+    /// repeated question, so the shell counts and logs outcomes here and
+    /// never per reply (a Commit repeated after the decision gets a
+    /// `Reply` again, not a `Decided`). Outcomes recovered from the log
+    /// were decided by an earlier run and are not decided again.
+    Decided(Tid, Outcome),
     /// Every YES partition acknowledged the commit: mark the record finished
     /// (no force needed: a lost mark only means phase 2 is re-driven).
     /// Also ends a one-phase commit that committed.
@@ -111,7 +120,7 @@ pub enum Refusal {
     /// The tid exists but is no longer accepting enlistments/operations.
     NotActive(&'static str),
     /// The tid aborted; the reason says why.
-    Aborted(String),
+    Aborted(AbortReason),
     /// The tid committed: an abort cannot be honoured.
     AlreadyCommitted,
     /// Too many open transactions.
@@ -262,13 +271,16 @@ impl Coordinator {
             return (Err(Refusal::NotActive(txn.phase.name())), vec![]);
         }
         if now >= txn.deadline {
-            let why = "deadline passed before commit".to_string();
+            let why = deadline_passed();
             let actions = self.abort(tid, why.clone());
             return (Err(Refusal::Aborted(why)), actions);
         }
         match txn.parts.get(&partition) {
             Some(p) if p.incarnation != incarnation => {
-                let why = format!("partition {partition} restarted and lost this transaction's earlier operations");
+                let why = AbortReason::new(
+                    AbortKind::ParticipantRestarted,
+                    format!("partition {partition} restarted and lost this transaction's earlier operations"),
+                );
                 let actions = self.abort(tid, why.clone());
                 (Err(Refusal::Aborted(why)), actions)
             }
@@ -303,12 +315,12 @@ impl Coordinator {
             Phase::Committing => return Ok(vec![Action::Reply(tid, Outcome::Committed)]),
         }
         if now >= txn.deadline {
-            return Ok(self.abort(tid, "deadline passed before commit".into()));
+            return Ok(self.abort(tid, deadline_passed()));
         }
         if txn.parts.is_empty() {
             // Nothing was written anywhere: trivially committed, nothing to force.
             self.finish(tid, Outcome::Committed);
-            return Ok(vec![Action::Reply(tid, Outcome::Committed)]);
+            return Ok(vec![Action::Reply(tid, Outcome::Committed), Action::Decided(tid, Outcome::Committed)]);
         }
         if self.one_phase && client_wrote && txn.parts.len() == 1 {
             let &p = txn.parts.keys().next().expect("one part");
@@ -341,7 +353,7 @@ impl Coordinator {
             Outcome::Aborted(_) => Action::LogForget(tid),
         };
         self.finish(tid, outcome.clone());
-        vec![Action::Reply(tid, outcome), log]
+        vec![Action::Reply(tid, outcome.clone()), log, Action::Decided(tid, outcome)]
     }
 
     /// Rule 7 for one-phase: an unfinished DELEGATED record read back at
@@ -372,10 +384,11 @@ impl Coordinator {
             Vote::ReadOnly => part.state = PartState::VotedReadOnly,
             Vote::No(why) => {
                 part.state = PartState::VotedNo;
-                return self.abort(tid, format!("partition {partition} voted NO: {why}"));
+                return self.abort(tid, why.within(format_args!("partition {partition} voted NO")));
             }
             Vote::Failed(why) => {
-                return self.abort(tid, format!("partition {partition} did not vote: {why}"));
+                let why = format!("partition {partition} did not vote: {why}");
+                return self.abort(tid, AbortReason::new(AbortKind::ParticipantUnreachable, why));
             }
         }
         if txn.parts.values().any(|p| p.state == PartState::Enlisted) {
@@ -386,7 +399,7 @@ impl Coordinator {
         if yes.is_empty() {
             // Every participant only read: nothing to force, no phase 2.
             self.finish(tid, Outcome::Committed);
-            return vec![Action::Reply(tid, Outcome::Committed)];
+            return vec![Action::Reply(tid, Outcome::Committed), Action::Decided(tid, Outcome::Committed)];
         }
         txn.phase = Phase::Deciding;
         vec![Action::ForceCommit(tid, yes)]
@@ -408,6 +421,7 @@ impl Coordinator {
                 .filter(|(_, p)| p.state == PartState::VotedYes)
                 .map(|(&id, _)| Action::SendCommit(tid, id)),
         );
+        actions.push(Action::Decided(tid, Outcome::Committed));
         actions
     }
 
@@ -431,8 +445,11 @@ impl Coordinator {
         vec![Action::LogFinished(tid)]
     }
 
-    /// The client (or an operator) asks to abort a tid with no decision.
-    pub fn abort_requested(&mut self, tid: Tid, why: &str) -> Result<Vec<Action>, Refusal> {
+    /// The client, an operator, or a participant that aborted the tid on
+    /// its own (its abort notice) asks to abort a tid with no decision.
+    /// The first reason wins: a tid already aborted keeps the reason it
+    /// aborted for (the real cause), whoever asks again later.
+    pub fn abort_requested(&mut self, tid: Tid, why: impl Into<AbortReason>) -> Result<Vec<Action>, Refusal> {
         match self.live.get(&tid).map(|t| t.phase) {
             Some(Phase::Active | Phase::Preparing) => Ok(self.abort(tid, why.into())),
             Some(Phase::Deciding | Phase::Committing) => Err(Refusal::AlreadyCommitted),
@@ -463,7 +480,7 @@ impl Coordinator {
             .filter(|(_, t)| t.phase == Phase::Active && now >= t.deadline)
             .map(|(&tid, _)| tid)
             .collect();
-        expired.into_iter().flat_map(|tid| self.abort(tid, "deadline passed before commit".into())).collect()
+        expired.into_iter().flat_map(|tid| self.abort(tid, deadline_passed())).collect()
     }
 
     /// Rule 6: the decision for `tid`.
@@ -474,7 +491,7 @@ impl Coordinator {
             None => match self.finished.get(&tid) {
                 Some(Outcome::Committed) => DecisionAnswer::Committed,
                 Some(Outcome::Aborted(why)) => DecisionAnswer::Aborted(why.clone()),
-                None => DecisionAnswer::Aborted("unknown tid: presumed aborted".into()),
+                None => DecisionAnswer::Aborted(AbortReason::new(AbortKind::Unknown, "unknown tid: presumed aborted")),
             },
         }
     }
@@ -499,7 +516,7 @@ impl Coordinator {
         self.finish(tid, Outcome::Committed);
     }
 
-    fn abort(&mut self, tid: Tid, why: String) -> Vec<Action> {
+    fn abort(&mut self, tid: Tid, why: AbortReason) -> Vec<Action> {
         let Some(txn) = self.live.get(&tid) else {
             return vec![];
         };
@@ -510,6 +527,7 @@ impl Coordinator {
             .map(|(&id, _)| Action::SendAbort(tid, id))
             .collect();
         actions.push(Action::Reply(tid, Outcome::Aborted(why.clone())));
+        actions.push(Action::Decided(tid, Outcome::Aborted(why.clone())));
         self.finish(tid, Outcome::Aborted(why));
         actions
     }
@@ -535,6 +553,11 @@ impl Coordinator {
             None => Refusal::UnknownTid,
         }
     }
+}
+
+/// The coordinator's own deadline abort.
+fn deadline_passed() -> AbortReason {
+    AbortReason::new(AbortKind::Deadline, "deadline passed before commit")
 }
 
 #[cfg(test)]

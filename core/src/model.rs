@@ -326,6 +326,8 @@ impl World {
                 Action::SendCommit(_, p) => self.send(Msg::Commit(p)),
                 Action::SendAbort(_, p) => self.send(Msg::Abort(p)),
                 Action::Reply(_, outcome) => self.tell_client(outcome),
+                // Counting and logging only.
+                Action::Decided(..) => {}
                 Action::LogForget(_) | Action::LogFinished(_) => {
                     // The leader's own epoch is current: always accepted.
                     let accepted = self.unforced_write(self.epoch, &a);
@@ -359,7 +361,8 @@ impl World {
                 | Action::SendCommitOnePhase(..)
                 | Action::SendCommit(..)
                 | Action::SendAbort(..)
-                | Action::Reply(..) => {}
+                | Action::Reply(..)
+                | Action::Decided(..) => {}
             }
         }
         if stopped || !self.deposed[i].may_write() {
@@ -631,7 +634,7 @@ impl World {
                     Ok(()) => self.vote(*p, VoteMsg::Yes),
                     Err(_) => {
                         self.disks[i].prepared = None;
-                        self.parts[i].prepare_failed(TID);
+                        self.parts[i].prepare_failed(TID, "aborted while preparing".into());
                         self.vote(*p, VoteMsg::No);
                     }
                 }
