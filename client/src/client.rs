@@ -42,7 +42,8 @@ use twopc_proto::token::PeerToken;
 use uuid::Uuid;
 
 use crate::routing::{CONNECT_TIMEOUT, endpoint, partition_for};
-use crate::{ClientError, Txn};
+use crate::{AbortKind, ClientError, Txn};
+use twopc_proto::reason;
 use twopc_proto::batch::{self, Batcher};
 
 /// A handle to a twopc cluster. Cheap to clone; clones share channels.
@@ -135,9 +136,14 @@ impl Topology {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Committed,
-    /// Also the answer for a tid the coordinator never heard of.
+    /// Also the answer for a tid the coordinator never heard of
+    /// ([`AbortKind::Unknown`]).
     Aborted {
+        /// Why, in words: the real cause, as the process that aborted it saw
+        /// it (which partition, what happened).
         reason: String,
+        /// The kind of that cause.
+        kind: AbortKind,
     },
     /// Still deciding: ask again later.
     Pending,
@@ -303,7 +309,9 @@ impl Client {
             .await?;
         match resp.decision() {
             pb::Decision::Committed => Ok(Decision::Committed),
-            pb::Decision::Aborted => Ok(Decision::Aborted { reason: resp.reason }),
+            pb::Decision::Aborted => {
+                Ok(Decision::Aborted { kind: reason::from_wire(resp.abort_kind), reason: resp.reason })
+            }
             pb::Decision::Pending => Ok(Decision::Pending),
             pb::Decision::Unspecified => Err(FollowError::Status {
                 address: self.inner.follower.current(),

@@ -18,6 +18,14 @@
 //! - `SendCommitOnePhase`: resent with capped backoff until the participant
 //!   answers COMMITTED or ABORTED; that answer is the decision.
 //! - `Reply`: wakes every client waiting in Commit for this tid.
+//! - `Decided`: counts the outcome and logs an abort with its reason. The
+//!   core emits it once per tid, at the decision, so every outcome counter
+//!   counts transactions, never replies (a Commit or GetDecision repeated
+//!   after the decision counts nothing). The aborted counter's `reason`
+//!   label is the reason's kind (`twopc_core::reason::AbortKind::label`):
+//!   conflict, deadline, write_failed, participant_restarted, shutdown,
+//!   client, operation_failed, operator, coordinator_restarted,
+//!   participant_unreachable, unknown, other.
 //!
 //! The core sits behind a std mutex that is never held across an await.
 
@@ -135,18 +143,18 @@ impl Driver {
                     let this = self.clone();
                     spawn_for(tid, Some(p), async move { this.send_abort(tid, p).await });
                 }
-                Action::Reply(tid, outcome) => {
-                    match &outcome {
-                        Outcome::Committed => {
-                            tracing::debug!(%tid, "committed");
-                            metrics::counter!("twopc_transactions_committed_total").increment(1);
-                        }
-                        Outcome::Aborted(why) => {
-                            tracing::info!(%tid, reason = %why, "aborted");
-                            metrics::counter!("twopc_transactions_aborted_total", "reason" => abort_kind(why))
-                                .increment(1);
-                        }
+                Action::Decided(tid, outcome) => match &outcome {
+                    Outcome::Committed => {
+                        tracing::debug!(%tid, "committed");
+                        metrics::counter!("twopc_transactions_committed_total").increment(1);
                     }
+                    Outcome::Aborted(why) => {
+                        tracing::info!(%tid, kind = why.kind.label(), reason = %why, "aborted");
+                        metrics::counter!("twopc_transactions_aborted_total", "reason" => why.kind.label())
+                            .increment(1);
+                    }
+                },
+                Action::Reply(tid, outcome) => {
                     let waiters = self.state().waiters.remove(&tid).unwrap_or_default();
                     for w in waiters {
                         let _ = w.send(outcome.clone());
@@ -187,7 +195,13 @@ impl Driver {
             Ok(resp
                 .results
                 .into_iter()
-                .map(|r| batch::item(r.code, r.message, || pb::PrepareResponse { vote: r.vote, reason: r.reason }))
+                .map(|r| {
+                    batch::item(r.code, r.message, || pb::PrepareResponse {
+                        vote: r.vote,
+                        reason: r.reason,
+                        abort_kind: r.abort_kind,
+                    })
+                })
                 .collect())
         };
         match self.peer_call(tid, p, batcher, self.timeouts.prepare, rpc).await {
@@ -195,7 +209,7 @@ impl Driver {
             Ok(resp) => match pb::Vote::try_from(resp.vote) {
                 Ok(pb::Vote::Yes) => Vote::Yes,
                 Ok(pb::Vote::ReadOnly) => Vote::ReadOnly,
-                Ok(pb::Vote::No) => Vote::No(resp.reason),
+                Ok(pb::Vote::No) => Vote::No(twopc_proto::reason::from_fields(resp.abort_kind, resp.reason)),
                 _ => Vote::Failed(format!("invalid vote {}", resp.vote)),
             },
         }
@@ -319,7 +333,8 @@ impl Driver {
         Ok(if r.committed {
             Outcome::Committed
         } else {
-            Outcome::Aborted(format!("partition {p} aborted it: {}", r.reason))
+            let why = twopc_proto::reason::from_fields(r.abort_kind, r.reason);
+            Outcome::Aborted(why.within(format_args!("partition {p} aborted it")))
         })
     }
 
@@ -398,21 +413,4 @@ enum Record {
 /// under `txn{tid=.. partition=..}`.
 fn spawn_for(tid: Tid, partition: Option<PartitionId>, step: impl Future<Output = ()> + Send + 'static) {
     tokio::spawn(step.instrument(tracing::debug_span!("txn", %tid, partition)));
-}
-
-/// A low-cardinality label for an abort reason (the full text is logged).
-fn abort_kind(why: &str) -> &'static str {
-    if why.contains("client") {
-        "client"
-    } else if why.contains("deadline") {
-        "deadline"
-    } else if why.contains("voted NO") {
-        "voted_no"
-    } else if why.contains("did not vote") {
-        "no_vote"
-    } else if why.contains("restarted") {
-        "participant_restarted"
-    } else {
-        "other"
-    }
 }

@@ -299,16 +299,15 @@ impl Participant {
         if let Some(why) = self.aborted.get(&tid) {
             return why.clone();
         }
-        let p = self.partition;
         let why = if tid_millis(tid).is_some_and(|t| t < self.started_at) {
             AbortReason::new(
                 AbortKind::ParticipantRestarted,
-                format!("partition {p} restarted and lost the transaction's unprepared operations"),
+                "it restarted and lost the transaction's unprepared operations",
             )
         } else {
             AbortReason::new(
                 AbortKind::Other,
-                format!("partition {p} does not know the transaction (never enlisted, or aborted and forgotten)"),
+                "it does not know the transaction (never enlisted there, or aborted and forgotten)",
             )
         };
         if !self.tids.contains_key(&tid) {
@@ -380,13 +379,12 @@ impl Participant {
         if let Some(why) = self.aborted.get(&tid) {
             return Err(OpError::AlreadyAborted(why.clone()));
         }
-        let p = self.partition;
         let entry = self.tids.get_mut(&tid).ok_or(OpError::UnknownTid)?;
         let State::Active { deadline, ops, .. } = &mut entry.state else {
             return Err(OpError::NotActive(state_name(&entry.state)));
         };
         if now >= *deadline {
-            self.abort_locally(tid, deadline_passed(p));
+            self.abort_locally(tid, deadline_passed());
             return Err(OpError::DeadlinePassed);
         }
         if *ops >= self.limits.max_ops_per_tid {
@@ -415,7 +413,7 @@ impl Participant {
                     let why = AbortReason::new(
                         AbortKind::Conflict,
                         format!(
-                            "partition {p}: lock conflict on key {:?} with older tid {oldest} (wait-die)",
+                            "lock conflict on key {:?} with older tid {oldest} (wait-die)",
                             String::from_utf8_lossy(key)
                         ),
                     );
@@ -430,14 +428,13 @@ impl Participant {
 
     /// Phase 1 (rule 3).
     pub fn prepare(&mut self, tid: Tid, now: Millis) -> PrepareStep {
-        let p = self.partition;
         let Some(entry) = self.tids.get_mut(&tid) else {
             return PrepareStep::No(self.lost(tid));
         };
         match entry.state {
             State::Active { deadline, .. } => {
                 if now >= deadline {
-                    let why = deadline_passed(p);
+                    let why = deadline_passed();
                     self.abort_locally(tid, why.clone());
                     return PrepareStep::No(why);
                 }
@@ -452,12 +449,9 @@ impl Participant {
             // write the record a second time: that write could land after the
             // commit has deleted the record and bring it back.
             State::Preparing { aborted: false } => PrepareStep::InProgress,
-            State::Preparing { aborted: true } => PrepareStep::No(aborted_while_preparing(p)),
+            State::Preparing { aborted: true } => PrepareStep::No(aborted_while_preparing()),
             State::Prepared { .. } | State::Committing | State::Heuristic { commit: true, .. } => PrepareStep::Yes,
-            State::Heuristic { commit: false, .. } => PrepareStep::No(AbortReason::new(
-                AbortKind::Operator,
-                format!("partition {p}: aborted heuristically by an operator"),
-            )),
+            State::Heuristic { commit: false, .. } => PrepareStep::No(heuristic_abort()),
         }
     }
 
@@ -471,7 +465,7 @@ impl Participant {
                 Ok(())
             }
             Some(entry) if matches!(entry.state, State::Prepared { .. } | State::Committing) => Ok(()),
-            _ => Err(aborted_while_preparing(self.partition)),
+            _ => Err(aborted_while_preparing()),
         }
     }
 
@@ -504,7 +498,6 @@ impl Participant {
 
     /// One-phase commit: the coordinator delegated the decision here.
     pub fn commit_one_phase(&mut self, tid: Tid, now: Millis) -> OnePhaseStep {
-        let p = self.partition;
         let Some(entry) = self.tids.get_mut(&tid) else {
             if let Some(why) = self.aborted.get(&tid) {
                 return OnePhaseStep::Aborted(why.clone());
@@ -513,7 +506,7 @@ impl Participant {
         };
         match entry.state {
             State::Active { deadline, .. } if now >= deadline => {
-                let why = deadline_passed(p);
+                let why = deadline_passed();
                 self.abort_locally(tid, why.clone());
                 OnePhaseStep::Aborted(why)
             }
@@ -591,13 +584,7 @@ impl Participant {
     pub fn heuristic_applied(&mut self, tid: Tid) {
         match self.tids.get(&tid).map(|e| &e.state) {
             Some(State::Heuristic { commit: true, .. }) => self.drop_tid(tid),
-            Some(State::Heuristic { commit: false, .. }) => {
-                let why = AbortReason::new(
-                    AbortKind::Operator,
-                    format!("partition {}: aborted heuristically by an operator", self.partition),
-                );
-                self.abort_locally(tid, why)
-            }
+            Some(State::Heuristic { commit: false, .. }) => self.abort_locally(tid, heuristic_abort()),
             _ => {}
         }
     }
@@ -651,7 +638,7 @@ impl Participant {
             .filter(|(_, e)| matches!(e.state, State::Active { deadline, .. } if now >= deadline))
             .map(|(&t, _)| t)
             .collect();
-        let why = deadline_passed(self.partition);
+        let why = deadline_passed();
         for &t in &expired {
             self.abort_locally(t, why.clone());
         }
@@ -731,17 +718,13 @@ impl Participant {
     }
 
     fn aborted_by_coordinator(&self) -> AbortReason {
-        AbortReason::new(AbortKind::Other, format!("partition {}: aborted by the coordinator", self.partition))
+        AbortReason::new(AbortKind::Other, "aborted by the coordinator")
     }
 
     fn coordinator_replaced(&self) -> AbortReason {
         AbortReason::new(
             AbortKind::CoordinatorRestarted,
-            format!(
-                "partition {}: the coordinator that began it restarted or was replaced by another leader, and no \
-                 longer knows it",
-                self.partition
-            ),
+            "the coordinator that began it restarted or was replaced by another leader, and no longer knows it",
         )
     }
 
@@ -769,12 +752,20 @@ impl Participant {
     }
 }
 
-fn deadline_passed(p: PartitionId) -> AbortReason {
-    AbortReason::new(AbortKind::Deadline, format!("partition {p}: its deadline passed before prepare"))
+// The reasons below are in the participant's words, without its partition:
+// whoever carries one on (a vote, an answer, an abort notice) names the
+// partition it came from.
+
+fn deadline_passed() -> AbortReason {
+    AbortReason::new(AbortKind::Deadline, "its deadline passed before prepare")
 }
 
-fn aborted_while_preparing(p: PartitionId) -> AbortReason {
-    AbortReason::new(AbortKind::Other, format!("partition {p}: aborted while its prepared state was being written"))
+fn aborted_while_preparing() -> AbortReason {
+    AbortReason::new(AbortKind::Other, "aborted while its prepared state was being written")
+}
+
+fn heuristic_abort() -> AbortReason {
+    AbortReason::new(AbortKind::Operator, "aborted heuristically by an operator")
 }
 
 /// The time a tid (a UUIDv7) was allocated, in Unix milliseconds.

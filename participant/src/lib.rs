@@ -108,8 +108,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         in_doubt_after_ms: config.in_doubt_after_ms,
         ..Limits::default()
     };
-    let mut core = Participant::new(config.partition, limits);
     let now = now_unix_ms();
+    // Tids begun before now that are unknown here were lost in this restart.
+    let mut core = Participant::new(config.partition, limits).with_start(now);
     for (tid, writes) in prepared {
         tracing::info!(%tid, keys = writes.len(), "recovery: prepared tid reloaded, locks re-taken; in doubt");
         core.recover_prepared(tid, writes, now);
@@ -135,7 +136,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(node.clone().timer_loop(Duration::from_millis(100)));
     tracing::info!(%local, partition = config.partition, tls = server_tls.is_some(), peer_token = peer_token.is_set(), "participant serving");
     let routes = tonic::service::Routes::new(ParticipantServer::new(service));
-    runtime::serve("twopc.v1.Participant", routes, listener, local, server_tls).await.map_err(anyhow::Error::msg)
+    let served =
+        runtime::serve("twopc.v1.Participant", routes, listener, local, server_tls).await.map_err(anyhow::Error::msg);
+    // Calls in flight are done: abort what has not voted, with the reason.
+    node.shutting_down(Duration::from_secs(2)).await;
+    served
 }
 
 /// Entry point of the `twopc-participant` binary.

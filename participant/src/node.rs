@@ -37,8 +37,15 @@
 //! - GetDecision for an in-doubt tid is bounded per question
 //!   ([`QUESTION_BUDGET`]), and the core asks again with capped backoff,
 //!   forever (rules 8, 16), of whoever leads by then;
-//! - telling the coordinator of a unilateral abort is best effort, bounded
-//!   like a question (the coordinator aborts the tid at prepare anyway).
+//! - telling the coordinator of a unilateral abort (the abort notice: an
+//!   Abort carrying this participant's reason, PROTOCOL.md rule 4) is best
+//!   effort, bounded like a question (the coordinator aborts the tid at
+//!   prepare anyway, with the same reason in the NO vote). When the abort
+//!   answers a client's operation (a wait-die conflict, a deadline), the
+//!   operation's error waits for the notice, up to [`NOTICE_WAIT`], so that
+//!   the coordinator holds the real reason before the client can abort the
+//!   tid itself: the first reason a tid aborts for is the one everyone
+//!   hears.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -47,6 +54,7 @@ use tracing::Instrument;
 use twopc_core::participant::{
     AbortStep, CommitStep, OnePhaseStep, OpError, Participant, PrepareStep, ReadPlan, WriteSet,
 };
+use twopc_core::reason::{AbortKind, AbortReason};
 use twopc_core::{PartitionId, Tid};
 use twopc_leader::follow::{FollowError, Follower, Policy, Retry};
 use twopc_proto::batch::{self, Batcher};
@@ -62,13 +70,13 @@ use crate::store::Store;
 pub enum VoteReply {
     Yes,
     ReadOnly,
-    No(String),
+    No(AbortReason),
 }
 
 /// This participant's decision for a one-phase commit.
 pub enum OnePhaseReply {
     Committed,
-    Aborted(String),
+    Aborted(AbortReason),
 }
 
 /// How long one enlistment may spend finding the leader: it holds up a
@@ -87,6 +95,9 @@ pub const QUESTION_BUDGET: Duration = Duration::from_secs(3);
 pub const COORDINATOR_ATTEMPT: Duration = Duration::from_secs(2);
 /// One round of registration; rounds repeat until a leader accepts.
 pub const REGISTER_ROUND: Duration = Duration::from_secs(5);
+/// How long a client's failed operation waits for the abort notice to
+/// reach the coordinator before it answers (the notice goes on after).
+pub const NOTICE_WAIT: Duration = Duration::from_secs(1);
 
 pub struct Node {
     core: Mutex<Participant>,
@@ -138,8 +149,8 @@ impl Node {
             if core.knows(tid) {
                 return Ok(());
             }
-            if core.aborted_here(tid) {
-                return Err(ParticipantError::Aborted { tid, reason: "it was aborted earlier".into() });
+            if let Some(why) = core.abort_reason(tid) {
+                return Err(ParticipantError::Aborted { tid, reason: format!("it was aborted earlier: {why}") });
             }
         }
         if self.fence.mismatched().is_some() {
@@ -279,7 +290,7 @@ impl Node {
                     // Re-check at least every 100 ms so the deadline is noticed.
                     let _ = tokio::time::timeout(Duration::from_millis(100), released).await;
                 }
-                Err(e) => return Err(self.op_failed(tid, e, key)),
+                Err(e) => return Err(self.op_failed(tid, e, key).await),
             }
         }
     }
@@ -294,33 +305,64 @@ impl Node {
         self.store.read(key).map_err(|e| ParticipantError::Internal(e.to_string()))
     }
 
-    /// An operation failed in the core; if that aborted the tid here, tell
-    /// the coordinator at once (best effort) so it stops waiting for it.
-    /// Must be called without the core lock held.
-    fn op_failed(&self, tid: Tid, e: OpError, key: &[u8]) -> ParticipantError {
+    /// An operation failed in the core; if that aborted the tid here (just
+    /// now: a conflict or the deadline), tell the coordinator why, and wait
+    /// for that notice (up to [`NOTICE_WAIT`]) before the client hears the
+    /// error: the client's own abort, which may follow, then finds the tid
+    /// already aborted for the real cause. Must be called without the core
+    /// lock held.
+    async fn op_failed(&self, tid: Tid, e: OpError, key: &[u8]) -> ParticipantError {
         if matches!(e, OpError::LockConflict { .. }) {
             metrics::counter!("twopc_lock_conflicts_total").increment(1);
         }
-        if self.core().aborted_here(tid) {
-            self.locks_released();
-            self.tell_coordinator_aborted(tid);
+        if matches!(e, OpError::LockConflict { .. } | OpError::DeadlinePassed) {
+            let why = self.core().abort_reason(tid).cloned();
+            if let Some(why) = why {
+                self.locks_released();
+                let notice = self.tell_coordinator_aborted(tid, &why);
+                let _ = tokio::time::timeout(NOTICE_WAIT, notice).await;
+            }
         }
         ParticipantError::from_op(tid, e, key)
     }
 
-    fn tell_coordinator_aborted(&self, tid: Tid) {
+    /// The abort notice: tells the coordinator that `tid` aborted here and
+    /// why, in a task of its own (best effort, bounded). The handle may be
+    /// awaited for the notice to have been answered.
+    pub(crate) fn tell_coordinator_aborted(&self, tid: Tid, why: &AbortReason) -> tokio::task::JoinHandle<()> {
         let coordinator = self.coordinator.clone();
+        let (abort_kind, reason) = twopc_proto::reason::fields(&why.within(format_args!("partition {} aborted it", self.partition)));
         tokio::spawn(
             async move {
                 let policy = Policy::within(QUESTION_BUDGET).attempts_within(COORDINATOR_ATTEMPT);
-                let _ = coordinator
-                    .call("Abort", policy, Retry::Idempotent, |mut c| async move {
-                        c.abort(pb::AbortRequest { tid: tid.to_string() }).await
+                let answer = coordinator
+                    .call("Abort", policy, Retry::Idempotent, |mut c| {
+                        let reason = reason.clone();
+                        async move { c.abort(pb::AbortRequest { tid: tid.to_string(), abort_kind, reason }).await }
                     })
                     .await;
+                if let Err(e) = answer {
+                    tracing::debug!(%tid, error = %e, "abort notice not delivered; the tid aborts at prepare anyway");
+                }
             }
             .in_current_span(),
-        );
+        )
+    }
+
+    /// A graceful shutdown (rule 10): every tid that has not voted is
+    /// aborted here for that reason, its locks released, and the
+    /// coordinator told (bounded by `within` in all); prepared tids stay
+    /// prepared on disk and are recovered at the next start.
+    pub async fn shutting_down(&self, within: Duration) {
+        let why = AbortReason::new(AbortKind::Shutdown, "the participant was shutting down");
+        let aborted = self.core().abort_unprepared(&why);
+        if aborted.is_empty() {
+            return;
+        }
+        self.locks_released();
+        tracing::info!(count = aborted.len(), "shutting down: aborted the tids that had not voted");
+        let notices: Vec<_> = aborted.iter().map(|&tid| self.tell_coordinator_aborted(tid, &why)).collect();
+        let _ = tokio::time::timeout(within, futures::future::join_all(notices)).await;
     }
 
     /// GetDecision for `tid`, of whoever leads, bounded as one question.
@@ -369,19 +411,21 @@ impl Node {
         };
         if let Err(e) = written {
             // Not durable (or unknown): abort here; the record, if it landed
-            // after all, goes too. No YES was sent, so this is allowed (rule 10).
+            // after all, goes too. No YES was sent, so this is allowed (rule
+            // 10), and the vote is NO with the cause (rule 4).
             let _ = self.store.delete_prepared(tid).await;
-            self.core().prepare_failed(tid);
+            let why = AbortReason::new(AbortKind::WriteFailed, format!("persisting the prepared state failed: {e}"));
+            self.core().prepare_failed(tid, why.clone());
             self.locks_released();
-            self.tell_coordinator_aborted(tid);
-            return Err(ParticipantError::Internal(format!("persisting the prepared state failed: {e}")));
+            tracing::warn!(%tid, reason = %why, "prepare failed: voting NO");
+            return Ok(VoteReply::No(why));
         }
         let durable = self.core().prepared_durable(tid, now_unix_ms());
         if let Err(why) = durable {
             // Aborted while the record was being written: delete it, and only
             // then release the locks (prepare_failed).
             let _ = self.store.delete_prepared(tid).await;
-            self.core().prepare_failed(tid);
+            self.core().prepare_failed(tid, why.clone());
             self.locks_released();
             return Ok(VoteReply::No(why));
         }
@@ -428,10 +472,8 @@ impl Node {
                 }
                 // Remembered as aborted before answering, so it can never
                 // be started afresh and committed after this answer.
-                let _ = self.core().abort(tid);
-                return Ok(OnePhaseReply::Aborted(
-                    "not here: its operations were lost in a restart, or it was aborted and forgotten".into(),
-                ));
+                let why = self.core().lost(tid);
+                return Ok(OnePhaseReply::Aborted(why));
             }
         };
         // In a task of its own, like a prepare: a dropped call (the
@@ -482,12 +524,14 @@ impl Node {
         loop {
             tick.tick().await;
             let now = now_unix_ms();
-            let (expired, due) = {
+            let (expired, due, why) = {
                 let mut core = self.core();
                 metrics::gauge!("twopc_in_doubt_tids").set(core.in_doubt().len() as f64);
                 metrics::gauge!("twopc_participant_open_tids").set(core.open_tids() as f64);
                 metrics::gauge!("twopc_locked_keys").set(core.locked_keys() as f64);
-                (core.expire(now), core.due_questions(now))
+                let expired = core.expire(now);
+                let why = expired.first().and_then(|&t| core.abort_reason(t).cloned());
+                (expired, core.due_questions(now), why)
             };
             if !expired.is_empty() {
                 self.locks_released();
@@ -497,9 +541,11 @@ impl Node {
             if self.fence.mismatched().is_some() && !self.core().has_prepared() {
                 self.recheck_fence().await;
             }
-            for tid in expired {
-                tracing::info!(%tid, "deadline passed before prepare: aborted here");
-                self.tell_coordinator_aborted(tid);
+            if let Some(why) = why {
+                for tid in expired {
+                    tracing::info!(%tid, "deadline passed before prepare: aborted here");
+                    self.tell_coordinator_aborted(tid, &why);
+                }
             }
             for tid in due {
                 let this = self.clone();
@@ -638,7 +684,7 @@ mod tests {
         let resp = node.get_decision(tid).await.unwrap();
         assert_eq!(resp.decision(), pb::Decision::Committed);
 
-        node.tell_coordinator_aborted(tid);
+        node.tell_coordinator_aborted(tid, &AbortReason::new(AbortKind::Deadline, "its deadline passed"));
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while leader.calls("Abort") == 0 {
             assert!(std::time::Instant::now() < deadline, "the abort notice never reached the leader");

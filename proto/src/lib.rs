@@ -13,6 +13,8 @@
 //! - [`token`]: the optional shared secrets that guard RPCs: the admin token
 //!   (admin RPCs) and the cluster's peer token (the protocol RPCs the
 //!   processes call on each other); [`admin_token`] re-exports the former.
+//! - [`reason`]: abort reasons (`twopc_core::reason`) to and from their
+//!   wire form, in one place.
 //! - [`data_file`]: the start-up check of an existing SQLite data file.
 //! - [`Backoff`]: the bounded exponential backoff used for every retry loop.
 
@@ -22,6 +24,7 @@ pub mod data_file;
 pub mod failpoint;
 #[doc(hidden)]
 pub mod preflight;
+pub mod reason;
 pub mod runtime;
 pub mod tid;
 pub mod tls;

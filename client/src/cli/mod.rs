@@ -24,7 +24,7 @@ use twopc_proto::pb;
 use uuid::Uuid;
 
 use crate::{
-    AdminToken, Client, ClientError, ConnectOptions, Decision, FailpointTarget, Outcome, PartitionInDoubt, TlsArgs,
+    AbortKind, AdminToken, Client, ClientError, ConnectOptions, Decision, FailpointTarget, Outcome, PartitionInDoubt, TlsArgs,
 };
 use statement::Statement;
 
@@ -234,12 +234,13 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
             return Ok(print_outcome(&outcome));
         }
         C::Abort { conn, tid } => {
-            connect(&conn).await?.txn(tid, 0).abort().await?;
+            let txn = connect(&conn).await?.txn(tid, 0);
+            txn.abort_because(AbortKind::Operator, "aborted by an operator (twopc abort)").await?;
             out!("ABORTED");
         }
         C::Status { conn, tid } => match connect(&conn).await?.status(tid).await? {
             Decision::Committed => out!("COMMITTED"),
-            Decision::Aborted { reason } => out!("{}", aborted_line(&reason)),
+            Decision::Aborted { reason, kind } => out!("{}", aborted_line(&reason, kind)),
             Decision::Pending => out!("PENDING"),
         },
         C::Run { conn, timeout_ms, statements } => {
@@ -331,8 +332,8 @@ async fn run_statements(conn: &ConnArgs, timeout_ms: Option<u64>, args: Vec<Stri
             }),
         };
         if let Err(e) = result {
-            // Best effort: the coordinator aborts it at its deadline anyway.
-            let _ = txn.abort().await;
+            // The library has aborted the tid with the operation's error
+            // (or the participant with its own cause) as the reason.
             out!("tid {}", txn.tid());
             return Err(e);
         }
@@ -348,15 +349,17 @@ fn print_outcome(outcome: &Outcome) -> i32 {
             out!("COMMITTED");
             0
         }
-        Outcome::Aborted { reason } => {
-            out!("{}", aborted_line(reason));
+        Outcome::Aborted { reason, kind } => {
+            out!("{}", aborted_line(reason, *kind));
             1
         }
     }
 }
 
-fn aborted_line(reason: &str) -> String {
-    if reason.is_empty() { "ABORTED".into() } else { format!("ABORTED: {reason}") }
+/// `ABORTED (KIND): REASON`: the kind is the fixed word a script can match
+/// (`twopc_core::reason::AbortKind`'s labels), the reason the words.
+fn aborted_line(reason: &str, kind: AbortKind) -> String {
+    if reason.is_empty() { format!("ABORTED ({kind})") } else { format!("ABORTED ({kind}): {reason}") }
 }
 
 fn show(value: &[u8]) -> String {

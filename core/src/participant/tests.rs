@@ -349,7 +349,7 @@ fn local_aborts_keep_their_real_reason() {
     assert_eq!(p.write(young, b"k", Some(vec![2]), 0), Err(OpError::LockConflict { holder: old }));
     let why = p.abort_reason(young).unwrap().clone();
     assert_eq!(why.kind, AbortKind::Conflict);
-    assert!(why.contains("partition 3") && why.contains(&old.to_string()) && why.contains("\"k\""), "{why}");
+    assert!(why.contains("lock conflict") && why.contains(&old.to_string()) && why.contains("\"k\""), "{why}");
     assert_eq!(p.abort(young), Ok(AbortStep::Ack));
     assert_eq!(p.prepare(young, 1), PrepareStep::No(why.clone()), "the coordinator's abort kept the cause");
     assert_eq!(p.commit_one_phase(young, 1), OnePhaseStep::Aborted(why.clone()));
@@ -383,7 +383,7 @@ fn local_aborts_keep_their_real_reason() {
     p.write(b, b"b", Some(vec![1]), 0).unwrap();
     let PrepareStep::Persist(_) = p.prepare(b, 1) else { panic!("expected persist") };
     p.prepared_durable(b, 2).unwrap();
-    let shutdown = crate::reason::AbortReason::new(AbortKind::Shutdown, "partition 0 is shutting down");
+    let shutdown = crate::reason::AbortReason::new(AbortKind::Shutdown, "the participant is shutting down");
     assert_eq!(p.abort_unprepared(&shutdown), vec![a]);
     assert_eq!(p.abort_reason(a), Some(&shutdown));
     assert_eq!(p.prepare(b, 3), PrepareStep::Yes);
