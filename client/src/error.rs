@@ -38,32 +38,101 @@ impl ClientError {
     }
 
     /// Turns an RPC failure into an error naming the peer when it could not
-    /// be reached: tonic's own transport messages never say where they went.
+    /// be reached (tonic's own transport messages never say where they
+    /// went), with a hint that fits the likely cause ([`Broken`]) and
+    /// nothing else: a refused connection is not a TLS problem, and a
+    /// connection cut mid-call is not one either.
     pub(crate) fn from_rpc(status: Status, peer: impl FnOnce() -> String) -> Self {
-        // A peer that dies mid-call shows up as UNKNOWN "transport error"
-        // (the HTTP/2 stream was reset), not UNAVAILABLE.
-        let lost = status.code() == Code::Unknown && status.message().contains("transport error");
         // A status with a source error was made on this side from a broken
-        // connection, never sent by the peer: a refused TLS handshake (no or
-        // wrong client certificate) or TLS on one side only ends up as
-        // CANCELLED, INTERNAL "h2 protocol error" or UNKNOWN.
-        let broken = std::error::Error::source(&status).is_some()
-            && matches!(status.code(), Code::Unknown | Code::Cancelled | Code::Internal);
-        if broken {
-            ClientError::Unavailable(format!(
-                "the connection to {} failed ({}); is it running, with the same TLS settings as this client \
-                 (plaintext, or TLS with --tls-ca and, for mutual TLS, --tls-cert/--tls-key)?",
-                peer(),
-                transport_detail(&status)
-            ))
-        } else if status.code() == Code::Unavailable || lost {
-            ClientError::Unavailable(format!(
-                "{} is unavailable ({}); is it running?",
-                peer(),
-                transport_detail(&status)
-            ))
+        // connection, never sent by the peer; a peer that dies mid-call
+        // shows up as UNKNOWN "transport error" (the HTTP/2 stream was
+        // reset); TLS on one side only ends up as CANCELLED, INTERNAL "h2
+        // protocol error" or UNKNOWN.
+        let made_here = std::error::Error::source(&status).is_some();
+        let lost = status.code() == Code::Unknown && status.message().contains("transport error");
+        let transport = status.code() == Code::Unavailable
+            || lost
+            || (made_here && matches!(status.code(), Code::Unknown | Code::Cancelled | Code::Internal));
+        if !transport {
+            return ClientError::Status(status);
+        }
+        let detail = transport_detail(&status);
+        let peer = peer();
+        ClientError::Unavailable(match Broken::classify(&detail) {
+            Broken::Refused => {
+                format!(
+                    "{peer} refused the connection ({detail}): nothing listens there; is it running, at that address?"
+                )
+            }
+            Broken::Tls => format!(
+                "the TLS handshake with {peer} failed ({detail}); does it use the same TLS settings as this client \
+                 (plaintext, or TLS with --tls-ca and, for mutual TLS, --tls-cert/--tls-key)?"
+            ),
+            Broken::Closed => format!(
+                "the connection to {peer} was closed during the call ({detail}): it may have stopped or crashed; \
+                 is it running?"
+            ),
+            Broken::Other => format!("{peer} is unavailable ({detail}); is it running?"),
+        })
+    }
+}
+
+/// The likely cause of a broken connection, read from the transport's
+/// error chain (tonic, hyper, h2, rustls and the OS say it in words only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Broken {
+    /// Nothing listens there (connection refused).
+    Refused,
+    /// TLS on one side only, or a refused certificate: the handshake
+    /// failed, or a TLS record was read as HTTP/2 (a plaintext client at
+    /// a TLS server sees the server's alert as a frame "with invalid size").
+    Tls,
+    /// The connection was reset or closed mid-call (the peer stopped,
+    /// crashed or restarted).
+    Closed,
+    /// Anything else (no answer, name resolution, ...).
+    Other,
+}
+
+impl Broken {
+    pub(crate) fn classify(detail: &str) -> Broken {
+        let d = detail.to_ascii_lowercase();
+        let any = |words: &[&str]| words.iter().any(|w| d.contains(w));
+        if any(&["connection refused", "os error 111"]) {
+            Broken::Refused
+        } else if any(&[
+            "tls",
+            "certificate",
+            "handshake",
+            "invalidcontenttype",
+            "corrupt message",
+            "alert",
+            "frame with invalid size",
+            "invalid http version",
+            "unknownissuer",
+            "peer is incompatible",
+        ]) {
+            Broken::Tls
+        } else if any(&[
+            "connection reset",
+            "os error 104",
+            "broken pipe",
+            "os error 32",
+            "connection closed",
+            "connection aborted",
+            "unexpected eof",
+            "unexpected end of file",
+            "stream closed",
+            "stream no longer needed",
+            "error reading a body from connection",
+            "connection error",
+            "not connected",
+            "operation was canceled",
+            "transport error",
+        ]) {
+            Broken::Closed
         } else {
-            ClientError::Status(status)
+            Broken::Other
         }
     }
 }
@@ -170,12 +239,51 @@ mod tests {
     }
 
     #[test]
+    fn hints_fit_the_cause() {
+        let cases = [
+            ("transport error: tcp connect error: Connection refused (os error 111)", Broken::Refused),
+            ("transport error: connection error: Connection reset by peer (os error 104)", Broken::Closed),
+            ("transport error: error reading a body from connection: connection closed", Broken::Closed),
+            (
+                "h2 protocol error: error reading a body from connection: stream closed because of a broken pipe",
+                Broken::Closed,
+            ),
+            ("transport error", Broken::Closed),
+            ("transport error: received corrupt message of type InvalidContentType", Broken::Tls),
+            ("h2 protocol error: frame with invalid size", Broken::Tls),
+            ("transport error: received fatal alert: CertificateRequired", Broken::Tls),
+            ("transport error: invalid peer certificate: UnknownIssuer", Broken::Tls),
+            ("did not answer within 2000ms", Broken::Other),
+        ];
+        for (detail, want) in cases {
+            assert_eq!(Broken::classify(detail), want, "{detail}");
+        }
+        let refused = ClientError::from_rpc(Status::unavailable("tcp connect error: Connection refused"), || {
+            "the coordinator at 127.0.0.1:1".into()
+        });
+        let text = refused.to_string();
+        assert!(text.contains("refused the connection") && !text.contains("TLS"), "{text}");
+        let reset = ClientError::from_rpc(Status::unknown("transport error"), || "the coordinator at h:1".into());
+        let text = reset.to_string();
+        assert!(text.contains("closed during the call") && !text.contains("TLS"), "{text}");
+    }
+
+    #[test]
     fn unavailable_rpc_names_the_peer() {
         let e =
             ClientError::from_rpc(Status::unavailable("tcp connect error"), || "partition 1 at 127.0.0.1:7101".into());
         assert_eq!(
             e.to_string(),
             "UNAVAILABLE: partition 1 at 127.0.0.1:7101 is unavailable (tcp connect error); is it running?"
+        );
+        let e =
+            ClientError::from_rpc(Status::unavailable("tcp connect error: Connection refused (os error 111)"), || {
+                "partition 1 at 127.0.0.1:7101".into()
+            });
+        assert_eq!(
+            e.to_string(),
+            "UNAVAILABLE: partition 1 at 127.0.0.1:7101 refused the connection (tcp connect error: Connection \
+             refused (os error 111)): nothing listens there; is it running, at that address?"
         );
         let e = ClientError::from_rpc(Status::aborted("x"), || unreachable!());
         assert!(e.is_retryable_abort());

@@ -41,6 +41,6 @@ pub use error::ClientError;
 pub use routing::partition_for;
 pub use twopc_proto::admin_token::AdminToken;
 pub use twopc_proto::pb::{ParticipantInfo, TransactionInfo};
-pub use twopc_proto::tls::{ClientTls, TlsArgs};
 pub use twopc_proto::reason::AbortKind;
+pub use twopc_proto::tls::{ClientTls, TlsArgs};
 pub use txn::{Outcome, Txn};

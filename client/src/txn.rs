@@ -29,8 +29,8 @@
 //! `put --tid`, `commit --tid`) learns it from the coordinator: the abort
 //! was sent before the failed operation's error was returned.
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use twopc_leader::follow::{FollowError, Policy, Retry};
@@ -168,12 +168,7 @@ impl Txn {
     /// Sends the operation batched with other transactions' operations; if
     /// it has to wait for a lock (a batch never waits), resends it alone
     /// with its unary call, which waits.
-    async fn operate_once(
-        &self,
-        kind: Kind,
-        key: &[u8],
-        value: Vec<u8>,
-    ) -> Result<pb::OperationResult, ClientError> {
+    async fn operate_once(&self, kind: Kind, key: &[u8], value: Vec<u8>) -> Result<pb::OperationResult, ClientError> {
         let tid = self.tid.to_string();
         let op = pb::Operation { tid: tid.clone(), kind: kind as i32, key: key.to_vec(), value: value.clone() };
         let done = self.client.operate(key, op, self.limit()).await?;

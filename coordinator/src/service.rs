@@ -8,8 +8,8 @@ use tonic::{Request, Response, Status};
 use twopc_core::coordinator::{DecisionAnswer, Outcome};
 use twopc_proto::admin_token::AdminToken;
 use twopc_proto::pb::{self, coordinator_server::Coordinator as CoordinatorRpc};
-use twopc_proto::token::PeerToken;
 use twopc_proto::reason::{self, AbortKind, AbortReason};
+use twopc_proto::token::PeerToken;
 use twopc_proto::{failpoint, now_unix_ms, tid};
 
 use crate::driver::Driver;
@@ -310,7 +310,10 @@ mod tests {
         assert_eq!((why.kind, why.detail.as_str()), (AbortKind::Client, "aborted by the client"));
         let why = abort_request_reason(pb::AbortKind::Conflict as i32, "partition 0 aborted it: lock conflict".into());
         assert_eq!(why.kind, AbortKind::Conflict);
-        assert_eq!(abort_request_reason(pb::AbortKind::Operator as i32, String::new()).detail, "aborted by an operator");
+        assert_eq!(
+            abort_request_reason(pb::AbortKind::Operator as i32, String::new()).detail,
+            "aborted by an operator"
+        );
         let long = abort_request_reason(0, "é".repeat(2_000));
         assert!(long.detail.len() <= 1_027 && long.detail.ends_with("..."));
     }

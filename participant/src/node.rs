@@ -256,7 +256,11 @@ impl Node {
         wait: bool,
     ) -> Result<(), ParticipantError> {
         self.ensure_enlisted(tid).await?;
-        self.until_granted(tid, key, wait, |core| core.write(tid, key, value.clone(), now_unix_ms())).await
+        self.until_granted(tid, key, wait, |core| core.write(tid, key, value.clone(), now_unix_ms())).await?;
+        // The write is buffered, but the client hears an error: the case of
+        // an operation that failed on the client's side after it was applied
+        // here (the library then aborts the tid; nothing of it may commit).
+        self.failpoint("participant::after_write_applied")
     }
 
     /// Runs a locking operation, waiting while wait-die says the tid must
@@ -331,7 +335,8 @@ impl Node {
     /// awaited for the notice to have been answered.
     pub(crate) fn tell_coordinator_aborted(&self, tid: Tid, why: &AbortReason) -> tokio::task::JoinHandle<()> {
         let coordinator = self.coordinator.clone();
-        let (abort_kind, reason) = twopc_proto::reason::fields(&why.within(format_args!("partition {} aborted it", self.partition)));
+        let (abort_kind, reason) =
+            twopc_proto::reason::fields(&why.within(format_args!("partition {} aborted it", self.partition)));
         tokio::spawn(
             async move {
                 let policy = Policy::within(QUESTION_BUDGET).attempts_within(COORDINATOR_ATTEMPT);

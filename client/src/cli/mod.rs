@@ -24,7 +24,8 @@ use twopc_proto::pb;
 use uuid::Uuid;
 
 use crate::{
-    AbortKind, AdminToken, Client, ClientError, ConnectOptions, Decision, FailpointTarget, Outcome, PartitionInDoubt, TlsArgs,
+    AbortKind, AdminToken, Client, ClientError, ConnectOptions, Decision, FailpointTarget, Outcome, PartitionInDoubt,
+    TlsArgs,
 };
 use statement::Statement;
 
