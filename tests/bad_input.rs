@@ -112,6 +112,10 @@ async fn unregistered_participant_and_open_transaction_limit() {
         .unwrap();
     assert_eq!(recorded, 0, "the refused address was recorded");
 
+    // t1's failed put aborted it (a failed operation aborts its
+    // transaction), which freed its slot.
+    assert!(matches!(tc.client.status(t1.tid()).await.unwrap(), twopc_client::Decision::Aborted { .. }));
+    let t1 = tc.client.begin(None).await.unwrap();
     let _t2 = tc.client.begin(None).await.unwrap();
     expect_code(tc.client.begin(None).await, Code::ResourceExhausted, "too many open transactions");
     t1.abort().await.unwrap();

@@ -16,13 +16,17 @@
 //! the first reason a tid aborts for is the one everyone hears). Later
 //! operations on the handle are refused (ABORTED), and `commit` answers
 //! [`Outcome::Aborted`] with that reason, never COMMITTED. "Failed" is any
-//! error except an [`ClientError::InvalidArgument`] raised by the library
-//! before anything was sent: an error from a participant (any status), a
-//! participant that cannot be reached or routed to, and a transport error
-//! where the operation may or may not have been applied. The last is why
-//! the abort is needed at all: the participant may hold the write, and
-//! only the coordinator's abort (it knows every enlisted participant) makes
-//! sure it is never committed. If that abort cannot be delivered, this
+//! error except a validation error (INVALID_ARGUMENT: raised by the library
+//! before anything was sent, or by the participant's input checks, which
+//! run before the operation does anything: no enlistment, no lock, nothing
+//! buffered; the caller can correct the input and go on). So an error
+//! status from a participant (ABORTED, FAILED_PRECONDITION, NOT_FOUND,
+//! RESOURCE_EXHAUSTED, INTERNAL, ...), a participant that cannot be reached
+//! or routed to, and a transport error where the operation may or may not
+//! have been applied all abort the transaction. The last is why the abort
+//! is needed at all: the participant may hold the write, and only the
+//! coordinator's abort (it knows every enlisted participant) makes sure it
+//! is never committed. If that abort cannot be delivered, this
 //! handle still never commits (`commit` retries the abort and answers
 //! ABORTED); the coordinator aborts the tid at its deadline. Another
 //! handle or process attached to the same tid (the CLI's step-by-step
@@ -145,7 +149,7 @@ impl Txn {
         }
         let result = self.operate_once(kind, key, value).await;
         if let Err(e) = &result
-            && !matches!(e, ClientError::InvalidArgument(_))
+            && e.code() != tonic::Code::InvalidArgument
         {
             let what = match kind {
                 Kind::Put => "put",
@@ -239,6 +243,11 @@ impl Txn {
         if let Some(why) = self.failed_operation() {
             return self.aborted_after_failure(why).await;
         }
+        self.commit_now().await
+    }
+
+    /// The Commit call, following the leader (see [`Txn::commit`]).
+    async fn commit_now(&self) -> Result<Outcome, ClientError> {
         let started = Instant::now();
         let req = pb::CommitRequest { tid: self.tid.to_string(), wrote: self.wrote.load(Ordering::Relaxed) };
         let mut cut_off = match self.commit_once(&req, self.client.commit_policy_since(started)).await {
@@ -349,21 +358,15 @@ impl Txn {
         Ok(())
     }
 
-    /// `commit` after a failed operation: abort (again: idempotent), then
-    /// the coordinator's reason; never a Commit.
+    /// `commit` after a failed operation: the abort first (again:
+    /// idempotent), and only once the coordinator has it, the Commit, which
+    /// then answers the abort and its first reason (or, for a tid another
+    /// handle committed meanwhile, which refuses the abort, COMMITTED: the
+    /// truth). If the abort cannot be delivered, no Commit is sent.
     async fn aborted_after_failure(&self, why: String) -> Result<Outcome, ClientError> {
         match self.abort_because(AbortKind::OperationFailed, &why).await {
-            Ok(()) => match self.client.status(self.tid).await {
-                Ok(Decision::Aborted { reason, kind }) => Ok(Outcome::Aborted { reason, kind }),
-                // Aborted (the abort succeeded), whatever else it says now.
-                _ => Ok(Outcome::Aborted { reason: why, kind: AbortKind::OperationFailed }),
-            },
-            // Someone committed it through another handle: that is its outcome.
-            Err(e) if e.code() == tonic::Code::FailedPrecondition => match self.client.status(self.tid).await? {
-                Decision::Committed => Ok(Outcome::Committed),
-                Decision::Aborted { reason, kind } => Ok(Outcome::Aborted { reason, kind }),
-                Decision::Pending => Err(e),
-            },
+            Ok(()) => self.commit_now().await,
+            Err(e) if e.code() == tonic::Code::FailedPrecondition => self.commit_now().await,
             Err(e) => Ok(Outcome::Aborted {
                 reason: format!(
                     "{why}; the abort could not be delivered ({e}): this handle never commits it, and the \
