@@ -525,11 +525,15 @@ impl Participant {
         }
     }
 
-    /// The commit of `tid` is applied durably: release its locks.
-    pub fn commit_applied(&mut self, tid: Tid) {
+    /// The commit of `tid` is applied durably: release its locks. True for
+    /// the call that ended it (a repeat applied concurrently finds it gone),
+    /// so the shell counts each commit once.
+    pub fn commit_applied(&mut self, tid: Tid) -> bool {
         if matches!(self.tids.get(&tid).map(|e| &e.state), Some(State::Committing)) {
             self.drop_tid(tid);
+            return true;
         }
+        false
     }
 
     /// Phase 2 abort, or an abort before prepare (rules 10, 11).

@@ -496,9 +496,12 @@ impl Node {
         // A failed write leaves the tid committing: its fate on disk is
         // unknown, and the coordinator's repeat applies it (once) or finds it.
         self.store.commit_one_phase(tid, writes).await.map_err(|e| ParticipantError::Internal(e.to_string()))?;
-        self.core().commit_applied(tid);
+        // Counted once per tid: a repeat applied meanwhile (a no-op in the
+        // store) finds the tid already ended.
+        if self.core().commit_applied(tid) {
+            metrics::counter!("twopc_one_phase_commits_total").increment(1);
+        }
         self.locks_released();
-        metrics::counter!("twopc_one_phase_commits_total").increment(1);
         tracing::debug!(%tid, "committed in one phase");
         // Crash after it is durable, before the answer: the repeat finds the record.
         self.failpoint("participant::after_one_phase_applied")?;
