@@ -261,3 +261,48 @@ async fn a_failed_operation_aborts_the_transaction() {
     assert_eq!(tc.read(&b).await, None);
     assert_eq!(aborted_by_reason(port).get("operation_failed"), Some(&3.0));
 }
+
+/// More siblings: a participant whose prepared state cannot be written
+/// (a failed write: it votes NO with the cause, `write_failed`), and a tid
+/// whose coordinator restarted (presumed aborted: `coordinator_restarted`
+/// in the status answer and the CLI, not just "unknown").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_and_a_restarted_coordinator_are_the_real_reasons() {
+    let (opts, port) = with_metrics();
+    let mut tc = TestCluster::start(opts).await;
+    let (a, b) = (tc.key_on(0, "wf"), tc.key_on(1, "wf"));
+
+    let txn = tc.client.begin(None).await.unwrap();
+    txn.put(a.as_bytes(), b"1").await.unwrap();
+    txn.put(b.as_bytes(), b"1").await.unwrap();
+    arm(&tc, twopc_client::FailpointTarget::Partition(1), "participant::before_prepare_durable", "1*return(error)")
+        .await;
+    match txn.commit().await.unwrap() {
+        Outcome::Aborted { reason, kind } => {
+            assert_eq!(kind, AbortKind::WriteFailed, "{reason}");
+            assert!(reason.contains("partition 1 voted NO") && reason.contains("persisting"), "{reason}");
+        }
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(aborted_by_reason(port).get("write_failed"), Some(&1.0));
+
+    let old = tc.client.begin(Some(Duration::from_secs(60))).await.unwrap();
+    old.put(a.as_bytes(), b"old").await.unwrap();
+    tc.cluster.coordinator.kill();
+    tc.cluster.restart_coordinator(&[]).unwrap();
+    tc.reconnect().await;
+    let (reason, kind) = aborted(&tc, old.tid()).await;
+    assert_eq!(kind, AbortKind::CoordinatorRestarted, "{reason}");
+    let o = twopc(&tc, &["status", &old.tid().to_string()]);
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ABORTED (coordinator_restarted): "), "{}", text(&o));
+    // A tid nobody ever began (after the restart) is only unknown.
+    let ghost = uuid::Uuid::now_v7();
+    assert_eq!(aborted(&tc, ghost).await.1, AbortKind::Unknown);
+    // Partition 0 learns of the new coordinator at its next enlistment and
+    // releases the old tid's lock (rule 10).
+    let c = tc.key_on(0, "wf-next");
+    assert_eq!(tc.write_txn(&[(&c, "1")]).await.1, Outcome::Committed);
+    tc.wait_settled().await;
+    assert_eq!(tc.read(&a).await, None);
+    assert_eq!(tc.read(&b).await, None);
+}

@@ -194,12 +194,14 @@ impl Shell {
                 tracing::warn!(partition, "ignoring recorded address: {e}");
             }
         }
-        let mut core = Coordinator::new(config.max_open_txns, config.keep_finished).with_one_phase(config.one_phase);
+        let now = now_unix_ms();
+        let mut core = Coordinator::new(config.max_open_txns, config.keep_finished)
+            .with_one_phase(config.one_phase)
+            .with_start(now);
         for tid in &recovered.finished {
             core.recover_finished(*tid);
         }
         let mut redo = vec![];
-        let now = now_unix_ms();
         for (tid, partitions) in &recovered.unfinished {
             tracing::info!(%tid, ?partitions, "recovery: re-driving phase 2 of a logged COMMIT");
             redo.extend(core.recover_commit(*tid, partitions, now));

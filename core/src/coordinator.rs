@@ -212,6 +212,9 @@ pub struct Coordinator {
     max_open: usize,
     /// Whether a tid with one participant commits in one phase.
     one_phase: bool,
+    /// When this coordinator started (or took over as leader): an unknown
+    /// tid begun before is one its predecessor began (0: unknown).
+    started_at: Millis,
 }
 
 impl Coordinator {
@@ -227,7 +230,17 @@ impl Coordinator {
             finished_cap: finished_cap.max(1),
             max_open,
             one_phase: true,
+            started_at: 0,
         }
+    }
+
+    /// Records when this coordinator started, or took over as leader: an
+    /// unknown tid begun before that was begun by a predecessor that
+    /// restarted or was replaced, and its presumed abort says so
+    /// ([`AbortKind::CoordinatorRestarted`]) instead of only "unknown".
+    pub fn with_start(mut self, started_at: Millis) -> Self {
+        self.started_at = started_at;
+        self
     }
 
     /// Turns the one-phase path on (the default) or off (every tid votes).
@@ -491,7 +504,7 @@ impl Coordinator {
             None => match self.finished.get(&tid) {
                 Some(Outcome::Committed) => DecisionAnswer::Committed,
                 Some(Outcome::Aborted(why)) => DecisionAnswer::Aborted(why.clone()),
-                None => DecisionAnswer::Aborted(AbortReason::new(AbortKind::Unknown, "unknown tid: presumed aborted")),
+                None => DecisionAnswer::Aborted(self.presumed(tid)),
             },
         }
     }
@@ -543,6 +556,25 @@ impl Coordinator {
                     self.finished.remove(&old);
                 }
             }
+        }
+    }
+
+    /// The reason of a presumed abort (rule 6): a tid begun before this
+    /// coordinator started was its predecessor's (it restarted, or another
+    /// leader took over); otherwise it is simply unknown here.
+    fn presumed(&self, tid: Tid) -> AbortReason {
+        let begun = tid.get_timestamp().map(|t| {
+            let (secs, nanos) = t.to_unix();
+            secs * 1000 + u64::from(nanos) / 1_000_000
+        });
+        if begun.is_some_and(|b| b < self.started_at) {
+            AbortReason::new(
+                AbortKind::CoordinatorRestarted,
+                "unknown tid, begun before this coordinator started (it restarted, or another leader took over): \
+                 presumed aborted",
+            )
+        } else {
+            AbortReason::new(AbortKind::Unknown, "unknown tid: presumed aborted")
         }
     }
 

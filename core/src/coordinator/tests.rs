@@ -281,3 +281,19 @@ fn the_real_reason_is_kept_and_each_outcome_is_decided_once() {
     let DecisionAnswer::Aborted(why) = c.decision(t) else { panic!("not aborted") };
     assert_eq!(why.kind, AbortKind::ParticipantRestarted);
 }
+
+/// A presumed abort of a tid begun before this coordinator started says
+/// its coordinator restarted (or was replaced); a later unknown tid is
+/// only unknown.
+#[test]
+fn a_predecessors_tid_is_presumed_aborted_because_the_coordinator_restarted() {
+    use crate::reason::AbortKind;
+    let before = Uuid::now_v7();
+    let start = before.get_timestamp().unwrap().to_unix().0 * 1000 + 1_000;
+    let c = Coordinator::new(10, 10).with_start(start);
+    let DecisionAnswer::Aborted(why) = c.decision(before) else { panic!("not aborted") };
+    assert_eq!(why.kind, AbortKind::CoordinatorRestarted, "{why}");
+    let c = Coordinator::new(10, 10).with_start(0);
+    let DecisionAnswer::Aborted(why) = c.decision(before) else { panic!("not aborted") };
+    assert_eq!(why.kind, AbortKind::Unknown, "{why}");
+}
