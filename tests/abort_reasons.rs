@@ -233,6 +233,7 @@ async fn a_failed_operation_aborts_the_transaction() {
     arm(&tc, twopc_client::FailpointTarget::Partition(1), "participant::after_write_applied", "1*return(error)").await;
     let o = twopc(&tc, &["put", "--tid", &tid, &b, "3"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("transaction {tid} is aborted")), "{}", text(&o));
     let o = twopc(&tc, &["commit", "--tid", &tid]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout).to_string();

@@ -11,10 +11,21 @@
 //!    decision is COMMIT only once the shell reports the record durable
 //!    (`commit_durable`), and only then are the client told and the commit
 //!    messages sent. Any NO, timeout or error aborts at once, unforced.
+//!    An abort carries its real cause ([`AbortReason`]: a kind and words):
+//!    a NO vote keeps the participant's own reason (prefixed with its
+//!    partition), a failed or late prepare is `ParticipantUnreachable`, the
+//!    deadline `Deadline`, a participant's abort notice or a client's or
+//!    operator's abort what they say. The first reason a tid aborts for is
+//!    kept for every later answer: a client that aborts after a
+//!    participant refused its operation does not replace the participant's
+//!    cause. [`Action::Decided`] marks the decision once per tid, so the
+//!    shell counts outcomes per transaction, never per reply.
 //! 5. After COMMIT is durable every YES partition gets Commit, resent by the
 //!    shell until acknowledged; when the last acknowledges the tid is
 //!    finished ([`Action::LogFinished`]) and forgotten.
-//! 6. `decision` answers COMMITTED, ABORTED (also for unknown tids) or
+//! 6. `decision` answers COMMITTED, ABORTED (also for unknown tids: the
+//!    reason says `CoordinatorRestarted` for a tid begun before this
+//!    coordinator started, `Unknown` otherwise) or
 //!    PENDING while voting or forcing. Active tids answer PENDING too: a
 //!    client may still be working on them. Recovery never resurrects an
 //!    undecided tid, so ABORTED for an unknown tid can never be contradicted.

@@ -8,6 +8,13 @@
 //!    reports it durable ([`Participant::prepared_durable`]). A tid that only
 //!    read votes READ_ONLY and releases its locks at once. An unknown tid
 //!    (lost in a crash, or already aborted) or one past its deadline votes NO.
+//! 4. Every abort here keeps its real cause ([`AbortReason`]): a wait-die
+//!    conflict (the key and the older tid), the deadline, a failed write of
+//!    the prepared state, a restart that lost the tid (an unknown tid begun
+//!    before this process started, [`Participant::with_start`]), a
+//!    replaced coordinator, a shutdown. It is remembered with the aborted
+//!    tid (the first reason wins) and given in the NO vote, the one-phase
+//!    answer and the shell's abort notice to the coordinator.
 //! 8. A prepared tid with no decision is in doubt: [`Participant::due_questions`]
 //!    says when to ask the coordinator, with backoff, forever. Nothing here
 //!    ever decides a prepared tid on its own.

@@ -214,16 +214,16 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
             out!("deadline_unix_ms={}", txn.deadline_unix_ms());
         }
         C::Get { conn, tid, key } => {
-            let value = connect(&conn).await?.txn(tid, 0).get(key.as_bytes()).await?;
+            let value = connect(&conn).await?.txn(tid, 0).get(key.as_bytes()).await.map_err(|e| aborted_by(e, tid))?;
             out!("{}", value.as_deref().map_or("(not found)".into(), show));
         }
         C::Put { conn, tid, key, value } => {
             let txn = connect(&conn).await?.txn(tid, 0);
-            txn.put(key.as_bytes(), value.as_bytes()).await?;
+            txn.put(key.as_bytes(), value.as_bytes()).await.map_err(|e| aborted_by(e, tid))?;
             out!("ok");
         }
         C::Delete { conn, tid, key } => {
-            connect(&conn).await?.txn(tid, 0).delete(key.as_bytes()).await?;
+            connect(&conn).await?.txn(tid, 0).delete(key.as_bytes()).await.map_err(|e| aborted_by(e, tid))?;
             out!("ok");
         }
         C::Read { conn, key } => {
@@ -298,6 +298,21 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
         }
     }
     Ok(0)
+}
+
+/// An operation's error, saying that the transaction is aborted (the library
+/// aborts it on any failure but a validation error; see `Txn`).
+fn aborted_by(e: ClientError, tid: Uuid) -> ClientError {
+    let note = format!("transaction {tid} is aborted (a failed operation aborts its transaction)");
+    match e {
+        ClientError::InvalidArgument(_) => e,
+        ClientError::Status(s) if s.code() == tonic::Code::InvalidArgument => ClientError::Status(s),
+        ClientError::Status(s) => {
+            let msg = if s.message().is_empty() { note } else { format!("{}; {note}", s.message()) };
+            ClientError::Status(tonic::Status::new(s.code(), msg))
+        }
+        ClientError::Unavailable(why) => ClientError::Unavailable(format!("{why}; {note}")),
+    }
 }
 
 async fn connect(conn: &ConnArgs) -> Result<Client, ClientError> {
