@@ -136,8 +136,9 @@ impl Topology {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Committed,
-    /// Also the answer for a tid the coordinator never heard of
-    /// ([`AbortKind::Unknown`]).
+    /// Also the answer for a tid the coordinator does not know (presumed
+    /// abort: [`AbortKind::Unknown`], or [`AbortKind::CoordinatorRestarted`]
+    /// for a tid begun before it started).
     Aborted {
         /// Why, in words: the real cause, as the process that aborted it saw
         /// it (which partition, what happened).
