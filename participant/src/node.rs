@@ -326,6 +326,9 @@ impl Node {
                 let notice = self.tell_coordinator_aborted(tid, &why);
                 let _ = tokio::time::timeout(NOTICE_WAIT, notice).await;
             }
+        } else if let OpError::AlreadyAborted(why) = &e {
+            // Told when it aborted; again, in case that notice was lost.
+            self.tell_coordinator_aborted(tid, why);
         }
         ParticipantError::from_op(tid, e, key)
     }
