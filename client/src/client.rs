@@ -233,7 +233,11 @@ impl Client {
                 operations: Mutex::default(),
             }),
         };
-        client.topology().await?;
+        if let Err(e) = client.topology().await {
+            // The first call: where a TLS mismatch shows (see the probe).
+            let tls = client.inner.options.tls.is_enabled();
+            return Err(crate::error::tls_mismatch_probed(e, &client.inner.follower.current(), tls).await);
+        }
         Ok(client)
     }
 

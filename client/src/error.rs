@@ -69,13 +69,59 @@ impl ClientError {
                  (plaintext, or TLS with --tls-ca and, for mutual TLS, --tls-cert/--tls-key)?"
             ),
             Broken::Closed => format!(
-                "the connection to {peer} was closed during the call ({detail}): it may have stopped or crashed; \
-                 is it running?"
+                "the connection to {peer} {CLOSED_HINT} ({detail}): it may have stopped or crashed; is it running?"
             ),
             Broken::Other => format!("{peer} is unavailable ({detail}); is it running?"),
         })
     }
 }
+
+/// The hint of an error from a client's first call to `addr` that says
+/// the connection closed. The transport cannot always tell a crash from a
+/// server that closes the connection on purpose (it may report only a
+/// broken pipe): a TLS server closes a plaintext client's connection, and
+/// a mutual-TLS server that of a client whose certificate it refuses
+/// (after the handshake, in TLS 1.3). A short probe asks the server
+/// itself: a plaintext HTTP/2 preface sent to a live TLS server is
+/// answered with a TLS alert record. If it is, the server did not crash,
+/// and the error becomes the TLS hint (`client_tls`: this client used TLS,
+/// so its certificate was refused); otherwise it stays as it was.
+pub(crate) async fn tls_mismatch_probed(e: ClientError, addr: &str, client_tls: bool) -> ClientError {
+    let ClientError::Unavailable(why) = &e else { return e };
+    if !why.contains(CLOSED_HINT) || speaks_tls(addr).await != Some(true) {
+        return e;
+    }
+    ClientError::Unavailable(if client_tls {
+        format!(
+            "the coordinator at {addr} closed the TLS connection after the handshake: it likely refused this \
+             client's certificate (mutual TLS needs --tls-cert/--tls-key signed by the cluster's CA, --tls-ca)"
+        )
+    } else {
+        format!(
+            "the coordinator at {addr} speaks TLS and this client does not (it closed the plaintext connection); \
+             use the same TLS settings as the cluster: --tls-ca and, for mutual TLS, --tls-cert/--tls-key"
+        )
+    })
+}
+
+/// Whether the server at `addr` answers a plaintext HTTP/2 preface with a
+/// TLS record (alert, content type 21): `Some(true)`; with anything else
+/// (an HTTP/2 frame): `Some(false)`; no answer within a second: `None`.
+async fn speaks_tls(addr: &str) -> Option<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.ok()?;
+        let mut first = [0u8; 1];
+        stream.read_exact(&mut first).await.ok()?;
+        Some(first[0] == 0x15)
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(1), probe).await.ok().flatten()
+}
+
+/// Words of the hint for [`Broken::Closed`], recognised by
+/// [`tls_mismatch_probed`].
+const CLOSED_HINT: &str = "was closed during the call";
 
 /// The likely cause of a broken connection, read from the transport's
 /// error chain (tonic, hyper, h2, rustls and the OS say it in words only).
