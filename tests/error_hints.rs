@@ -118,7 +118,13 @@ async fn a_coordinator_killed_mid_call_is_not_a_tls_problem_but_a_tls_mismatch_i
     let o = cli(&["status", &tid, "--coordinator", &tls_addr, "--tls-ca", &ca]);
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{e}");
-    assert!(e.contains("certificate") && e.contains("--tls-cert") && !e.contains("crashed"), "{e}");
+    // (The transport reports the server's alert, or only a closed
+    // connection, which the client then probes.)
+    assert!(e.contains("TLS") && e.contains("--tls-cert") && !e.contains("crashed"), "{e}");
+    // A process asked directly (in-doubt --participant) is probed the same way.
+    let o = cli(&["in-doubt", "--participant", &tls_addr]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.contains("TLS") && out.contains("--tls-ca") && !out.contains("crashed"), "{out}");
     let o = cli(&["status", &tid, "--coordinator", &tls_addr]);
     let e = stderr(&o);
     tls_coordinator.kill();

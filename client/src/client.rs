@@ -235,8 +235,9 @@ impl Client {
         };
         if let Err(e) = client.topology().await {
             // The first call: where a TLS mismatch shows (see the probe).
-            let tls = client.inner.options.tls.is_enabled();
-            return Err(crate::error::tls_mismatch_probed(e, &client.inner.follower.current(), tls).await);
+            let (tls, addr) = (client.inner.options.tls.is_enabled(), client.inner.follower.current());
+            let peer = format!("the coordinator at {addr}");
+            return Err(crate::error::tls_mismatch_probed(e, &peer, &addr, tls).await);
         }
         Ok(client)
     }

@@ -86,19 +86,20 @@ impl ClientError {
 /// answered with a TLS alert record. If it is, the server did not crash,
 /// and the error becomes the TLS hint (`client_tls`: this client used TLS,
 /// so its certificate was refused); otherwise it stays as it was.
-pub(crate) async fn tls_mismatch_probed(e: ClientError, addr: &str, client_tls: bool) -> ClientError {
+/// `peer` names the process (e.g. "the coordinator at ADDR").
+pub(crate) async fn tls_mismatch_probed(e: ClientError, peer: &str, addr: &str, client_tls: bool) -> ClientError {
     let ClientError::Unavailable(why) = &e else { return e };
     if !why.contains(CLOSED_HINT) || speaks_tls(addr).await != Some(true) {
         return e;
     }
     ClientError::Unavailable(if client_tls {
         format!(
-            "the coordinator at {addr} closed the TLS connection after the handshake: it likely refused this \
+            "{peer} closed the TLS connection after the handshake: it likely refused this \
              client's certificate (mutual TLS needs --tls-cert/--tls-key signed by the cluster's CA, --tls-ca)"
         )
     } else {
         format!(
-            "the coordinator at {addr} speaks TLS and this client does not (it closed the plaintext connection); \
+            "{peer} speaks TLS and this client does not (it closed the plaintext connection); \
              use the same TLS settings as the cluster: --tls-ca and, for mutual TLS, --tls-cert/--tls-key"
         )
     })
