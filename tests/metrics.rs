@@ -132,4 +132,8 @@ async fn repeated_commits_aborts_and_questions_count_each_transaction_once() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(aborted_total, 1.0, "{c}");
+    // The commit latency summary has one sample per transaction that asked
+    // to commit before it was decided (3: the aborted one was aborted
+    // first), not one per reply.
+    assert_eq!(sample(&c, "twopc_commit_latency_seconds_count"), 3.0, "{c}");
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
-use twopc_core::coordinator::{DecisionAnswer, Outcome};
+use twopc_core::coordinator::{Action, DecisionAnswer, Outcome};
 use twopc_proto::admin_token::AdminToken;
 use twopc_proto::pb::{self, coordinator_server::Coordinator as CoordinatorRpc};
 use twopc_proto::reason::{self, AbortKind, AbortReason};
@@ -148,9 +148,17 @@ impl CoordinatorRpc for CoordinatorService {
         let started = std::time::Instant::now();
         let req = req.into_inner();
         let tid = tid::parse(&req.tid)?;
+        // A repeat answered from memory (a Reply, no decision now) is not a
+        // commit's latency: the histogram counts transactions, not replies.
+        let mut repeat = false;
         let rx = self
             .driver
-            .apply_and_wait(tid, |c| c.commit_requested(tid, now_unix_ms(), req.wrote))
+            .apply_and_wait(tid, |c| {
+                let actions = c.commit_requested(tid, now_unix_ms(), req.wrote)?;
+                repeat = actions.iter().any(|a| matches!(a, Action::Reply(..)))
+                    && !actions.iter().any(|a| matches!(a, Action::Decided(..)));
+                Ok(actions)
+            })
             .map_err(|r| CoordinatorError::from_refusal(tid, r))?;
         let outcome = match tokio::time::timeout(self.limits.commit_wait, rx).await {
             Ok(Ok(o)) => o,
@@ -161,7 +169,9 @@ impl CoordinatorRpc for CoordinatorService {
                 .into());
             }
         };
-        metrics::histogram!("twopc_commit_latency_seconds").record(started.elapsed().as_secs_f64());
+        if !repeat {
+            metrics::histogram!("twopc_commit_latency_seconds").record(started.elapsed().as_secs_f64());
+        }
         let (outcome, (abort_kind, reason)) = match outcome {
             Outcome::Committed => (pb::Outcome::Committed, (0, String::new())),
             Outcome::Aborted(why) => (pb::Outcome::Aborted, reason::fields(&why)),
