@@ -749,7 +749,7 @@ async fn audit(client: &Client, keys: &Keys) -> anyhow::Result<i64> {
         match failure {
             None => match txn.commit().await? {
                 Outcome::Committed => return Ok(total),
-                Outcome::Aborted { reason } => last = reason,
+                Outcome::Aborted { reason, .. } => last = reason,
             },
             Some(e) if e.is_retryable_abort() => {
                 last = e.to_string();

@@ -144,7 +144,7 @@ pub(crate) async fn open_accounts(client: &Client, accounts: u32) -> anyhow::Res
             println!("opened {accounts} accounts with {INITIAL_BALANCE} each in one transaction ({})", txn.tid());
             Ok(())
         }
-        Outcome::Aborted { reason } => bail!("opening the accounts aborted: {reason}"),
+        Outcome::Aborted { reason, .. } => bail!("opening the accounts aborted: {reason}"),
     }
 }
 

@@ -38,7 +38,7 @@ async fn a_no_vote_aborts_the_transaction_everywhere() {
     tc.cluster.restart_participant(1, &[]).unwrap();
     tc.cluster.wait_registered(SETTLE).await.unwrap();
     match txn.commit().await.unwrap() {
-        Outcome::Aborted { reason } => assert!(reason.contains("partition 1"), "reason names the voter: {reason}"),
+        Outcome::Aborted { reason, .. } => assert!(reason.contains("partition 1"), "reason names the voter: {reason}"),
         o => panic!("expected ABORTED, got {o:?}"),
     }
     tc.reconnect().await;

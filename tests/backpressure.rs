@@ -48,7 +48,7 @@ async fn a_slow_participant_does_not_stall_the_others() {
     assert_eq!(finished, 0, "slow transactions finished before the fast ones ({:?})", started.elapsed());
     for h in slow {
         match h.await.unwrap().unwrap() {
-            Outcome::Aborted { reason } => assert!(reason.contains("partition 1"), "{reason}"),
+            Outcome::Aborted { reason, .. } => assert!(reason.contains("partition 1"), "{reason}"),
             o => panic!("a transaction through the stalled partition committed: {o:?}"),
         }
     }

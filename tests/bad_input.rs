@@ -35,16 +35,23 @@ async fn bad_inputs_get_precise_statuses() {
     let txn = tc.client.begin(None).await.unwrap();
     expect_code(txn.put(b"", b"v").await, Code::InvalidArgument, "key is empty");
     // Over a size limit: RESOURCE_EXHAUSTED naming it (gRPC's convention).
-    expect_code(
-        txn.put(&[b'k'; 17], b"v").await,
-        Code::ResourceExhausted,
-        "over the limit of 16 bytes (--max-key-bytes)",
-    );
-    expect_code(
-        txn.put(key.as_bytes(), &[b'v'; 33]).await,
-        Code::ResourceExhausted,
-        "over the limit of 32 bytes (--max-value-bytes)",
-    );
+    // Unlike a validation error (above), it aborts its transaction (issue
+    // 13 kind 12: a failed operation never leaves a partial write set to
+    // commit), so each is tried in a transaction of its own.
+    for (k, v, words) in [
+        (vec![b'k'; 17], vec![b'v'], "over the limit of 16 bytes (--max-key-bytes)"),
+        (key.as_bytes().to_vec(), vec![b'v'; 33], "over the limit of 32 bytes (--max-value-bytes)"),
+    ] {
+        let over = tc.client.begin(None).await.unwrap();
+        expect_code(over.put(&k, &v).await, Code::ResourceExhausted, words);
+        match over.commit().await.unwrap() {
+            Outcome::Aborted { kind, reason } => {
+                assert_eq!(kind, twopc_client::AbortKind::OperationFailed, "{reason}");
+                assert!(reason.contains(words), "{reason}");
+            }
+            other => panic!("a transaction whose put failed must not commit: {other:?}"),
+        }
+    }
     expect_code(tc.client.read(b"").await, Code::InvalidArgument, "key is empty");
 
     // Operation after commit, and abort after commit.
@@ -126,6 +133,10 @@ async fn unregistered_participant_and_open_transaction_limit() {
         .unwrap();
     assert_eq!(recorded, 0, "the refused address was recorded");
 
+    // t1's failed put aborted it (a failed operation aborts its
+    // transaction), which freed its slot.
+    assert!(matches!(tc.client.status(t1.tid()).await.unwrap(), twopc_client::Decision::Aborted { .. }));
+    let t1 = tc.client.begin(None).await.unwrap();
     let _t2 = tc.client.begin(None).await.unwrap();
     expect_code(tc.client.begin(None).await, Code::ResourceExhausted, "too many open transactions");
     t1.abort().await.unwrap();

@@ -75,7 +75,7 @@ async fn c4_participant_crash_before_prepared_state_is_durable_aborts() {
     let (txn, keys) = three_writes(&tc, "c4").await;
     arm(&tc, FailpointTarget::Partition(1), "participant::before_prepare_durable", KILL).await;
     match txn.commit().await.unwrap() {
-        Outcome::Aborted { reason } => assert!(reason.contains("partition 1"), "{reason}"),
+        Outcome::Aborted { reason, .. } => assert!(reason.contains("partition 1"), "{reason}"),
         o => panic!("expected ABORTED, got {o:?}"),
     }
     restart_participant(&mut tc, 1).await;
@@ -189,8 +189,9 @@ async fn c10_slow_participant_during_prepare_times_out_and_learns_abort() {
     let (txn, keys) = three_writes(&tc, "c10").await;
     arm(&tc, FailpointTarget::Partition(1), "participant::before_prepare_durable", "sleep(2000)").await;
     match txn.commit().await.unwrap() {
-        Outcome::Aborted { reason } => {
-            assert!(reason.contains("partition 1") && reason.contains("500 ms"), "{reason}")
+        Outcome::Aborted { reason, kind } => {
+            assert!(reason.contains("partition 1") && reason.contains("500 ms"), "{reason}");
+            assert_eq!(kind, twopc_client::AbortKind::ParticipantUnreachable, "{reason}");
         }
         o => panic!("expected ABORTED, got {o:?}"),
     }

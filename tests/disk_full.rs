@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use twopc::cluster::ClusterOptions;
-use twopc_client::{ClientError, Decision, FailpointTarget, Outcome};
+use twopc_client::{AbortKind, ClientError, Decision, FailpointTarget, Outcome};
 
 /// At most this many transactions to fill the capped file.
 const FILL: usize = 400;
@@ -41,7 +41,11 @@ async fn txn(tc: &TestCluster, writes: &[(&str, &str)]) -> (uuid::Uuid, End) {
     }
     let end = match t.commit().await {
         Ok(Outcome::Committed) => End::Committed,
-        Ok(Outcome::Aborted { reason }) => End::Aborted(reason),
+        Ok(Outcome::Aborted { reason, kind }) => {
+            // Every abort in these scenarios is the full disk's, and says so.
+            assert_eq!(kind, AbortKind::DiskFull, "{reason}");
+            End::Aborted(reason)
+        }
         Err(ClientError::Status(s)) => End::Refused(s.code(), s.message().to_string()),
         Err(e) => panic!("commit of {} failed with neither an outcome nor a status: {e}", t.tid()),
     };
@@ -115,7 +119,10 @@ async fn a_full_decision_log_aborts_and_refuses_commits_serves_the_rest_and_resu
                 assert!(!applied, "{tid} refused but applied");
                 // The refused tid was aborted, with the same reason.
                 let d = tc.client.status(*tid).await.unwrap();
-                assert!(matches!(&d, Decision::Aborted { reason } if reason.contains("out of disk space")), "{d:?}");
+                assert!(
+                    matches!(&d, Decision::Aborted { reason, kind: AbortKind::DiskFull } if reason.contains("out of disk space")),
+                    "{d:?}"
+                );
             }
         }
     }

@@ -218,7 +218,7 @@ async fn check_attempts(tc: &TestCluster, attempts: &[Attempt]) -> (usize, usize
             Heard::Commit(Ok(Outcome::Committed)) => {
                 assert_eq!(decision, Decision::Committed, "tid {tid}: the client heard COMMITTED")
             }
-            Heard::Commit(Ok(Outcome::Aborted { reason })) => {
+            Heard::Commit(Ok(Outcome::Aborted { reason, .. })) => {
                 assert!(matches!(decision, Decision::Aborted { .. }), "tid {tid}: the client heard ABORTED ({reason})")
             }
             Heard::WriteFailed(e) => {

@@ -68,3 +68,72 @@ async fn scrapes_show_the_protocol_at_work() {
     assert!(value(&p, "twopc_votes_total") >= 5.0, "{p}");
     assert_eq!(value(&p, "twopc_in_doubt_tids"), 0.0, "{p}");
 }
+
+/// The value of the sample `line_start` (name and labels exactly), 0 when
+/// absent.
+fn sample(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start) && l[line_start.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Outcomes are counted per transaction, never per reply: repeating the
+/// commit, the abort and the status question of finished tids (by the
+/// library and by the CLI, each invocation a process of its own) leaves
+/// every outcome counter exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_commits_aborts_and_questions_count_each_transaction_once() {
+    let coord_port = free_port();
+    let opts = ClusterOptions {
+        coordinator_args: vec!["--metrics-listen".into(), format!("127.0.0.1:{coord_port}")],
+        ..Default::default()
+    };
+    let tc = TestCluster::start(opts).await;
+    let (a, b) = (tc.key_on(0, "once"), tc.key_on(1, "once"));
+    // Two-phase, one-phase and read-only commits, a client's abort.
+    let (two, o) = tc.write_txn(&[(&a, "1"), (&b, "1")]).await;
+    assert_eq!(o, Outcome::Committed);
+    let (one, o) = tc.write_txn(&[(&a, "2")]).await;
+    assert_eq!(o, Outcome::Committed);
+    let reader = tc.client.begin(None).await.unwrap();
+    reader.get(b.as_bytes()).await.unwrap();
+    assert_eq!(reader.commit().await.unwrap(), Outcome::Committed);
+    let aborted = tc.client.begin(None).await.unwrap();
+    aborted.put(a.as_bytes(), b"x").await.unwrap();
+    aborted.abort().await.unwrap();
+    tc.wait_settled().await;
+
+    for _ in 0..3 {
+        for tid in [two, one, reader.tid()] {
+            let txn = tc.client.txn(tid, 0);
+            assert_eq!(txn.commit().await.unwrap(), Outcome::Committed);
+            assert!(matches!(tc.client.status(tid).await.unwrap(), twopc_client::Decision::Committed));
+            let tid = tid.to_string();
+            let o = std::process::Command::new(env!("CARGO_BIN_EXE_twopc"))
+                .args(["commit", "--tid", &tid, "--coordinator", &tc.cluster.coordinator_addr()])
+                .output()
+                .unwrap();
+            assert_eq!(o.status.code(), Some(0), "{o:?}");
+        }
+        aborted.abort().await.unwrap();
+        assert!(matches!(aborted.commit().await.unwrap(), Outcome::Aborted { .. }));
+        assert!(matches!(tc.client.status(aborted.tid()).await.unwrap(), twopc_client::Decision::Aborted { .. }));
+    }
+
+    let c = scrape(coord_port);
+    assert_eq!(sample(&c, "twopc_transactions_begun_total"), 4.0, "{c}");
+    assert_eq!(sample(&c, "twopc_transactions_committed_total"), 3.0, "{c}");
+    assert_eq!(sample(&c, "twopc_transactions_aborted_total{reason=\"client\"}"), 1.0, "{c}");
+    let aborted_total: f64 = c
+        .lines()
+        .filter(|l| l.starts_with("twopc_transactions_aborted_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(aborted_total, 1.0, "{c}");
+    // The commit latency summary has one sample per transaction that asked
+    // to commit before it was decided (3: the aborted one was aborted
+    // first), not one per reply.
+    assert_eq!(sample(&c, "twopc_commit_latency_seconds_count"), 3.0, "{c}");
+}

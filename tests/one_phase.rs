@@ -81,7 +81,7 @@ async fn participant_crash_before_its_commit_is_durable_aborts() {
     let commit = tokio::spawn(async move { txn.commit().await.map(|o| (txn.tid(), o)) });
     restart_participant(&mut tc, 1).await;
     let (tid, outcome) = commit.await.unwrap().unwrap();
-    assert!(matches!(outcome, Outcome::Aborted { ref reason } if reason.contains("partition 1")), "{outcome:?}");
+    assert!(matches!(outcome, Outcome::Aborted { ref reason, .. } if reason.contains("partition 1")), "{outcome:?}");
     assert!(matches!(tc.client.status(tid).await.unwrap(), Decision::Aborted { .. }));
     tc.wait_settled().await;
     assert_eq!(tc.read(&key).await, None);

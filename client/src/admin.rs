@@ -133,10 +133,14 @@ pub async fn resolve_heuristically(
         override_lost_log,
         reason: reason.to_string(),
     });
-    let resp = within(Some(ADMIN_TIMEOUT), peer, client.resolve_heuristically(req))
-        .await
-        .map_err(|s| ClientError::from_rpc(s, peer))?
-        .into_inner();
+    let resp = match within(Some(ADMIN_TIMEOUT), peer, client.resolve_heuristically(req)).await {
+        Ok(r) => r.into_inner(),
+        // Called directly (no coordinator first): a TLS mismatch shows here.
+        Err(s) => {
+            let e = ClientError::from_rpc(s, peer);
+            return Err(crate::error::tls_mismatch_probed(e, &peer(), address, options.tls.is_enabled()).await);
+        }
+    };
     Ok(Resolution { heuristic: resp.heuristic, detail: resp.detail })
 }
 
@@ -166,10 +170,14 @@ pub async fn in_doubt_at_address(address: &str, options: &ConnectOptions) -> Res
     let peer = || format!("participant at {address}");
     let mut client = crate::routing::participant_client(address, &options.tls, options.sizes)?;
     let request = options.admin_token.request(pb::ListInDoubtRequest {});
-    let resp = within(Some(ADMIN_TIMEOUT), peer, client.list_in_doubt(request))
-        .await
-        .map_err(|s| ClientError::from_rpc(s, peer))?
-        .into_inner();
+    let resp = match within(Some(ADMIN_TIMEOUT), peer, client.list_in_doubt(request)).await {
+        Ok(r) => r.into_inner(),
+        // Called directly (no coordinator first): a TLS mismatch shows here.
+        Err(s) => {
+            let e = ClientError::from_rpc(s, peer);
+            return Err(crate::error::tls_mismatch_probed(e, &peer(), address, options.tls.is_enabled()).await);
+        }
+    };
     let partition = resp.partition;
     Ok(PartitionInDoubt::from_response(resp, partition, Some(address.to_string())))
 }

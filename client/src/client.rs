@@ -43,8 +43,9 @@ use twopc_proto::token::PeerToken;
 use uuid::Uuid;
 
 use crate::routing::{CONNECT_TIMEOUT, participant_client, partition_for};
-use crate::{ClientError, Txn};
+use crate::{AbortKind, ClientError, Txn};
 use twopc_proto::batch::{self, Batcher};
+use twopc_proto::reason;
 
 /// A handle to a twopc cluster. Cheap to clone; clones share channels.
 #[derive(Clone)]
@@ -147,9 +148,15 @@ impl Topology {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Committed,
-    /// Also the answer for a tid the coordinator never heard of.
+    /// Also the answer for a tid the coordinator does not know (presumed
+    /// abort: [`AbortKind::Unknown`], or [`AbortKind::CoordinatorRestarted`]
+    /// for a tid begun before it started).
     Aborted {
+        /// Why, in words: the real cause, as the process that aborted it saw
+        /// it (which partition, what happened).
         reason: String,
+        /// The kind of that cause.
+        kind: AbortKind,
     },
     /// Still deciding: ask again later.
     Pending,
@@ -240,7 +247,12 @@ impl Client {
                 operations: Mutex::default(),
             }),
         };
-        client.topology().await?;
+        if let Err(e) = client.topology().await {
+            // The first call: where a TLS mismatch shows (see the probe).
+            let (tls, addr) = (client.inner.options.tls.is_enabled(), client.inner.follower.current());
+            let peer = format!("the coordinator at {addr}");
+            return Err(crate::error::tls_mismatch_probed(e, &peer, &addr, tls).await);
+        }
         Ok(client)
     }
 
@@ -328,7 +340,9 @@ impl Client {
             .await?;
         match resp.decision() {
             pb::Decision::Committed => Ok(Decision::Committed),
-            pb::Decision::Aborted => Ok(Decision::Aborted { reason: resp.reason }),
+            pb::Decision::Aborted => {
+                Ok(Decision::Aborted { kind: reason::from_wire(resp.abort_kind), reason: resp.reason })
+            }
             pb::Decision::Pending => Ok(Decision::Pending),
             pb::Decision::Unspecified => Err(FollowError::Status {
                 address: self.inner.follower.current(),
@@ -607,7 +621,8 @@ mod tests {
         assert!(text.contains("cannot confirm its leadership"), "{text}");
         // One address, dead: at once, as before lists existed.
         let e = Client::connect(&dead1).await.unwrap_err();
-        assert!(e.to_string().contains(&format!("the coordinator at {dead1} is unavailable")), "{e}");
+        assert!(e.to_string().contains(&format!("the coordinator at {dead1} refused the connection")), "{e}");
+        assert!(!e.to_string().contains("TLS"), "{e}");
         let e = Client::connect("a:1,,b:2").await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
     }
@@ -618,7 +633,7 @@ mod tests {
     async fn a_commit_cut_off_learns_its_outcome_from_the_new_leader() {
         for (answer, want) in [
             ((|| Act::Answer) as fn() -> Act, Outcome::Committed),
-            (|| Act::Aborted, Outcome::Aborted { reason: "scripted".into() }),
+            (|| Act::Aborted, Outcome::Aborted { reason: "scripted".into(), kind: AbortKind::Other }),
         ] {
             let new =
                 FakeCoordinator::start(Box::new(move |rpc, _| if rpc == "Commit" { Act::Hang } else { answer() }))

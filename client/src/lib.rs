@@ -11,6 +11,8 @@
 //! - [`Client`]: a cheap-to-clone handle, safe to share between tasks.
 //! - [`Txn`]: one transaction's operations, by tid.
 //! - [`ClientError`]: every failure, printable as an actionable sentence.
+//! - [`AbortKind`]: why a transaction aborted, as a small fixed set (with
+//!   the words in [`Outcome::Aborted`] and [`Decision::Aborted`]).
 //! - [`ConnectOptions`]: TLS ([`ClientTls`], built from [`TlsArgs`]), the
 //!   [`AdminToken`] sent with admin calls, and the time budget of one
 //!   coordinator call.
@@ -39,5 +41,6 @@ pub use error::ClientError;
 pub use routing::partition_for;
 pub use twopc_proto::admin_token::AdminToken;
 pub use twopc_proto::pb::{ParticipantInfo, TransactionInfo};
+pub use twopc_proto::reason::AbortKind;
 pub use twopc_proto::tls::{ClientTls, TlsArgs};
 pub use txn::{Outcome, Txn};

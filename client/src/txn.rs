@@ -3,28 +3,60 @@
 //! A `Txn` holds no state beyond its tid: the participants hold the locks
 //! and writes, and enlist themselves with the coordinator (PROTOCOL.md rule
 //! 2), so commit needs no list of touched partitions and a clone, or another
-//! process attached by tid, is the same transaction. An error from any
-//! operation leaves the tid to be aborted; `commit` is safe to repeat.
+//! process attached by tid, is the same transaction. `commit` is safe to
+//! repeat.
+//!
+//! **A failed operation aborts the transaction.** The caller meant the whole
+//! write set; committing what is left after one operation failed would
+//! commit part of it. So when a get, put or delete fails, the library
+//! aborts the tid at the coordinator at once, with
+//! [`AbortKind::OperationFailed`] and the operation's error as the reason
+//! (a participant that aborted the tid itself, e.g. on a wait-die
+//! conflict, has already told the coordinator its own reason, which is kept:
+//! the first reason a tid aborts for is the one everyone hears). Later
+//! operations on the handle are refused (ABORTED), and `commit` answers
+//! [`Outcome::Aborted`] with that reason, never COMMITTED. "Failed" is any
+//! error except a validation error (INVALID_ARGUMENT: raised by the library
+//! before anything was sent, or by the participant's input checks, which
+//! run before the operation does anything: no enlistment, no lock, nothing
+//! buffered; the caller can correct the input and go on). So an error
+//! status from a participant (ABORTED, FAILED_PRECONDITION, NOT_FOUND,
+//! RESOURCE_EXHAUSTED, INTERNAL, ...), a participant that cannot be reached
+//! or routed to, and a transport error where the operation may or may not
+//! have been applied all abort the transaction. The last is why the abort
+//! is needed at all: the participant may hold the write, and only the
+//! coordinator's abort (it knows every enlisted participant) makes sure it
+//! is never committed. If that abort cannot be delivered, this
+//! handle still never commits (`commit` retries the abort and answers
+//! ABORTED); the coordinator aborts the tid at its deadline. Another
+//! handle or process attached to the same tid (the CLI's step-by-step
+//! `put --tid`, `commit --tid`) learns it from the coordinator: the abort
+//! was sent before the failed operation's error was returned.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use twopc_leader::follow::{FollowError, Policy, Retry};
 use twopc_proto::Backoff;
 use twopc_proto::pb;
 use twopc_proto::pb::operation::Kind;
+use twopc_proto::reason;
 use uuid::Uuid;
 
-use crate::{Client, ClientError, Decision};
+use crate::{AbortKind, Client, ClientError, Decision};
 
 /// How a commit ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Committed,
-    /// Why, in the coordinator's words (which participant, what happened).
     Aborted {
+        /// Why, in words: the real cause, as the process that aborted it
+        /// saw it (which participant, what happened; or the error of the
+        /// operation that failed).
         reason: String,
+        /// The kind of that cause.
+        kind: AbortKind,
     },
 }
 
@@ -42,11 +74,19 @@ pub struct Txn {
     /// transaction on one participant may commit in one phase (see
     /// `CommitRequest.wrote`; a handle attached by tid does not know).
     wrote: Arc<AtomicBool>,
+    /// The first operation that failed, in words: the transaction is
+    /// aborted (see the module docs), and this is its reason.
+    failed: Arc<Mutex<Option<String>>>,
 }
 
 impl Txn {
     pub(crate) fn new(client: Client, tid: Uuid, deadline_unix_ms: u64) -> Self {
-        Txn { client, tid, deadline_unix_ms, expires: None, wrote: Arc::default() }
+        Txn { client, tid, deadline_unix_ms, expires: None, wrote: Arc::default(), failed: Arc::default() }
+    }
+
+    /// The failed operation that aborted this transaction, if one did.
+    pub fn failed_operation(&self) -> Option<String> {
+        self.failed.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn tid(&self) -> Uuid {
@@ -104,10 +144,42 @@ impl Txn {
         self.operate(Kind::Delete, key, vec![]).await.map(drop)
     }
 
+    /// Runs one operation; if it fails (see the module docs for what
+    /// counts), the transaction is aborted before the error is returned.
+    async fn operate(&self, kind: Kind, key: &[u8], value: Vec<u8>) -> Result<pb::OperationResult, ClientError> {
+        if let Some(first) = self.failed_operation() {
+            return Err(tonic::Status::aborted(format!(
+                "tid {} was aborted because an earlier operation failed ({first})",
+                self.tid
+            ))
+            .into());
+        }
+        let result = self.operate_once(kind, key, value).await;
+        if let Err(e) = &result
+            && e.code() != tonic::Code::InvalidArgument
+        {
+            let what = match kind {
+                Kind::Put => "put",
+                Kind::Delete => "delete",
+                Kind::Get | Kind::GetForUpdate => "get",
+                Kind::Unspecified => "operation",
+            };
+            let why = format!("{what} of key {:?} failed: {e}", String::from_utf8_lossy(key));
+            self.failed.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(why.clone());
+            // The participant may hold the write (a transport error after
+            // it was applied): only the coordinator's abort makes sure it
+            // is never committed. Best effort here; `commit` tries again.
+            if let Err(abort) = self.abort_because(AbortKind::OperationFailed, &why).await {
+                tracing::debug!(tid = %self.tid, error = %abort, "aborting after a failed operation failed");
+            }
+        }
+        result
+    }
+
     /// Sends the operation batched with other transactions' operations; if
     /// it has to wait for a lock (a batch never waits), resends it alone
     /// with its unary call, which waits.
-    async fn operate(&self, kind: Kind, key: &[u8], value: Vec<u8>) -> Result<pb::OperationResult, ClientError> {
+    async fn operate_once(&self, kind: Kind, key: &[u8], value: Vec<u8>) -> Result<pb::OperationResult, ClientError> {
         let tid = self.tid.to_string();
         let op = pb::Operation { tid: tid.clone(), kind: kind as i32, key: key.to_vec(), value: value.clone() };
         let done = self.client.operate(key, op, self.limit()).await?;
@@ -169,7 +241,20 @@ impl Txn {
     /// repeat starts it), so the Commit is repeated there. All of it within
     /// [`crate::ConnectOptions::call_budget`]; if that runs out the error is
     /// UNAVAILABLE saying the outcome is unknown: ask [`Client::status`].
+    ///
+    /// After a failed operation (see the module docs) nothing is committed:
+    /// the abort is sent again and the answer is ABORTED with the
+    /// coordinator's reason (the operation's error, or the participant's
+    /// own cause when it aborted the tid first).
     pub async fn commit(&self) -> Result<Outcome, ClientError> {
+        if let Some(why) = self.failed_operation() {
+            return self.aborted_after_failure(why).await;
+        }
+        self.commit_now().await
+    }
+
+    /// The Commit call, following the leader (see [`Txn::commit`]).
+    async fn commit_now(&self) -> Result<Outcome, ClientError> {
         let started = Instant::now();
         let req = pb::CommitRequest { tid: self.tid.to_string(), wrote: self.wrote.load(Ordering::Relaxed) };
         let mut cut_off = match self.commit_once(&req, self.client.commit_policy_since(started)).await {
@@ -187,7 +272,7 @@ impl Txn {
             } else {
                 match self.client.decision(self.tid, self.client.policy_since(started)).await {
                     Ok(Decision::Committed) => return Ok(Outcome::Committed),
-                    Ok(Decision::Aborted { reason }) => return Ok(Outcome::Aborted { reason }),
+                    Ok(Decision::Aborted { reason, kind }) => return Ok(Outcome::Aborted { reason, kind }),
                     Ok(Decision::Pending) => {
                         match self.commit_once(&req, self.client.commit_policy_since(started)).await {
                             Ok(outcome) => return outcome,
@@ -248,25 +333,55 @@ impl Txn {
             .await?;
         Ok(match resp.outcome() {
             pb::Outcome::Committed => Ok(Outcome::Committed),
-            pb::Outcome::Aborted => Ok(Outcome::Aborted { reason: resp.reason }),
+            pb::Outcome::Aborted => {
+                Ok(Outcome::Aborted { kind: reason::from_wire(resp.abort_kind), reason: resp.reason })
+            }
             pb::Outcome::Unspecified => {
                 Err(tonic::Status::unknown("the coordinator answered Commit without an outcome").into())
             }
         })
     }
 
-    /// Aborts the transaction, at whoever leads. Fails with
-    /// FAILED_PRECONDITION if it already committed.
+    /// Aborts the transaction, at whoever leads ([`AbortKind::Client`]).
+    /// Fails with FAILED_PRECONDITION if it already committed.
     pub async fn abort(&self) -> Result<(), ClientError> {
+        self.abort_because(AbortKind::Client, "aborted by the client").await
+    }
+
+    /// Aborts the transaction, at whoever leads, giving why: the reason
+    /// every later Commit and status answer gives, unless the tid already
+    /// aborted for another (the first reason is kept). Fails with
+    /// FAILED_PRECONDITION if it already committed.
+    pub async fn abort_because(&self, kind: AbortKind, reason: &str) -> Result<(), ClientError> {
         let tid = self.tid.to_string();
+        let abort_kind = reason::to_wire(kind) as i32;
         self.client
             .coordinator_call("Abort", self.client.policy(), Retry::Idempotent, |mut c| {
-                let tid = tid.clone();
-                async move { c.abort(pb::AbortRequest { tid }).await }
+                let (tid, reason) = (tid.clone(), reason.to_string());
+                async move { c.abort(pb::AbortRequest { tid, abort_kind, reason }).await }
             })
             .await
             .map_err(|e| self.client.follow_error(e))?;
         Ok(())
+    }
+
+    /// `commit` after a failed operation: the abort first (again:
+    /// idempotent), and only once the coordinator has it, the Commit, which
+    /// then answers the abort and its first reason (or, for a tid another
+    /// handle committed meanwhile, which refuses the abort, COMMITTED: the
+    /// truth). If the abort cannot be delivered, no Commit is sent.
+    async fn aborted_after_failure(&self, why: String) -> Result<Outcome, ClientError> {
+        match self.abort_because(AbortKind::OperationFailed, &why).await {
+            Ok(()) => self.commit_now().await,
+            Err(e) if e.code() == tonic::Code::FailedPrecondition => self.commit_now().await,
+            Err(e) => Ok(Outcome::Aborted {
+                reason: format!(
+                    "{why}; the abort could not be delivered ({e}): this handle never commits it, and the \
+                     coordinator aborts it at its deadline"
+                ),
+                kind: AbortKind::OperationFailed,
+            }),
+        }
     }
 }
 

@@ -21,6 +21,14 @@
 //! - `SendCommitOnePhase`: resent with capped backoff until the participant
 //!   answers COMMITTED or ABORTED; that answer is the decision.
 //! - `Reply`: wakes every client waiting in Commit for this tid.
+//! - `Decided`: counts the outcome and logs an abort with its reason. The
+//!   core emits it once per tid, at the decision, so every outcome counter
+//!   counts transactions, never replies (a Commit or GetDecision repeated
+//!   after the decision counts nothing). The aborted counter's `reason`
+//!   label is the reason's kind (`twopc_core::reason::AbortKind::label`):
+//!   conflict, deadline, write_failed, participant_restarted, shutdown,
+//!   client, operation_failed, operator, coordinator_restarted,
+//!   participant_unreachable, unknown, other.
 //!
 //! The core sits behind a std mutex that is never held across an await.
 
@@ -32,6 +40,7 @@ use tokio::sync::oneshot;
 use tonic::Status;
 use tracing::Instrument;
 use twopc_core::coordinator::{Action, Coordinator, Outcome, Vote};
+use twopc_core::reason::{AbortKind, AbortReason};
 use twopc_core::{PartitionId, Tid};
 use twopc_proto::batch::{self, Batcher};
 use twopc_proto::disk_full::DiskFull;
@@ -154,23 +163,23 @@ impl Driver {
                     let this = self.clone();
                     spawn_for(tid, Some(p), async move { this.send_abort(tid, p).await });
                 }
-                Action::Reply(tid, outcome) => {
-                    match &outcome {
-                        Outcome::Committed => {
-                            tracing::debug!(%tid, "committed");
-                            metrics::counter!("twopc_transactions_committed_total").increment(1);
-                        }
-                        Outcome::Aborted(why) => {
-                            // Aborts are routine (conflicts, clients): one
-                            // line per tid at debug, a sample at info.
-                            tracing::debug!(%tid, reason = %why, "aborted");
-                            if let Some(suppressed) = ABORTED.allow() {
-                                tracing::info!(%tid, reason = %why, suppressed, "aborted (one line per 10 s; `suppressed` counts the others)");
-                            }
-                            metrics::counter!("twopc_transactions_aborted_total", "reason" => abort_kind(why))
-                                .increment(1);
-                        }
+                Action::Decided(tid, outcome) => match &outcome {
+                    Outcome::Committed => {
+                        tracing::debug!(%tid, "committed");
+                        metrics::counter!("twopc_transactions_committed_total").increment(1);
                     }
+                    Outcome::Aborted(why) => {
+                        // Aborts are routine (conflicts, clients): one line
+                        // per tid at debug, a sample at info.
+                        tracing::debug!(%tid, kind = why.kind.label(), reason = %why, "aborted");
+                        if let Some(suppressed) = ABORTED.allow() {
+                            tracing::info!(%tid, kind = why.kind.label(), reason = %why, suppressed, "aborted (one line per 10 s; `suppressed` counts the others)");
+                        }
+                        metrics::counter!("twopc_transactions_aborted_total", "reason" => why.kind.label())
+                            .increment(1);
+                    }
+                },
+                Action::Reply(tid, outcome) => {
                     let waiters = self.state().waiters.remove(&tid).unwrap_or_default();
                     for w in waiters {
                         let _ = w.send(outcome.clone());
@@ -211,7 +220,13 @@ impl Driver {
             Ok(resp
                 .results
                 .into_iter()
-                .map(|r| batch::item(r.code, r.message, || pb::PrepareResponse { vote: r.vote, reason: r.reason }))
+                .map(|r| {
+                    batch::item(r.code, r.message, || pb::PrepareResponse {
+                        vote: r.vote,
+                        reason: r.reason,
+                        abort_kind: r.abort_kind,
+                    })
+                })
                 .collect())
         };
         match self.peer_call(tid, p, batcher, self.timeouts.prepare, rpc).await {
@@ -219,7 +234,7 @@ impl Driver {
             Ok(resp) => match pb::Vote::try_from(resp.vote) {
                 Ok(pb::Vote::Yes) => Vote::Yes,
                 Ok(pb::Vote::ReadOnly) => Vote::ReadOnly,
-                Ok(pb::Vote::No) => Vote::No(resp.reason),
+                Ok(pb::Vote::No) => Vote::No(twopc_proto::reason::from_fields(resp.abort_kind, resp.reason)),
                 _ => Vote::Failed(format!("invalid vote {}", resp.vote)),
             },
         }
@@ -349,7 +364,8 @@ impl Driver {
         Ok(if r.committed {
             Outcome::Committed
         } else {
-            Outcome::Aborted(format!("partition {p} aborted it: {}", r.reason))
+            let why = twopc_proto::reason::from_fields(r.abort_kind, r.reason);
+            Outcome::Aborted(why.within(format_args!("partition {p} aborted it")))
         })
     }
 
@@ -451,28 +467,12 @@ fn spawn_for(tid: Tid, partition: Option<PartitionId>, step: impl Future<Output 
 
 /// The abort reason of a tid whose record could not be written, or whose
 /// commit was refused, because the decision log is out of space.
-pub fn disk_full_reason(detail: &str) -> String {
-    format!(
-        "the decision log is out of disk space ({detail}): nothing was committed; free space in the \
-         coordinator's data directory and retry (the coordinator resumes by itself)"
+pub fn disk_full_reason(detail: &str) -> AbortReason {
+    AbortReason::new(
+        AbortKind::DiskFull,
+        format!(
+            "the decision log is out of disk space ({detail}): nothing was committed; free space in the \
+             coordinator's data directory and retry (the coordinator resumes by itself)"
+        ),
     )
-}
-
-/// A low-cardinality label for an abort reason (the full text is logged).
-fn abort_kind(why: &str) -> &'static str {
-    if why.contains("out of disk space") {
-        "disk_full"
-    } else if why.contains("client") {
-        "client"
-    } else if why.contains("deadline") {
-        "deadline"
-    } else if why.contains("voted NO") {
-        "voted_no"
-    } else if why.contains("did not vote") {
-        "no_vote"
-    } else if why.contains("restarted") {
-        "participant_restarted"
-    } else {
-        "other"
-    }
 }

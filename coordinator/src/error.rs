@@ -56,7 +56,7 @@ impl CoordinatorError {
         match r {
             Refusal::UnknownTid => CoordinatorError::UnknownTid(tid),
             Refusal::NotActive(state) => CoordinatorError::NotActive { tid, state },
-            Refusal::Aborted(reason) => CoordinatorError::Aborted { tid, reason },
+            Refusal::Aborted(reason) => CoordinatorError::Aborted { tid, reason: reason.detail },
             Refusal::AlreadyCommitted => CoordinatorError::AlreadyCommitted(tid),
             Refusal::TooManyOpen(n) => CoordinatorError::TooManyOpen(n),
             Refusal::Delegated(partition) => CoordinatorError::Delegated { tid, partition },

@@ -196,12 +196,14 @@ impl Shell {
                 tracing::warn!(partition, "ignoring recorded address: {e}");
             }
         }
-        let mut core = Coordinator::new(config.max_open_txns, config.keep_finished).with_one_phase(config.one_phase);
+        let now = clock::now_ms();
+        let mut core = Coordinator::new(config.max_open_txns, config.keep_finished)
+            .with_one_phase(config.one_phase)
+            .with_start(now);
         for tid in &recovered.finished {
             core.recover_finished(*tid);
         }
         let mut redo = vec![];
-        let now = clock::now_ms();
         for (tid, partitions) in &recovered.unfinished {
             // One line per tid at debug: a restart may find thousands; the
             // summary below counts them at info.

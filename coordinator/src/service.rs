@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
-use twopc_core::coordinator::{DecisionAnswer, Outcome, Phase};
+use twopc_core::coordinator::{Action, DecisionAnswer, Outcome, Phase};
 use twopc_proto::admin_token::AdminToken;
 use twopc_proto::pb::{self, coordinator_server::Coordinator as CoordinatorRpc};
+use twopc_proto::reason::{self, AbortKind, AbortReason};
 use twopc_proto::token::PeerToken;
 use twopc_proto::{clock, failpoint, now_unix_ms, tid};
 
@@ -93,9 +94,9 @@ impl CoordinatorService {
             return Ok(());
         };
         let reason = disk_full_reason(&detail);
-        self.driver.apply(|c| ((), c.abort_requested(tid, &reason).unwrap_or_default()));
+        self.driver.apply(|c| ((), c.abort_requested(tid, reason.clone()).unwrap_or_default()));
         self.driver.disk.refused();
-        Err(CoordinatorError::DiskFull { tid, reason })
+        Err(CoordinatorError::DiskFull { tid, reason: reason.detail })
     }
 
     /// Rule 2, for one enlistment (unary or inside a batch).
@@ -187,9 +188,17 @@ impl CoordinatorRpc for CoordinatorService {
         if req.wrote {
             self.refuse_if_disk_full(tid)?;
         }
+        // A repeat answered from memory (a Reply, no decision now) is not a
+        // commit's latency: the histogram counts transactions, not replies.
+        let mut repeat = false;
         let rx = self
             .driver
-            .apply_and_wait(tid, |c| c.commit_requested(tid, clock::now_ms(), req.wrote))
+            .apply_and_wait(tid, |c| {
+                let actions = c.commit_requested(tid, clock::now_ms(), req.wrote)?;
+                repeat = actions.iter().any(|a| matches!(a, Action::Reply(..)))
+                    && !actions.iter().any(|a| matches!(a, Action::Decided(..)));
+                Ok(actions)
+            })
             .map_err(|r| CoordinatorError::from_refusal(tid, r))?;
         let outcome = match tokio::time::timeout(self.limits.commit_wait, rx).await {
             Ok(Ok(o)) => o,
@@ -200,18 +209,22 @@ impl CoordinatorRpc for CoordinatorService {
                 .into());
             }
         };
-        metrics::histogram!("twopc_commit_latency_seconds").record(started.elapsed().as_secs_f64());
-        let (outcome, reason) = match outcome {
-            Outcome::Committed => (pb::Outcome::Committed, String::new()),
-            Outcome::Aborted(why) => (pb::Outcome::Aborted, why),
+        if !repeat {
+            metrics::histogram!("twopc_commit_latency_seconds").record(started.elapsed().as_secs_f64());
+        }
+        let (outcome, (abort_kind, reason)) = match outcome {
+            Outcome::Committed => (pb::Outcome::Committed, (0, String::new())),
+            Outcome::Aborted(why) => (pb::Outcome::Aborted, reason::fields(&why)),
         };
-        Ok(Response::new(pb::CommitResponse { outcome: outcome as i32, reason }))
+        Ok(Response::new(pb::CommitResponse { outcome: outcome as i32, reason, abort_kind }))
     }
 
     async fn abort(&self, req: Request<pb::AbortRequest>) -> Reply<pb::AbortResponse> {
-        let tid = tid::parse(&req.into_inner().tid)?;
+        let req = req.into_inner();
+        let tid = tid::parse(&req.tid)?;
+        let why = abort_request_reason(req.abort_kind, req.reason);
         self.driver
-            .apply(|c| match c.abort_requested(tid, "aborted by the client") {
+            .apply(|c| match c.abort_requested(tid, why) {
                 Ok(actions) => (Ok(()), actions),
                 Err(r) => (Err(r), vec![]),
             })
@@ -225,14 +238,15 @@ impl CoordinatorRpc for CoordinatorService {
             let st = self.driver.state();
             (st.core.decision(tid), st.core.remembers(tid))
         };
-        let (decision, reason) = match answer {
-            DecisionAnswer::Committed => (pb::Decision::Committed, String::new()),
-            DecisionAnswer::Aborted(why) => (pb::Decision::Aborted, why),
-            DecisionAnswer::Pending => (pb::Decision::Pending, String::new()),
+        let (decision, (abort_kind, reason)) = match answer {
+            DecisionAnswer::Committed => (pb::Decision::Committed, (0, String::new())),
+            DecisionAnswer::Aborted(why) => (pb::Decision::Aborted, reason::fields(&why)),
+            DecisionAnswer::Pending => (pb::Decision::Pending, (0, String::new())),
         };
         Ok(Response::new(pb::GetDecisionResponse {
             decision: decision as i32,
             reason,
+            abort_kind,
             cluster_id: self.cluster_id.clone(),
             coordinator_term: self.term,
             presumed: decision == pb::Decision::Aborted && !remembered,
@@ -322,5 +336,49 @@ impl CoordinatorRpc for CoordinatorService {
         self.admin_token.check(&req, "SetFailpoint")?;
         failpoint::set_from_rpc(req.into_inner())?;
         Ok(Response::new(pb::SetFailpointResponse {}))
+    }
+}
+
+/// The reason an Abort call gives (PROTOCOL.md rule 4): a participant's
+/// abort notice or a client whose operation failed sends its own; without
+/// one it is the client's abort. Words are always there for the log and for
+/// whoever asks later. Bounded: the words come from a caller.
+fn abort_request_reason(kind: i32, words: String) -> AbortReason {
+    const MAX_WORDS: usize = 1024;
+    let kind = reason::from_wire_or(kind, AbortKind::Client);
+    let mut words = words.trim().to_string();
+    if words.len() > MAX_WORDS {
+        let mut end = MAX_WORDS;
+        while !words.is_char_boundary(end) {
+            end -= 1;
+        }
+        words.truncate(end);
+        words.push_str("...");
+    }
+    if words.is_empty() {
+        words = match kind {
+            AbortKind::Operator => "aborted by an operator".into(),
+            _ => "aborted by the client".into(),
+        };
+    }
+    AbortReason::new(kind, words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_abort_request_without_a_reason_is_the_clients() {
+        let why = abort_request_reason(0, String::new());
+        assert_eq!((why.kind, why.detail.as_str()), (AbortKind::Client, "aborted by the client"));
+        let why = abort_request_reason(pb::AbortKind::Conflict as i32, "partition 0 aborted it: lock conflict".into());
+        assert_eq!(why.kind, AbortKind::Conflict);
+        assert_eq!(
+            abort_request_reason(pb::AbortKind::Operator as i32, String::new()).detail,
+            "aborted by an operator"
+        );
+        let long = abort_request_reason(0, "é".repeat(2_000));
+        assert!(long.detail.len() <= 1_027 && long.detail.ends_with("..."));
     }
 }

@@ -11,10 +11,21 @@
 //!    decision is COMMIT only once the shell reports the record durable
 //!    (`commit_durable`), and only then are the client told and the commit
 //!    messages sent. Any NO, timeout or error aborts at once, unforced.
+//!    An abort carries its real cause ([`AbortReason`]: a kind and words):
+//!    a NO vote keeps the participant's own reason (prefixed with its
+//!    partition), a failed or late prepare is `ParticipantUnreachable`, the
+//!    deadline `Deadline`, a participant's abort notice or a client's or
+//!    operator's abort what they say. The first reason a tid aborts for is
+//!    kept for every later answer: a client that aborts after a
+//!    participant refused its operation does not replace the participant's
+//!    cause. [`Action::Decided`] marks the decision once per tid, so the
+//!    shell counts outcomes per transaction, never per reply.
 //! 5. After COMMIT is durable every YES partition gets Commit, resent by the
 //!    shell until acknowledged; when the last acknowledges the tid is
 //!    finished ([`Action::LogFinished`]) and forgotten.
-//! 6. `decision` answers COMMITTED, ABORTED (also for unknown tids) or
+//! 6. `decision` answers COMMITTED, ABORTED (also for unknown tids: the
+//!    reason says `CoordinatorRestarted` for a tid begun before this
+//!    coordinator started, `Unknown` otherwise) or
 //!    PENDING while voting or forcing. Active tids answer PENDING too: a
 //!    client may still be working on them. Recovery never resurrects an
 //!    undecided tid, so ABORTED for an unknown tid can never be contradicted.
@@ -41,6 +52,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use crate::reason::{AbortKind, AbortReason};
 use crate::{Millis, PartitionId, Tid};
 
 /// A participant's vote in phase 1, or why it has none.
@@ -48,7 +60,8 @@ use crate::{Millis, PartitionId, Tid};
 pub enum Vote {
     Yes,
     ReadOnly,
-    No(String),
+    /// NO, and why the participant aborted (its own reason, kind kept).
+    No(AbortReason),
     /// The prepare call failed or timed out: counts as NO.
     Failed(String),
 }
@@ -57,14 +70,14 @@ pub enum Vote {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Outcome {
     Committed,
-    Aborted(String),
+    Aborted(AbortReason),
 }
 
 /// What the coordinator answers when asked for a decision (rule 6).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DecisionAnswer {
     Committed,
-    Aborted(String),
+    Aborted(AbortReason),
     Pending,
 }
 
@@ -88,6 +101,13 @@ pub enum Action {
     SendAbort(Tid, PartitionId),
     /// Answer every client waiting on this tid's commit.
     Reply(Tid, Outcome),
+    /// The tid's outcome was decided just now: emitted exactly once per
+    /// tid, at the transition (COMMIT durable, or the abort), never for a
+    /// repeated question, so the shell counts and logs outcomes here and
+    /// never per reply (a Commit repeated after the decision gets a
+    /// `Reply` again, not a `Decided`). Outcomes recovered from the log
+    /// were decided by an earlier run and are not decided again.
+    Decided(Tid, Outcome),
     /// Every YES partition acknowledged the commit: mark the record finished
     /// (no force needed: a lost mark only means phase 2 is re-driven).
     /// Also ends a one-phase commit that committed.
@@ -112,7 +132,7 @@ pub enum Refusal {
     /// The tid exists but is no longer accepting enlistments/operations.
     NotActive(&'static str),
     /// The tid aborted; the reason says why.
-    Aborted(String),
+    Aborted(AbortReason),
     /// The tid committed: an abort cannot be honoured.
     AlreadyCommitted,
     /// Too many open transactions.
@@ -204,6 +224,9 @@ pub struct Coordinator {
     max_open: usize,
     /// Whether a tid with one participant commits in one phase.
     one_phase: bool,
+    /// When this coordinator started (or took over as leader): an unknown
+    /// tid begun before is one its predecessor began (0: unknown).
+    started_at: Millis,
 }
 
 impl Coordinator {
@@ -219,7 +242,17 @@ impl Coordinator {
             finished_cap: finished_cap.max(1),
             max_open,
             one_phase: true,
+            started_at: 0,
         }
+    }
+
+    /// Records when this coordinator started, or took over as leader: an
+    /// unknown tid begun before that was begun by a predecessor that
+    /// restarted or was replaced, and its presumed abort says so
+    /// ([`AbortKind::CoordinatorRestarted`]) instead of only "unknown".
+    pub fn with_start(mut self, started_at: Millis) -> Self {
+        self.started_at = started_at;
+        self
     }
 
     /// Turns the one-phase path on (the default) or off (every tid votes).
@@ -263,13 +296,16 @@ impl Coordinator {
             return (Err(Refusal::NotActive(txn.phase.name())), vec![]);
         }
         if now >= txn.deadline {
-            let why = "deadline passed before commit".to_string();
+            let why = deadline_passed();
             let actions = self.abort(tid, why.clone());
             return (Err(Refusal::Aborted(why)), actions);
         }
         match txn.parts.get(&partition) {
             Some(p) if p.incarnation != incarnation => {
-                let why = format!("partition {partition} restarted and lost this transaction's earlier operations");
+                let why = AbortReason::new(
+                    AbortKind::ParticipantRestarted,
+                    format!("partition {partition} restarted and lost this transaction's earlier operations"),
+                );
                 let actions = self.abort(tid, why.clone());
                 (Err(Refusal::Aborted(why)), actions)
             }
@@ -304,12 +340,12 @@ impl Coordinator {
             Phase::Committing => return Ok(vec![Action::Reply(tid, Outcome::Committed)]),
         }
         if now >= txn.deadline {
-            return Ok(self.abort(tid, "deadline passed before commit".into()));
+            return Ok(self.abort(tid, deadline_passed()));
         }
         if txn.parts.is_empty() {
             // Nothing was written anywhere: trivially committed, nothing to force.
             self.finish(tid, Outcome::Committed);
-            return Ok(vec![Action::Reply(tid, Outcome::Committed)]);
+            return Ok(vec![Action::Reply(tid, Outcome::Committed), Action::Decided(tid, Outcome::Committed)]);
         }
         if self.one_phase && client_wrote && txn.parts.len() == 1 {
             let &p = txn.parts.keys().next().expect("one part");
@@ -342,7 +378,7 @@ impl Coordinator {
             Outcome::Aborted(_) => Action::LogForget(tid),
         };
         self.finish(tid, outcome.clone());
-        vec![Action::Reply(tid, outcome), log]
+        vec![Action::Reply(tid, outcome.clone()), log, Action::Decided(tid, outcome)]
     }
 
     /// Rule 7 for one-phase: an unfinished DELEGATED record read back at
@@ -373,10 +409,11 @@ impl Coordinator {
             Vote::ReadOnly => part.state = PartState::VotedReadOnly,
             Vote::No(why) => {
                 part.state = PartState::VotedNo;
-                return self.abort(tid, format!("partition {partition} voted NO: {why}"));
+                return self.abort(tid, why.within(format_args!("partition {partition} voted NO")));
             }
             Vote::Failed(why) => {
-                return self.abort(tid, format!("partition {partition} did not vote: {why}"));
+                let why = format!("partition {partition} did not vote: {why}");
+                return self.abort(tid, AbortReason::new(AbortKind::ParticipantUnreachable, why));
             }
         }
         if txn.parts.values().any(|p| p.state == PartState::Enlisted) {
@@ -387,7 +424,7 @@ impl Coordinator {
         if yes.is_empty() {
             // Every participant only read: nothing to force, no phase 2.
             self.finish(tid, Outcome::Committed);
-            return vec![Action::Reply(tid, Outcome::Committed)];
+            return vec![Action::Reply(tid, Outcome::Committed), Action::Decided(tid, Outcome::Committed)];
         }
         txn.phase = Phase::Deciding;
         vec![Action::ForceCommit(tid, yes)]
@@ -409,6 +446,7 @@ impl Coordinator {
                 .filter(|(_, p)| p.state == PartState::VotedYes)
                 .map(|(&id, _)| Action::SendCommit(tid, id)),
         );
+        actions.push(Action::Decided(tid, Outcome::Committed));
         actions
     }
 
@@ -418,7 +456,7 @@ impl Coordinator {
     /// any undecided one (YES voters are told; the client hears `why`).
     /// Only for that certainty: a write whose outcome is unknown (a failed
     /// fsync) must not come here; the shell stops instead (fail-stop).
-    pub fn record_not_written(&mut self, tid: Tid, why: String) -> Vec<Action> {
+    pub fn record_not_written(&mut self, tid: Tid, why: AbortReason) -> Vec<Action> {
         match self.live.get(&tid).map(|t| t.phase) {
             Some(Phase::Deciding | Phase::Delegating) => self.abort(tid, why),
             _ => vec![],
@@ -445,8 +483,11 @@ impl Coordinator {
         vec![Action::LogFinished(tid)]
     }
 
-    /// The client (or an operator) asks to abort a tid with no decision.
-    pub fn abort_requested(&mut self, tid: Tid, why: &str) -> Result<Vec<Action>, Refusal> {
+    /// The client, an operator, or a participant that aborted the tid on
+    /// its own (its abort notice) asks to abort a tid with no decision.
+    /// The first reason wins: a tid already aborted keeps the reason it
+    /// aborted for (the real cause), whoever asks again later.
+    pub fn abort_requested(&mut self, tid: Tid, why: impl Into<AbortReason>) -> Result<Vec<Action>, Refusal> {
         match self.live.get(&tid).map(|t| t.phase) {
             Some(Phase::Active | Phase::Preparing) => Ok(self.abort(tid, why.into())),
             Some(Phase::Deciding | Phase::Committing) => Err(Refusal::AlreadyCommitted),
@@ -477,7 +518,7 @@ impl Coordinator {
             .filter(|(_, t)| t.phase == Phase::Active && now >= t.deadline)
             .map(|(&tid, _)| tid)
             .collect();
-        expired.into_iter().flat_map(|tid| self.abort(tid, "deadline passed before commit".into())).collect()
+        expired.into_iter().flat_map(|tid| self.abort(tid, deadline_passed())).collect()
     }
 
     /// Rule 6: the decision for `tid`.
@@ -488,7 +529,7 @@ impl Coordinator {
             None => match self.finished.get(&tid) {
                 Some(Outcome::Committed) => DecisionAnswer::Committed,
                 Some(Outcome::Aborted(why)) => DecisionAnswer::Aborted(why.clone()),
-                None => DecisionAnswer::Aborted("unknown tid: presumed aborted".into()),
+                None => DecisionAnswer::Aborted(self.presumed(tid)),
             },
         }
     }
@@ -518,7 +559,7 @@ impl Coordinator {
         self.finish(tid, Outcome::Committed);
     }
 
-    fn abort(&mut self, tid: Tid, why: String) -> Vec<Action> {
+    fn abort(&mut self, tid: Tid, why: AbortReason) -> Vec<Action> {
         let Some(txn) = self.live.get(&tid) else {
             return vec![];
         };
@@ -529,6 +570,7 @@ impl Coordinator {
             .map(|(&id, _)| Action::SendAbort(tid, id))
             .collect();
         actions.push(Action::Reply(tid, Outcome::Aborted(why.clone())));
+        actions.push(Action::Decided(tid, Outcome::Aborted(why.clone())));
         self.finish(tid, Outcome::Aborted(why));
         actions
     }
@@ -547,6 +589,25 @@ impl Coordinator {
         }
     }
 
+    /// The reason of a presumed abort (rule 6): a tid begun before this
+    /// coordinator started was its predecessor's (it restarted, or another
+    /// leader took over); otherwise it is simply unknown here.
+    fn presumed(&self, tid: Tid) -> AbortReason {
+        let begun = tid.get_timestamp().map(|t| {
+            let (secs, nanos) = t.to_unix();
+            secs * 1000 + u64::from(nanos) / 1_000_000
+        });
+        if begun.is_some_and(|b| b < self.started_at) {
+            AbortReason::new(
+                AbortKind::CoordinatorRestarted,
+                "unknown tid, begun before this coordinator started (it restarted, or another leader took over): \
+                 presumed aborted",
+            )
+        } else {
+            AbortReason::new(AbortKind::Unknown, "unknown tid: presumed aborted")
+        }
+    }
+
     fn refusal_for_unknown(&self, tid: Tid) -> Refusal {
         match self.finished.get(&tid) {
             Some(Outcome::Aborted(why)) => Refusal::Aborted(why.clone()),
@@ -554,6 +615,11 @@ impl Coordinator {
             None => Refusal::UnknownTid,
         }
     }
+}
+
+/// The coordinator's own deadline abort.
+fn deadline_passed() -> AbortReason {
+    AbortReason::new(AbortKind::Deadline, "deadline passed before commit")
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod coordinator;
 pub mod locks;
 pub mod model;
 pub mod participant;
+pub mod reason;
 
 pub use uuid::Uuid as Tid;
 

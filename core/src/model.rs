@@ -94,6 +94,7 @@ use std::time::{Duration, Instant};
 
 use crate::coordinator::{self, Action, Coordinator, Outcome, Phase, Vote};
 use crate::participant::{AbortStep, CommitStep, Limits, OnePhaseStep, Participant, PrepareStep, WriteSet};
+use crate::reason::{AbortKind, AbortReason};
 use crate::{PartitionId, Tid};
 
 const TID: Tid = Tid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
@@ -344,6 +345,8 @@ impl World {
                 Action::SendCommit(_, p) => self.send(Msg::Commit(p)),
                 Action::SendAbort(_, p) => self.send(Msg::Abort(p)),
                 Action::Reply(_, outcome) => self.tell_client(outcome),
+                // Counting and logging only.
+                Action::Decided(..) => {}
                 Action::LogForget(_) | Action::LogFinished(_) => {
                     // The leader's own epoch is current: always accepted.
                     let accepted = self.unforced_write(self.epoch, &a);
@@ -377,7 +380,8 @@ impl World {
                 | Action::SendCommitOnePhase(..)
                 | Action::SendCommit(..)
                 | Action::SendAbort(..)
-                | Action::Reply(..) => {}
+                | Action::Reply(..)
+                | Action::Decided(..) => {}
             }
         }
         if stopped || !self.deposed[i].may_write() {
@@ -597,7 +601,10 @@ impl World {
                 if self.full_but_written {
                     self.forced_write(w);
                 }
-                let a = self.coord.record_not_written(TID, "the decision log is out of disk space".into());
+                let a = self.coord.record_not_written(
+                    TID,
+                    AbortReason::new(AbortKind::DiskFull, "the decision log is out of disk space"),
+                );
                 self.run(a);
             }
             Event::StoreFull(p) => {
@@ -606,11 +613,15 @@ impl World {
                 self.fulls -= 1;
                 let i = *p as usize;
                 if self.disks[i].persisting.take().is_some() {
-                    self.parts[i].prepare_failed(TID);
+                    self.parts[i]
+                        .prepare_failed(TID, AbortReason::new(AbortKind::DiskFull, "the store is out of disk space"));
                     self.vote(*p, VoteMsg::No);
                 } else if std::mem::take(&mut self.disks[i].applying_one_phase) {
                     self.disks[i].applying = None;
-                    if self.parts[i].one_phase_not_written(TID) {
+                    if self.parts[i].one_phase_not_written(
+                        TID,
+                        AbortReason::new(AbortKind::DiskFull, "the store is out of disk space"),
+                    ) {
                         self.send(Msg::OnePhaseAnswer(*p, Answer::Aborted));
                     }
                 }
@@ -681,7 +692,7 @@ impl World {
                     Ok(()) => self.vote(*p, VoteMsg::Yes),
                     Err(_) => {
                         self.disks[i].prepared = None;
-                        self.parts[i].prepare_failed(TID);
+                        self.parts[i].prepare_failed(TID, "aborted while preparing".into());
                         self.vote(*p, VoteMsg::No);
                     }
                 }

@@ -8,6 +8,13 @@
 //!    reports it durable ([`Participant::prepared_durable`]). A tid that only
 //!    read votes READ_ONLY and releases its locks at once. An unknown tid
 //!    (lost in a crash, or already aborted) or one past its deadline votes NO.
+//! 4. Every abort here keeps its real cause ([`AbortReason`]): a wait-die
+//!    conflict (the key and the older tid), the deadline, a failed write of
+//!    the prepared state, a restart that lost the tid (an unknown tid begun
+//!    before this process started, [`Participant::with_start`]), a
+//!    replaced coordinator, a shutdown. It is remembered with the aborted
+//!    tid (the first reason wins) and given in the NO vote, the one-phase
+//!    answer and the shell's abort notice to the coordinator.
 //! 8. A prepared tid with no decision is in doubt: [`Participant::due_questions`]
 //!    says when to ask the coordinator, with backoff, forever. Nothing here
 //!    ever decides a prepared tid on its own.
@@ -47,9 +54,10 @@
 //! record is answered ABORTED and remembered as aborted: its unprepared
 //! state is gone (restart, deadline, conflict), so it can never commit.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::locks::{Acquired, LockTable, Mode};
+use crate::reason::{AbortKind, AbortReason};
 use crate::{Millis, PartitionId, Tid};
 
 /// Buffered writes of a tid: key to new value, `None` for a delete.
@@ -122,8 +130,9 @@ pub enum OpError {
     LockConflict {
         holder: Tid,
     },
-    /// The tid was aborted here earlier (conflict, deadline, abort).
-    AlreadyAborted,
+    /// The tid was aborted here earlier (conflict, deadline, abort), for
+    /// this reason.
+    AlreadyAborted(AbortReason),
     /// Enlisted by a coordinator that was since restarted or replaced.
     CoordinatorReplaced,
     /// Not a failure: the key is locked by a younger tid, and the requester
@@ -156,7 +165,7 @@ pub enum PrepareStep {
     InProgress,
     Yes,
     ReadOnly,
-    No(String),
+    No(AbortReason),
 }
 
 /// What to do with a Commit.
@@ -181,7 +190,7 @@ pub enum OnePhaseStep {
     /// and answer ABORTED.
     Unknown,
     /// Aborted here, for this reason.
-    Aborted(String),
+    Aborted(AbortReason),
     /// The tid voted in two-phase commit here: a protocol error.
     Refused(&'static str),
 }
@@ -232,13 +241,17 @@ pub struct Participant {
     limits: Limits,
     tids: BTreeMap<Tid, TidEntry>,
     locks: LockTable,
-    /// Tids aborted here before prepare, remembered (bounded) so that a
-    /// later operation on one is refused instead of silently starting it
-    /// afresh without the writes it lost.
-    aborted: BTreeSet<Tid>,
+    /// Tids aborted here before prepare, remembered (bounded) with why, so
+    /// that a later operation on one is refused instead of silently
+    /// starting it afresh without the writes it lost, and so that its vote
+    /// or answer carries the real cause (rule 4).
+    aborted: BTreeMap<Tid, AbortReason>,
     aborted_order: VecDeque<Tid>,
     /// The newest coordinator term heard of (0: none yet).
     term: u64,
+    /// When this process started: an unknown tid begun before it was lost
+    /// in a restart (0: unknown).
+    started_at: Millis,
 }
 
 /// How many locally aborted tids are remembered.
@@ -251,10 +264,19 @@ impl Participant {
             limits,
             tids: BTreeMap::new(),
             locks: LockTable::default(),
-            aborted: BTreeSet::new(),
+            aborted: BTreeMap::new(),
             aborted_order: VecDeque::new(),
             term: 0,
+            started_at: 0,
         }
+    }
+
+    /// Records when this process started (its state before that is gone):
+    /// a tid unknown here that was begun earlier was lost in a restart, and
+    /// its abort says so ([`AbortKind::ParticipantRestarted`]).
+    pub fn with_start(mut self, started_at: Millis) -> Self {
+        self.started_at = started_at;
+        self
     }
 
     pub fn partition(&self) -> PartitionId {
@@ -268,7 +290,37 @@ impl Participant {
 
     /// Whether the tid was aborted here (and is still remembered).
     pub fn aborted_here(&self, tid: Tid) -> bool {
-        self.aborted.contains(&tid)
+        self.aborted.contains_key(&tid)
+    }
+
+    /// Why the tid was aborted here, if it was (and is still remembered).
+    pub fn abort_reason(&self, tid: Tid) -> Option<&AbortReason> {
+        self.aborted.get(&tid)
+    }
+
+    /// A tid this participant has no state for and no memory of aborting:
+    /// its unprepared state was lost in a restart (it was begun before
+    /// this process started), or it was aborted long ago and forgotten.
+    /// Remembered as aborted with that reason, which is returned.
+    pub fn lost(&mut self, tid: Tid) -> AbortReason {
+        if let Some(why) = self.aborted.get(&tid) {
+            return why.clone();
+        }
+        let why = if tid_millis(tid).is_some_and(|t| t < self.started_at) {
+            AbortReason::new(
+                AbortKind::ParticipantRestarted,
+                "it restarted and lost the transaction's unprepared operations",
+            )
+        } else {
+            AbortReason::new(
+                AbortKind::Other,
+                "it does not know the transaction (never enlisted there, or aborted and forgotten)",
+            )
+        };
+        if !self.tids.contains_key(&tid) {
+            self.remember_aborted(tid, why.clone());
+        }
+        why
     }
 
     /// The coordinator accepted our enlistment (rule 2), under the newest
@@ -285,11 +337,11 @@ impl Participant {
         if self.tids.contains_key(&tid) {
             return Ok(());
         }
-        if self.aborted.contains(&tid) {
-            return Err(OpError::AlreadyAborted);
+        if let Some(why) = self.aborted.get(&tid) {
+            return Err(OpError::AlreadyAborted(why.clone()));
         }
         if term < self.term {
-            self.remember_aborted(tid);
+            self.remember_aborted(tid, self.coordinator_replaced());
             return Err(OpError::CoordinatorReplaced);
         }
         if self.tids.len() >= self.limits.max_open_tids {
@@ -331,15 +383,15 @@ impl Participant {
     }
 
     fn operate(&mut self, tid: Tid, key: &[u8], mode: Mode, now: Millis) -> Result<(), OpError> {
-        if self.aborted.contains(&tid) {
-            return Err(OpError::AlreadyAborted);
+        if let Some(why) = self.aborted.get(&tid) {
+            return Err(OpError::AlreadyAborted(why.clone()));
         }
         let entry = self.tids.get_mut(&tid).ok_or(OpError::UnknownTid)?;
         let State::Active { deadline, ops, .. } = &mut entry.state else {
             return Err(OpError::NotActive(state_name(&entry.state)));
         };
         if now >= *deadline {
-            self.abort_locally(tid);
+            self.abort_locally(tid, deadline_passed());
             return Err(OpError::DeadlinePassed);
         }
         if *ops >= self.limits.max_ops_per_tid {
@@ -365,7 +417,14 @@ impl Participant {
                     Err(OpError::MustWait { holder: holders[0] })
                 }
                 Some(&oldest) if oldest < tid => {
-                    self.abort_locally(tid);
+                    let why = AbortReason::new(
+                        AbortKind::Conflict,
+                        format!(
+                            "lock conflict on key {:?} with older tid {oldest} (wait-die)",
+                            String::from_utf8_lossy(key)
+                        ),
+                    );
+                    self.abort_locally(tid, why);
                     Err(OpError::LockConflict { holder: oldest })
                 }
                 Some(&holder) => Err(OpError::MustWait { holder }),
@@ -377,16 +436,14 @@ impl Participant {
     /// Phase 1 (rule 3).
     pub fn prepare(&mut self, tid: Tid, now: Millis) -> PrepareStep {
         let Some(entry) = self.tids.get_mut(&tid) else {
-            if self.aborted.contains(&tid) {
-                return PrepareStep::No("aborted here earlier (lock conflict, deadline or abort)".into());
-            }
-            return PrepareStep::No("unknown tid here: never enlisted, or lost in a restart".into());
+            return PrepareStep::No(self.lost(tid));
         };
         match entry.state {
             State::Active { deadline, .. } => {
                 if now >= deadline {
-                    self.abort_locally(tid);
-                    return PrepareStep::No("deadline passed".into());
+                    let why = deadline_passed();
+                    self.abort_locally(tid, why.clone());
+                    return PrepareStep::No(why);
                 }
                 if entry.writes.is_empty() {
                     self.drop_tid(tid);
@@ -399,23 +456,23 @@ impl Participant {
             // write the record a second time: that write could land after the
             // commit has deleted the record and bring it back.
             State::Preparing { aborted: false } => PrepareStep::InProgress,
-            State::Preparing { aborted: true } => PrepareStep::No("aborted while preparing".into()),
+            State::Preparing { aborted: true } => PrepareStep::No(aborted_while_preparing()),
             State::Prepared { .. } | State::Committing | State::Heuristic { commit: true, .. } => PrepareStep::Yes,
-            State::Heuristic { commit: false, .. } => PrepareStep::No("aborted heuristically by an operator".into()),
+            State::Heuristic { commit: false, .. } => PrepareStep::No(heuristic_abort()),
         }
     }
 
     /// The prepared record of `tid` is durable. `Ok` means vote YES; `Err`
     /// means the tid was aborted while it was being persisted: the shell must
     /// delete the record again and vote NO.
-    pub fn prepared_durable(&mut self, tid: Tid, now: Millis) -> Result<(), String> {
+    pub fn prepared_durable(&mut self, tid: Tid, now: Millis) -> Result<(), AbortReason> {
         match self.tids.get_mut(&tid) {
             Some(entry) if matches!(entry.state, State::Preparing { aborted: false }) => {
                 entry.state = State::Prepared { since: now, asked: 0, next_ask: now + self.limits.in_doubt_after_ms };
                 Ok(())
             }
             Some(entry) if matches!(entry.state, State::Prepared { .. } | State::Committing) => Ok(()),
-            _ => Err("aborted while preparing".into()),
+            _ => Err(aborted_while_preparing()),
         }
     }
 
@@ -424,9 +481,10 @@ impl Participant {
     /// `Err`): the tid is aborted here and its locks are released. Holding
     /// them until now means no other tid can prepare the same keys before
     /// the stale record is gone, so recovery never sees overlapping records.
-    pub fn prepare_failed(&mut self, tid: Tid) {
+    /// `why` is remembered as the reason (e.g. [`AbortKind::WriteFailed`]).
+    pub fn prepare_failed(&mut self, tid: Tid, why: AbortReason) {
         if matches!(self.tids.get(&tid).map(|e| &e.state), Some(State::Preparing { .. })) {
-            self.abort_locally(tid);
+            self.abort_locally(tid, why);
         }
     }
 
@@ -448,15 +506,16 @@ impl Participant {
     /// One-phase commit: the coordinator delegated the decision here.
     pub fn commit_one_phase(&mut self, tid: Tid, now: Millis) -> OnePhaseStep {
         let Some(entry) = self.tids.get_mut(&tid) else {
-            if self.aborted.contains(&tid) {
-                return OnePhaseStep::Aborted("aborted here earlier (lock conflict, deadline or abort)".into());
+            if let Some(why) = self.aborted.get(&tid) {
+                return OnePhaseStep::Aborted(why.clone());
             }
             return OnePhaseStep::Unknown;
         };
         match entry.state {
             State::Active { deadline, .. } if now >= deadline => {
-                self.abort_locally(tid);
-                OnePhaseStep::Aborted("deadline passed".into())
+                let why = deadline_passed();
+                self.abort_locally(tid, why.clone());
+                OnePhaseStep::Aborted(why)
             }
             // Committing: an earlier request is applying it; the store makes
             // the repeat a no-op, and answering only after it is durable
@@ -484,19 +543,23 @@ impl Participant {
     /// is the decision, and nothing was applied, so it decides ABORT: the
     /// tid is aborted here, remembered, and its locks go. Returns false if
     /// the tid is not being committed in one phase (then nothing changes).
-    pub fn one_phase_not_written(&mut self, tid: Tid) -> bool {
+    pub fn one_phase_not_written(&mut self, tid: Tid, why: AbortReason) -> bool {
         if !self.committing(tid) {
             return false;
         }
-        self.abort_locally(tid);
+        self.abort_locally(tid, why);
         true
     }
 
-    /// The commit of `tid` is applied durably: release its locks.
-    pub fn commit_applied(&mut self, tid: Tid) {
+    /// The commit of `tid` is applied durably: release its locks. True for
+    /// the call that ended it (a repeat applied concurrently finds it gone),
+    /// so the shell counts each commit once.
+    pub fn commit_applied(&mut self, tid: Tid) -> bool {
         if matches!(self.tids.get(&tid).map(|e| &e.state), Some(State::Committing)) {
             self.drop_tid(tid);
+            return true;
         }
+        false
     }
 
     /// Phase 2 abort, or an abort before prepare (rules 10, 11).
@@ -504,7 +567,7 @@ impl Participant {
         let Some(entry) = self.tids.get_mut(&tid) else {
             // Remember it: an enlistment for this tid may still be on its way
             // back from the coordinator, and must not start it afresh.
-            self.remember_aborted(tid);
+            self.remember_aborted(tid, self.aborted_by_coordinator());
             return Ok(AbortStep::Ack);
         };
         let step = match entry.state {
@@ -519,7 +582,7 @@ impl Participant {
             }
             State::Active { .. } => AbortStep::Ack,
         };
-        self.abort_locally(tid);
+        self.abort_locally(tid, self.aborted_by_coordinator());
         Ok(step)
     }
 
@@ -551,7 +614,7 @@ impl Participant {
     pub fn heuristic_applied(&mut self, tid: Tid) {
         match self.tids.get(&tid).map(|e| &e.state) {
             Some(State::Heuristic { commit: true, .. }) => self.drop_tid(tid),
-            Some(State::Heuristic { commit: false, .. }) => self.abort_locally(tid),
+            Some(State::Heuristic { commit: false, .. }) => self.abort_locally(tid, heuristic_abort()),
             _ => {}
         }
     }
@@ -584,6 +647,7 @@ impl Participant {
             return vec![];
         }
         self.term = term;
+        let why = self.coordinator_replaced();
         let stale: Vec<Tid> = self
             .tids
             .iter()
@@ -591,7 +655,7 @@ impl Participant {
             .map(|(&t, _)| t)
             .collect();
         for &t in &stale {
-            self.abort_locally(t);
+            self.abort_locally(t, why.clone());
         }
         stale
     }
@@ -604,8 +668,9 @@ impl Participant {
             .filter(|(_, e)| matches!(e.state, State::Active { deadline, .. } if now >= deadline))
             .map(|(&t, _)| t)
             .collect();
+        let why = deadline_passed();
         for &t in &expired {
-            self.abort_locally(t);
+            self.abort_locally(t, why.clone());
         }
         expired
     }
@@ -664,14 +729,40 @@ impl Participant {
         self.locks.len()
     }
 
-    /// Drops `tid` as aborted, and remembers that it was.
-    fn abort_locally(&mut self, tid: Tid) {
-        self.drop_tid(tid);
-        self.remember_aborted(tid);
+    /// Aborts every tid that has not voted (active), for `why` (e.g. a
+    /// shutdown: rule 10); prepared tids are kept (only a decision ends
+    /// them). Returns them, for the shell to release and report.
+    pub fn abort_unprepared(&mut self, why: &AbortReason) -> Vec<Tid> {
+        let active: Vec<Tid> =
+            self.tids.iter().filter(|(_, e)| matches!(e.state, State::Active { .. })).map(|(&t, _)| t).collect();
+        for &t in &active {
+            self.abort_locally(t, why.clone());
+        }
+        active
     }
 
-    fn remember_aborted(&mut self, tid: Tid) {
-        if self.aborted.insert(tid) {
+    /// Drops `tid` as aborted, and remembers that it was, and why.
+    fn abort_locally(&mut self, tid: Tid, why: AbortReason) {
+        self.drop_tid(tid);
+        self.remember_aborted(tid, why);
+    }
+
+    fn aborted_by_coordinator(&self) -> AbortReason {
+        AbortReason::new(AbortKind::Other, "aborted by the coordinator")
+    }
+
+    fn coordinator_replaced(&self) -> AbortReason {
+        AbortReason::new(
+            AbortKind::CoordinatorRestarted,
+            "the coordinator that began it restarted or was replaced by another leader, and no longer knows it",
+        )
+    }
+
+    /// Remembers the first reason only: a later abort (the coordinator's,
+    /// after our notice) must not hide the real cause.
+    fn remember_aborted(&mut self, tid: Tid, why: AbortReason) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = self.aborted.entry(tid) {
+            slot.insert(why);
             self.aborted_order.push_back(tid);
             if self.aborted_order.len() > ABORTED_MEMORY
                 && let Some(old) = self.aborted_order.pop_front()
@@ -689,6 +780,28 @@ impl Participant {
             }
         }
     }
+}
+
+// The reasons below are in the participant's words, without its partition:
+// whoever carries one on (a vote, an answer, an abort notice) names the
+// partition it came from.
+
+fn deadline_passed() -> AbortReason {
+    AbortReason::new(AbortKind::Deadline, "its deadline passed before prepare")
+}
+
+fn aborted_while_preparing() -> AbortReason {
+    AbortReason::new(AbortKind::Other, "aborted while its prepared state was being written")
+}
+
+fn heuristic_abort() -> AbortReason {
+    AbortReason::new(AbortKind::Operator, "aborted heuristically by an operator")
+}
+
+/// The time a tid (a UUIDv7) was allocated, in Unix milliseconds.
+fn tid_millis(tid: Tid) -> Option<Millis> {
+    let (secs, nanos) = tid.get_timestamp()?.to_unix();
+    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
 }
 
 fn state_name(s: &State) -> &'static str {

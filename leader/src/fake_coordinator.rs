@@ -138,8 +138,16 @@ impl Coordinator for Fake {
     }
     async fn commit(&self, r: Request<pb::CommitRequest>) -> Result<Response<pb::CommitResponse>, Status> {
         self.act_as("Commit", &r, |s| match s {
-            Success::Aborted => pb::CommitResponse { outcome: pb::Outcome::Aborted as i32, reason: "scripted".into() },
-            _ => pb::CommitResponse { outcome: pb::Outcome::Committed as i32, reason: String::new() },
+            Success::Aborted => pb::CommitResponse {
+                outcome: pb::Outcome::Aborted as i32,
+                reason: "scripted".into(),
+                ..Default::default()
+            },
+            _ => pb::CommitResponse {
+                outcome: pb::Outcome::Committed as i32,
+                reason: String::new(),
+                ..Default::default()
+            },
         })
         .await
     }

@@ -64,7 +64,7 @@ impl ParticipantError {
                 why: format!("is {state}: no more operations are accepted after commit was asked"),
             },
             OpError::DeadlinePassed => Self::Aborted { tid, reason: "its deadline passed".into() },
-            OpError::AlreadyAborted => Self::Aborted { tid, reason: "it was aborted earlier".into() },
+            OpError::AlreadyAborted(why) => Self::Aborted { tid, reason: format!("it was aborted earlier: {why}") },
             OpError::CoordinatorReplaced => Self::Aborted {
                 tid,
                 reason: "the coordinator that began it was restarted or replaced by another leader".into(),

@@ -116,8 +116,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         in_doubt_after_ms: config.in_doubt_after_ms,
         ..Limits::default()
     };
-    let mut core = Participant::new(config.partition, limits);
     let now = clock::now_ms();
+    // Tids begun before now that are unknown here were lost in this restart.
+    let mut core = Participant::new(config.partition, limits).with_start(now);
     // One line per tid at debug (a restart may find thousands), a count at info.
     let in_doubt = prepared.len();
     for (tid, writes) in prepared {
@@ -155,7 +156,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .max_decoding_message_size(message_limit)
             .max_encoding_message_size(message_limit),
     );
-    runtime::serve("twopc.v1.Participant", routes, listener, local, server_tls).await.map_err(anyhow::Error::msg)
+    let served =
+        runtime::serve("twopc.v1.Participant", routes, listener, local, server_tls).await.map_err(anyhow::Error::msg);
+    // Calls in flight are done: abort what has not voted, with the reason.
+    node.shutting_down(Duration::from_secs(2)).await;
+    served
 }
 
 /// Entry point of the `twopc-participant` binary.

@@ -48,8 +48,15 @@
 //! - GetDecision for an in-doubt tid is bounded per question
 //!   ([`QUESTION_BUDGET`]), and the core asks again with capped backoff,
 //!   forever (rules 8, 16), of whoever leads by then;
-//! - telling the coordinator of a unilateral abort is best effort, bounded
-//!   like a question (the coordinator aborts the tid at prepare anyway).
+//! - telling the coordinator of a unilateral abort (the abort notice: an
+//!   Abort carrying this participant's reason, PROTOCOL.md rule 4) is best
+//!   effort, bounded like a question (the coordinator aborts the tid at
+//!   prepare anyway, with the same reason in the NO vote). When the abort
+//!   answers a client's operation (a wait-die conflict, a deadline), the
+//!   operation's error waits for the notice, up to [`NOTICE_WAIT`], so that
+//!   the coordinator holds the real reason before the client can abort the
+//!   tid itself: the first reason a tid aborts for is the one everyone
+//!   hears.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -58,6 +65,7 @@ use tracing::Instrument;
 use twopc_core::participant::{
     AbortStep, CommitStep, OnePhaseStep, OpError, Participant, PrepareStep, ReadPlan, WriteSet,
 };
+use twopc_core::reason::{AbortKind, AbortReason};
 use twopc_core::{PartitionId, Tid};
 use twopc_leader::follow::{FollowError, Follower, Policy, Retry};
 use twopc_proto::batch::{self, Batcher};
@@ -101,13 +109,13 @@ static APPLY_FAILED: Throttle = Throttle::new(Duration::from_secs(10));
 pub enum VoteReply {
     Yes,
     ReadOnly,
-    No(String),
+    No(AbortReason),
 }
 
 /// This participant's decision for a one-phase commit.
 pub enum OnePhaseReply {
     Committed,
-    Aborted(String),
+    Aborted(AbortReason),
 }
 
 /// How long one enlistment may spend finding the leader: it holds up a
@@ -126,6 +134,9 @@ pub const QUESTION_BUDGET: Duration = Duration::from_secs(3);
 pub const COORDINATOR_ATTEMPT: Duration = Duration::from_secs(2);
 /// One round of registration; rounds repeat until a leader accepts.
 pub const REGISTER_ROUND: Duration = Duration::from_secs(5);
+/// How long a client's failed operation waits for the abort notice to
+/// reach the coordinator before it answers (the notice goes on after).
+pub const NOTICE_WAIT: Duration = Duration::from_secs(1);
 
 pub struct Node {
     core: Mutex<Participant>,
@@ -203,8 +214,8 @@ impl Node {
             if core.knows(tid) {
                 return Ok(());
             }
-            if core.aborted_here(tid) {
-                return Err(ParticipantError::Aborted { tid, reason: "it was aborted earlier".into() });
+            if let Some(why) = core.abort_reason(tid) {
+                return Err(ParticipantError::Aborted { tid, reason: format!("it was aborted earlier: {why}") });
             }
         }
         if self.fence.mismatched().is_some() {
@@ -326,7 +337,11 @@ impl Node {
         wait: bool,
     ) -> Result<(), ParticipantError> {
         self.ensure_enlisted(tid).await?;
-        self.until_granted(tid, key, wait, |core| core.write(tid, key, value.clone(), clock::now_ms())).await
+        self.until_granted(tid, key, wait, |core| core.write(tid, key, value.clone(), clock::now_ms())).await?;
+        // The write is buffered, but the client hears an error: the case of
+        // an operation that failed on the client's side after it was applied
+        // here (the library then aborts the tid; nothing of it may commit).
+        self.failpoint("participant::after_write_applied").await
     }
 
     /// Runs a locking operation, waiting while wait-die says the tid must
@@ -360,7 +375,7 @@ impl Node {
                     // Re-check at least every 100 ms so the deadline is noticed.
                     let _ = tokio::time::timeout(Duration::from_millis(100), released).await;
                 }
-                Err(e) => return Err(self.op_failed(tid, e, key)),
+                Err(e) => return Err(self.op_failed(tid, e, key).await),
             }
         }
     }
@@ -375,16 +390,26 @@ impl Node {
         self.store.read(key).map_err(|e| ParticipantError::Internal(e.to_string()))
     }
 
-    /// An operation failed in the core; if that aborted the tid here, tell
-    /// the coordinator at once (best effort) so it stops waiting for it.
-    /// Must be called without the core lock held.
-    fn op_failed(&self, tid: Tid, e: OpError, key: &[u8]) -> ParticipantError {
+    /// An operation failed in the core; if that aborted the tid here (just
+    /// now: a conflict or the deadline), tell the coordinator why, and wait
+    /// for that notice (up to [`NOTICE_WAIT`]) before the client hears the
+    /// error: the client's own abort, which may follow, then finds the tid
+    /// already aborted for the real cause. Must be called without the core
+    /// lock held.
+    async fn op_failed(&self, tid: Tid, e: OpError, key: &[u8]) -> ParticipantError {
         if matches!(e, OpError::LockConflict { .. }) {
             metrics::counter!("twopc_lock_conflicts_total").increment(1);
         }
-        if self.core().aborted_here(tid) {
-            self.locks_released();
-            self.tell_coordinator_aborted(tid);
+        if matches!(e, OpError::LockConflict { .. } | OpError::DeadlinePassed) {
+            let why = self.core().abort_reason(tid).cloned();
+            if let Some(why) = why {
+                self.locks_released();
+                let notice = self.tell_coordinator_aborted(tid, &why);
+                let _ = tokio::time::timeout(NOTICE_WAIT, notice).await;
+            }
+        } else if let OpError::AlreadyAborted(why) = &e {
+            // Told when it aborted; again, in case that notice was lost.
+            self.tell_coordinator_aborted(tid, why);
         }
         match ParticipantError::from_op(tid, e, key) {
             ParticipantError::Aborted { tid, reason } if reason.contains("deadline") => {
@@ -404,19 +429,44 @@ impl Node {
         }
     }
 
-    fn tell_coordinator_aborted(&self, tid: Tid) {
+    /// The abort notice: tells the coordinator that `tid` aborted here and
+    /// why, in a task of its own (best effort, bounded). The handle may be
+    /// awaited for the notice to have been answered.
+    pub(crate) fn tell_coordinator_aborted(&self, tid: Tid, why: &AbortReason) -> tokio::task::JoinHandle<()> {
         let coordinator = self.coordinator.clone();
+        let (abort_kind, reason) =
+            twopc_proto::reason::fields(&why.within(format_args!("partition {} aborted it", self.partition)));
         tokio::spawn(
             async move {
                 let policy = Policy::within(QUESTION_BUDGET).attempts_within(COORDINATOR_ATTEMPT);
-                let _ = coordinator
-                    .call("Abort", policy, Retry::Idempotent, |mut c| async move {
-                        c.abort(pb::AbortRequest { tid: tid.to_string() }).await
+                let answer = coordinator
+                    .call("Abort", policy, Retry::Idempotent, |mut c| {
+                        let reason = reason.clone();
+                        async move { c.abort(pb::AbortRequest { tid: tid.to_string(), abort_kind, reason }).await }
                     })
                     .await;
+                if let Err(e) = answer {
+                    tracing::debug!(%tid, error = %e, "abort notice not delivered; the tid aborts at prepare anyway");
+                }
             }
             .in_current_span(),
-        );
+        )
+    }
+
+    /// A graceful shutdown (rule 10): every tid that has not voted is
+    /// aborted here for that reason, its locks released, and the
+    /// coordinator told (bounded by `within` in all); prepared tids stay
+    /// prepared on disk and are recovered at the next start.
+    pub async fn shutting_down(&self, within: Duration) {
+        let why = AbortReason::new(AbortKind::Shutdown, "the participant was shutting down");
+        let aborted = self.core().abort_unprepared(&why);
+        if aborted.is_empty() {
+            return;
+        }
+        self.locks_released();
+        tracing::info!(count = aborted.len(), "shutting down: aborted the tids that had not voted");
+        let notices: Vec<_> = aborted.iter().map(|&tid| self.tell_coordinator_aborted(tid, &why)).collect();
+        let _ = tokio::time::timeout(within, futures::future::join_all(notices)).await;
     }
 
     /// GetDecision for `tid`, of whoever leads, bounded as one question.
@@ -446,7 +496,11 @@ impl Node {
             }
             PrepareStep::No(why) => {
                 self.locks_released();
-                let why = if why.contains("deadline") { self.deadline_reason(why) } else { why };
+                let why = if why.kind == AbortKind::Deadline {
+                    AbortReason::new(why.kind, self.deadline_reason(why.detail))
+                } else {
+                    why
+                };
                 return Ok(VoteReply::No(why));
             }
             PrepareStep::InProgress => {
@@ -473,12 +527,14 @@ impl Node {
         };
         if let Err(e) = written {
             // Not durable (or unknown): abort here; the record, if it landed
-            // after all, goes too. No YES was sent, so this is allowed (rule 10).
+            // after all, goes too. No YES was sent, so this is allowed (rule
+            // 10), and the vote is NO with the cause (rule 4).
             let _ = self.store.delete_prepared(tid).await;
-            self.core().prepare_failed(tid);
+            let why = AbortReason::new(AbortKind::WriteFailed, format!("persisting the prepared state failed: {e}"));
+            self.core().prepare_failed(tid, why.clone());
             self.locks_released();
-            self.tell_coordinator_aborted(tid);
-            return Err(ParticipantError::Internal(format!("persisting the prepared state failed: {e}")));
+            tracing::warn!(%tid, reason = %why, "prepare failed: voting NO");
+            return Ok(VoteReply::No(why));
         }
         self.disk.succeeded();
         let durable = self.core().prepared_durable(tid, clock::now_ms());
@@ -486,7 +542,7 @@ impl Node {
             // Aborted while the record was being written: delete it, and only
             // then release the locks (prepare_failed).
             let _ = self.store.delete_prepared(tid).await;
-            self.core().prepare_failed(tid);
+            self.core().prepare_failed(tid, why.clone());
             self.locks_released();
             return Ok(VoteReply::No(why));
         }
@@ -503,15 +559,19 @@ impl Node {
     /// with a reason naming this partition's full disk.
     fn prepare_out_of_space(&self, tid: Tid, detail: &str) -> VoteReply {
         self.disk.failed(detail);
-        self.core().prepare_failed(tid);
+        let why = AbortReason::new(
+            AbortKind::DiskFull,
+            format!(
+                "partition {} is out of disk space (store {}: {detail}): its prepared state could not be written; \
+                 free space there and retry (the participant resumes by itself)",
+                self.partition,
+                self.store.path().display()
+            ),
+        );
+        self.core().prepare_failed(tid, why.clone());
         self.locks_released();
         tracing::debug!(%tid, "prepare not written: out of space; voting NO");
-        VoteReply::No(format!(
-            "partition {} is out of disk space (store {}: {detail}): its prepared state could not be written; \
-             free space there and retry (the participant resumes by itself)",
-            self.partition,
-            self.store.path().display()
-        ))
+        VoteReply::No(why)
     }
 
     /// A commit's write failed: out of space it stays pending and is refused RESOURCE_EXHAUSTED, naming the
@@ -568,10 +628,8 @@ impl Node {
                 }
                 // Remembered as aborted before answering, so it can never
                 // be started afresh and committed after this answer.
-                let _ = self.core().abort(tid);
-                return Ok(OnePhaseReply::Aborted(
-                    "not here: its operations were lost in a restart, or it was aborted and forgotten".into(),
-                ));
+                let why = self.core().lost(tid);
+                return Ok(OnePhaseReply::Aborted(why));
             }
         };
         // In a task of its own, like a prepare: a dropped call (the
@@ -607,21 +665,31 @@ impl Node {
         // whose answer is the decision, aborts it.
         match self.store.commit_one_phase(tid, writes).await {
             Ok(()) => self.disk.succeeded(),
-            Err(StoreError::DiskFull(detail)) if self.core().one_phase_not_written(tid) => {
+            Err(StoreError::DiskFull(detail)) => {
+                let why = AbortReason::new(
+                    AbortKind::DiskFull,
+                    format!(
+                        "partition {} is out of disk space (store {}: {detail}): nothing was committed; free space \
+                         there and retry (the participant resumes by itself)",
+                        self.partition,
+                        self.store.path().display()
+                    ),
+                );
+                if !self.core().one_phase_not_written(tid, why.clone()) {
+                    return Err(self.commit_write_failed(StoreError::DiskFull(detail)));
+                }
                 self.disk.failed(&detail);
                 self.locks_released();
-                return Ok(OnePhaseReply::Aborted(format!(
-                    "partition {} is out of disk space (store {}: {detail}): nothing was committed; free space \
-                     there and retry (the participant resumes by itself)",
-                    self.partition,
-                    self.store.path().display()
-                )));
+                return Ok(OnePhaseReply::Aborted(why));
             }
             Err(e) => return Err(self.commit_write_failed(e)),
         }
-        self.core().commit_applied(tid);
+        // Counted once per tid: a repeat applied meanwhile (a no-op in the
+        // store) finds the tid already ended.
+        if self.core().commit_applied(tid) {
+            metrics::counter!("twopc_one_phase_commits_total").increment(1);
+        }
         self.locks_released();
-        metrics::counter!("twopc_one_phase_commits_total").increment(1);
         tracing::debug!(%tid, "committed in one phase");
         // Crash after it is durable, before the answer: the repeat finds the record.
         self.failpoint("participant::after_one_phase_applied").await?;
@@ -652,12 +720,14 @@ impl Node {
         loop {
             tick.tick().await;
             let now = clock::now_ms();
-            let (expired, due) = {
+            let (expired, due, why) = {
                 let mut core = self.core();
                 metrics::gauge!("twopc_in_doubt_tids").set(core.in_doubt().len() as f64);
                 metrics::gauge!("twopc_participant_open_tids").set(core.open_tids() as f64);
                 metrics::gauge!("twopc_locked_keys").set(core.locked_keys() as f64);
-                (core.expire(now), core.due_questions(now))
+                let expired = core.expire(now);
+                let why = expired.first().and_then(|&t| core.abort_reason(t).cloned());
+                (expired, core.due_questions(now), why)
             };
             if !expired.is_empty() {
                 self.locks_released();
@@ -667,12 +737,14 @@ impl Node {
             if self.fence.mismatched().is_some() && !self.core().has_prepared() {
                 self.recheck_fence().await;
             }
-            for tid in expired {
-                tracing::debug!(%tid, "deadline passed before prepare: aborted here");
-                if let Some(suppressed) = EXPIRED.allow() {
-                    tracing::info!(%tid, suppressed, "deadline passed before prepare: aborted here (one line per 10 s)");
+            if let Some(why) = why {
+                for tid in expired {
+                    tracing::debug!(%tid, "deadline passed before prepare: aborted here");
+                    if let Some(suppressed) = EXPIRED.allow() {
+                        tracing::info!(%tid, suppressed, "deadline passed before prepare: aborted here (one line per 10 s)");
+                    }
+                    self.tell_coordinator_aborted(tid, &why);
                 }
-                self.tell_coordinator_aborted(tid);
             }
             for tid in due {
                 let this = self.clone();
@@ -831,7 +903,7 @@ mod tests {
         let resp = node.get_decision(tid).await.unwrap();
         assert_eq!(resp.decision(), pb::Decision::Committed);
 
-        node.tell_coordinator_aborted(tid);
+        node.tell_coordinator_aborted(tid, &AbortReason::new(AbortKind::Deadline, "its deadline passed"));
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while leader.calls("Abort") == 0 {
             assert!(std::time::Instant::now() < deadline, "the abort notice never reached the leader");

@@ -105,16 +105,16 @@ impl ParticipantService {
 
     async fn prepare_one(&self, tid: &str) -> Result<pb::PrepareResponse, Status> {
         let tid = tid::parse(tid)?;
-        let (vote, reason) = match self.node.prepare(tid).instrument(self.span(tid)).await? {
-            VoteReply::Yes => (pb::Vote::Yes, String::new()),
-            VoteReply::ReadOnly => (pb::Vote::ReadOnly, String::new()),
-            VoteReply::No(why) => (pb::Vote::No, why),
+        let (vote, (abort_kind, reason)) = match self.node.prepare(tid).instrument(self.span(tid)).await? {
+            VoteReply::Yes => (pb::Vote::Yes, (0, String::new())),
+            VoteReply::ReadOnly => (pb::Vote::ReadOnly, (0, String::new())),
+            VoteReply::No(why) => (pb::Vote::No, twopc_proto::reason::fields(&why)),
         };
         if vote != pb::Vote::Yes {
             let label = if vote == pb::Vote::No { "no" } else { "read_only" };
             metrics::counter!("twopc_votes_total", "vote" => label).increment(1);
         }
-        Ok(pb::PrepareResponse { vote: vote as i32, reason })
+        Ok(pb::PrepareResponse { vote: vote as i32, reason, abort_kind })
     }
 
     /// One operation of a batch, as its unary twin runs it except that it
@@ -170,7 +170,10 @@ impl ParticipantService {
         let tid = tid::parse(tid)?;
         Ok(match self.node.commit_one_phase(tid).instrument(self.span(tid)).await? {
             OnePhaseReply::Committed => pb::OnePhaseResult { committed: true, ..Default::default() },
-            OnePhaseReply::Aborted(reason) => pb::OnePhaseResult { committed: false, reason, ..Default::default() },
+            OnePhaseReply::Aborted(why) => {
+                let (abort_kind, reason) = twopc_proto::reason::fields(&why);
+                pb::OnePhaseResult { committed: false, reason, abort_kind, ..Default::default() }
+            }
         })
     }
 
@@ -246,7 +249,13 @@ impl ParticipantRpc for ParticipantService {
         let results = answers
             .into_iter()
             .map(|r| match r {
-                Ok(v) => pb::PrepareResult { code: 0, message: String::new(), vote: v.vote, reason: v.reason },
+                Ok(v) => pb::PrepareResult {
+                    code: 0,
+                    message: String::new(),
+                    vote: v.vote,
+                    reason: v.reason,
+                    abort_kind: v.abort_kind,
+                },
                 Err(s) => {
                     pb::PrepareResult { code: s.code() as i32, message: s.message().to_string(), ..Default::default() }
                 }

@@ -23,6 +23,8 @@
 //!   processes call on each other); [`admin_token`] re-exports the former.
 //! - [`data_dir_lock`]: the exclusive lock a process holds on its data
 //!   directory (one process per decision log or partition store).
+//! - [`reason`]: abort reasons (`twopc_core::reason`) to and from their
+//!   wire form, in one place.
 //! - [`data_file`]: the start-up check of an existing SQLite data file.
 //! - [`throttle`]: rate-limited log lines for events that repeat per tid.
 //! - [`disk_full`]: a full disk under a SQLite file, told apart from a
@@ -40,6 +42,7 @@ pub mod limits;
 pub mod placement;
 #[doc(hidden)]
 pub mod preflight;
+pub mod reason;
 pub mod reflection;
 pub mod runtime;
 pub mod throttle;

@@ -24,7 +24,8 @@ use twopc_proto::pb;
 use uuid::Uuid;
 
 use crate::{
-    AdminToken, Client, ClientError, ConnectOptions, Decision, FailpointTarget, Outcome, PartitionInDoubt, TlsArgs,
+    AbortKind, AdminToken, Client, ClientError, ConnectOptions, Decision, FailpointTarget, Outcome, PartitionInDoubt,
+    TlsArgs,
 };
 use statement::Statement;
 
@@ -224,16 +225,16 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
             out!("deadline_unix_ms={}", txn.deadline_unix_ms());
         }
         C::Get { conn, tid, key } => {
-            let value = connect(&conn).await?.txn(tid, 0).get(key.as_bytes()).await?;
+            let value = connect(&conn).await?.txn(tid, 0).get(key.as_bytes()).await.map_err(|e| aborted_by(e, tid))?;
             out!("{}", value.as_deref().map_or("(not found)".into(), show));
         }
         C::Put { conn, tid, key, value } => {
             let txn = connect(&conn).await?.txn(tid, 0);
-            txn.put(key.as_bytes(), value.as_bytes()).await?;
+            txn.put(key.as_bytes(), value.as_bytes()).await.map_err(|e| aborted_by(e, tid))?;
             out!("ok");
         }
         C::Delete { conn, tid, key } => {
-            connect(&conn).await?.txn(tid, 0).delete(key.as_bytes()).await?;
+            connect(&conn).await?.txn(tid, 0).delete(key.as_bytes()).await.map_err(|e| aborted_by(e, tid))?;
             out!("ok");
         }
         C::Read { conn, key } => {
@@ -245,12 +246,13 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
             return Ok(print_outcome(&outcome));
         }
         C::Abort { conn, tid } => {
-            connect(&conn).await?.txn(tid, 0).abort().await?;
+            let txn = connect(&conn).await?.txn(tid, 0);
+            txn.abort_because(AbortKind::Operator, "aborted by an operator (twopc abort)").await?;
             out!("ABORTED");
         }
         C::Status { conn, tid } => match connect(&conn).await?.status(tid).await? {
             Decision::Committed => out!("COMMITTED"),
-            Decision::Aborted { reason } => out!("{}", aborted_line(&reason)),
+            Decision::Aborted { reason, kind } => out!("{}", aborted_line(&reason, kind)),
             Decision::Pending => out!("PENDING"),
         },
         C::Run { conn, timeout_ms, statements } => {
@@ -312,6 +314,21 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
     Ok(0)
 }
 
+/// An operation's error, saying that the transaction is aborted (the library
+/// aborts it on any failure but a validation error; see `Txn`).
+fn aborted_by(e: ClientError, tid: Uuid) -> ClientError {
+    let note = format!("transaction {tid} is aborted (a failed operation aborts its transaction)");
+    match e {
+        ClientError::InvalidArgument(_) => e,
+        ClientError::Status(s) if s.code() == tonic::Code::InvalidArgument => ClientError::Status(s),
+        ClientError::Status(s) => {
+            let msg = if s.message().is_empty() { note } else { format!("{}; {note}", s.message()) };
+            ClientError::Status(tonic::Status::new(s.code(), msg))
+        }
+        ClientError::Unavailable(why) => ClientError::Unavailable(format!("{why}; {note}")),
+    }
+}
+
 async fn connect(conn: &ConnArgs) -> Result<Client, ClientError> {
     Client::connect_with(&conn.coordinator, conn.options()?).await
 }
@@ -345,8 +362,8 @@ async fn run_statements(conn: &ConnArgs, timeout_ms: Option<u64>, args: Vec<Stri
             }),
         };
         if let Err(e) = result {
-            // Best effort: the coordinator aborts it at its deadline anyway.
-            let _ = txn.abort().await;
+            // The library has aborted the tid with the operation's error
+            // (or the participant with its own cause) as the reason.
             out!("tid {}", txn.tid());
             return Err(e);
         }
@@ -362,15 +379,17 @@ fn print_outcome(outcome: &Outcome) -> i32 {
             out!("COMMITTED");
             0
         }
-        Outcome::Aborted { reason } => {
-            out!("{}", aborted_line(reason));
+        Outcome::Aborted { reason, kind } => {
+            out!("{}", aborted_line(reason, *kind));
             1
         }
     }
 }
 
-fn aborted_line(reason: &str) -> String {
-    if reason.is_empty() { "ABORTED".into() } else { format!("ABORTED: {reason}") }
+/// `ABORTED (KIND): REASON`: the kind is the fixed word a script can match
+/// (`twopc_core::reason::AbortKind`'s labels), the reason the words.
+fn aborted_line(reason: &str, kind: AbortKind) -> String {
+    if reason.is_empty() { format!("ABORTED ({kind})") } else { format!("ABORTED ({kind}): {reason}") }
 }
 
 fn show(value: &[u8]) -> String {

@@ -25,7 +25,15 @@ fn all_yes_forces_commit_before_anyone_hears_committed() {
     assert_eq!(c.vote(t, 1, Vote::Yes), vec![Action::ForceCommit(t, vec![0, 1])]);
     assert_eq!(c.decision(t), DecisionAnswer::Pending);
     let a = c.commit_durable(t);
-    assert_eq!(a, vec![Action::Reply(t, Outcome::Committed), Action::SendCommit(t, 0), Action::SendCommit(t, 1)]);
+    assert_eq!(
+        a,
+        vec![
+            Action::Reply(t, Outcome::Committed),
+            Action::SendCommit(t, 0),
+            Action::SendCommit(t, 1),
+            Action::Decided(t, Outcome::Committed)
+        ]
+    );
     assert_eq!(c.decision(t), DecisionAnswer::Committed);
     assert_eq!(c.commit_acked(t, 0), vec![]);
     assert_eq!(c.commit_acked(t, 1), vec![Action::LogFinished(t)]);
@@ -55,7 +63,10 @@ fn read_only_votes_need_no_record_and_no_phase_two() {
     let (mut c, t) = coord_with(&[0, 1]);
     c.commit_requested(t, 20, true).unwrap();
     c.vote(t, 0, Vote::ReadOnly);
-    assert_eq!(c.vote(t, 1, Vote::ReadOnly), vec![Action::Reply(t, Outcome::Committed)]);
+    assert_eq!(
+        c.vote(t, 1, Vote::ReadOnly),
+        vec![Action::Reply(t, Outcome::Committed), Action::Decided(t, Outcome::Committed)]
+    );
     // One writer among readers: the record names only the writer.
     let (mut c, t) = coord_with(&[0, 1]);
     c.commit_requested(t, 20, true).unwrap();
@@ -101,7 +112,10 @@ fn one_participant_commits_in_one_phase_after_the_delegation_is_durable() {
     assert_eq!(c.expire(5_000), vec![], "a delegated tid never expires: the participant decides");
     assert_eq!(c.decision(t), DecisionAnswer::Pending);
     let a = c.one_phase_outcome(t, Outcome::Committed);
-    assert_eq!(a, vec![Action::Reply(t, Outcome::Committed), Action::LogFinished(t)]);
+    assert_eq!(
+        a,
+        vec![Action::Reply(t, Outcome::Committed), Action::LogFinished(t), Action::Decided(t, Outcome::Committed)]
+    );
     assert_eq!(c.decision(t), DecisionAnswer::Committed);
     assert_eq!(c.one_phase_outcome(t, Outcome::Aborted("late".into())), vec![], "a late answer changes nothing");
     assert_eq!(c.abort_requested(t, "client"), Err(Refusal::AlreadyCommitted));
@@ -131,7 +145,10 @@ fn a_transaction_that_only_read_votes_instead_of_committing_in_one_phase() {
     // picks the slower path: its participant then votes YES.)
     let (mut c, t) = coord_with(&[0]);
     assert_eq!(c.commit_requested(t, 20, false).unwrap(), vec![Action::SendPrepare(t, 0)]);
-    assert_eq!(c.vote(t, 0, Vote::ReadOnly), vec![Action::Reply(t, Outcome::Committed)]);
+    assert_eq!(
+        c.vote(t, 0, Vote::ReadOnly),
+        vec![Action::Reply(t, Outcome::Committed), Action::Decided(t, Outcome::Committed)]
+    );
 }
 
 #[test]
@@ -242,4 +259,67 @@ fn a_record_certainly_not_written_aborts_the_tid_and_tells_the_yes_voters() {
     c.commit_durable(t);
     assert_eq!(c.record_not_written(t, "full".into()), vec![]);
     assert_eq!(c.decision(t), DecisionAnswer::Committed);
+}
+
+/// Rule 4 and counting: the participant's reason keeps its kind through the
+/// vote, and an outcome is `Decided` once per tid, never for a repeat.
+#[test]
+fn the_real_reason_is_kept_and_each_outcome_is_decided_once() {
+    use crate::reason::{AbortKind, AbortReason};
+    let (mut c, t) = coord_with(&[0, 1]);
+    c.commit_requested(t, 20, true).unwrap();
+    let conflict = AbortReason::new(AbortKind::Conflict, "partition 1: lock conflict on key \"k\" with older tid x");
+    let a = c.vote(t, 1, Vote::No(conflict));
+    let decided: Vec<_> = a.iter().filter(|a| matches!(a, Action::Decided(..))).collect();
+    assert_eq!(decided.len(), 1, "{a:?}");
+    let DecisionAnswer::Aborted(why) = c.decision(t) else { panic!("not aborted") };
+    assert_eq!(why.kind, AbortKind::Conflict);
+    assert!(why.contains("partition 1 voted NO") && why.contains("lock conflict"), "{why}");
+    // Repeats: a Reply with the same reason, no new Decided; a later abort
+    // (the client's) does not replace the reason.
+    for _ in 0..3 {
+        let a = c.commit_requested(t, 30, true).unwrap();
+        assert!(matches!(&a[..], [Action::Reply(_, Outcome::Aborted(w))] if w.kind == AbortKind::Conflict), "{a:?}");
+        assert_eq!(c.abort_requested(t, AbortReason::new(AbortKind::Client, "client")), Ok(vec![]));
+    }
+    // A committed tid: Decided once, at the durable record.
+    let (mut c, t) = coord_with(&[0]);
+    c.commit_requested(t, 20, false).unwrap();
+    c.vote(t, 0, Vote::Yes);
+    let a = c.commit_durable(t);
+    assert_eq!(a.iter().filter(|a| matches!(a, Action::Decided(_, Outcome::Committed))).count(), 1);
+    assert!(c.commit_requested(t, 30, false).unwrap().iter().all(|a| !matches!(a, Action::Decided(..))));
+    c.commit_acked(t, 0);
+    assert_eq!(c.commit_requested(t, 30, false).unwrap(), vec![Action::Reply(t, Outcome::Committed)]);
+    // A failed prepare is the coordinator's own reason: unreachable.
+    let (mut c, t) = coord_with(&[0, 1]);
+    c.commit_requested(t, 20, true).unwrap();
+    c.prepare_timed_out(t, 0);
+    let DecisionAnswer::Aborted(why) = c.decision(t) else { panic!("not aborted") };
+    assert_eq!(why.kind, AbortKind::ParticipantUnreachable);
+    // Deadline, and a restarted participant at enlistment.
+    let (mut c, t) = coord_with(&[0]);
+    c.expire(1_000);
+    let DecisionAnswer::Aborted(why) = c.decision(t) else { panic!("not aborted") };
+    assert_eq!(why.kind, AbortKind::Deadline);
+    let (mut c, t) = coord_with(&[0]);
+    let _ = c.enlist(t, 0, 8, 10);
+    let DecisionAnswer::Aborted(why) = c.decision(t) else { panic!("not aborted") };
+    assert_eq!(why.kind, AbortKind::ParticipantRestarted);
+}
+
+/// A presumed abort of a tid begun before this coordinator started says
+/// its coordinator restarted (or was replaced); a later unknown tid is
+/// only unknown.
+#[test]
+fn a_predecessors_tid_is_presumed_aborted_because_the_coordinator_restarted() {
+    use crate::reason::AbortKind;
+    let before = Uuid::now_v7();
+    let start = before.get_timestamp().unwrap().to_unix().0 * 1000 + 1_000;
+    let c = Coordinator::new(10, 10).with_start(start);
+    let DecisionAnswer::Aborted(why) = c.decision(before) else { panic!("not aborted") };
+    assert_eq!(why.kind, AbortKind::CoordinatorRestarted, "{why}");
+    let c = Coordinator::new(10, 10).with_start(0);
+    let DecisionAnswer::Aborted(why) = c.decision(before) else { panic!("not aborted") };
+    assert_eq!(why.kind, AbortKind::Unknown, "{why}");
 }

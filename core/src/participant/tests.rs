@@ -60,7 +60,7 @@ fn wait_die_older_waits_younger_dies() {
     assert!(!p.knows(young));
     assert!(p.aborted_here(young));
     // A later operation on it is refused rather than starting it afresh.
-    assert_eq!(p.enlisted(young, 100), Err(OpError::AlreadyAborted));
+    assert!(matches!(p.enlisted(young, 100), Err(OpError::AlreadyAborted(_))));
     assert!(matches!(p.prepare(young, 1), PrepareStep::No(_)));
     // Now the older one gets b.
     p.write(old, b"b", Some(vec![2]), 0).unwrap();
@@ -98,7 +98,7 @@ fn abort_while_persisting_makes_the_record_be_deleted() {
     assert!(matches!(p.prepare(t, 1), PrepareStep::No(_)));
     assert_eq!(p.locked_keys(), 1, "locks stay until the stale record is deleted");
     assert!(p.prepared_durable(t, 2).is_err());
-    p.prepare_failed(t);
+    p.prepare_failed(t, "write failed".into());
     assert_eq!(p.locked_keys(), 0);
     assert!(p.aborted_here(t));
 }
@@ -171,7 +171,7 @@ fn an_abort_for_an_unknown_tid_is_remembered() {
     let t = tid(1);
     assert_eq!(p.abort(t), Ok(AbortStep::Ack));
     // The enlistment reply arriving afterwards must not start it afresh.
-    assert_eq!(p.enlisted(t, 100), Err(OpError::AlreadyAborted));
+    assert!(matches!(p.enlisted(t, 100), Err(OpError::AlreadyAborted(_))));
 }
 
 #[test]
@@ -208,7 +208,7 @@ fn one_phase_commit_of_a_lost_or_aborted_tid_is_an_abort_that_sticks() {
     let u = tid(2);
     assert_eq!(p.commit_one_phase(u, 0), OnePhaseStep::Unknown);
     assert_eq!(p.abort(u), Ok(AbortStep::Ack));
-    assert_eq!(p.enlisted(u, 100), Err(OpError::AlreadyAborted));
+    assert!(matches!(p.enlisted(u, 100), Err(OpError::AlreadyAborted(_))));
     assert!(matches!(p.commit_one_phase(u, 1), OnePhaseStep::Aborted(_)));
     // A prepared tid belongs to two-phase commit.
     let v = tid(3);
@@ -343,7 +343,7 @@ fn a_one_phase_commit_not_written_aborts_and_releases_its_locks() {
     p.write(t, b"a", Some(b"1".to_vec()), 0).unwrap();
     assert!(matches!(p.commit_one_phase(t, 1), OnePhaseStep::Apply(_)));
     assert!(p.committing(t));
-    assert!(p.one_phase_not_written(t));
+    assert!(p.one_phase_not_written(t, "full".into()));
     assert_eq!(p.locked_keys(), 0);
     assert!(p.aborted_here(t), "a repeat hears the same answer");
     assert!(matches!(p.commit_one_phase(t, 2), OnePhaseStep::Aborted(_)));
@@ -353,6 +353,64 @@ fn a_one_phase_commit_not_written_aborts_and_releases_its_locks() {
     p.write(t2, b"b", Some(b"1".to_vec()), 0).unwrap();
     let PrepareStep::Persist(_) = p.prepare(t2, 1) else { panic!("expected persist") };
     p.prepared_durable(t2, 2).unwrap();
-    assert!(!p.one_phase_not_written(t2));
+    assert!(!p.one_phase_not_written(t2, "full".into()));
     assert_eq!(p.prepare(t2, 3), PrepareStep::Yes);
+}
+
+/// Rule 4: a participant's own abort keeps its real reason (kind and
+/// words, naming the partition) for its vote, its one-phase answer and any
+/// later operation; a coordinator's later abort does not replace it.
+#[test]
+fn local_aborts_keep_their_real_reason() {
+    use crate::reason::AbortKind;
+    let mut p = Participant::new(3, Limits::default());
+    let (old, young) = (tid(1), tid(2));
+    p.enlisted(old, 100).unwrap();
+    p.enlisted(young, 100).unwrap();
+    p.write(old, b"k", Some(vec![1]), 0).unwrap();
+    assert_eq!(p.write(young, b"k", Some(vec![2]), 0), Err(OpError::LockConflict { holder: old }));
+    let why = p.abort_reason(young).unwrap().clone();
+    assert_eq!(why.kind, AbortKind::Conflict);
+    assert!(why.contains("lock conflict") && why.contains(&old.to_string()) && why.contains("\"k\""), "{why}");
+    assert_eq!(p.abort(young), Ok(AbortStep::Ack));
+    assert_eq!(p.prepare(young, 1), PrepareStep::No(why.clone()), "the coordinator's abort kept the cause");
+    assert_eq!(p.commit_one_phase(young, 1), OnePhaseStep::Aborted(why.clone()));
+    assert_eq!(p.write(young, b"j", None, 1), Err(OpError::AlreadyAborted(why)));
+
+    // Deadline.
+    let t = tid(5);
+    p.enlisted(t, 10).unwrap();
+    assert_eq!(p.expire(10), vec![t]);
+    let PrepareStep::No(why) = p.prepare(t, 11) else { panic!("not NO") };
+    assert_eq!(why.kind, AbortKind::Deadline);
+
+    // A tid begun before this process started is one a restart lost.
+    let before = Uuid::now_v7();
+    let mut restarted = Participant::new(0, Limits::default()).with_start(twopc_now() + 1);
+    let PrepareStep::No(why) = restarted.prepare(before, 1) else { panic!("not NO") };
+    assert_eq!(why.kind, AbortKind::ParticipantRestarted, "{why}");
+    assert_eq!(restarted.commit_one_phase(before, 1), OnePhaseStep::Aborted(why));
+    // One begun after the start that it does not know is not blamed on a restart.
+    let after = Uuid::now_v7();
+    let mut fresh = Participant::new(0, Limits::default()).with_start(0);
+    let PrepareStep::No(why) = fresh.prepare(after, 1) else { panic!("not NO") };
+    assert_eq!(why.kind, AbortKind::Other, "{why}");
+
+    // Shutdown: unprepared tids abort, prepared ones stay.
+    let mut p = part();
+    let (a, b) = (tid(7), tid(8));
+    p.enlisted(a, 100).unwrap();
+    p.enlisted(b, 100).unwrap();
+    p.write(a, b"a", Some(vec![1]), 0).unwrap();
+    p.write(b, b"b", Some(vec![1]), 0).unwrap();
+    let PrepareStep::Persist(_) = p.prepare(b, 1) else { panic!("expected persist") };
+    p.prepared_durable(b, 2).unwrap();
+    let shutdown = crate::reason::AbortReason::new(AbortKind::Shutdown, "the participant is shutting down");
+    assert_eq!(p.abort_unprepared(&shutdown), vec![a]);
+    assert_eq!(p.abort_reason(a), Some(&shutdown));
+    assert_eq!(p.prepare(b, 3), PrepareStep::Yes);
+}
+
+fn twopc_now() -> Millis {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as Millis
 }
