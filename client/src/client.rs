@@ -135,12 +135,20 @@ impl Topology {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Committed,
-    /// Also the answer for a tid the coordinator never heard of.
+    /// Also the answer for a tid the coordinator never heard of and that
+    /// is newer than the oldest decision it keeps (presumed abort).
     Aborted {
         reason: String,
     },
     /// Still deciding: ask again later.
     Pending,
+    /// The coordinator no longer knows the outcome: the tid is older than
+    /// the oldest decision its log keeps (`--keep-finished`), so it may
+    /// have committed or aborted; check the data. Never said of a tid the
+    /// log still keeps (PROTOCOL.md rule 6).
+    Forgotten {
+        reason: String,
+    },
 }
 
 /// One attempt of a coordinator call is cut at this, and the call moves on
@@ -298,13 +306,15 @@ impl Client {
     pub(crate) async fn decision(&self, tid: Uuid, policy: Policy) -> Result<Decision, FollowError> {
         let resp = self
             .coordinator_call("GetDecision", policy, Retry::Idempotent, |mut c| async move {
-                c.get_decision(pb::GetDecisionRequest { tid: tid.to_string() }).await
+                // A client: a forgotten tid is answered FORGOTTEN (rule 6).
+                c.get_decision(pb::GetDecisionRequest { tid: tid.to_string(), asking_partition: None }).await
             })
             .await?;
         match resp.decision() {
             pb::Decision::Committed => Ok(Decision::Committed),
             pb::Decision::Aborted => Ok(Decision::Aborted { reason: resp.reason }),
             pb::Decision::Pending => Ok(Decision::Pending),
+            pb::Decision::Forgotten => Ok(Decision::Forgotten { reason: resp.reason }),
             pb::Decision::Unspecified => Err(FollowError::Status {
                 address: self.inner.follower.current(),
                 status: Status::unknown("the coordinator answered GetDecision without a decision"),

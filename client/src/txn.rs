@@ -26,6 +26,13 @@ pub enum Outcome {
     Aborted {
         reason: String,
     },
+    /// The coordinator no longer knows the outcome: the tid is older than
+    /// the oldest decision its log keeps, so it may have committed or
+    /// aborted; check the data (PROTOCOL.md rule 6). Only a commit of an
+    /// old tid by tid (e.g. `twopc commit --tid`) can hear it.
+    Forgotten {
+        reason: String,
+    },
 }
 
 /// A transaction handle; clones refer to the same transaction.
@@ -181,6 +188,7 @@ impl Txn {
                 match self.client.decision(self.tid, self.client.policy_since(started)).await {
                     Ok(Decision::Committed) => return Ok(Outcome::Committed),
                     Ok(Decision::Aborted { reason }) => return Ok(Outcome::Aborted { reason }),
+                    Ok(Decision::Forgotten { reason }) => return Ok(Outcome::Forgotten { reason }),
                     Ok(Decision::Pending) => {
                         match self.commit_once(&req, self.client.commit_policy_since(started)).await {
                             Ok(outcome) => return outcome,
@@ -242,6 +250,7 @@ impl Txn {
         Ok(match resp.outcome() {
             pb::Outcome::Committed => Ok(Outcome::Committed),
             pb::Outcome::Aborted => Ok(Outcome::Aborted { reason: resp.reason }),
+            pb::Outcome::Forgotten => Ok(Outcome::Forgotten { reason: resp.reason }),
             pb::Outcome::Unspecified => {
                 Err(tonic::Status::unknown("the coordinator answered Commit without an outcome").into())
             }
@@ -249,7 +258,9 @@ impl Txn {
     }
 
     /// Aborts the transaction, at whoever leads. Fails with
-    /// FAILED_PRECONDITION if it already committed.
+    /// FAILED_PRECONDITION if it already committed, or if its outcome is
+    /// forgotten (older than the oldest decision the log keeps: it may have
+    /// committed; [`ClientError::is_forgotten`] tells).
     pub async fn abort(&self) -> Result<(), ClientError> {
         let tid = self.tid.to_string();
         self.client

@@ -198,6 +198,10 @@ impl Shell {
         for tid in &recovered.finished {
             core.recover_finished(*tid);
         }
+        // Rule 6: what the log forgot stays forgotten (never presumed aborted).
+        if let Some(mark) = recovered.forgotten_through {
+            core.forgot_through(mark);
+        }
         let mut redo = vec![];
         let now = now_unix_ms();
         for (tid, partitions) in &recovered.unfinished {
@@ -215,6 +219,7 @@ impl Shell {
             members = recovered.members.len(),
             cluster_id = %recovered.cluster_id,
             term = recovered.term,
+            forgotten_through = ?core.forgotten_through(),
             "recovery: decision log read back"
         );
         let timeouts = Timeouts {

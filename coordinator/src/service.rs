@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
-use twopc_core::coordinator::{DecisionAnswer, Outcome};
+use twopc_core::coordinator::{DecisionAnswer, FORGOTTEN, Outcome, Refusal};
 use twopc_proto::admin_token::AdminToken;
 use twopc_proto::pb::{self, coordinator_server::Coordinator as CoordinatorRpc};
 use twopc_proto::token::PeerToken;
@@ -147,10 +147,17 @@ impl CoordinatorRpc for CoordinatorService {
         let started = std::time::Instant::now();
         let req = req.into_inner();
         let tid = tid::parse(&req.tid)?;
-        let rx = self
-            .driver
-            .apply_and_wait(tid, |c| c.commit_requested(tid, now_unix_ms(), req.wrote))
-            .map_err(|r| CoordinatorError::from_refusal(tid, r))?;
+        let rx = match self.driver.apply_and_wait(tid, |c| c.commit_requested(tid, now_unix_ms(), req.wrote)) {
+            Ok(rx) => rx,
+            // Rule 6: an outcome, not an error (GetDecision answers the same).
+            Err(Refusal::Forgotten) => {
+                return Ok(Response::new(pb::CommitResponse {
+                    outcome: pb::Outcome::Forgotten as i32,
+                    reason: FORGOTTEN.to_string(),
+                }));
+            }
+            Err(r) => return Err(CoordinatorError::from_refusal(tid, r).into()),
+        };
         let outcome = match tokio::time::timeout(self.limits.commit_wait, rx).await {
             Ok(Ok(o)) => o,
             _ => {
@@ -180,15 +187,26 @@ impl CoordinatorRpc for CoordinatorService {
     }
 
     async fn get_decision(&self, req: Request<pb::GetDecisionRequest>) -> Reply<pb::GetDecisionResponse> {
-        let tid = tid::parse(&req.into_inner().tid)?;
+        // Rule 6's exception is for participants only: the peer token
+        // (when set) vouches that the asker is one.
+        if req.get_ref().asking_partition.is_some() {
+            self.peer_token.check(&req, "GetDecision with asking_partition")?;
+        }
+        let req = req.into_inner();
+        let tid = tid::parse(&req.tid)?;
         let (answer, remembered) = {
             let st = self.driver.state();
-            (st.core.decision(tid), st.core.remembers(tid))
+            let answer = match req.asking_partition {
+                Some(_) => st.core.decision_for_voter(tid),
+                None => st.core.decision(tid),
+            };
+            (answer, st.core.remembers(tid))
         };
         let (decision, reason) = match answer {
             DecisionAnswer::Committed => (pb::Decision::Committed, String::new()),
             DecisionAnswer::Aborted(why) => (pb::Decision::Aborted, why),
             DecisionAnswer::Pending => (pb::Decision::Pending, String::new()),
+            DecisionAnswer::Forgotten => (pb::Decision::Forgotten, FORGOTTEN.to_string()),
         };
         Ok(Response::new(pb::GetDecisionResponse {
             decision: decision as i32,
