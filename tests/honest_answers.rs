@@ -61,10 +61,10 @@ fn run_three_puts(tc: &TestCluster, name: &str) -> (Uuid, Vec<String>) {
 
 /// `n` more committed transactions, `width` at a time, each on two partitions.
 async fn commit_more(tc: &TestCluster, name: &str, n: usize, width: usize) {
-    let (a, b) = (tc.key_on(1, name), tc.key_on(2, name));
     let results: Vec<Outcome> = futures::stream::iter(0..n)
         .map(|i| {
-            let (a, b) = (format!("{a}-{i}"), format!("{b}-{i}"));
+            // Partitions 1 and 2 only: partition 0 may be down.
+            let (a, b) = (tc.key_on(1, &format!("{name}{i}")), tc.key_on(2, &format!("{name}{i}")));
             async move { tc.write_txn(&[(&a, "x"), (&b, "x")]).await.1 }
         })
         .buffer_unordered(width)
@@ -158,6 +158,8 @@ async fn a_forgotten_commit_is_reported_forgotten_never_aborted() {
     // The example: T1, then two more; T1 is no longer remembered.
     let (t1, keys) = run_three_puts(&tc, "honest");
     commit_more(&tc, "more", 2, 1).await;
+    // Forgotten once the second one finished (its phase 2 acknowledged).
+    tc.wait_decision(t1, |d| matches!(d, Decision::Forgotten { .. })).await;
     assert_forgotten_everywhere(&tc, t1, &keys).await;
     // The newest commit is still remembered.
     let (t3, _) = tc.write_txn(&[(&tc.key_on(0, "newest"), "1"), (&tc.key_on(1, "newest"), "1")]).await;
@@ -216,7 +218,7 @@ async fn a_participant_in_doubt_about_a_forgotten_tid_still_hears_aborted() {
     let other = tc.client.begin(None).await.unwrap();
     other.abort().await.unwrap();
     commit_more(&tc, "past", 2, 1).await;
-    assert!(matches!(tc.client.status(txn.tid()).await.unwrap(), Decision::Forgotten { .. }));
+    tc.wait_decision(txn.tid(), |d| matches!(d, Decision::Forgotten { .. })).await;
     // Partition 0 comes back in doubt about T, asks as its YES voter, hears
     // ABORTED and drops T's write set: nothing stays in doubt or locked.
     tc.cluster.restart_participant(0, &[]).unwrap();
@@ -232,6 +234,8 @@ async fn the_etcd_log_keeps_the_mark_across_a_failover() {
     let mut tc = TestCluster::start_ha(keep_finished(1)).await;
     let (t1, keys) = run_three_puts(&tc, "ha");
     commit_more(&tc, "more", 2, 1).await;
+    // Forgotten once the second one finished (its phase 2 acknowledged).
+    tc.wait_decision(t1, |d| matches!(d, Decision::Forgotten { .. })).await;
     assert_forgotten_everywhere(&tc, t1, &keys).await;
     // Enough for the log to trim T1's record, with the mark in etcd.
     commit_more(&tc, "fill", 300, 16).await;
