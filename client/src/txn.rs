@@ -197,8 +197,10 @@ impl Txn {
                                 last = "the leader said PENDING".into();
                                 None
                             }
-                            // A new leader that has no record of the tid: it
-                            // answers GetDecision ABORTED, asked next round.
+                            // A coordinator of an older version that has no
+                            // record of the tid (today's answer ABORTED, as
+                            // GetDecision): it answers GetDecision ABORTED,
+                            // asked next round.
                             Err(FollowError::Status { status, .. }) if status.code() == tonic::Code::NotFound => None,
                             Err(e @ FollowError::Exhausted { .. }) => {
                                 last = e.to_string();
