@@ -163,7 +163,8 @@ impl Txn {
     /// until it says COMMITTED or ABORTED. A new leader answers ABORTED for
     /// a tid it has no record of, which is honest because the old leader is
     /// fenced (rule 14) and can no longer write one; COMMITTED if the
-    /// record was replicated. While the answer is PENDING the leader holds
+    /// record was replicated; FORGOTTEN (returned as [`Outcome::Forgotten`])
+    /// only for a tid older than the oldest decision its log keeps. While the answer is PENDING the leader holds
     /// the tid live: either deciding it (a repeated Commit joins and waits
     /// for the same outcome, rule 11) or it never received the Commit (the
     /// repeat starts it), so the Commit is repeated there. All of it within

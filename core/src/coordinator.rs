@@ -135,7 +135,8 @@ pub enum Action {
 /// Why an event was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Refusal {
-    /// The tid is not known (never begun, forgotten, or from before a crash).
+    /// The tid is not known (never begun, or from before a crash) and is
+    /// newer than the mark of forgotten decisions.
     UnknownTid,
     /// The tid exists but is no longer accepting enlistments/operations.
     NotActive(&'static str),

@@ -497,6 +497,19 @@ mod tests {
     }
 
     #[test]
+    fn the_mark_lands_in_the_first_transaction_before_any_delete() {
+        let deletes: BTreeMap<Vec<u8>, Option<String>> =
+            (0..300).map(|i| (format!("/twopc/x/log/{i:05}").into_bytes(), None)).collect();
+        let mark = (b"/twopc/x/forgotten_through".to_vec(), Some("01900000-0000-7000-8000-000000000001".to_string()));
+        let c = chunks(std::iter::once(mark).chain(deletes));
+        assert!(c.len() >= 3 && c.iter().all(|t| t.len() <= MAX_OPS));
+        match &c[0][0].request {
+            Some(pb::request_op::Request::RequestPut(p)) => assert_eq!(p.key, b"/twopc/x/forgotten_through"),
+            other => panic!("the first write must be the mark: {other:?}"),
+        }
+    }
+
+    #[test]
     fn records_decode_as_written() {
         assert!(matches!(decode(b"C 0,2").unwrap(), Record::Commit(p) if p == vec![0, 2]));
         assert!(matches!(decode(b"D 1").unwrap(), Record::Delegated(1)));
