@@ -61,7 +61,10 @@ async fn scrapes_show_the_protocol_at_work() {
         {
             break p;
         }
-        assert!(std::time::Instant::now() < deadline, "participant metrics incomplete or still in doubt:\n{p}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "participant metrics incomplete or still in doubt:\n{p}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
     assert!(value(&p, "twopc_store_fsyncs_total") >= 5.0, "{p}");
