@@ -390,7 +390,9 @@ async fn mark_writer(log: EtcdLog, mut rx: mpsc::UnboundedReceiver<Request>, sta
             // Rule 6: the mark goes first, so no delete lands without it.
             first = Some((log.key(MARK), Some(forgotten_through.to_string())));
         }
-        // A lost mark only makes a later leader re-drive the tid (rule 11).
+        // A lost "finished" mark only makes a later leader re-drive the
+        // tid (rule 11); a lost trim leaves its records and the old
+        // low-water mark, which still covers nothing the log keeps.
         let _ = write_all(&log, first.into_iter().chain(writes)).await;
     }
 }
