@@ -123,6 +123,11 @@ async fn assert_forgotten_everywhere(tc: &TestCluster, tid: Uuid, keys: &[String
     assert_eq!(d.get_ref().decision(), pb::Decision::Aborted, "{d:?}");
     assert!(d.get_ref().presumed, "{d:?}");
 
+    // A write under it is refused too (the participant cannot enlist it).
+    let o = twopc(tc, &["put", "--tid", &t, &keys[0], "2"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("forgotten"), "{}", text(&o));
+
     // The writes are there, untouched by the refused abort.
     for k in keys {
         assert_eq!(tc.read(k).await.as_deref(), Some("1"), "{k}");
@@ -167,6 +172,12 @@ async fn a_forgotten_commit_is_reported_forgotten_never_aborted() {
     let o = twopc(&tc, &["status", &t3.to_string()]);
     assert_eq!((o.status.code(), String::from_utf8_lossy(&o.stdout).trim()), (Some(0), "COMMITTED"), "{}", text(&o));
     assert_unknown_new_tid_is_aborted_everywhere(&tc).await;
+    // A tid from before the log existed is forgotten too: the log's memory
+    // starts at its creation.
+    let an_hour_ago = twopc_proto::now_unix_ms() / 1000 - 3600;
+    let ancient = Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, an_hour_ago, 0));
+    let o = twopc(&tc, &["status", &ancient.to_string()]);
+    assert_eq!(o.status.code(), Some(FORGOTTEN_EXIT), "{}", text(&o));
     tc.wait_settled().await;
 }
 
