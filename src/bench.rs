@@ -750,6 +750,8 @@ async fn audit(client: &Client, keys: &Keys) -> anyhow::Result<i64> {
             None => match txn.commit().await? {
                 Outcome::Committed => return Ok(total),
                 Outcome::Aborted { reason, .. } => last = reason,
+                // Not for a tid just begun: it is newer than any forgotten one.
+                Outcome::Forgotten { reason } => anyhow::bail!("the sum's outcome is forgotten: {reason}"),
             },
             Some(e) if e.is_retryable_abort() => {
                 last = e.to_string();
@@ -944,6 +946,9 @@ impl Worker {
         match txn.commit().await {
             Ok(Outcome::Committed) => TxnResult::Committed { commit: t.elapsed() },
             Ok(Outcome::Aborted { .. }) => TxnResult::Aborted,
+            Ok(Outcome::Forgotten { reason }) => {
+                TxnResult::Error("FORGOTTEN".into(), format!("commit: outcome forgotten: {reason}"))
+            }
             Err(e) if e.is_retryable_abort() => TxnResult::Aborted,
             Err(e) => error("commit", &e),
         }

@@ -145,6 +145,7 @@ pub(crate) async fn open_accounts(client: &Client, accounts: u32) -> anyhow::Res
             Ok(())
         }
         Outcome::Aborted { reason, .. } => bail!("opening the accounts aborted: {reason}"),
+        Outcome::Forgotten { reason } => bail!("opening the accounts: outcome forgotten: {reason}"),
     }
 }
 

@@ -13,7 +13,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "twopc",
     version,
-    about = "twopc: a two-phase-commit transaction coordinator, its participants and client"
+    about = "twopc: a two-phase-commit transaction coordinator, its participants and client",
+    after_help = twopc_client::cli::EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]

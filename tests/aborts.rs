@@ -113,6 +113,7 @@ async fn get_for_update_queues_read_modify_writes_instead_of_aborting() {
                 match step.await {
                     Ok(Outcome::Committed) => return,
                     Ok(Outcome::Aborted { .. }) => continue,
+                    Ok(o @ Outcome::Forgotten { .. }) => panic!("a tid just begun: {o:?}"),
                     Err(e) if e.is_retryable_abort() => continue,
                     Err(e) => panic!("{e}"),
                 }

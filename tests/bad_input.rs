@@ -29,7 +29,12 @@ async fn bad_inputs_get_precise_statuses() {
     // Unknown tid: a well-formed UUID that was never begun.
     let ghost = tc.client.txn(uuid::Uuid::now_v7(), 0);
     expect_code(ghost.put(key.as_bytes(), b"v").await, Code::NotFound, "unknown tid");
-    expect_code(ghost.commit().await, Code::NotFound, "unknown tid");
+    // Commit agrees with GetDecision: unknown and newer than the oldest
+    // decision kept, so presumed aborted (PROTOCOL.md rule 6).
+    match ghost.commit().await.unwrap() {
+        Outcome::Aborted { reason, .. } => assert!(reason.contains("unknown tid"), "{reason}"),
+        o => panic!("{o:?}"),
+    }
 
     // Empty and oversized keys and values.
     let txn = tc.client.begin(None).await.unwrap();

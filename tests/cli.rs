@@ -1,6 +1,6 @@
 //! The `twopc` CLI against a real cluster: outcomes and errors are printed
 //! clearly, and the exit code says what happened (0 ok/COMMITTED, 1
-//! ABORTED, 2 error).
+//! ABORTED, 2 error; 3 FORGOTTEN is covered by tests/honest_answers.rs).
 
 mod common;
 

@@ -46,6 +46,7 @@ async fn txn(tc: &TestCluster, writes: &[(&str, &str)]) -> (uuid::Uuid, End) {
             assert_eq!(kind, AbortKind::DiskFull, "{reason}");
             End::Aborted(reason)
         }
+        Ok(Outcome::Forgotten { reason }) => panic!("a tid just begun cannot be forgotten: {reason}"),
         Err(ClientError::Status(s)) => End::Refused(s.code(), s.message().to_string()),
         Err(e) => panic!("commit of {} failed with neither an outcome nor a status: {e}", t.tid()),
     };

@@ -224,6 +224,7 @@ async fn check_attempts(tc: &TestCluster, attempts: &[Attempt]) -> (usize, usize
             Heard::WriteFailed(e) => {
                 assert!(matches!(decision, Decision::Aborted { .. }), "tid {tid} never sent Commit ({e}): {decision:?}")
             }
+            Heard::Commit(Ok(o @ Outcome::Forgotten { .. })) => panic!("tid {tid}, just begun: {o:?}"),
             Heard::Commit(Err(_)) | Heard::BeginFailed(_) => {}
         }
         let applied = all_or_nothing(tc, &refs(&a.keys), "v").await;
@@ -475,6 +476,7 @@ async fn c15_etcd_quorum_lost_then_back() {
         match &a.heard {
             Heard::Commit(Ok(Outcome::Committed)) => panic!("COMMITTED without an etcd quorum: {a:?}"),
             Heard::Commit(Ok(Outcome::Aborted { .. })) => {}
+            Heard::Commit(Ok(o @ Outcome::Forgotten { .. })) => panic!("a tid just begun: {o:?}"),
             Heard::Commit(Err(e)) => {
                 assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
                 unavailable_commits += 1;

@@ -100,8 +100,9 @@ async fn a_lost_decision_log_is_detected_and_resolved_by_hand() {
         tc.cluster.restart_participant(2, &[]).unwrap();
     });
     tc.reconnect().await;
-    // The new coordinator presumes the tid aborted...
-    assert!(matches!(tc.client.status(txn.tid()).await.unwrap(), twopc_client::Decision::Aborted { .. }));
+    // The new coordinator does not presume the tid aborted to a client: it
+    // is older than its log, so its outcome is forgotten (rule 6)...
+    assert!(matches!(tc.client.status(txn.tid()).await.unwrap(), twopc_client::Decision::Forgotten { .. }));
     // ...but the participants do not take that: the tid stays in doubt while
     // they keep asking, and they report the mismatch.
     for p in [0, 1] {

@@ -223,7 +223,10 @@ async fn over_a_limit_is_resource_exhausted_naming_it() {
     expect(coordinator.begin_batch(begins).await, &[limit]);
     // Siblings on other RPCs of both services, each with one 5 MiB field.
     let long = "x".repeat(5 * MIB);
-    expect(coordinator.get_decision(pb::GetDecisionRequest { tid: long.clone() }).await, &[limit]);
+    expect(
+        coordinator.get_decision(pb::GetDecisionRequest { tid: long.clone(), ..Default::default() }).await,
+        &[limit],
+    );
     expect(coordinator.abort(pb::AbortRequest { tid: long.clone(), ..Default::default() }).await, &[limit]);
     let enlist = pb::EnlistRequest { tid: long.clone(), partition: 0, incarnation: 1, ..Default::default() };
     expect(coordinator.enlist_batch(pb::EnlistBatchRequest { requests: vec![enlist] }).await, &[limit]);

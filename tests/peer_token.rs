@@ -161,8 +161,15 @@ async fn clients_cannot_act_as_the_coordinator_or_a_participant() {
     assert!(out.contains(&tc.cluster.participants[0].addr.to_string()), "{}", text(&o));
     assert!(!out.contains("127.0.0.1:1\n"), "{}", text(&o));
     // GetDecision stays open to clients.
-    let d = coord.get_decision(pb::GetDecisionRequest { tid: tid.clone() }).await.unwrap().into_inner();
+    let d = coord
+        .get_decision(pb::GetDecisionRequest { tid: tid.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(d.decision(), pb::Decision::Committed);
+    // ... but only a peer may ask as a YES voter (rule 6's exception).
+    let voter = pb::GetDecisionRequest { tid: tid.clone(), asking_partition: Some(0) };
+    assert_unauthenticated(coord.get_decision(voter).await, "GetDecision with asking_partition");
 
     // It is the token that is checked: with it, a caller is a peer (here
     // aborting a fresh transaction at partition 0, as the coordinator would).

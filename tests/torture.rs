@@ -146,6 +146,8 @@ async fn transfer(
         Ok(()) => match txn.commit().await {
             Ok(Outcome::Committed) => (Seen::Committed, Some((true, "commit")), None),
             Ok(Outcome::Aborted { .. }) => (Seen::Aborted, Some((false, "commit")), None),
+            // Not for a tid just begun (newer than any forgotten one); says nothing either way.
+            Ok(Outcome::Forgotten { reason }) => (Seen::Unknown, None, Some(("commit FORGOTTEN".into(), reason))),
             Err(e) => (Seen::Unknown, None, why("commit", &e)),
         },
     };
@@ -781,7 +783,8 @@ async fn torture_ha() {
                 let committed = match client.status(tid).await {
                     Ok(Decision::Committed) => true,
                     Ok(Decision::Aborted { .. }) => false,
-                    Ok(Decision::Pending) | Err(_) => continue,
+                    // FORGOTTEN says nothing either way (rule 6): not an answer.
+                    Ok(Decision::Pending | Decision::Forgotten { .. }) | Err(_) => continue,
                 };
                 let following = client.coordinator_address();
                 record(&answers, tid, Answer { committed, how: "status", following, at: started.elapsed() });
@@ -896,6 +899,9 @@ async fn torture_ha() {
             Decision::Committed => true,
             Decision::Aborted { .. } => false,
             Decision::Pending => panic!("transfer {tid}: the final leader says PENDING after the cluster settled"),
+            // Older than the oldest decision kept: nothing to compare, and
+            // nothing contradicted (rule 6); atomicity was checked above.
+            Decision::Forgotten { .. } => from,
         };
         assert_eq!(
             final_committed, from,

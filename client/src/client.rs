@@ -148,9 +148,10 @@ impl Topology {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Committed,
-    /// Also the answer for a tid the coordinator does not know (presumed
-    /// abort: [`AbortKind::Unknown`], or [`AbortKind::CoordinatorRestarted`]
-    /// for a tid begun before it started).
+    /// Also the answer for a tid the coordinator never heard of and that
+    /// is newer than the oldest decision it keeps (presumed abort:
+    /// [`AbortKind::Unknown`], or [`AbortKind::CoordinatorRestarted`] for a
+    /// tid begun before it started).
     Aborted {
         /// Why, in words: the real cause, as the process that aborted it saw
         /// it (which partition, what happened).
@@ -160,6 +161,13 @@ pub enum Decision {
     },
     /// Still deciding: ask again later.
     Pending,
+    /// The coordinator no longer knows the outcome: the tid is older than
+    /// the oldest decision its log keeps (`--keep-finished`), so it may
+    /// have committed or aborted; check the data. Never said of a tid the
+    /// log still keeps (PROTOCOL.md rule 6).
+    Forgotten {
+        reason: String,
+    },
 }
 
 /// One attempt of a coordinator call is cut at this, and the call moves on
@@ -335,7 +343,8 @@ impl Client {
     pub(crate) async fn decision(&self, tid: Uuid, policy: Policy) -> Result<Decision, FollowError> {
         let resp = self
             .coordinator_call("GetDecision", policy, Retry::Idempotent, |mut c| async move {
-                c.get_decision(pb::GetDecisionRequest { tid: tid.to_string() }).await
+                // A client: a forgotten tid is answered FORGOTTEN (rule 6).
+                c.get_decision(pb::GetDecisionRequest { tid: tid.to_string(), asking_partition: None }).await
             })
             .await?;
         match resp.decision() {
@@ -344,6 +353,7 @@ impl Client {
                 Ok(Decision::Aborted { kind: reason::from_wire(resp.abort_kind), reason: resp.reason })
             }
             pb::Decision::Pending => Ok(Decision::Pending),
+            pb::Decision::Forgotten => Ok(Decision::Forgotten { reason: resp.reason }),
             pb::Decision::Unspecified => Err(FollowError::Status {
                 address: self.inner.follower.current(),
                 status: Status::unknown("the coordinator answered GetDecision without a decision"),

@@ -31,6 +31,16 @@ impl ClientError {
         }
     }
 
+    /// True when the coordinator refused because the tid's outcome is
+    /// forgotten (it is older than the oldest decision the log keeps; e.g.
+    /// an abort of such a tid): it may have committed, check the data
+    /// (PROTOCOL.md rule 6). The coordinator marks the refusal with the
+    /// metadata `x-twopc-outcome: forgotten`.
+    pub fn is_forgotten(&self) -> bool {
+        matches!(self, ClientError::Status(s)
+            if s.metadata().get("x-twopc-outcome").is_some_and(|v| v.as_bytes() == b"forgotten"))
+    }
+
     /// True when the transaction was aborted (e.g. a lock conflict) and the
     /// whole transaction should be retried from `begin`.
     pub fn is_retryable_abort(&self) -> bool {

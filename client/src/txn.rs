@@ -58,6 +58,13 @@ pub enum Outcome {
         /// The kind of that cause.
         kind: AbortKind,
     },
+    /// The coordinator no longer knows the outcome: the tid is older than
+    /// the oldest decision its log keeps, so it may have committed or
+    /// aborted; check the data (PROTOCOL.md rule 6). Only a commit of an
+    /// old tid by tid (e.g. `twopc commit --tid`) can hear it.
+    Forgotten {
+        reason: String,
+    },
 }
 
 /// A transaction handle; clones refer to the same transaction.
@@ -235,7 +242,8 @@ impl Txn {
     /// until it says COMMITTED or ABORTED. A new leader answers ABORTED for
     /// a tid it has no record of, which is honest because the old leader is
     /// fenced (rule 14) and can no longer write one; COMMITTED if the
-    /// record was replicated. While the answer is PENDING the leader holds
+    /// record was replicated; FORGOTTEN (returned as [`Outcome::Forgotten`])
+    /// only for a tid older than the oldest decision its log keeps. While the answer is PENDING the leader holds
     /// the tid live: either deciding it (a repeated Commit joins and waits
     /// for the same outcome, rule 11) or it never received the Commit (the
     /// repeat starts it), so the Commit is repeated there. All of it within
@@ -273,6 +281,7 @@ impl Txn {
                 match self.client.decision(self.tid, self.client.policy_since(started)).await {
                     Ok(Decision::Committed) => return Ok(Outcome::Committed),
                     Ok(Decision::Aborted { reason, kind }) => return Ok(Outcome::Aborted { reason, kind }),
+                    Ok(Decision::Forgotten { reason }) => return Ok(Outcome::Forgotten { reason }),
                     Ok(Decision::Pending) => {
                         match self.commit_once(&req, self.client.commit_policy_since(started)).await {
                             Ok(outcome) => return outcome,
@@ -281,8 +290,10 @@ impl Txn {
                                 last = "the leader said PENDING".into();
                                 None
                             }
-                            // A new leader that has no record of the tid: it
-                            // answers GetDecision ABORTED, asked next round.
+                            // A coordinator of an older version that has no
+                            // record of the tid (today's answer ABORTED, as
+                            // GetDecision): it answers GetDecision ABORTED,
+                            // asked next round.
                             Err(FollowError::Status { status, .. }) if status.code() == tonic::Code::NotFound => None,
                             Err(e @ FollowError::Exhausted { .. }) => {
                                 last = e.to_string();
@@ -336,6 +347,7 @@ impl Txn {
             pb::Outcome::Aborted => {
                 Ok(Outcome::Aborted { kind: reason::from_wire(resp.abort_kind), reason: resp.reason })
             }
+            pb::Outcome::Forgotten => Ok(Outcome::Forgotten { reason: resp.reason }),
             pb::Outcome::Unspecified => {
                 Err(tonic::Status::unknown("the coordinator answered Commit without an outcome").into())
             }
@@ -343,7 +355,9 @@ impl Txn {
     }
 
     /// Aborts the transaction, at whoever leads ([`AbortKind::Client`]).
-    /// Fails with FAILED_PRECONDITION if it already committed.
+    /// Fails with FAILED_PRECONDITION if it already committed, or if its
+    /// outcome is forgotten (older than the oldest decision the log keeps:
+    /// it may have committed; [`ClientError::is_forgotten`] tells).
     pub async fn abort(&self) -> Result<(), ClientError> {
         self.abort_because(AbortKind::Client, "aborted by the client").await
     }

@@ -7,8 +7,17 @@ use twopc_core::Tid;
 pub enum CoordinatorError {
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("unknown tid {0}: it was never begun here, or it finished long ago (presumed aborted)")]
+    #[error(
+        "unknown tid {0}: it was never begun here, or it is from before the coordinator's restart (presumed aborted)"
+    )]
     UnknownTid(Tid),
+    /// Rule 6: unknown and no newer than the log's mark of forgotten
+    /// decisions; it may have committed.
+    #[error(
+        "the outcome of tid {0} is forgotten: it is older than the oldest decision the decision log keeps \
+         (--keep-finished), so it may have committed; check the data (it cannot be aborted or committed now)"
+    )]
+    Forgotten(Tid),
     #[error("tid {tid} is {state}: it no longer accepts operations")]
     NotActive { tid: Tid, state: &'static str },
     #[error("tid {tid} aborted: {reason}")]
@@ -32,12 +41,24 @@ pub enum CoordinatorError {
     DiskFull { tid: Tid, reason: String },
 }
 
+/// The metadata key of a refusal that is an outcome (`forgotten`), see
+/// `AbortRequest` in the proto.
+pub const OUTCOME_METADATA: &str = "x-twopc-outcome";
+
 impl From<CoordinatorError> for Status {
     fn from(e: CoordinatorError) -> Status {
         let msg = e.to_string();
         match e {
             CoordinatorError::InvalidArgument(_) => Status::invalid_argument(msg),
             CoordinatorError::UnknownTid(_) => Status::not_found(msg),
+            CoordinatorError::Forgotten(_) => {
+                let mut status = Status::failed_precondition(msg);
+                // Machine-readable, for clients that branch on it (the CLI's exit code).
+                status
+                    .metadata_mut()
+                    .insert(OUTCOME_METADATA, tonic::metadata::MetadataValue::from_static("forgotten"));
+                status
+            }
             CoordinatorError::NotActive { .. } => Status::failed_precondition(msg),
             CoordinatorError::Aborted { .. } => Status::aborted(msg),
             CoordinatorError::AlreadyCommitted(_) => Status::failed_precondition(msg),
@@ -55,6 +76,7 @@ impl CoordinatorError {
         use twopc_core::coordinator::Refusal;
         match r {
             Refusal::UnknownTid => CoordinatorError::UnknownTid(tid),
+            Refusal::Forgotten => CoordinatorError::Forgotten(tid),
             Refusal::NotActive(state) => CoordinatorError::NotActive { tid, state },
             Refusal::Aborted(reason) => CoordinatorError::Aborted { tid, reason: reason.detail },
             Refusal::AlreadyCommitted => CoordinatorError::AlreadyCommitted(tid),

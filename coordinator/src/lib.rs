@@ -9,7 +9,10 @@
 //! Start-up order keeps rule 7: the log is read back and every unfinished
 //! COMMIT re-entered into the core *before* the socket serves, so no
 //! question about a committed tid can be answered "aborted". Phase 2 for
-//! those tids is re-driven as soon as the runtime runs.
+//! those tids is re-driven as soon as the runtime runs. The log's
+//! low-water mark of forgotten decisions is read back at the same time
+//! (rule 6): a tid the log has forgotten is answered FORGOTTEN to clients,
+//! never presumed aborted.
 //!
 //! With `--decision-log etcd` ([`decision_log::etcd`], [`leadership`]) the
 //! socket serves at once, but behind the [`gate`]: a standby answers every
@@ -203,6 +206,10 @@ impl Shell {
         for tid in &recovered.finished {
             core.recover_finished(*tid);
         }
+        // Rule 6: what the log forgot stays forgotten (never presumed aborted).
+        if let Some(mark) = recovered.forgotten_through {
+            core.forgot_through(mark);
+        }
         let mut redo = vec![];
         for (tid, partitions) in &recovered.unfinished {
             // One line per tid at debug: a restart may find thousands; the
@@ -221,6 +228,7 @@ impl Shell {
             members = recovered.members.len(),
             cluster_id = %recovered.cluster_id,
             term = recovered.term,
+            forgotten_through = ?core.forgotten_through(),
             "recovery: decision log read back"
         );
         let timeouts = Timeouts {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
-use twopc_core::coordinator::{Action, DecisionAnswer, Outcome, Phase};
+use twopc_core::coordinator::{Action, DecisionAnswer, FORGOTTEN, Outcome, Phase, Refusal};
 use twopc_proto::admin_token::AdminToken;
 use twopc_proto::pb::{self, coordinator_server::Coordinator as CoordinatorRpc};
 use twopc_proto::reason::{self, AbortKind, AbortReason};
@@ -191,15 +191,23 @@ impl CoordinatorRpc for CoordinatorService {
         // A repeat answered from memory (a Reply, no decision now) is not a
         // commit's latency: the histogram counts transactions, not replies.
         let mut repeat = false;
-        let rx = self
-            .driver
-            .apply_and_wait(tid, |c| {
-                let actions = c.commit_requested(tid, clock::now_ms(), req.wrote)?;
-                repeat = actions.iter().any(|a| matches!(a, Action::Reply(..)))
-                    && !actions.iter().any(|a| matches!(a, Action::Decided(..)));
-                Ok(actions)
-            })
-            .map_err(|r| CoordinatorError::from_refusal(tid, r))?;
+        let rx = match self.driver.apply_and_wait(tid, |c| {
+            let actions = c.commit_requested(tid, clock::now_ms(), req.wrote)?;
+            repeat = actions.iter().any(|a| matches!(a, Action::Reply(..)))
+                && !actions.iter().any(|a| matches!(a, Action::Decided(..)));
+            Ok(actions)
+        }) {
+            Ok(rx) => rx,
+            // Rule 6: an outcome, not an error (GetDecision answers the same).
+            Err(Refusal::Forgotten) => {
+                return Ok(Response::new(pb::CommitResponse {
+                    outcome: pb::Outcome::Forgotten as i32,
+                    reason: FORGOTTEN.to_string(),
+                    ..Default::default()
+                }));
+            }
+            Err(r) => return Err(CoordinatorError::from_refusal(tid, r).into()),
+        };
         let outcome = match tokio::time::timeout(self.limits.commit_wait, rx).await {
             Ok(Ok(o)) => o,
             _ => {
@@ -233,15 +241,26 @@ impl CoordinatorRpc for CoordinatorService {
     }
 
     async fn get_decision(&self, req: Request<pb::GetDecisionRequest>) -> Reply<pb::GetDecisionResponse> {
-        let tid = tid::parse(&req.into_inner().tid)?;
+        // Rule 6's exception is for participants only: the peer token
+        // (when set) vouches that the asker is one.
+        if req.get_ref().asking_partition.is_some() {
+            self.peer_token.check(&req, "GetDecision with asking_partition")?;
+        }
+        let req = req.into_inner();
+        let tid = tid::parse(&req.tid)?;
         let (answer, remembered) = {
             let st = self.driver.state();
-            (st.core.decision(tid), st.core.remembers(tid))
+            let answer = match req.asking_partition {
+                Some(_) => st.core.decision_for_voter(tid),
+                None => st.core.decision(tid),
+            };
+            (answer, st.core.remembers(tid))
         };
         let (decision, (abort_kind, reason)) = match answer {
             DecisionAnswer::Committed => (pb::Decision::Committed, (0, String::new())),
             DecisionAnswer::Aborted(why) => (pb::Decision::Aborted, reason::fields(&why)),
             DecisionAnswer::Pending => (pb::Decision::Pending, (0, String::new())),
+            DecisionAnswer::Forgotten => (pb::Decision::Forgotten, (0, FORGOTTEN.to_string())),
         };
         Ok(Response::new(pb::GetDecisionResponse {
             decision: decision as i32,

@@ -1,18 +1,23 @@
 //! Runs the exhaustive model check of the protocol cores with budgets from
 //! the command line and prints the state space explored:
 //!
-//! `cargo run --release -p twopc-core --example model_check -- WRITERS READERS COORD_CRASHES PART_CRASHES LOSSES DUPS FAILOVERS [MAX_STATES] [unguarded]`
+//! `cargo run --release -p twopc-core --example model_check -- WRITERS READERS COORD_CRASHES PART_CRASHES LOSSES DUPS FAILOVERS [MAX_STATES] [unguarded] [dishonest] [no-forgetting]`
 //!
 //! `unguarded` turns on the bug the checker must catch (decision-log writes
-//! without the leadership guard) and prints the trace it finds.
+//! without the leadership guard) and prints the trace it finds; `dishonest`
+//! another (a forgotten commit answered ABORTED); `no-forgetting` keeps
+//! every finished outcome (no `ForgetInMemory`/`TrimLog` transitions).
 
 use twopc_core::model::{Config, check};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let unguarded_writes = args.iter().any(|a| a == "unguarded");
-    let a: Vec<u64> =
-        args.iter().filter(|a| *a != "unguarded").map(|s| s.parse().expect("numbers, or `unguarded`")).collect();
+    let a: Vec<u64> = args
+        .iter()
+        .filter(|a| !["unguarded", "dishonest", "no-forgetting"].contains(&a.as_str()))
+        .map(|s| s.parse().expect("numbers, `unguarded` or `dishonest`"))
+        .collect();
     let get = |i: usize, d: u64| a.get(i).copied().unwrap_or(d);
     let cfg = Config {
         writers: get(0, 2) as u32,
@@ -23,6 +28,9 @@ fn main() {
         duplicates: get(5, 0) as u8,
         failovers: get(6, 0) as u8,
         unguarded_writes,
+        dishonest_forgotten: args.iter().any(|a| a == "dishonest"),
+        volatile_mark: false,
+        forgetting: !args.iter().any(|a| a == "no-forgetting"),
         max_states: get(7, 20_000_000) as usize,
     };
     let r = check(&cfg);

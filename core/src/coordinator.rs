@@ -29,6 +29,24 @@
 //!    PENDING while voting or forcing. Active tids answer PENDING too: a
 //!    client may still be working on them. Recovery never resurrects an
 //!    undecided tid, so ABORTED for an unknown tid can never be contradicted.
+//!    **Honest answers** (the low-water mark): presumed abort is honest only
+//!    for a tid the coordinator could still remember. Finished commits are
+//!    forgotten (here beyond `finished_cap`, in the log beyond
+//!    `keep_finished`), and the newest tid forgotten so far is kept as
+//!    [`Coordinator::forgotten_through`]: it only grows, the log keeps it
+//!    durably with every trim, and recovery starts from it. A tid that is
+//!    neither live nor remembered and no newer than the mark (tids are
+//!    UUIDv7, time-ordered) may have committed, so clients hear
+//!    [`DecisionAnswer::Forgotten`] (the commit of it is refused with
+//!    [`Refusal::Forgotten`], and so is an abort), never ABORTED. A commit
+//!    kept in memory or in the log is always newer than the mark or
+//!    remembered, so an unknown tid newer than the mark never committed:
+//!    ABORTED (presumed abort) for it is honest, for GetDecision and Commit
+//!    alike. A participant asking about a tid it voted YES on is answered
+//!    by [`Coordinator::decision_for_voter`]: ABORTED however old the tid,
+//!    because a COMMIT record is forgotten only once every YES voter
+//!    acknowledged it, so that voter cannot be in doubt about a forgotten
+//!    commit. Forgetting an abort moves no mark: ABORTED stays true of it.
 //! 7. `recover_commit` re-drives phase 2 for every unfinished COMMIT record.
 //! 11. Every event is idempotent: repeating it repeats the answer.
 //!
@@ -79,7 +97,18 @@ pub enum DecisionAnswer {
     Committed,
     Aborted(AbortReason),
     Pending,
+    /// The tid is unknown and no newer than the mark of forgotten
+    /// decisions: it may have committed, so the outcome is not known any
+    /// more (never said to a participant asking about its YES vote).
+    Forgotten,
 }
+
+/// Why a forgotten tid has no answer, in words a person can act on.
+pub const FORGOTTEN: &str = "the tid is older than the oldest decision the log keeps (--keep-finished), \
+     so it may have committed or aborted; check the data";
+
+/// Why an unknown tid newer than the mark is aborted (rule 6).
+pub const PRESUMED: &str = "unknown tid: presumed aborted";
 
 /// Work the shell must do, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -127,7 +156,8 @@ pub enum Action {
 /// Why an event was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Refusal {
-    /// The tid is not known (never begun, forgotten, or from before a crash).
+    /// The tid is not known (never begun, or from before a crash) and is
+    /// newer than the mark of forgotten decisions.
     UnknownTid,
     /// The tid exists but is no longer accepting enlistments/operations.
     NotActive(&'static str),
@@ -140,6 +170,10 @@ pub enum Refusal {
     /// The decision was handed to this partition (one-phase commit): an
     /// abort cannot be honoured, the participant's answer is the outcome.
     Delegated(PartitionId),
+    /// The tid is unknown and no newer than the mark of forgotten
+    /// decisions (rule 6): it may have committed, so neither a commit nor
+    /// an abort of it can be answered.
+    Forgotten,
 }
 
 /// Per-partition progress inside one tid.
@@ -227,6 +261,13 @@ pub struct Coordinator {
     /// When this coordinator started (or took over as leader): an unknown
     /// tid begun before is one its predecessor began (0: unknown).
     started_at: Millis,
+    /// The newest tid whose outcome was forgotten (rule 6's low-water
+    /// mark): every commit evicted from `finished`, and the log's durable
+    /// mark read back at start. Only grows.
+    forgotten_through: Option<Tid>,
+    /// `false` only to re-inject the bug the mark fixes (the model
+    /// checker's test): forgotten tids are then answered ABORTED.
+    honest_forgotten: bool,
 }
 
 impl Coordinator {
@@ -243,6 +284,48 @@ impl Coordinator {
             max_open,
             one_phase: true,
             started_at: 0,
+            forgotten_through: None,
+            honest_forgotten: true,
+        }
+    }
+
+    /// For the model checker's test only: answer a forgotten tid ABORTED,
+    /// as before the mark existed (the bug it must catch).
+    #[doc(hidden)]
+    pub fn with_dishonest_forgotten_answers(mut self) -> Self {
+        self.honest_forgotten = false;
+        self
+    }
+
+    /// The newest tid whose outcome is forgotten, if any (rule 6).
+    pub fn forgotten_through(&self) -> Option<Tid> {
+        self.forgotten_through
+    }
+
+    /// Raises the mark of forgotten decisions to at least `tid`: the log's
+    /// durable mark at start, or a tid the log trimmed.
+    pub fn forgot_through(&mut self, tid: Tid) {
+        if self.forgotten_through < Some(tid) {
+            self.forgotten_through = Some(tid);
+        }
+    }
+
+    /// Whether `tid` is unknown and no newer than the mark: its outcome is
+    /// forgotten (rule 6).
+    pub fn is_forgotten(&self, tid: Tid) -> bool {
+        self.honest_forgotten && Some(tid) <= self.forgotten_through && !self.remembers(tid)
+    }
+
+    /// Forgets a finished tid now, as eviction beyond `finished_cap` does
+    /// (the model checker forgets at any moment with it). A forgotten
+    /// commit raises the mark; a live tid is kept.
+    pub fn forget_finished(&mut self, tid: Tid) {
+        if let Some(outcome) = self.finished.remove(&tid) {
+            self.committed_order.retain(|t| *t != tid);
+            self.aborted_order.retain(|t| *t != tid);
+            if outcome == Outcome::Committed {
+                self.forgot_through(tid);
+            }
         }
     }
 
@@ -330,7 +413,12 @@ impl Coordinator {
         let Some(txn) = self.live.get_mut(&tid) else {
             return match self.finished.get(&tid) {
                 Some(o) => Ok(vec![Action::Reply(tid, o.clone())]),
-                None => Err(Refusal::UnknownTid),
+                None if self.is_forgotten(tid) => Err(Refusal::Forgotten),
+                // Rule 6, as GetDecision answers: an unknown tid newer than
+                // the mark never committed (presumed abort). Nothing is
+                // recorded: no Begin hands out this tid again and recovery
+                // only revives logged tids, so no one can commit it later.
+                None => Ok(vec![Action::Reply(tid, Outcome::Aborted(self.presumed(tid)))]),
             };
         };
         match txn.phase {
@@ -498,6 +586,8 @@ impl Coordinator {
             }
             None => match self.finished.get(&tid) {
                 Some(Outcome::Committed) => Err(Refusal::AlreadyCommitted),
+                // It may have committed: an abort would be a guess (rule 6).
+                None if self.is_forgotten(tid) => Err(Refusal::Forgotten),
                 // Aborted or unknown (presumed abort): aborting again is a no-op.
                 _ => Ok(vec![]),
             },
@@ -521,7 +611,7 @@ impl Coordinator {
         expired.into_iter().flat_map(|tid| self.abort(tid, deadline_passed())).collect()
     }
 
-    /// Rule 6: the decision for `tid`.
+    /// Rule 6: the decision for `tid`, as a client or an operator hears it.
     pub fn decision(&self, tid: Tid) -> DecisionAnswer {
         match self.live.get(&tid).map(|t| t.phase) {
             Some(Phase::Committing) => DecisionAnswer::Committed,
@@ -529,6 +619,7 @@ impl Coordinator {
             None => match self.finished.get(&tid) {
                 Some(Outcome::Committed) => DecisionAnswer::Committed,
                 Some(Outcome::Aborted(why)) => DecisionAnswer::Aborted(why.clone()),
+                None if self.is_forgotten(tid) => DecisionAnswer::Forgotten,
                 None => DecisionAnswer::Aborted(self.presumed(tid)),
             },
         }
@@ -537,6 +628,19 @@ impl Coordinator {
     /// The phase of a live tid (`None`: not live).
     pub fn phase(&self, tid: Tid) -> Option<Phase> {
         self.live.get(&tid).map(|t| t.phase)
+    }
+
+    /// Rule 6's exception: the decision for `tid` as a participant that
+    /// voted YES on it hears it: never [`DecisionAnswer::Forgotten`]. A
+    /// COMMIT record is forgotten only after every YES voter acknowledged
+    /// it, so a voter still asking was not part of a forgotten commit:
+    /// presumed abort is honest for it however old the tid (and it must
+    /// hear an answer, or it would stay in doubt forever).
+    pub fn decision_for_voter(&self, tid: Tid) -> DecisionAnswer {
+        match self.decision(tid) {
+            DecisionAnswer::Forgotten => DecisionAnswer::Aborted(self.presumed(tid)),
+            answer => answer,
+        }
     }
 
     /// Whether `tid` is live or remembered as finished: when not, an ABORTED
@@ -581,10 +685,16 @@ impl Coordinator {
         if self.finished.insert(tid, outcome).is_none() {
             let order = if committed { &mut self.committed_order } else { &mut self.aborted_order };
             order.push_back(tid);
+            let mut forgot = None;
             while order.len() > self.finished_cap {
                 if let Some(old) = order.pop_front() {
                     self.finished.remove(&old);
+                    // A forgotten commit moves the mark (rule 6).
+                    forgot = forgot.max(committed.then_some(old));
                 }
+            }
+            if let Some(old) = forgot {
+                self.forgot_through(old);
             }
         }
     }
@@ -604,7 +714,7 @@ impl Coordinator {
                  presumed aborted",
             )
         } else {
-            AbortReason::new(AbortKind::Unknown, "unknown tid: presumed aborted")
+            AbortReason::new(AbortKind::Unknown, PRESUMED)
         }
     }
 
@@ -612,6 +722,7 @@ impl Coordinator {
         match self.finished.get(&tid) {
             Some(Outcome::Aborted(why)) => Refusal::Aborted(why.clone()),
             Some(Outcome::Committed) => Refusal::NotActive("committed"),
+            None if self.is_forgotten(tid) => Refusal::Forgotten,
             None => Refusal::UnknownTid,
         }
     }

@@ -30,7 +30,8 @@
 //!   aborted only if no COMMIT record exists;
 //! - **asking never contradicts**: the current leader's answer to "what was
 //!   decided?" is never ABORTED for a tid that commits, nor COMMITTED for
-//!   one that does not;
+//!   one that does not, also once the tid is forgotten (then it answers
+//!   FORGOTTEN, and only for a tid that committed);
 //! - **leaders agree**: no leader reports COMMITTED (to the client, or to a
 //!   participant asking) for a tid that a leader, the same or another
 //!   incarnation, reported ABORTED, or the reverse.
@@ -43,6 +44,23 @@
 //! `Participant::one_phase_not_written`). Its test also re-injects the
 //! mistake this rests on, a failure whose write landed after all (a failed
 //! fsync) handled the same way, and shows the checker catching it.
+//!
+//! **Forgetting (rule 6).** Once the tid is finished, its outcome may be
+//! forgotten at any moment, independently in two places: the current
+//! leader's memory evicts it (`ForgetInMemory`, the core's bounded
+//! `finished`), and the log trims its finished record (`TrimLog`), writing
+//! the durable low-water mark in the same write; recovery starts from that
+//! mark. A client asking about a forgotten tid (GetDecision, or repeating
+//! its Commit: `ClientCommitsAgain`) hears FORGOTTEN, which the
+//! invariants accept only for a tid that committed; a participant asking
+//! about its YES vote hears ABORTED (rule 6's exception). That answer is
+//! not counted as a leader's report: its soundness is what agreement and
+//! "prepared means bound" check, since a record is trimmed only after
+//! every YES voter acknowledged, so no voter in doubt can take it. The
+//! bug the mark fixes (a forgotten tid answered ABORTED, presumed abort)
+//! is re-injected with `dishonest_forgotten`, and a mark kept only in
+//! memory (not read back from the log) with `volatile_mark`; the tests
+//! assert that each is found and print the trace.
 //!
 //! With a single writer and no reader the transaction takes the one-phase
 //! path: the coordinator forces a DELEGATED record, and the participant's
@@ -119,6 +137,19 @@ pub struct Config {
     /// applies every write, whoever's epoch it carries (no leadership
     /// guard). Always `false` otherwise.
     pub unguarded_writes: bool,
+    /// Whether a finished outcome may be forgotten (`ForgetInMemory`,
+    /// `TrimLog`, and `ClientCommitsAgain` to a leader that forgot). On in
+    /// every test but the two largest state spaces, where it would add half
+    /// again as many states for nothing the others do not cover.
+    pub forgetting: bool,
+    /// The bug the checker must catch, for its test only: a forgotten tid
+    /// is answered ABORTED (presumed abort), as before the low-water mark.
+    /// Always `false` otherwise.
+    pub dishonest_forgotten: bool,
+    /// Another bug for its test only: the log's mark is not durable (a
+    /// restarted coordinator does not read it back), so a trimmed commit
+    /// is presumed aborted after a restart. Always `false` otherwise.
+    pub volatile_mark: bool,
     /// Stop after this many states (0: no bound).
     pub max_states: usize,
 }
@@ -231,6 +262,11 @@ pub struct World {
     deposed: Vec<Deposed>,
     /// Durable records: partitions, finished, one-phase (DELEGATED).
     log: BTreeMap<Tid, (Vec<PartitionId>, bool, bool)>,
+    /// The finished record the log trimmed, if it did: the log's durable
+    /// low-water mark then covers the tid (rule 6). Kept for the
+    /// invariants, which judge what the log once held; the coordinators
+    /// see only the mark.
+    trimmed: Option<(Vec<PartitionId>, bool, bool)>,
     /// The current leader's forced write in progress.
     forcing: Option<Forcing>,
     parts: Vec<Participant>,
@@ -258,6 +294,9 @@ pub struct World {
     /// failure treated as "not written" although the write landed (what a
     /// failed fsync, of unknown outcome, would be).
     full_but_written: bool,
+    forgetting: bool,
+    dishonest: bool,
+    volatile_mark: bool,
     bad: Option<String>,
 }
 
@@ -268,7 +307,7 @@ fn key(p: PartitionId) -> Vec<u8> {
 impl World {
     fn initial(cfg: &Config) -> World {
         let n = cfg.writers + cfg.readers;
-        let mut coord = Coordinator::new(16, 16);
+        let mut coord = new_core(cfg.dishonest_forgotten);
         coord.begin(TID, 0, DEADLINE).expect("begin");
         let mut parts = vec![];
         for p in 0..n {
@@ -298,6 +337,7 @@ impl World {
             epoch: 0,
             deposed: vec![],
             log: BTreeMap::new(),
+            trimmed: None,
             forcing: None,
             parts,
             disks: vec![disk; n as usize],
@@ -316,6 +356,9 @@ impl World {
             unguarded: cfg.unguarded_writes,
             fulls: 0,
             full_but_written: false,
+            forgetting: cfg.forgetting,
+            dishonest: cfg.dishonest_forgotten,
+            volatile_mark: cfg.volatile_mark,
             bad: None,
         }
     }
@@ -455,7 +498,10 @@ impl World {
     /// A new incarnation's core, rebuilt from the durable log alone (rules
     /// 7 and 15), and the actions that re-drive what the log left open.
     fn recovered(&self) -> (Coordinator, Vec<Action>) {
-        let mut c = Coordinator::new(16, 16);
+        let mut c = new_core(self.dishonest);
+        if self.trimmed.is_some() && !self.volatile_mark {
+            c.forgot_through(TID);
+        }
         let mut actions = vec![];
         for (&tid, (parts, finished, one_phase)) in &self.log {
             if *finished {
@@ -492,6 +538,16 @@ impl World {
             if self.fulls > 0 {
                 ev.push(Event::LogFull);
             }
+        }
+        // A finished outcome may be forgotten at any moment (rule 6).
+        if self.forgetting && self.coord.remembers(TID) && self.coord.live().all(|(t, _)| *t != TID) {
+            ev.push(Event::ForgetInMemory);
+        }
+        // The log keeps at least as many finished commits as memory does
+        // (`keep_finished` each), so it trims only what the leader forgot
+        // (a restarted leader reads the record back first).
+        if self.forgetting && self.log.get(&TID).is_some_and(|r| r.1) && !self.coord.remembers(TID) {
+            ev.push(Event::TrimLog);
         }
         if let Some(txn) = self.coord.live().find(|(t, _)| **t == TID).map(|(_, t)| t) {
             for (&p, part) in &txn.parts {
@@ -541,9 +597,20 @@ impl World {
         if self.commit_asked
             && self.told.is_none()
             && self.epoch > 0
-            && self.coord.decision(TID) != coordinator::DecisionAnswer::Pending
+            && !matches!(
+                self.coord.decision(TID),
+                coordinator::DecisionAnswer::Pending | coordinator::DecisionAnswer::Forgotten
+            )
         {
             ev.push(Event::ClientAsks);
+        }
+        // A client repeats its Commit (`twopc commit --tid` after a lost
+        // reply) to a leader that does not know the tid: the answer is
+        // presumed or forgotten. (A known tid answers as it does to the
+        // first Commit or to `ClientAsks`: nothing new to explore.) With
+        // forgetting only, as it matters once outcomes can be forgotten.
+        if self.forgetting && self.commit_asked && !self.coord.remembers(TID) {
+            ev.push(Event::ClientCommitsAgain);
         }
         for d in &self.deposed {
             if d.forcing.is_some() {
@@ -677,8 +744,22 @@ impl World {
             Event::ClientAsks => match self.coord.decision(TID) {
                 coordinator::DecisionAnswer::Committed => self.tell_client(Outcome::Committed),
                 coordinator::DecisionAnswer::Aborted(why) => self.tell_client(Outcome::Aborted(why)),
-                coordinator::DecisionAnswer::Pending => {}
+                // Neither says anything the client could be misled by.
+                coordinator::DecisionAnswer::Pending | coordinator::DecisionAnswer::Forgotten => {}
             },
+            Event::ClientCommitsAgain => {
+                // A Reply of the remembered or presumed outcome; FORGOTTEN
+                // (refused) tells the client nothing either way.
+                if let Ok(a) = self.coord.commit_requested(TID, self.now, self.writers > 0) {
+                    self.run(a);
+                }
+            }
+            Event::ForgetInMemory => self.coord.forget_finished(TID),
+            Event::TrimLog => {
+                // The current leader's writer: the record's delete and the
+                // mark in one write, applied (its epoch is the log's).
+                self.trimmed = self.log.remove(&TID);
+            }
             Event::PrepareTimeout(p) => {
                 let a = self.coord.prepare_timed_out(TID, *p);
                 self.run(a);
@@ -783,12 +864,17 @@ impl World {
                 self.run(a);
             }
             Msg::Ask(p) => {
-                let answer = match self.coord.decision(TID) {
+                // A participant asks only about a tid it voted YES on.
+                let answer = match self.coord.decision_for_voter(TID) {
                     coordinator::DecisionAnswer::Committed => Answer::Committed,
                     coordinator::DecisionAnswer::Aborted(_) => Answer::Aborted,
                     coordinator::DecisionAnswer::Pending => Answer::Pending,
+                    coordinator::DecisionAnswer::Forgotten => unreachable!("a voter is never answered FORGOTTEN"),
                 };
-                if answer != Answer::Pending {
+                // Rule 6's exception (a forgotten tid answered ABORTED to a
+                // voter) is no report: see the module docs.
+                let exception = self.coord.decision(TID) == coordinator::DecisionAnswer::Forgotten;
+                if answer != Answer::Pending && !exception {
                     self.report(answer == Answer::Committed);
                 }
                 self.send(Msg::Answer(p, answer));
@@ -856,8 +942,10 @@ impl World {
         let knows = |c: &Coordinator| match c.live().find(|(t, _)| **t == TID) {
             Some((_, txn)) => txn.phase.name().to_string(),
             None if c.remembers(TID) => format!("finished, {:?}", c.decision(TID)),
+            None if c.forgotten_through() >= Some(TID) => "forgot the tid (the mark covers it)".to_string(),
             None => "does not know the tid".to_string(),
         };
+        let log = if self.trimmed.is_some() { format!("{log}, trimmed: the mark covers the tid") } else { log };
         let deposed: Vec<String> = self
             .deposed
             .iter()
@@ -897,8 +985,10 @@ impl World {
         if let Some(b) = &self.bad {
             return Some(b.clone());
         }
-        let record = self.log.get(&TID).is_some_and(|r| !r.2);
-        let delegated = self.log.get(&TID).is_some_and(|r| r.2);
+        // What the log holds or held: a trimmed record was there.
+        let held = self.log.get(&TID).or(self.trimmed.as_ref());
+        let record = held.is_some_and(|r| !r.2);
+        let delegated = held.is_some_and(|r| r.2);
         let committed = self.disks.iter().any(|d| d.committed);
         let aborted = self.disks.iter().any(|d| d.aborted_prepared);
         if committed && aborted {
@@ -917,6 +1007,14 @@ impl World {
             coordinator::DecisionAnswer::Committed if !record && !committed => {
                 return Some(format!(
                     "asking: the leader (epoch {}) answers COMMITTED for a tid that did not commit",
+                    self.epoch
+                ));
+            }
+            // Only a forgotten commit moves the mark: a forgotten abort is
+            // still answered ABORTED, which stays true.
+            coordinator::DecisionAnswer::Forgotten if !committed => {
+                return Some(format!(
+                    "asking: the leader (epoch {}) answers FORGOTTEN for a tid that did not commit",
                     self.epoch
                 ));
             }
@@ -946,6 +1044,13 @@ impl World {
             _ => None,
         }
     }
+}
+
+/// A coordinator core as the model runs it: small bounds (one tid), and
+/// the bug of `Config::dishonest_forgotten` when asked for.
+fn new_core(dishonest_forgotten: bool) -> Coordinator {
+    let c = Coordinator::new(16, 16);
+    if dishonest_forgotten { c.with_dishonest_forgotten_answers() } else { c }
 }
 
 fn core_vote(v: VoteMsg) -> Vote {
@@ -1003,6 +1108,12 @@ enum Event {
     },
     /// The client asks the current leader for the decision.
     ClientAsks,
+    /// The client repeats its Commit to the current leader.
+    ClientCommitsAgain,
+    /// The current leader's memory forgets the finished tid.
+    ForgetInMemory,
+    /// The log trims the tid's finished record and raises its mark.
+    TrimLog,
 }
 
 /// A fast non-cryptographic hasher (the Fx multiply-rotate) for the set of
@@ -1143,7 +1254,10 @@ mod tests {
             losses: 0,
             duplicates: 0,
             failovers: 0,
+            forgetting: true,
             unguarded_writes: false,
+            dishonest_forgotten: false,
+            volatile_mark: false,
             max_states: 0,
         });
     }
@@ -1158,7 +1272,11 @@ mod tests {
             losses: 1,
             duplicates: 1,
             failovers: 0,
+            // The largest space: forgetting is covered by every other test.
+            forgetting: false,
             unguarded_writes: false,
+            dishonest_forgotten: false,
+            volatile_mark: false,
             max_states: 0,
         });
     }
@@ -1173,7 +1291,10 @@ mod tests {
             losses: 1,
             duplicates: 1,
             failovers: 0,
+            forgetting: true,
             unguarded_writes: false,
+            dishonest_forgotten: false,
+            volatile_mark: false,
             max_states: 0,
         });
     }
@@ -1188,7 +1309,10 @@ mod tests {
             losses: 1,
             duplicates: 0,
             failovers: 0,
+            forgetting: true,
             unguarded_writes: false,
+            dishonest_forgotten: false,
+            volatile_mark: false,
             max_states: 0,
         });
     }
@@ -1203,7 +1327,13 @@ mod tests {
             losses: 0,
             duplicates: 0,
             failovers: 1,
+            // A large space: forgetting across failovers is covered by the
+            // one-phase test with two failovers, and a takeover rebuilds
+            // the core as a restart does (covered with crashes below).
+            forgetting: false,
             unguarded_writes: false,
+            dishonest_forgotten: false,
+            volatile_mark: false,
             max_states: 0,
         });
     }
@@ -1218,7 +1348,10 @@ mod tests {
             losses: 1,
             duplicates: 1,
             failovers: 2,
+            forgetting: true,
             unguarded_writes: false,
+            dishonest_forgotten: false,
+            volatile_mark: false,
             max_states: 0,
         });
     }
@@ -1233,7 +1366,11 @@ mod tests {
             losses: 0,
             duplicates: 0,
             failovers: 0,
+            // Forgetting is covered by its own tests; here the disk.
+            forgetting: false,
             unguarded_writes: false,
+            dishonest_forgotten: false,
+            volatile_mark: false,
             max_states: 0,
         };
         for (cfg, fulls) in
@@ -1261,7 +1398,11 @@ mod tests {
             losses: 0,
             duplicates: 0,
             failovers: 0,
+            // Forgetting is covered by its own tests; here the disk.
+            forgetting: false,
             unguarded_writes: false,
+            dishonest_forgotten: false,
+            volatile_mark: false,
             max_states: 0,
         };
         let r = check_disk_full(&cfg, 1, true);
@@ -1302,7 +1443,10 @@ mod tests {
             losses: 0,
             duplicates: 0,
             failovers: 1,
+            forgetting: true,
             unguarded_writes: true,
+            dishonest_forgotten: false,
+            volatile_mark: false,
             max_states: 0,
         });
         assert!(why.contains("ABORTED"), "{why}");
@@ -1318,9 +1462,98 @@ mod tests {
             losses: 0,
             duplicates: 0,
             failovers: 1,
+            forgetting: true,
             unguarded_writes: true,
+            dishonest_forgotten: false,
+            volatile_mark: false,
             max_states: 0,
         });
         assert!(why.contains("ABORTED"), "{why}");
+    }
+
+    /// The checker must catch today's bug re-injected: a coordinator that
+    /// answers a forgotten tid ABORTED (presumed abort) although it
+    /// committed. The trace is printed (`cargo test -p twopc-core
+    /// dishonest -- --nocapture`).
+    fn dishonest_violation(cfg: Config) -> (String, Vec<String>) {
+        let r = check(&cfg);
+        let Some((why, trace)) = r.violation.clone() else {
+            panic!("a forgotten commit answered ABORTED went unnoticed: {r:?}");
+        };
+        eprintln!(
+            "model check {cfg:?}: {} states, {:.2?}\nviolation found: {why}\ntrace:\n  {}",
+            r.states,
+            r.elapsed,
+            trace.join("\n  ")
+        );
+        assert!(trace.iter().any(|s| s == "ForgetInMemory" || s == "TrimLog"), "{trace:?}");
+        assert!(why.contains("ABORTED"), "{why}");
+        (why, trace)
+    }
+
+    #[test]
+    fn dishonest_answers_for_a_forgotten_commit_are_caught() {
+        dishonest_violation(Config {
+            writers: 1,
+            readers: 1,
+            coordinator_crashes: 0,
+            participant_crashes: 0,
+            losses: 0,
+            duplicates: 0,
+            failovers: 0,
+            forgetting: true,
+            unguarded_writes: false,
+            dishonest_forgotten: true,
+            volatile_mark: false,
+            max_states: 0,
+        });
+    }
+
+    /// The same in one phase (the DELEGATED record's commit).
+    #[test]
+    fn dishonest_answers_for_a_forgotten_one_phase_commit_are_caught() {
+        dishonest_violation(Config {
+            writers: 1,
+            readers: 0,
+            coordinator_crashes: 0,
+            participant_crashes: 0,
+            losses: 0,
+            duplicates: 0,
+            failovers: 0,
+            forgetting: true,
+            unguarded_writes: false,
+            dishonest_forgotten: true,
+            volatile_mark: false,
+            max_states: 0,
+        });
+    }
+
+    /// Why the mark must be durable, written with the trim: after a trim
+    /// and a restart only the log's mark can tell the new incarnation that
+    /// the tid was forgotten, not never decided.
+    #[test]
+    fn a_mark_not_read_back_after_a_restart_is_caught() {
+        let cfg = Config {
+            writers: 1,
+            readers: 1,
+            coordinator_crashes: 1,
+            participant_crashes: 0,
+            losses: 0,
+            duplicates: 0,
+            failovers: 0,
+            forgetting: true,
+            unguarded_writes: false,
+            dishonest_forgotten: false,
+            volatile_mark: true,
+            max_states: 0,
+        };
+        let r = check(&cfg);
+        let Some((why, trace)) = r.violation.clone() else {
+            panic!("a mark lost in a restart went unnoticed: {r:?}");
+        };
+        eprintln!("model check {cfg:?}: {} states\nviolation found: {why}\ntrace:\n  {}", r.states, trace.join("\n  "));
+        assert!(why.contains("ABORTED"), "{why}");
+        let at = |name: &str| trace.iter().position(|s| s.starts_with(name));
+        assert!(at("TrimLog") < at("CrashCoordinator") && at("TrimLog").is_some(), "{trace:?}");
     }
 }

@@ -470,13 +470,19 @@ impl Node {
     }
 
     /// GetDecision for `tid`, of whoever leads, bounded as one question.
+    /// Asked only about tids prepared here (in doubt, or resolved by an
+    /// operator), so it names this partition as a YES voter: the answer is
+    /// then never FORGOTTEN (rule 6).
     pub(crate) async fn get_decision(&self, tid: Tid) -> Result<pb::GetDecisionResponse, FollowError> {
         let policy = Policy::within(QUESTION_BUDGET).attempts_within(COORDINATOR_ATTEMPT);
         let asked = now_unix_ms();
+        let partition = self.partition;
         let resp = self
             .coordinator
             .call("GetDecision", policy, Retry::Idempotent, |mut c| async move {
-                c.get_decision(pb::GetDecisionRequest { tid: tid.to_string() }).await.map(tonic::Response::into_inner)
+                // Rule 6: it asks only about tids prepared here (it voted YES).
+                let req = pb::GetDecisionRequest { tid: tid.to_string(), asking_partition: Some(partition) };
+                c.get_decision(req).await.map(tonic::Response::into_inner)
             })
             .await?;
         self.clock.observe(resp.sent_unix_ms, asked, now_unix_ms());

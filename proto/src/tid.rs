@@ -10,6 +10,16 @@ pub fn new_tid() -> Tid {
     Uuid::now_v7()
 }
 
+/// The newest tid any coordinator could have allocated before the
+/// millisecond `ms` (Unix epoch) began: the UUIDv7 of millisecond `ms - 1`
+/// with every other bit set. Every tid allocated at `ms` or later is newer.
+/// A decision log that starts remembering at `ms` uses it as its first
+/// low-water mark of forgotten decisions (PROTOCOL.md rule 6).
+pub fn newest_before(ms: u64) -> Tid {
+    let ts = ms.saturating_sub(1) & ((1 << 48) - 1);
+    Uuid::from_u128(((ts as u128) << 80) | ((1u128 << 80) - 1))
+}
+
 /// Parses a tid from the wire, with an error message a person can act on.
 pub fn parse(s: &str) -> Result<Tid, tonic::Status> {
     if s.is_empty() {
@@ -18,4 +28,20 @@ pub fn parse(s: &str) -> Result<Tid, tonic::Status> {
     Uuid::parse_str(s).map_err(|e| {
         tonic::Status::invalid_argument(format!("tid {s:?} is not a UUID ({e}): pass the tid that Begin returned"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_before_orders_below_every_later_tid_and_above_earlier_ones() {
+        let now = crate::now_unix_ms();
+        let mark = newest_before(now);
+        assert!(new_tid() > mark, "a tid allocated now is newer than the mark");
+        let earlier = Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, (now - 1) / 1000, 0));
+        assert!(earlier < mark);
+        // The canonical text form orders as the value does (the SQLite log compares text).
+        assert!(mark.to_string() < new_tid().to_string());
+    }
 }

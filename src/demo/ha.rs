@@ -270,7 +270,7 @@ async fn transfer(client: &Client, from: u32, to: u32, amount: i64) -> Attempt {
         Ok(()) => match txn.commit().await {
             Ok(Outcome::Committed) => Attempt::Committed,
             Ok(Outcome::Aborted { .. }) => Attempt::Aborted,
-            Err(_) => Attempt::Unknown(txn.tid()),
+            Ok(Outcome::Forgotten { .. }) | Err(_) => Attempt::Unknown(txn.tid()),
         },
         Err(e) => {
             // Best effort: releases the locks sooner than the deadline would.
@@ -294,7 +294,7 @@ async fn resolve(client: &Client, tids: &[uuid::Uuid]) -> (usize, usize, usize) 
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
-                Ok(Decision::Pending) | Err(_) => undecided += 1,
+                Ok(Decision::Pending | Decision::Forgotten { .. }) | Err(_) => undecided += 1,
             }
             break;
         }

@@ -3,8 +3,9 @@
 //! The CLI is stateless: every invocation connects afresh and names its
 //! transaction by tid, so a transaction can be driven step by step from a
 //! shell (`begin`, `put --tid`, `commit --tid`) or in one go with `run`.
-//! Exit codes are part of the interface for scripts: 0 success or
-//! COMMITTED, 1 ABORTED outcome, 2 any error. Errors go to stderr as
+//! Exit codes are part of the interface for scripts (see [`EXIT_CODES`]):
+//! 0 success or COMMITTED, 1 ABORTED outcome, 2 any error, 3 the tid's
+//! outcome is forgotten (PROTOCOL.md rule 6). Errors go to stderr as
 //! `error: <sentence>`.
 
 mod statement;
@@ -28,6 +29,18 @@ use crate::{
     TlsArgs,
 };
 use statement::Statement;
+
+/// The client commands' exit codes, for `--help`.
+pub const EXIT_CODES: &str = "Exit codes of the client commands:
+  0  success; COMMITTED; `status` answered COMMITTED, ABORTED or PENDING
+  1  the transaction ABORTED (`commit`, `run`)
+  2  an error (usage, unreachable, refused)
+  3  FORGOTTEN: the tid is older than the oldest decision the coordinator's log keeps
+     (--keep-finished), so its outcome is unknown; check the data (`status`, `commit --tid`,
+     and `abort --tid`, which is then refused)";
+
+/// Exit code of a forgotten outcome (see [`EXIT_CODES`]).
+pub const EXIT_FORGOTTEN: i32 = 3;
 
 /// Where to find the cluster and how to reach it; every client command takes it.
 #[derive(Debug, Clone, clap::Args)]
@@ -111,21 +124,24 @@ pub enum ClientCommand {
         conn: ConnArgs,
         key: String,
     },
-    /// Commit a transaction: prints COMMITTED (exit 0) or ABORTED (exit 1).
+    /// Commit a transaction: prints COMMITTED (exit 0), ABORTED (exit 1), or
+    /// FORGOTTEN (exit 3) for a tid older than the oldest decision the log keeps.
     Commit {
         #[command(flatten)]
         conn: ConnArgs,
         #[arg(long)]
         tid: Uuid,
     },
-    /// Abort a transaction.
+    /// Abort a transaction: prints ABORTED; refused if it committed (exit 2), or
+    /// if its outcome is forgotten (exit 3: it may have committed).
     Abort {
         #[command(flatten)]
         conn: ConnArgs,
         #[arg(long)]
         tid: Uuid,
     },
-    /// The coordinator's decision for a tid: COMMITTED, ABORTED or PENDING.
+    /// The coordinator's decision for a tid: COMMITTED, ABORTED or PENDING (exit 0), or
+    /// FORGOTTEN (exit 3): older than the oldest decision the log keeps, check the data.
     Status {
         #[command(flatten)]
         conn: ConnArgs,
@@ -211,7 +227,13 @@ pub async fn run(cmd: ClientCommand) -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
-            if is_run && e.is_retryable_abort() { 1 } else { 2 }
+            if is_run && e.is_retryable_abort() {
+                1
+            } else if e.is_forgotten() {
+                EXIT_FORGOTTEN
+            } else {
+                2
+            }
         }
     }
 }
@@ -254,6 +276,10 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
             Decision::Committed => out!("COMMITTED"),
             Decision::Aborted { reason, kind } => out!("{}", aborted_line(&reason, kind)),
             Decision::Pending => out!("PENDING"),
+            Decision::Forgotten { reason } => {
+                out!("{}", forgotten_line(&reason));
+                return Ok(EXIT_FORGOTTEN);
+            }
         },
         C::Run { conn, timeout_ms, statements } => {
             return run_statements(&conn, timeout_ms, statements).await;
@@ -383,7 +409,15 @@ fn print_outcome(outcome: &Outcome) -> i32 {
             out!("{}", aborted_line(reason, *kind));
             1
         }
+        Outcome::Forgotten { reason } => {
+            out!("{}", forgotten_line(reason));
+            EXIT_FORGOTTEN
+        }
     }
+}
+
+fn forgotten_line(reason: &str) -> String {
+    if reason.is_empty() { "FORGOTTEN".into() } else { format!("FORGOTTEN: {reason}") }
 }
 
 /// `ABORTED (KIND): REASON`: the kind is the fixed word a script can match

@@ -12,6 +12,15 @@
 //! - `P/log/TID`: one record per tid: `C p,q,..` (COMMIT naming the YES
 //!   partitions), `D p` (DELEGATED to partition p), `F` (finished). Tids are
 //!   UUIDv7, so key order is age order.
+//! - `P/forgotten_through`: the low-water mark of forgotten decisions
+//!   (PROTOCOL.md rule 6): the newest tid whose finished record was
+//!   trimmed. It is put, guarded like every write, in the first
+//!   transaction of the trim, before any of its deletes (so it is in etcd
+//!   whenever they are, also when a trim spans several transactions), and
+//!   only raised. The first leader of a log (or the first of a version that
+//!   keeps the mark) starts it at the tid just before that moment: the log
+//!   remembers nothing older, for whatever reason (trimmed by an older
+//!   version, or a log created afresh).
 //!
 //! **Fencing.** Every write is one etcd transaction whose only comparison
 //! is "`P/leader` still has the create revision of my election". etcd
@@ -192,10 +201,16 @@ impl DecisionLog {
             .get(&id_key)
             .map(|v| String::from_utf8_lossy(v).to_string())
             .ok_or_else(|| LogError::Invalid(format!("{}meta/cluster_id is missing in etcd", log.prefix)))?;
+        let forgotten_through = read_or_start_mark(&log).await?;
 
         // The epoch is the leadership key's create revision: each new
         // leader's is larger than every earlier one's.
-        let mut rec = Recovered { cluster_id, term: log.epoch as u64, ..Default::default() };
+        let mut rec = Recovered {
+            cluster_id,
+            term: log.epoch as u64,
+            forgotten_through: Some(forgotten_through),
+            ..Default::default()
+        };
         for kv in log.scan("members/").await? {
             let key = String::from_utf8_lossy(&kv.key).to_string();
             let p = key.rsplit('/').next().and_then(|p| p.parse().ok());
@@ -215,12 +230,46 @@ impl DecisionLog {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
         let finished: VecDeque<Tid> = rec.finished.iter().copied().collect();
-        tokio::spawn(writer(log.clone(), rx, finished, keep_finished, stats.clone()));
+        let marks = MarkState { finished, keep_finished, forgotten_through };
+        tokio::spawn(writer(log.clone(), rx, marks, stats.clone()));
         if !log.compact_every.is_zero() {
             tokio::spawn(compactor(log));
         }
         Ok((Self { tx: Queue::Task(tx), stats }, rec))
     }
+}
+
+/// The log's low-water mark (see module docs), put at the tid just before
+/// now if the log has none yet. Guarded: only this leader may start it.
+async fn read_or_start_mark(log: &EtcdLog) -> Result<Tid, LogError> {
+    let key = log.key(MARK);
+    for _ in 0..2 {
+        let r = log.etcd.range(&key, &[], 1).await.map_err(etcd_error)?;
+        if let Some(kv) = r.kvs.first() {
+            let v = String::from_utf8_lossy(&kv.value);
+            return Tid::parse_str(&v)
+                .map_err(|e| LogError::Invalid(format!("corrupt {}{MARK} {v:?}: {e}", log.prefix)));
+        }
+        let start = twopc_proto::tid::newest_before(twopc_proto::now_unix_ms()).to_string();
+        let req = pb::TxnRequest {
+            compare: vec![log.guard(), op::created_at(key.clone(), 0)],
+            success: vec![op::put(key.clone(), start, 0)],
+            failure: vec![],
+        };
+        log.etcd.txn(req).await.map_err(etcd_error)?;
+    }
+    Err(LogError::Invalid(format!("could not start {}{MARK} in etcd (no longer the leader?)", log.prefix)))
+}
+
+/// The mark's key under the prefix.
+const MARK: &str = "forgotten_through";
+
+/// What the mark writer keeps: the finished records, oldest mark first,
+/// and the low-water mark written so far.
+struct MarkState {
+    finished: VecDeque<Tid>,
+    keep_finished: usize,
+    forgotten_through: Tid,
 }
 
 enum Record {
@@ -256,15 +305,9 @@ fn decode(v: &[u8]) -> Result<Record, LogError> {
 /// costs no fsync), and a COMMIT record must not queue behind the previous
 /// transaction's "finished" mark. That is safe because a mark is only ever
 /// sent after its record was acknowledged, so the two never race on a key.
-async fn writer(
-    log: EtcdLog,
-    mut rx: mpsc::UnboundedReceiver<Request>,
-    finished: VecDeque<Tid>,
-    keep_finished: usize,
-    stats: Arc<Stats>,
-) {
+async fn writer(log: EtcdLog, mut rx: mpsc::UnboundedReceiver<Request>, state: MarkState, stats: Arc<Stats>) {
     let (marks, marks_rx) = mpsc::unbounded_channel();
-    tokio::spawn(mark_writer(log.clone(), marks_rx, finished, keep_finished));
+    tokio::spawn(mark_writer(log.clone(), marks_rx, state));
     while let Some(batch) = next_batch(&mut rx).await {
         let (forced, unforced): (Vec<Request>, Vec<Request>) = batch.into_iter().partition(Request::forced);
         for mark in unforced {
@@ -310,13 +353,10 @@ const MARK_GATHER: Duration = Duration::from_millis(50);
 
 /// The unforced marks: "finished" and "forget", gathered for
 /// [`MARK_GATHER`] and batched the same way, and the trim of finished
-/// records beyond `keep_finished`.
-async fn mark_writer(
-    log: EtcdLog,
-    mut rx: mpsc::UnboundedReceiver<Request>,
-    mut finished: VecDeque<Tid>,
-    keep_finished: usize,
-) {
+/// records beyond `keep_finished`, with the low-water mark raised in the
+/// trim's first transaction.
+async fn mark_writer(log: EtcdLog, mut rx: mpsc::UnboundedReceiver<Request>, state: MarkState) {
+    let MarkState { mut finished, keep_finished, mut forgotten_through } = state;
     loop {
         let Some(first) = rx.recv().await else { return };
         tokio::time::sleep(MARK_GATHER).await;
@@ -340,14 +380,20 @@ async fn mark_writer(
                 Request::Commit { .. } | Request::Register { .. } => {}
             }
         }
+        let mut first = None;
         if finished.len() >= keep_finished + TRIM_EVERY {
             let n = finished.len() - keep_finished;
             for tid in finished.drain(..n) {
                 writes.insert(log.key(&format!("log/{tid}")), None);
+                forgotten_through = forgotten_through.max(tid);
             }
+            // Rule 6: the mark goes first, so no delete lands without it.
+            first = Some((log.key(MARK), Some(forgotten_through.to_string())));
         }
-        // A lost mark only makes a later leader re-drive the tid (rule 11).
-        let _ = write_all(&log, writes).await;
+        // A lost "finished" mark only makes a later leader re-drive the
+        // tid (rule 11); a lost trim leaves its records and the old
+        // low-water mark, which still covers nothing the log keeps.
+        let _ = write_all(&log, first.into_iter().chain(writes)).await;
     }
 }
 
@@ -364,7 +410,7 @@ async fn next_batch(rx: &mut mpsc::UnboundedReceiver<Request>) -> Option<Vec<Req
 }
 
 /// Writes `writes` as guarded transactions within etcd's limits, in order.
-async fn write_all(log: &EtcdLog, writes: BTreeMap<Vec<u8>, Option<String>>) -> Result<(), LogError> {
+async fn write_all(log: &EtcdLog, writes: impl IntoIterator<Item = (Vec<u8>, Option<String>)>) -> Result<(), LogError> {
     for ops in chunks(writes) {
         if let Err(e) = log.write(ops).await {
             tracing::error!(error = %e, "decision log write failed");
@@ -374,8 +420,9 @@ async fn write_all(log: &EtcdLog, writes: BTreeMap<Vec<u8>, Option<String>>) -> 
     Ok(())
 }
 
-/// Splits writes into transactions within etcd's default limits.
-fn chunks(writes: BTreeMap<Vec<u8>, Option<String>>) -> Vec<Vec<pb::RequestOp>> {
+/// Splits writes into transactions within etcd's default limits, in order
+/// (the first write lands in the first transaction).
+fn chunks(writes: impl IntoIterator<Item = (Vec<u8>, Option<String>)>) -> Vec<Vec<pb::RequestOp>> {
     let mut out = vec![];
     let (mut cur, mut bytes) = (vec![], 0);
     for (key, value) in writes {
@@ -449,6 +496,19 @@ mod tests {
         }
         let c = chunks(big);
         assert!(c.len() >= 2, "5 x 400 KiB must not go in one 1 MiB transaction");
+    }
+
+    #[test]
+    fn the_mark_lands_in_the_first_transaction_before_any_delete() {
+        let deletes: BTreeMap<Vec<u8>, Option<String>> =
+            (0..300).map(|i| (format!("/twopc/x/log/{i:05}").into_bytes(), None)).collect();
+        let mark = (b"/twopc/x/forgotten_through".to_vec(), Some("01900000-0000-7000-8000-000000000001".to_string()));
+        let c = chunks(std::iter::once(mark).chain(deletes));
+        assert!(c.len() >= 3 && c.iter().all(|t| t.len() <= MAX_OPS));
+        match &c[0][0].request {
+            Some(pb::request_op::Request::RequestPut(p)) => assert_eq!(p.key, b"/twopc/x/forgotten_through"),
+            other => panic!("the first write must be the mark: {other:?}"),
+        }
     }
 
     #[test]

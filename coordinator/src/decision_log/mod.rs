@@ -27,6 +27,12 @@
 //! - **Bounded**: finished records are kept for the newest
 //!   `keep_finished` (to answer a client asking about its commit after a
 //!   restart), then deleted.
+//! - **Low-water mark** (rule 6): the newest tid whose finished record was
+//!   deleted, written in the same write as the deletes (never after them)
+//!   and only raised. A log starts it at its creation (or at the first
+//!   open by a version that keeps it): nothing older is remembered. The
+//!   coordinator answers an unknown tid no newer than the mark "forgotten"
+//!   to clients, never a presumed ABORTED: it may have committed.
 //!
 //! Another store could be added as a third writer of the same queue.
 
@@ -69,6 +75,10 @@ pub struct Recovered {
     pub members: Vec<(PartitionId, String)>,
     /// The log's cluster id (see module docs).
     pub cluster_id: String,
+    /// The low-water mark of forgotten decisions (see module docs): every
+    /// unknown tid no newer than it may have committed. `None` only from a
+    /// backend that keeps none.
+    pub forgotten_through: Option<Tid>,
     /// This coordinator's term: larger than that of every coordinator that
     /// used this log before (the SQLite log counts its opens, durably; the
     /// replicated log uses the leader's epoch). Participants abort the

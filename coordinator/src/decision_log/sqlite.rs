@@ -27,6 +27,15 @@
 //!   and decision; a participant whose prepared tids voted under another id
 //!   knows this log is not the one they voted under (it was lost and the
 //!   coordinator started afresh) and does not take its presumed aborts.
+//! - `meta` `forgotten_through`: the **low-water mark** of forgotten
+//!   decisions (PROTOCOL.md rule 6): the newest tid whose finished row was
+//!   trimmed. It is raised in the same SQLite transaction as the trim's
+//!   deletes, so it is on disk whenever they are, and it only grows (the
+//!   canonical text of a tid orders as the tid does, so SQLite compares
+//!   the text). A log created, or first opened by a version that keeps
+//!   the mark, starts it at the tid just before that moment: it remembers
+//!   nothing older. A client asking about an unknown tid no newer than the
+//!   mark hears that its outcome is forgotten, never a presumed ABORTED.
 //!
 //! Writes go through one writer thread that drains every queued request
 //! into a single SQLite transaction: concurrent forced records share one
@@ -85,6 +94,7 @@ impl DecisionLog {
         check_partitions(&conn, partitions)?;
         let mut recovered = read_back(&conn)?;
         recovered.cluster_id = cluster_id(&conn)?;
+        recovered.forgotten_through = Some(forgotten_through(&conn)?);
         recovered.term = next_term(&conn)?;
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Stats::default());
@@ -155,6 +165,17 @@ fn cluster_id(conn: &Connection) -> Result<String, LogError> {
     let id = uuid::Uuid::now_v7().to_string();
     conn.execute("INSERT INTO meta (key, value) VALUES ('cluster_id', ?1)", params![id])?;
     Ok(id)
+}
+
+/// The log's low-water mark of forgotten decisions, started (durably) at
+/// the tid just before now if the log has none yet: it remembers nothing
+/// from before it was created, or first opened by a version that keeps
+/// the mark (an older version trimmed without one).
+fn forgotten_through(conn: &Connection) -> Result<Tid, LogError> {
+    let start = twopc_proto::tid::newest_before(twopc_proto::now_unix_ms()).to_string();
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('forgotten_through', ?1)", params![start])?;
+    let stored: String = conn.query_row("SELECT value FROM meta WHERE key = 'forgotten_through'", [], |r| r.get(0))?;
+    Tid::parse_str(&stored).map_err(|e| LogError::Invalid(format!("corrupt forgotten_through {stored:?}: {e}")))
 }
 
 /// Counts this open of the log, durably (the connection runs with
@@ -323,8 +344,21 @@ fn write_batch(
     }
     let total = finished.len() + newly_finished.len();
     let trimmed = if total >= keep_finished + TRIM_EVERY { total - keep_finished } else { 0 };
+    let mut newest_trimmed: Option<String> = None;
     for seq in finished.iter().chain(&newly_finished).take(trimmed) {
-        txn.prepare_cached("DELETE FROM decisions WHERE seq = ?1")?.execute(params![seq])?;
+        let tid: Option<String> = txn
+            .prepare_cached("DELETE FROM decisions WHERE seq = ?1 RETURNING tid")?
+            .query_row(params![seq], |r| r.get(0))
+            .optional()?;
+        newest_trimmed = newest_trimmed.max(tid);
+    }
+    if let Some(tid) = newest_trimmed {
+        // Rule 6: the mark covers every trimmed tid, in the same commit.
+        txn.prepare_cached(
+            "INSERT INTO meta (key, value) VALUES ('forgotten_through', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value WHERE excluded.value > meta.value",
+        )?
+        .execute(params![tid])?;
     }
     txn.commit()?;
     Ok((newly_finished, trimmed))
@@ -375,6 +409,8 @@ mod tests {
     #[tokio::test]
     async fn finished_rows_are_trimmed_to_the_newest_and_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
+        // Created first: the log remembers nothing from before (rule 6).
+        drop(DecisionLog::open(dir.path(), 1, 10).unwrap());
         let tids: Vec<Tid> = (0..600).map(|_| Tid::now_v7()).collect();
         {
             let (log, _) = DecisionLog::open(dir.path(), 1, 10).unwrap();
@@ -398,6 +434,33 @@ mod tests {
         assert!(rec.finished.len() >= 10 && rec.finished.len() < 10 + TRIM_EVERY, "{}", rec.finished.len());
         assert!(!rec.finished.contains(&tids[299]), "rows from before the restart were trimmed as well");
         assert!(rec.unfinished.is_empty());
+        // The mark covers every trimmed tid and no kept one.
+        let mark = rec.forgotten_through.unwrap();
+        assert!(tids[299] <= mark, "{mark}");
+        assert!(rec.finished.iter().all(|t| *t > mark), "{mark} {:?}", rec.finished.first());
+    }
+
+    #[tokio::test]
+    async fn the_mark_starts_at_the_logs_creation_and_only_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = Tid::now_v7();
+        let first = DecisionLog::open(dir.path(), 1, 10).unwrap().1.forgotten_through.unwrap();
+        assert!(before <= first && first < Tid::now_v7(), "{before} {first}");
+        // Reopening keeps it: later tids stay newer than the mark.
+        let (log, rec) = DecisionLog::open(dir.path(), 1, 10).unwrap();
+        assert_eq!(rec.forgotten_through, Some(first));
+        // A trim raises it to the newest trimmed tid, whatever order the
+        // rows finished in (the first is older than the mark).
+        let mut tids: Vec<Tid> = (0..300).map(|_| Tid::now_v7()).collect();
+        tids[0] = Tid::from_u128(1);
+        for &t in &tids {
+            log.force_commit(t, vec![0]).await.unwrap();
+            log.finished(t);
+        }
+        log.register(0, "127.0.0.1:9".into()).await.unwrap();
+        drop(log);
+        let mark = DecisionLog::open(dir.path(), 1, 10).unwrap().1.forgotten_through.unwrap();
+        assert!(mark > first && mark < tids[299], "{first} {mark}");
     }
 
     #[tokio::test]

@@ -218,9 +218,66 @@ fn open_transactions_are_bounded_and_finished_outcomes_too() {
     }
     c.begin(tid(3), 0, 10).unwrap();
     c.commit_requested(tid(3), 1, true).unwrap();
-    // Only the last two outcomes are remembered.
-    assert!(matches!(c.decision(tid(1)), DecisionAnswer::Aborted(_)));
+    // Only the last two outcomes are remembered; the forgotten commit is
+    // not presumed aborted (rule 6).
+    assert_eq!(c.decision(tid(1)), DecisionAnswer::Forgotten);
     assert_eq!(c.decision(tid(3)), DecisionAnswer::Committed);
+}
+
+#[test]
+fn a_forgotten_commit_is_never_answered_aborted_to_a_client() {
+    let mut c = Coordinator::new(10, 1);
+    for n in 1..=3 {
+        c.begin(tid(n), 0, 10).unwrap();
+        c.commit_requested(tid(n), 1, true).unwrap();
+    }
+    assert_eq!(c.forgotten_through(), Some(tid(2)));
+    for old in [tid(1), tid(2)] {
+        assert_eq!(c.decision(old), DecisionAnswer::Forgotten);
+        assert_eq!(c.commit_requested(old, 2, true), Err(Refusal::Forgotten));
+        assert_eq!(c.abort_requested(old, "operator"), Err(Refusal::Forgotten));
+        assert_eq!(c.enlist(old, 0, 1, 2).0, Err(Refusal::Forgotten));
+        // A participant asking about its YES vote still hears presumed abort.
+        assert_eq!(c.decision_for_voter(old), DecisionAnswer::Aborted(presumed()));
+    }
+    assert_eq!(c.decision(tid(3)), DecisionAnswer::Committed);
+    // Unknown and newer than the mark: presumed abort, the same answer
+    // whether asked with GetDecision or Commit.
+    assert_eq!(c.decision(tid(9)), DecisionAnswer::Aborted(presumed()));
+    assert_eq!(c.commit_requested(tid(9), 2, true), Ok(vec![Action::Reply(tid(9), Outcome::Aborted(presumed()))]));
+    assert_eq!(c.abort_requested(tid(9), "operator"), Ok(vec![]));
+}
+
+#[test]
+fn forgotten_aborts_move_no_mark_and_the_mark_only_grows() {
+    let mut c = Coordinator::new(10, 1);
+    for n in 1..=3 {
+        c.begin(tid(n), 0, 10).unwrap();
+        c.abort_requested(tid(n), "client").unwrap();
+    }
+    assert_eq!(c.forgotten_through(), None);
+    assert!(matches!(c.decision(tid(1)), DecisionAnswer::Aborted(_)));
+    c.forgot_through(tid(5));
+    c.forgot_through(tid(4));
+    assert_eq!(c.forgotten_through(), Some(tid(5)));
+    assert_eq!(c.decision(tid(1)), DecisionAnswer::Forgotten, "the log's mark covers it");
+    // A remembered outcome is answered whatever the mark.
+    assert!(matches!(c.decision(tid(3)), DecisionAnswer::Aborted(_)));
+    c.begin(tid(4), 0, 10).unwrap();
+    assert_eq!(c.decision(tid(4)), DecisionAnswer::Pending, "a live tid is known");
+}
+
+#[test]
+fn forget_finished_forgets_one_tid_at_once() {
+    let mut c = Coordinator::new(10, 10);
+    c.begin(tid(1), 0, 10).unwrap();
+    c.commit_requested(tid(1), 1, true).unwrap();
+    c.forget_finished(tid(1));
+    assert_eq!(c.decision(tid(1)), DecisionAnswer::Forgotten);
+    let mut dishonest = Coordinator::new(10, 10).with_dishonest_forgotten_answers();
+    dishonest.recover_finished(tid(1));
+    dishonest.forget_finished(tid(1));
+    assert!(matches!(dishonest.decision(tid(1)), DecisionAnswer::Aborted(_)), "the bug the model must catch");
 }
 
 #[test]
@@ -322,4 +379,10 @@ fn a_predecessors_tid_is_presumed_aborted_because_the_coordinator_restarted() {
     let c = Coordinator::new(10, 10).with_start(0);
     let DecisionAnswer::Aborted(why) = c.decision(before) else { panic!("not aborted") };
     assert_eq!(why.kind, AbortKind::Unknown, "{why}");
+}
+
+/// The presumed abort of an unknown tid newer than the mark, from a
+/// coordinator that did not restart since it was begun.
+fn presumed() -> crate::reason::AbortReason {
+    crate::reason::AbortReason::new(crate::reason::AbortKind::Unknown, PRESUMED)
 }
