@@ -378,7 +378,7 @@ impl Node {
         // C4: a crash before the prepared state is durable.
         let written = match failpoint::hit("participant::before_prepare_durable").await {
             Err(e) => Err(e.to_string()),
-            Ok(()) => self.store.prepare(tid, &writes).await.map_err(|e| e.to_string()),
+            Ok(()) => self.store.prepare(tid, writes).await.map_err(|e| e.to_string()),
         };
         if let Err(e) = written {
             // Not durable (or unknown): abort here; the record, if it landed
