@@ -65,6 +65,10 @@ static EXPIRED: Throttle = Throttle::new(Duration::from_secs(10));
 static UNANSWERED: Throttle = Throttle::new(Duration::from_secs(10));
 static LEARNED: Throttle = Throttle::new(Duration::from_secs(10));
 static APPLY_FAILED: Throttle = Throttle::new(Duration::from_secs(10));
+/// Registration retries: a participant waiting for its coordinator retries
+/// every couple of seconds, forever; one line per retry was 43,200 a day.
+static REGISTER_RETRY: Throttle = Throttle::new(Duration::from_secs(10));
+static REGISTER_REFUSED: Throttle = Throttle::new(Duration::from_secs(10));
 
 /// A participant's vote, as returned on the wire.
 pub enum VoteReply {
@@ -617,7 +621,12 @@ impl Node {
                     Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
                 },
                 Err(e) if e.code() == tonic::Code::Unauthenticated => {
-                    tracing::error!("the coordinator refused our registration (check --peer-token): {e}");
+                    if let Some(suppressed) = REGISTER_REFUSED.allow() {
+                        tracing::error!(
+                            suppressed,
+                            "the coordinator refused our registration (check --peer-token): {e}"
+                        );
+                    }
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(e) if e.code() == tonic::Code::InvalidArgument => {
@@ -625,7 +634,13 @@ impl Node {
                     std::process::exit(2);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "coordinator not reachable; retrying registration");
+                    if let Some(suppressed) = REGISTER_RETRY.allow() {
+                        tracing::warn!(
+                            error = %e,
+                            suppressed,
+                            "coordinator not reachable; retrying registration (one line per 10 s)"
+                        );
+                    }
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
