@@ -162,3 +162,44 @@ async fn a_sigkilled_holder_leaves_no_stale_lock() {
     assert_eq!(outcome, Outcome::Committed);
     tc.wait_settled().await;
 }
+
+/// A restarted holder takes the lock before its start-up checks (which read
+/// the whole data file once, seconds for a large one) and records its pid
+/// only after them; meanwhile the `LOCK` file still names the crashed
+/// holder. A process refused in that window must not name the dead pid as
+/// the one to stop (there is no such process, or by then an unrelated one
+/// reusing the number): it says the holder is starting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_never_names_a_dead_holder() {
+    let mut tc = TestCluster::three().await;
+    let dir = tc.cluster.dir.join("p1");
+    let dead = tc.cluster.participants[1].pid().unwrap();
+    tc.cluster.participants[1].kill();
+    assert_eq!(recorded_pid(&dir), dead);
+    // The restarted holder in its checks: the lock held, nothing recorded.
+    let starting = twopc_proto::data_dir_lock::DataDirLock::acquire(&dir).expect("the dead holder's lock is free");
+    let args: Vec<String> = [
+        "participant",
+        "--partition",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--coordinator",
+        &tc.cluster.coordinator_addr(),
+        "--data-dir",
+        &s(&dir),
+    ]
+    .map(String::from)
+    .into();
+    let (code, stderr) = run_refused(&args);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(!stderr.contains(&format!("pid {dead}")), "names the dead holder: {stderr}");
+    assert!(stderr.contains("in use by another process") && stderr.contains("it is starting"), "{stderr}");
+    assert_eq!(recorded_pid(&dir), dead, "the refused process wrote nothing");
+
+    drop(starting);
+    tc.cluster.restart_participant(1, &[]).expect("restart");
+    tc.reconnect().await;
+    assert_eq!(recorded_pid(&dir), tc.cluster.participants[1].pid().unwrap());
+    tc.wait_settled().await;
+}

@@ -141,10 +141,18 @@ async fn assert_unknown_new_tid_is_aborted_everywhere(tc: &TestCluster) {
     let t = tid.to_string();
     let o = twopc(tc, &["status", &t]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ABORTED (unknown): unknown tid: presumed aborted"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("ABORTED (unknown): unknown tid: presumed aborted"),
+        "{}",
+        text(&o)
+    );
     let o = twopc(tc, &["commit", "--tid", &t]);
     assert_eq!(o.status.code(), Some(1), "Commit agrees with GetDecision: {}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ABORTED (unknown): unknown tid: presumed aborted"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("ABORTED (unknown): unknown tid: presumed aborted"),
+        "{}",
+        text(&o)
+    );
     let o = twopc(tc, &["abort", "--tid", &t]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let mut c = coordinator(tc).await;

@@ -240,3 +240,58 @@ async fn misrouted_operations_are_refused_naming_the_owner_and_nothing_is_writte
     let e = p2.read(pb::ReadRequest { key: k }).await.unwrap_err();
     assert_names_owner(&e, 1, 2, "Read at partition 2");
 }
+
+/// Before its first registration a participant does not know the partition
+/// count, so it cannot tell its own keys: every keyed call (each RPC, each
+/// batch item) is answered UNAVAILABLE (retry), never served or stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unregistered_participant_answers_keyed_calls_unavailable() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::Builder::new().prefix("twopc-unregistered-").tempdir().unwrap();
+    // A coordinator address where nobody listens: it never registers.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let coordinator = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_twopc"))
+        .args(["participant", "--partition", "0", "--listen", "127.0.0.1:0", "--coordinator", &coordinator])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("FAILPOINTS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let child = Kill(child);
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_string();
+    let mut p = ParticipantClient::connect(format!("http://{addr}")).await.unwrap();
+
+    let unavailable = |s: tonic::Status, what: &str| {
+        assert_eq!(s.code(), tonic::Code::Unavailable, "{what}: {s:?}");
+        assert!(s.message().contains("has not registered with the coordinator yet"), "{what}: {s:?}");
+    };
+    let tid = uuid::Uuid::now_v7().to_string();
+    let key = b"k".to_vec();
+    unavailable(p.read(pb::ReadRequest { key: key.clone() }).await.unwrap_err(), "Read");
+    unavailable(
+        p.put(pb::PutRequest { tid: tid.clone(), key: key.clone(), value: b"v".to_vec() }).await.unwrap_err(),
+        "Put",
+    );
+    unavailable(
+        p.get(pb::GetRequest { tid: tid.clone(), key: key.clone(), for_update: true }).await.unwrap_err(),
+        "Get",
+    );
+    unavailable(p.delete(pb::DeleteRequest { tid: tid.clone(), key: key.clone() }).await.unwrap_err(), "Delete");
+    let op = pb::Operation { tid, kind: pb::operation::Kind::Put as i32, key, value: b"v".to_vec() };
+    let results = p.operate_batch(pb::OperationBatch { operations: vec![op] }).await.unwrap().into_inner().results;
+    unavailable(tonic::Status::new(tonic::Code::from(results[0].code), results[0].message.clone()), "batched Put");
+    drop(child);
+}

@@ -104,6 +104,10 @@ static EXPIRED: Throttle = Throttle::new(Duration::from_secs(10));
 static UNANSWERED: Throttle = Throttle::new(Duration::from_secs(10));
 static LEARNED: Throttle = Throttle::new(Duration::from_secs(10));
 static APPLY_FAILED: Throttle = Throttle::new(Duration::from_secs(10));
+/// Registration retries: a participant waiting for its coordinator retries
+/// every couple of seconds, forever; one line per retry was 43,200 a day.
+static REGISTER_RETRY: Throttle = Throttle::new(Duration::from_secs(10));
+static REGISTER_REFUSED: Throttle = Throttle::new(Duration::from_secs(10));
 
 /// A participant's vote, as returned on the wire.
 pub enum VoteReply {
@@ -526,7 +530,7 @@ impl Node {
         // C4: a crash before the prepared state is durable.
         let written = match failpoint::hit("participant::before_prepare_durable").await {
             Err(e) => Err(e.to_string()),
-            Ok(()) => match self.store.prepare(tid, &writes).await {
+            Ok(()) => match self.store.prepare(tid, writes).await {
                 Err(StoreError::DiskFull(detail)) => return Ok(self.prepare_out_of_space(tid, &detail)),
                 r => r.map_err(|e| e.to_string()),
             },
@@ -855,7 +859,12 @@ impl Node {
                     Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
                 },
                 Err(e) if e.code() == tonic::Code::Unauthenticated => {
-                    tracing::error!("the coordinator refused our registration (check --peer-token): {e}");
+                    if let Some(suppressed) = REGISTER_REFUSED.allow() {
+                        tracing::error!(
+                            suppressed,
+                            "the coordinator refused our registration (check --peer-token): {e}"
+                        );
+                    }
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(e) if e.code() == tonic::Code::InvalidArgument => {
@@ -863,7 +872,13 @@ impl Node {
                     std::process::exit(2);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "coordinator not reachable; retrying registration");
+                    if let Some(suppressed) = REGISTER_RETRY.allow() {
+                        tracing::warn!(
+                            error = %e,
+                            suppressed,
+                            "coordinator not reachable; retrying registration (one line per 10 s)"
+                        );
+                    }
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
             }

@@ -80,6 +80,12 @@ pub enum StoreError {
     /// Out of space: the write certainly did not take effect.
     #[error("store: {0}")]
     DiskFull(String),
+    /// A write set too large for one prepared record (see [`MAX_PREPARED_BYTES`]).
+    #[error(
+        "the write set of tid {tid} here is {bytes} bytes encoded, over the {limit} bytes one prepared record \
+         can hold (SQLite's blob limit): write less in one transaction at this partition"
+    )]
+    WriteSetTooLarge { tid: Tid, bytes: usize, limit: usize },
 }
 
 /// How a batch failed, as its writers are told.
@@ -88,6 +94,17 @@ struct Failed {
     disk_full: bool,
     message: String,
 }
+
+/// The largest prepared record (a tid's encoded write set) the store takes:
+/// SQLite refuses a blob over `SQLITE_MAX_LENGTH` (10^9 bytes in the bundled
+/// build), and the per-key and per-tid limits allow more (10,000 values of
+/// 1 MiB). Checked before the record reaches the writer thread because
+/// group commit runs every queued write in one SQLite transaction: the one
+/// refused statement used to fail the whole batch, so one transaction's
+/// oversized write set made other transactions' prepares and commits at
+/// this partition fail with it (issue 13, kind 2). Refused here, the tid
+/// alone fails to prepare and aborts, with this reason.
+pub const MAX_PREPARED_BYTES: usize = 1_000_000_000;
 
 enum Write {
     Prepare {
@@ -195,8 +212,17 @@ impl Store {
     }
 
     /// Makes `tid`'s write set durable. Returns once fsynced.
-    pub async fn prepare(&self, tid: Tid, writes: &WriteSet) -> Result<(), StoreError> {
-        self.submit(Write::Prepare { tid, writes: encode(writes) }).await
+    pub async fn prepare(&self, tid: Tid, writes: WriteSet) -> Result<(), StoreError> {
+        let bytes = encoded_len(&writes);
+        if bytes > MAX_PREPARED_BYTES {
+            return Err(StoreError::WriteSetTooLarge { tid, bytes, limit: MAX_PREPARED_BYTES });
+        }
+        // Encoding up to a gigabyte takes seconds: off the runtime's
+        // threads, so the process keeps answering everyone else meanwhile.
+        let writes = tokio::task::spawn_blocking(move || encode(&writes))
+            .await
+            .map_err(|e| StoreError::Invalid(format!("encoding the write set failed: {e}")))?;
+        self.submit(Write::Prepare { tid, writes }).await
     }
 
     /// Applies `tid`'s write set and drops its prepared row, durably; a no-op
@@ -298,6 +324,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn encode(writes: &WriteSet) -> Vec<u8> {
     pb::WriteSet { writes: writes.iter().map(|(k, v)| pb::Write { key: k.clone(), value: v.clone() }).collect() }
         .encode_to_vec()
+}
+
+/// `encode(writes).len()`, computed without encoding (see [`MAX_PREPARED_BYTES`]).
+fn encoded_len(writes: &WriteSet) -> usize {
+    use prost::encoding::encoded_len_varint as varint;
+    let field = |len: usize| 1 + varint(len as u64) + len;
+    writes
+        .iter()
+        .map(|(k, v)| {
+            // proto3: an empty `bytes` is not encoded; `optional` is, when present.
+            let inner = if k.is_empty() { 0 } else { field(k.len()) } + v.as_ref().map_or(0, |v| field(v.len()));
+            field(inner)
+        })
+        .sum()
 }
 
 fn decode(bytes: &[u8]) -> Result<WriteSet, StoreError> {
@@ -518,7 +558,7 @@ mod tests {
         {
             let (s, prepared) = Store::open(dir.path(), 0).unwrap();
             assert!(prepared.is_empty());
-            s.prepare(t, &writes).await.unwrap();
+            s.prepare(t, writes.clone()).await.unwrap();
         }
         let (s, prepared) = Store::open(dir.path(), 0).unwrap();
         assert_eq!(prepared, vec![(t, writes.clone())]);
@@ -559,7 +599,7 @@ mod tests {
         let tids: Vec<Tid> = (0..100).map(|_| Tid::now_v7()).collect();
         let sets: Vec<WriteSet> = (0..100).map(|i| ws(&[(&format!("k{i}"), Some("v"))])).collect();
         // join_all enqueues every write before any completes.
-        let prepares = tids.iter().zip(&sets).map(|(&t, w)| s.prepare(t, w));
+        let prepares = tids.iter().zip(&sets).map(|(&t, w)| s.prepare(t, w.clone()));
         futures::future::join_all(prepares).await.into_iter().collect::<Result<Vec<_>, _>>().unwrap();
         let commits = tids.iter().zip(&sets).map(|(&t, w)| s.commit(t, w.clone()));
         futures::future::join_all(commits).await.into_iter().collect::<Result<Vec<_>, _>>().unwrap();
@@ -578,8 +618,8 @@ mod tests {
             let (s, _) = Store::open(dir.path(), 0).unwrap();
             assert_eq!(s.cluster_id(), None);
             s.set_cluster_id("c1").await.unwrap();
-            s.prepare(c, &ws(&[("a", Some("1"))])).await.unwrap();
-            s.prepare(a, &ws(&[("b", Some("1"))])).await.unwrap();
+            s.prepare(c, ws(&[("a", Some("1"))])).await.unwrap();
+            s.prepare(a, ws(&[("b", Some("1"))])).await.unwrap();
             s.apply_heuristic(h(c, true), Some(ws(&[("a", Some("1"))]))).await.unwrap();
             s.apply_heuristic(h(a, false), None).await.unwrap();
             // A tid that is not prepared (any more) gets no record.
@@ -603,5 +643,17 @@ mod tests {
         drop(Store::open(dir.path(), 1).unwrap());
         let err = Store::open(dir.path(), 2).err().unwrap().to_string();
         assert!(err.contains("holds partition 1"), "{err}");
+    }
+
+    #[test]
+    fn encoded_len_is_the_encoding_s_length() {
+        let mut writes = WriteSet::new();
+        assert_eq!(encoded_len(&writes), encode(&writes).len());
+        writes.insert(b"k".to_vec(), Some(b"v".to_vec()));
+        writes.insert(b"deleted".to_vec(), None);
+        writes.insert(b"empty".to_vec(), Some(vec![]));
+        writes.insert(vec![b'k'; 300], Some(vec![b'v'; 70_000]));
+        writes.insert(vec![], Some(vec![b'x'; 200]));
+        assert_eq!(encoded_len(&writes), encode(&writes).len());
     }
 }

@@ -15,7 +15,8 @@
 //! - the kernel releases a `flock` when its holder's last descriptor
 //!   closes, whatever way the process ended (SIGKILL included), so a crash
 //!   never leaves a stale lock behind that would block the restart (the
-//!   `LOCK` file then names a dead pid until the next holder rewrites it);
+//!   `LOCK` file then names a dead pid until the next holder rewrites it,
+//!   so a refusal names a recorded pid only if it is running);
 //! - locking the directory, not a file in it, creates nothing: a process
 //!   refused at start (the directory in use, or its data file damaged or
 //!   another cluster's) leaves the directory byte for byte as it was;
@@ -100,9 +101,29 @@ impl DataDirLock {
     }
 }
 
-/// The pid the current holder recorded, if it has yet.
+/// The pid the current holder recorded, if it has yet. The file outlives
+/// a crashed holder: until the next holder, still in its start-up checks
+/// (seconds for a large data file), rewrites it, it names the dead pid. A
+/// pid that is no longer running is therefore not the holder, and naming
+/// it would send the operator after a process that does not exist (or, the
+/// number reused, after an unrelated one).
 fn holder_pid(dir: &Path) -> Option<u32> {
-    std::fs::read_to_string(dir.join(LOCK_FILE)).ok()?.trim().parse().ok()
+    let pid: u32 = std::fs::read_to_string(dir.join(LOCK_FILE)).ok()?.trim().parse().ok()?;
+    running(pid).then_some(pid)
+}
+
+/// Whether a process `pid` exists (signal 0 checks without sending).
+fn running(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 sends nothing; it only looks the pid up.
+    if unsafe { libc::kill(pid, 0) } == 0 {
+        return true;
+    }
+    // EPERM: it exists, owned by another user.
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 #[cfg(test)]
@@ -139,6 +160,16 @@ mod tests {
         let e = DataDirLock::acquire(&dir).unwrap_err();
         assert!(matches!(e, LockError::Io { what: "opening it", .. }), "{e:?}");
         assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn only_a_running_pid_counts_as_the_holder() {
+        assert!(running(std::process::id()));
+        assert!(!running(0));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        assert!(!running(dead));
     }
 
     fn tempfile_dir() -> PathBuf {

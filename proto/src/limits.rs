@@ -153,7 +153,7 @@ pub fn size_status(status: Status) -> Status {
     let msg = status.message();
     if let Some(rest) = msg.strip_prefix(DECODED) {
         Status::resource_exhausted(format!(
-            "the answer is too large for this client: {rest} (this client's {WHERE}; set the same \
+            "the answer is too large for this client: {rest} (for this client, {WHERE}; set the same \
              TWOPC_MAX_KEY_BYTES/TWOPC_MAX_VALUE_BYTES as the participants)"
         ))
     } else if let Some(rest) = msg.strip_prefix(ENCODED) {
