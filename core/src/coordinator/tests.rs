@@ -298,23 +298,26 @@ fn a_record_certainly_not_written_aborts_the_tid_and_tells_the_yes_voters() {
     c.commit_requested(t, 20, true).unwrap();
     c.vote(t, 0, Vote::Yes);
     c.vote(t, 1, Vote::ReadOnly);
-    let a = c.record_not_written(t, "the disk is full".into());
-    assert_eq!(a, vec![Action::SendAbort(t, 0), Action::Reply(t, Outcome::Aborted("the disk is full".into()))]);
-    assert_eq!(c.decision(t), DecisionAnswer::Aborted("the disk is full".into()));
+    let full = AbortReason::new(AbortKind::DiskFull, "the disk is full");
+    let a = c.record_not_written(t, full.clone());
+    let aborted = Outcome::Aborted(full.clone());
+    assert_eq!(a, vec![Action::SendAbort(t, 0), Action::Reply(t, aborted.clone()), Action::Decided(t, aborted)]);
+    assert_eq!(c.decision(t), DecisionAnswer::Aborted(full.clone()));
     // A late durability report (impossible, but idempotent) changes nothing.
     assert_eq!(c.commit_durable(t), vec![]);
     // One-phase: the DELEGATED record was not written, the participant never heard.
     let (mut c, t) = coord_with(&[0]);
     assert_eq!(c.commit_requested(t, 20, true).unwrap(), vec![Action::ForceDelegation(t, 0)]);
-    let a = c.record_not_written(t, "full".into());
-    assert_eq!(a, vec![Action::SendAbort(t, 0), Action::Reply(t, Outcome::Aborted("full".into()))]);
+    let a = c.record_not_written(t, full.clone());
+    let aborted = Outcome::Aborted(full.clone());
+    assert_eq!(a, vec![Action::SendAbort(t, 0), Action::Reply(t, aborted.clone()), Action::Decided(t, aborted)]);
     // Once the record is durable, the tid is committed: this event cannot abort it.
     let (mut c, t) = coord_with(&[0, 1]);
     c.commit_requested(t, 20, true).unwrap();
     c.vote(t, 0, Vote::Yes);
     c.vote(t, 1, Vote::Yes);
     c.commit_durable(t);
-    assert_eq!(c.record_not_written(t, "full".into()), vec![]);
+    assert_eq!(c.record_not_written(t, full), vec![]);
     assert_eq!(c.decision(t), DecisionAnswer::Committed);
 }
 
