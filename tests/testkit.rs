@@ -1,0 +1,111 @@
+//! The test kit (`twopc-testkit`) as a user's test would use it: a cluster
+//! started by the builder, typed failpoints, crash handles, settle with a
+//! deadline and its typed error, cleanup on drop.
+
+use std::time::Duration;
+
+use twopc_client::{Decision, Outcome};
+use twopc_testkit::{Action, Cluster, Failpoint, KitError, Pending, Target};
+
+async fn cluster(partitions: u32) -> Cluster {
+    Cluster::builder().binary(env!("CARGO_BIN_EXE_twopc")).partitions(partitions).start().await.expect("cluster")
+}
+
+/// C2 through the kit: the coordinator dies right after forcing COMMIT;
+/// restarted on its data it commits everywhere, and the cluster settles.
+#[tokio::test]
+async fn coordinator_killed_after_its_decision_commits_after_restart() {
+    let mut c = cluster(2).await;
+    let (a, b) = (c.key_on(0, "a"), c.key_on(1, "b"));
+    c.arm(Target::Coordinator, Failpoint::AfterDecisionForced, Action::Kill).await.unwrap();
+    let txn = c.client().begin(None).await.unwrap();
+    txn.put(a.as_bytes(), b"1").await.unwrap();
+    txn.put(b.as_bytes(), b"2").await.unwrap();
+    assert!(txn.commit().await.is_err(), "the coordinator died before answering");
+    let status = c.wait_exit(Target::Coordinator, Duration::from_secs(20)).unwrap();
+    assert!(!status.success(), "killed by the failpoint: {status:?}");
+    c.restart(Target::Coordinator).await.unwrap();
+    c.settle(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(c.client().status(txn.tid()).await.unwrap(), Decision::Committed);
+    assert_eq!(c.client().read(b.as_bytes()).await.unwrap().as_deref(), Some(&b"2"[..]));
+}
+
+/// An open transaction keeps the cluster unsettled; the typed error names
+/// the partition's open tid and lock and the coordinator's unfinished tid.
+/// Aborting it settles the cluster.
+#[tokio::test]
+async fn settle_says_what_is_still_unsettled() {
+    let c = cluster(2).await;
+    let key = c.key_on(1, "held");
+    let txn = c.client().begin(Some(Duration::from_secs(60))).await.unwrap();
+    txn.put(key.as_bytes(), b"x").await.unwrap();
+    let err = c.settle(Duration::from_millis(300)).await.unwrap_err();
+    assert!(err.pending.contains(&Pending::OpenTids { partition: 1, count: 1 }), "{err}");
+    assert!(err.pending.contains(&Pending::LockedKeys { partition: 1, count: 1 }), "{err}");
+    assert!(err.pending.contains(&Pending::Unfinished { tids: vec![txn.tid().to_string()] }), "{err}");
+    let text = err.to_string();
+    assert!(text.starts_with("the cluster did not settle within"), "{text}");
+    assert!(text.contains("partition 1: 1 locked key(s)"), "{text}");
+    txn.abort().await.unwrap();
+    c.settle(Duration::from_secs(30)).await.unwrap();
+}
+
+/// C5 through the kit: a participant killed after its prepared state is
+/// durable; the coordinator aborts at its prepare timeout, the restarted
+/// participant learns ABORTED and its data is unchanged.
+#[tokio::test]
+async fn participant_killed_after_its_vote_is_durable_aborts() {
+    let mut c = Cluster::builder()
+        .binary(env!("CARGO_BIN_EXE_twopc"))
+        .partitions(2)
+        .prepare_timeout(Duration::from_millis(500))
+        .start()
+        .await
+        .unwrap();
+    let (a, b) = (c.key_on(0, "a"), c.key_on(1, "b"));
+    c.arm(Target::Participant(1), Failpoint::AfterPrepareDurable, Action::Kill).await.unwrap();
+    let txn = c.client().begin(None).await.unwrap();
+    txn.put(a.as_bytes(), b"1").await.unwrap();
+    txn.put(b.as_bytes(), b"2").await.unwrap();
+    assert!(matches!(txn.commit().await.unwrap(), Outcome::Aborted { .. }));
+    c.wait_exit(Target::Participant(1), Duration::from_secs(20)).unwrap();
+    c.restart(Target::Participant(1)).await.unwrap();
+    c.settle(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(c.client().read(b.as_bytes()).await.unwrap(), None);
+    assert_eq!(c.client().read(a.as_bytes()).await.unwrap(), None);
+}
+
+/// Pause/resume, graceful termination, a failpoint in the wrong role, and
+/// nothing left running once the cluster drops.
+#[tokio::test]
+async fn handles_and_cleanup() {
+    let mut c = cluster(1).await;
+    let err = c.arm(Target::Coordinator, Failpoint::AfterPrepareDurable, Action::Kill).await.unwrap_err();
+    assert!(matches!(err, KitError::WrongRole { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "failpoint participant::after_prepare_durable lives in the Participant, not in coordinator"
+    );
+
+    c.pause(Target::Participant(0));
+    let err = c.settle(Duration::from_millis(100)).await.unwrap_err();
+    assert!(matches!(&err.pending[0], Pending::Unreachable { who, .. } if who.starts_with("partition 0")), "{err}");
+    c.resume(Target::Participant(0));
+    c.settle(Duration::from_secs(30)).await.unwrap();
+
+    let status = c.terminate(Target::Participant(0), Duration::from_secs(20)).unwrap();
+    assert!(status.success(), "SIGTERM is a graceful stop: {status:?}");
+    c.restart(Target::Participant(0)).await.unwrap();
+    let key = c.key_on(0, "k");
+    let txn = c.client().begin(None).await.unwrap();
+    txn.put(key.as_bytes(), b"v").await.unwrap();
+    assert_eq!(txn.commit().await.unwrap(), Outcome::Committed);
+
+    let pids: Vec<u32> = [Target::Coordinator, Target::Participant(0)].iter().map(|&t| c.pid(t).unwrap()).collect();
+    let dir = c.dir().to_path_buf();
+    drop(c);
+    for pid in pids {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "pid {pid} outlived the cluster");
+    }
+    assert!(!dir.exists(), "the temporary directory outlived the cluster");
+}
