@@ -393,9 +393,16 @@ impl LocalCluster {
                 ha.coordinators
             }
         };
-        let mut procs = Vec::with_capacity(count);
+        let mut procs: Vec<Proc> = Vec::with_capacity(count);
         for i in 0..count {
-            procs.push(start_coordinator(exe, dir, &opts, i, "127.0.0.1:0", &[])?);
+            match start_coordinator(exe, dir, &opts, i, "127.0.0.1:0", &[]) {
+                Ok(p) => procs.push(p),
+                Err(e) => {
+                    // Detached processes would outlive their handles: kill them.
+                    procs.iter_mut().for_each(Proc::kill);
+                    return Err(e);
+                }
+            }
         }
         let coordinator_addrs = procs.iter().map(|p| p.addr).collect();
         let mut procs = procs.into_iter();
@@ -410,10 +417,22 @@ impl LocalCluster {
             participants: vec![],
         };
         for p in 0..cluster.opts.start_partitions.unwrap_or(cluster.opts.partitions) {
-            let proc = cluster.spawn_participant(p, &[])?;
-            cluster.participants.push(proc);
+            match cluster.spawn_participant(p, &[]) {
+                Ok(proc) => cluster.participants.push(proc),
+                Err(e) => {
+                    cluster.kill_all();
+                    return Err(e);
+                }
+            }
         }
         Ok(cluster)
+    }
+
+    /// SIGKILLs every process of the cluster (detached ones too).
+    pub fn kill_all(&mut self) {
+        self.participants.iter_mut().for_each(Proc::kill);
+        self.extra_coordinators.iter_mut().for_each(Proc::kill);
+        self.coordinator.kill();
     }
 
     /// How to reach this cluster (TLS, admin token), as configured.
