@@ -22,7 +22,7 @@ async fn coordinator_killed_after_its_decision_commits_after_restart() {
     txn.put(a.as_bytes(), b"1").await.unwrap();
     txn.put(b.as_bytes(), b"2").await.unwrap();
     assert!(txn.commit().await.is_err(), "the coordinator died before answering");
-    let status = c.wait_exit(Target::Coordinator, Duration::from_secs(20)).unwrap();
+    let status = c.wait_exit(Target::Coordinator, Duration::from_secs(20)).await.unwrap();
     assert!(!status.success(), "killed by the failpoint: {status:?}");
     c.restart(Target::Coordinator).await.unwrap();
     c.settle(Duration::from_secs(30)).await.unwrap();
@@ -68,7 +68,7 @@ async fn participant_killed_after_its_vote_is_durable_aborts() {
     txn.put(a.as_bytes(), b"1").await.unwrap();
     txn.put(b.as_bytes(), b"2").await.unwrap();
     assert!(matches!(txn.commit().await.unwrap(), Outcome::Aborted { .. }));
-    c.wait_exit(Target::Participant(1), Duration::from_secs(20)).unwrap();
+    c.wait_exit(Target::Participant(1), Duration::from_secs(20)).await.unwrap();
     c.restart(Target::Participant(1)).await.unwrap();
     c.settle(Duration::from_secs(30)).await.unwrap();
     assert_eq!(c.client().read(b.as_bytes()).await.unwrap(), None);
@@ -93,7 +93,7 @@ async fn handles_and_cleanup() {
     c.resume(Target::Participant(0));
     c.settle(Duration::from_secs(30)).await.unwrap();
 
-    let status = c.terminate(Target::Participant(0), Duration::from_secs(20)).unwrap();
+    let status = c.terminate(Target::Participant(0), Duration::from_secs(20)).await.unwrap();
     assert!(status.success(), "SIGTERM is a graceful stop: {status:?}");
     c.restart(Target::Participant(0)).await.unwrap();
     let key = c.key_on(0, "k");

@@ -38,7 +38,7 @@
 //!     txn.put(b.as_bytes(), b"10").await.unwrap();
 //!     let _lost = txn.commit().await; // the coordinator dies before it answers
 //!
-//!     cluster.wait_exit(Target::Coordinator, Duration::from_secs(20)).unwrap();
+//!     cluster.wait_exit(Target::Coordinator, Duration::from_secs(20)).await.unwrap();
 //!     cluster.restart(Target::Coordinator).await.unwrap();
 //!     cluster.settle(Duration::from_secs(30)).await.unwrap();
 //!     assert_eq!(cluster.client().status(txn.tid()).await.unwrap(), twopc_client::Decision::Committed);
@@ -433,9 +433,9 @@ impl Cluster {
 
     /// Ask `target` to stop gracefully (SIGTERM) and wait up to `timeout`
     /// for it to exit.
-    pub fn terminate(&mut self, target: Target, timeout: Duration) -> Result<std::process::ExitStatus, KitError> {
+    pub async fn terminate(&mut self, target: Target, timeout: Duration) -> Result<std::process::ExitStatus, KitError> {
         self.proc_mut(target).terminate();
-        self.wait_exit(target, timeout)
+        self.wait_exit(target, timeout).await
     }
 
     /// Whether `target` runs.
@@ -443,18 +443,24 @@ impl Cluster {
         self.proc_mut(target).is_running()
     }
 
-    /// Waits until `target` exits by itself (e.g. killed by a failpoint);
-    /// returns how it ended.
-    pub fn wait_exit(&mut self, target: Target, timeout: Duration) -> Result<std::process::ExitStatus, KitError> {
-        let proc = self.proc_mut(target);
-        if let Some(status) = proc.exit_status() {
-            proc.kill();
-            return Ok(status);
+    /// Waits (polling, without blocking the runtime) until `target` exits
+    /// by itself, e.g. killed by a failpoint; returns how it ended.
+    pub async fn wait_exit(&mut self, target: Target, timeout: Duration) -> Result<std::process::ExitStatus, KitError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let proc = self.proc_mut(target);
+            if let Some(status) = proc.exit_status() {
+                proc.kill(); // reaps it; its status stays
+                return Ok(status);
+            }
+            if proc.pid().is_none() {
+                return Err(KitError::Process(format!("{target} was already killed and reaped")));
+            }
+            if Instant::now() >= deadline {
+                return Err(KitError::Timeout(format!("{target} still runs after {timeout:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if !proc.wait_exit(timeout) {
-            return Err(KitError::Timeout(format!("{target} still runs after {timeout:?}")));
-        }
-        proc.exit_status().ok_or_else(|| KitError::Process(format!("{target}: exit status unknown")))
     }
 
     /// Restarts `target` on its own data (killing it first if it still

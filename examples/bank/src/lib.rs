@@ -222,3 +222,16 @@ impl Bank {
 async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt.min(10)))).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's example test relies on it: alice and carol on different
+    /// partitions of two, so a transfer between them takes two phases.
+    #[test]
+    fn alice_and_carol_live_on_different_partitions_of_two() {
+        let p = |a| twopc_client::partition_for(&Bank::account_key(a), 2);
+        assert_eq!((p("alice"), p("carol")), (0, 1));
+    }
+}

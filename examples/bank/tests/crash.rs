@@ -48,8 +48,8 @@ async fn impatient_client(cluster: &Cluster, budget: Duration) -> Client {
     Client::connect_with(&cluster.coordinator_addr(), options).await.unwrap()
 }
 
-fn wait_exit(cluster: &mut Cluster, target: Target) {
-    tokio::task::block_in_place(|| cluster.wait_exit(target, EXIT)).expect("the failpoint kills it");
+async fn wait_exit(cluster: &mut Cluster, target: Target) {
+    cluster.wait_exit(target, EXIT).await.expect("the failpoint kills it");
 }
 
 /// C2: the coordinator dies right after its COMMIT record is durable, so
@@ -65,7 +65,7 @@ async fn coordinator_crash_after_decision_is_reported_done_and_moves_money_once(
         let (alice, bob) = (alice.clone(), bob.clone());
         async move { bank.transfer(&alice, &bob, 30).await }
     });
-    wait_exit(&mut cluster, Target::Coordinator);
+    wait_exit(&mut cluster, Target::Coordinator).await;
     cluster.restart(Target::Coordinator).await.unwrap();
     let outcome = transfer.await.unwrap().unwrap();
     assert!(matches!(outcome, Transfer::Done { attempts: 1, .. }), "{outcome:?}");
@@ -86,7 +86,7 @@ async fn lost_reply_is_reported_unknown_then_resolved_by_status() {
     let outcome = bank.transfer(&alice, &bob, 30).await.unwrap();
     let Transfer::Unknown { tid } = outcome else { panic!("the coordinator is down: {outcome:?}") };
 
-    wait_exit(&mut cluster, Target::Coordinator);
+    wait_exit(&mut cluster, Target::Coordinator).await;
     cluster.restart(Target::Coordinator).await.unwrap();
     cluster.settle(SETTLE).await.unwrap();
     let bank = Bank::new(cluster.client().clone());
@@ -107,7 +107,7 @@ async fn participant_crash_after_its_yes_vote_commits_after_restart() {
         let (alice, bob) = (alice.clone(), bob.clone());
         async move { bank.transfer(&alice, &bob, 30).await }
     });
-    wait_exit(&mut cluster, Target::Participant(1));
+    wait_exit(&mut cluster, Target::Participant(1)).await;
     cluster.restart(Target::Participant(1)).await.unwrap();
     let outcome = transfer.await.unwrap().unwrap();
     assert!(matches!(outcome, Transfer::Done { attempts: 1, .. }), "{outcome:?}");
@@ -129,7 +129,7 @@ async fn participant_crash_before_its_vote_aborts_and_the_retry_moves_money_once
         let (alice, bob) = (alice.clone(), bob.clone());
         async move { bank.transfer(&alice, &bob, 30).await }
     });
-    wait_exit(&mut cluster, Target::Participant(1));
+    wait_exit(&mut cluster, Target::Participant(1)).await;
     cluster.restart(Target::Participant(1)).await.unwrap();
     let outcome = transfer.await.unwrap().unwrap();
     assert!(matches!(outcome, Transfer::Done { attempts: 2.., .. }), "{outcome:?}");
