@@ -162,7 +162,6 @@ pub struct ClusterBuilder {
     opts: ClusterOptions,
     tls: Option<TlsFiles>,
     admin_token: Option<String>,
-    ha_coordinators: Option<usize>,
 }
 
 impl ClusterBuilder {
@@ -227,7 +226,16 @@ impl ClusterBuilder {
     /// High availability: `coordinators` coordinators on a 3-member etcd
     /// started in the cluster's directory (etcd on `PATH`).
     pub fn ha(mut self, coordinators: usize) -> Self {
-        self.ha_coordinators = Some(coordinators);
+        self.opts.ha = Some(HaOptions { coordinators, ..HaOptions::new("") });
+        self
+    }
+
+    /// Replaces every setting by raw [`ClusterOptions`] (what the typed
+    /// setters change; call them after this). An `ha` with empty
+    /// `etcd_endpoints` gets a 3-member etcd started by the kit; with
+    /// endpoints, that etcd is used.
+    pub fn options(mut self, opts: ClusterOptions) -> Self {
+        self.opts = opts;
         self
     }
 
@@ -287,20 +295,25 @@ impl ClusterBuilder {
                 (Some(t), d)
             }
         };
-        let etcd = match self.ha_coordinators {
-            None => None,
-            Some(n) => {
+        let etcd = match self.opts.ha.as_mut() {
+            Some(ha) if ha.etcd_endpoints.trim().is_empty() => {
                 let etcd = EtcdCluster::start(&dir.join("etcd"), 3).map_err(process_error)?;
-                self.opts.ha = Some(HaOptions { coordinators: n, ..HaOptions::new(etcd.endpoints()) });
+                ha.etcd_endpoints = etcd.endpoints();
                 Some(etcd)
             }
+            _ => None,
         };
         let local = LocalCluster::start(&exe, &dir, self.opts).map_err(process_error)?;
         let mut cluster = Cluster { local: Some(local), etcd, client: None, tmp };
-        if cluster.local().is_ha() {
-            cluster.local().leader(READY).await.map_err(process_error)?;
+        let ready = async {
+            if cluster.local().is_ha() {
+                cluster.local().leader(READY).await?;
+            }
+            cluster.local().wait_registered(READY).await
+        };
+        if let Err(e) = ready.await {
+            return Err(KitError::Process(format!("the cluster did not come up: {e:#}\n{}", cluster.log_tails(20))));
         }
-        cluster.local().wait_registered(READY).await.map_err(process_error)?;
         cluster.reconnect().await?;
         Ok(cluster)
     }
@@ -342,14 +355,7 @@ pub struct Cluster {
 impl Cluster {
     /// Settings, from the defaults: 3 partitions, plaintext, no tokens.
     pub fn builder() -> ClusterBuilder {
-        ClusterBuilder {
-            binary: None,
-            dir: None,
-            opts: ClusterOptions::default(),
-            tls: None,
-            admin_token: None,
-            ha_coordinators: None,
-        }
+        ClusterBuilder { binary: None, dir: None, opts: ClusterOptions::default(), tls: None, admin_token: None }
     }
 
     /// The processes themselves, for what the kit does not wrap.
@@ -557,6 +563,29 @@ impl Cluster {
             out.push_str(&format!("---- {name}\n{}\n", cluster::log_tail(&path, lines)));
         }
         out
+    }
+}
+
+/// A [`Cluster`] taken apart ([`Cluster::into_parts`]): whoever holds the
+/// parts owns the cleanup (processes die with `local`, then `etcd`; the
+/// directory goes with `temp_dir`, if the kit created it).
+pub struct ClusterParts {
+    pub local: LocalCluster,
+    pub etcd: Option<EtcdCluster>,
+    pub client: Client,
+    pub temp_dir: Option<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// The processes, etcd, client and temporary directory, for a harness
+    /// of its own (twopc's own tests keep their `TestCluster` this way).
+    pub fn into_parts(mut self) -> ClusterParts {
+        ClusterParts {
+            local: self.local.take().expect("running"),
+            etcd: self.etcd.take(),
+            client: self.client.take().expect("connected"),
+            temp_dir: self.tmp.take(),
+        }
     }
 }
 
