@@ -34,11 +34,15 @@ struct Bg {
 
 impl Bg {
     fn start(partitions: u32, extra: &[&str]) -> Bg {
+        Bg::start_with_env(partitions, extra, &[])
+    }
+
+    fn start_with_env(partitions: u32, extra: &[&str], env: &[(&str, &str)]) -> Bg {
         let dir = tempfile::Builder::new().prefix("twopc-cli-cluster-").tempdir().unwrap();
         let d = dir.path().to_str().unwrap().to_string();
         let n = partitions.to_string();
         let args = [&["cluster", "start", "--dir", &d, "--partitions", &n][..], extra].concat();
-        let o = twopc(&args, &[]);
+        let o = twopc(&args, env);
         assert_eq!(o.status.code(), Some(0), "{}", err(&o));
         let v: serde_json::Value = serde_json::from_str(out(&o).trim()).expect("start prints JSON");
         let mut bg = Bg { dir, pids: vec![], coordinator: v["coordinator"]["addr"].as_str().unwrap().to_string() };
@@ -240,4 +244,36 @@ fn missing_and_stale_directories_are_clear_errors() {
     }
     assert_eq!(bg.cluster(&["stop"]).status.code(), Some(0));
     assert!(!Path::new(bg.dir()).join("cluster.json").exists());
+}
+
+/// The cluster's `TWOPC_*` environment (here an admin token) is recorded at
+/// start (state file readable by its owner only) and used by later
+/// commands run without it: `settle` sends the token, a restarted process
+/// gets it again.
+#[test]
+fn start_environment_is_recorded_for_settle_and_restart() {
+    let token = "kit-admin-token";
+    let mut bg = Bg::start_with_env(1, &[], &[("TWOPC_ADMIN_TOKEN", token)]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(Path::new(bg.dir()).join("cluster.json")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // The token is in force: an admin call without it is refused ...
+    let o = bg.client(&["transactions"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("UNAUTHENTICATED"), "{}", err(&o));
+    // ... and settle, run without it, sends the recorded one.
+    let o = bg.cluster(&["settle", "--timeout-ms", "30000"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+
+    let o = bg.cluster(&["restart", "p0"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let new: serde_json::Value = serde_json::from_str(out(&o).trim()).unwrap();
+    let pid = new["pid"].as_u64().unwrap() as u32;
+    bg.pids.push(pid);
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let want = format!("TWOPC_ADMIN_TOKEN={token}");
+    assert!(environ.split(|&b| b == 0).any(|v| v == want.as_bytes()), "the restarted participant has the token");
+    let o = bg.cluster(&["settle", "--timeout-ms", "30000"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
 }
