@@ -171,3 +171,39 @@ async fn ha_cluster_through_the_builder_survives_its_leader() {
     c.settle(Duration::from_secs(30)).await.unwrap();
     assert!(c.etcd().is_some());
 }
+
+/// A test that panics with a cluster up leaves no process and no
+/// temporary directory behind; a directory the user gave is kept, with
+/// the processes' logs in it.
+#[test]
+fn a_panicking_test_cleans_up_and_a_user_directory_is_kept() {
+    let user_dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let kept = user_dir.path().join("cluster");
+    let given = kept.clone();
+    let panicked = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut temp = cluster(1).await;
+            let mut kept =
+                Cluster::builder().binary(env!("CARGO_BIN_EXE_twopc")).partitions(1).dir(given).start().await.unwrap();
+            let pids: Vec<u32> = [Target::Coordinator, Target::Participant(0)]
+                .iter()
+                .flat_map(|&t| [temp.pid(t).unwrap(), kept.pid(t).unwrap()])
+                .collect();
+            tx.send((pids, temp.dir().to_path_buf())).unwrap();
+            panic!("a failing user test");
+        })
+    })
+    .join();
+    assert!(panicked.is_err());
+    let (pids, temp_dir) = rx.recv().unwrap();
+    for pid in pids {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "pid {pid} outlived the panic");
+    }
+    assert!(!temp_dir.exists(), "the kit's temporary directory outlived the panic");
+    assert!(
+        kept.join("coordinator.log").exists() && kept.join("p0.log").exists(),
+        "the user's directory keeps the logs"
+    );
+}
