@@ -207,3 +207,25 @@ fn a_panicking_test_cleans_up_and_a_user_directory_is_kept() {
         "the user's directory keeps the logs"
     );
 }
+
+/// C9 through the kit: the coordinator and a participant die around the
+/// decision; the participant is restarted first (nothing to register with
+/// yet), then the coordinator, and the commit lands everywhere.
+#[tokio::test]
+async fn coordinator_and_participant_down_together_restart_in_any_order() {
+    let mut c = cluster(2).await;
+    let (a, b) = (c.key_on(0, "a"), c.key_on(1, "b"));
+    c.arm(Target::Coordinator, Failpoint::AfterDecisionForced, Action::Kill).await.unwrap();
+    let txn = c.client().begin(None).await.unwrap();
+    txn.put(a.as_bytes(), b"1").await.unwrap();
+    txn.put(b.as_bytes(), b"2").await.unwrap();
+    assert!(txn.commit().await.is_err(), "the coordinator died before answering");
+    c.wait_exit(Target::Coordinator, Duration::from_secs(20)).await.unwrap();
+    c.kill(Target::Participant(1));
+    assert!(!c.is_running(Target::Participant(1)));
+    c.restart(Target::Participant(1)).await.unwrap();
+    c.restart(Target::Coordinator).await.unwrap();
+    c.settle(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(c.client().status(txn.tid()).await.unwrap(), Decision::Committed);
+    assert_eq!(c.client().read(b.as_bytes()).await.unwrap().as_deref(), Some(&b"2"[..]));
+}
