@@ -221,6 +221,11 @@ async fn coordinator_and_participant_down_together_restart_in_any_order() {
     txn.put(b.as_bytes(), b"2").await.unwrap();
     assert!(txn.commit().await.is_err(), "the coordinator died before answering");
     c.wait_exit(Target::Coordinator, Duration::from_secs(20)).await.unwrap();
+    // With the coordinator down, a short settle fails soon, naming it.
+    let started = std::time::Instant::now();
+    let err = c.settle(Duration::from_millis(200)).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(8), "settle overran its deadline: {:?}", started.elapsed());
+    assert!(err.pending.iter().any(|p| matches!(p, Pending::Unreachable { who, .. } if who == "coordinator")), "{err}");
     c.kill(Target::Participant(1));
     assert!(!c.is_running(Target::Participant(1)));
     c.restart(Target::Participant(1)).await.unwrap();

@@ -79,12 +79,18 @@ pub async fn pending(client: &Client, participants: &[String], options: &Connect
             out.push(Pending::LockedKeys { partition: p, count: r.locked_keys.into() });
         }
     }
-    match client.transactions().await {
-        Ok(t) if t.is_empty() => {}
-        Ok(t) => {
+    // Bounded like the participants' probes: the client's own budget
+    // (following a leader) would let one look overrun a short deadline.
+    match tokio::time::timeout(PROBE_TIMEOUT, client.transactions()).await {
+        Ok(Ok(t)) if t.is_empty() => {}
+        Ok(Ok(t)) => {
             out.push(Pending::Unfinished { tids: t.iter().map(|t: &pb::TransactionInfo| t.tid.clone()).collect() })
         }
-        Err(e) => out.push(Pending::Unreachable { who: "coordinator".into(), error: e.to_string() }),
+        Ok(Err(e)) => out.push(Pending::Unreachable { who: "coordinator".into(), error: e.to_string() }),
+        Err(_) => out.push(Pending::Unreachable {
+            who: "coordinator".into(),
+            error: format!("no answer within {PROBE_TIMEOUT:?}"),
+        }),
     }
     out
 }
