@@ -25,7 +25,6 @@
 //! ```no_run
 //! use std::time::Duration;
 //! use twopc_testkit::{Action, Cluster, Failpoint, Target};
-//! use twopc_client::Outcome;
 //!
 //! #[tokio::test]
 //! async fn a_commit_survives_a_coordinator_crash_after_its_decision() {
@@ -45,6 +44,17 @@
 //!     assert_eq!(cluster.client().read(b.as_bytes()).await.unwrap().as_deref(), Some(&b"10"[..]));
 //! }
 //! ```
+//!
+//! Two things to know: a commit is answered once decided while its phase 2
+//! may still run, so **settle before arming a failpoint** (or the previous
+//! transaction's phase 2 may hit it); and a transaction touching **one
+//! partition commits in one phase**, so the two-phase failpoints need keys
+//! on two partitions ([`Cluster::key_on`]) or the one-phase ones
+//! ([`Failpoint::AfterDelegationForced`], ...).
+//!
+//! From other languages, `twopc cluster start|kill|pause|resume|restart|settle|stop`
+//! does the same from the command line (README: "Testing your application
+//! under crashes").
 //!
 //! Modules: [`cluster`] (the processes themselves: [`cluster::LocalCluster`],
 //! [`cluster::Proc`]), [`etcd_cluster`] (a local etcd for the
