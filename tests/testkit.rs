@@ -88,6 +88,8 @@ async fn handles_and_cleanup() {
     );
 
     c.pause(Target::Participant(0));
+    let err = c.arm(Target::Participant(0), Failpoint::AfterPrepareDurable, Action::Kill).await.unwrap_err();
+    assert!(matches!(err, KitError::Timeout(_)) && err.to_string().contains("no answer within 10s"), "{err}");
     let err = c.settle(Duration::from_millis(100)).await.unwrap_err();
     assert!(matches!(&err.pending[0], Pending::Unreachable { who, .. } if who.starts_with("partition 0")), "{err}");
     c.resume(Target::Participant(0));
@@ -233,4 +235,44 @@ async fn coordinator_and_participant_down_together_restart_in_any_order() {
     c.settle(Duration::from_secs(30)).await.unwrap();
     assert_eq!(c.client().status(txn.tid()).await.unwrap(), Decision::Committed);
     assert_eq!(c.client().read(b.as_bytes()).await.unwrap().as_deref(), Some(&b"2"[..]));
+}
+
+/// `Action::Pause` holds a step until `disarm`: partition 1 blocks before
+/// its prepared state is durable, partition 0 is seen in doubt (prepared,
+/// waiting for the decision), and disarming lets the commit finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_a_step_until_disarmed() {
+    let c = Cluster::builder()
+        .binary(env!("CARGO_BIN_EXE_twopc"))
+        .partitions(2)
+        .prepare_timeout(Duration::from_secs(60))
+        // The paused step blocks its thread: another must serve the disarm.
+        .participant_arg("--worker-threads")
+        .participant_arg("2")
+        .start()
+        .await
+        .unwrap();
+    let (a, b) = (c.key_on(0, "a"), c.key_on(1, "b"));
+    c.arm(Target::Participant(1), Failpoint::BeforePrepareDurable, Action::Pause).await.unwrap();
+    let txn = c.client().begin(Some(Duration::from_secs(60))).await.unwrap();
+    txn.put(a.as_bytes(), b"1").await.unwrap();
+    txn.put(b.as_bytes(), b"2").await.unwrap();
+    let commit = tokio::spawn({
+        let txn = txn.clone();
+        async move { txn.commit().await }
+    });
+    let tid = txn.tid().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending = c.pending().await;
+        if pending.iter().any(|p| matches!(p, Pending::InDoubt { partition: 0, tids } if tids.contains(&tid))) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "partition 0 never in doubt: {pending:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!commit.is_finished(), "the commit waits for partition 1's paused prepare");
+    c.disarm(Target::Participant(1), Failpoint::BeforePrepareDurable).await.unwrap();
+    assert_eq!(commit.await.unwrap().unwrap(), Outcome::Committed);
+    c.settle(Duration::from_secs(30)).await.unwrap();
 }

@@ -144,7 +144,10 @@ pub enum Action {
     Error,
     /// Sleep this long, then go on: a slow disk or a slow peer.
     Sleep(Duration),
-    /// Block the step until the failpoint is disarmed.
+    /// Block the step until the failpoint is disarmed. It blocks the
+    /// thread that reached the step: a process with one worker thread (the
+    /// default `--worker-threads 1`) then answers nothing, the disarm
+    /// included; give it `--worker-threads 2` or more.
     Pause,
     /// Do nothing (useful in a sequence: `Off.times(2).then(Kill)` kills at the third hit).
     Off,

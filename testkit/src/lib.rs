@@ -82,6 +82,9 @@ use twopc_client::{AdminToken, FailpointTarget, TlsArgs};
 /// client to connect.
 const READY: Duration = Duration::from_secs(30);
 
+/// How long arming or disarming a failpoint may take.
+const ARM_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Every failure of the kit.
 #[derive(Debug, thiserror::Error)]
 pub enum KitError {
@@ -538,8 +541,16 @@ impl Cluster {
             (Target::Participant(p), Role::Participant) => FailpointTarget::Partition(p),
             (target, role) => return Err(KitError::WrongRole { failpoint, role, target }),
         };
-        self.client().set_failpoint(to, failpoint.name(), spec).await?;
-        Ok(())
+        // The client library's call to a partition has no deadline of its
+        // own: a frozen process (paused, or its one worker thread held by an
+        // `Action::Pause`) would hang the test.
+        match tokio::time::timeout(ARM_TIMEOUT, self.client().set_failpoint(to, failpoint.name(), spec)).await {
+            Ok(answer) => Ok(answer?),
+            Err(_) => Err(KitError::Timeout(format!(
+                "setting failpoint {failpoint} in {target}: no answer within {ARM_TIMEOUT:?} (is it paused, or \
+                 held by an Action::Pause on its only worker thread?)"
+            ))),
+        }
     }
 
     /// What keeps the cluster unsettled right now (empty: settled).
