@@ -1,9 +1,11 @@
-//! The `twopc` binary's library side: starting local clusters of real
-//! processes ([`cluster`], and the etcd behind an HA cluster:
-//! [`etcd_cluster`]) for `twopc demo` and for the integration tests, and the
-//! demo workload ([`demo`]).
+//! The `twopc` binary's library side: the demo workload ([`demo`]), the
+//! benchmark ([`bench`]) and the `twopc cluster` commands ([`cluster_cli`]).
+//! Local clusters of real processes ([`cluster`], and the etcd behind an
+//! HA cluster: [`etcd_cluster`]) live in the `twopc-testkit` crate, re-exported
+//! here under their old paths.
 
 pub mod bench;
-pub mod cluster;
+pub mod cluster_cli;
 pub mod demo;
-pub mod etcd_cluster;
+
+pub use twopc_testkit::{cluster, etcd_cluster};

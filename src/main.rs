@@ -32,6 +32,9 @@ enum Cmd {
     Demo(twopc::demo::DemoArgs),
     /// Benchmark transactions (throughput, latency, and its distance from the 2×RTT + 2×fsync floor).
     Bench(twopc::bench::BenchArgs),
+    /// A local cluster in the background for crash tests from any language:
+    /// start, kill|pause|resume|restart TARGET, settle, status, stop.
+    Cluster(twopc::cluster_cli::ClusterArgs),
     #[command(flatten)]
     Client(twopc_client::cli::ClientCommand),
 }
@@ -43,6 +46,7 @@ fn main() {
         Cmd::Participant(config) => report(twopc_participant::main_with(config)),
         Cmd::Demo(args) => report(runtime().and_then(|rt| rt.block_on(twopc::demo::run(args)))),
         Cmd::Bench(args) => report(twopc::bench::main_with(args)),
+        Cmd::Cluster(args) => twopc::cluster_cli::run(args),
         Cmd::Client(cmd) => match runtime() {
             Ok(rt) => rt.block_on(twopc_client::cli::run(cmd)),
             Err(e) => report(Err(e)),

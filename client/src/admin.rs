@@ -249,8 +249,14 @@ impl Client {
                 .map_err(|e| self.follow_error(e))?;
             }
             FailpointTarget::Partition(p) => {
+                // Bounded like every admin call: a frozen participant
+                // (SIGSTOPped) must not hang the caller.
                 let route = self.route_partition(p).await?;
-                route.client.clone().set_failpoint(token.request(req)).await.map_err(|s| route.error(s))?;
+                let call = |mut c: ParticipantClient<Channel>| {
+                    let req = token.request(req.clone());
+                    async move { c.set_failpoint(req).await }
+                };
+                route.call(Some(ADMIN_TIMEOUT), &call).await.map_err(|s| route.error(s))?;
             }
         }
         Ok(())

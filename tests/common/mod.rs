@@ -1,6 +1,8 @@
 //! Shared harness of the integration tests: a real cluster of `twopc`
 //! processes on loopback ports chosen at run time, data in a temporary
-//! directory, a client, and the checks of PROTOCOL.md's invariants.
+//! directory, a client, and the checks of PROTOCOL.md's invariants. Clusters
+//! are started and settled by the test kit (`twopc-testkit`), so every
+//! test exercises it.
 //!
 //! Every wait polls a condition against a deadline; nothing sleeps and
 //! hopes. Processes die with their handles (and with the test process), and
@@ -13,7 +15,6 @@ use std::time::{Duration, Instant};
 use twopc::cluster::{ClusterOptions, HaOptions, LocalCluster};
 use twopc::etcd_cluster::EtcdCluster;
 use twopc_client::{Client, ConnectOptions, Decision, FailpointTarget, Outcome, partition_for};
-use twopc_proto::pb;
 
 pub const SETTLE: Duration = Duration::from_secs(30);
 
@@ -88,14 +89,11 @@ pub fn fp(spec: &str) -> Vec<(String, String)> {
 }
 
 impl TestCluster {
+    /// A cluster started by the test kit (`twopc_testkit::Cluster`) from
+    /// `opts`, taken apart into this harness's fields.
     pub async fn start(opts: ClusterOptions) -> Self {
-        let dir = tempfile::Builder::new().prefix("twopc-test-").tempdir().expect("temp dir");
-        let cluster = LocalCluster::start(env!("CARGO_BIN_EXE_twopc").as_ref(), dir.path(), opts).expect("cluster");
-        cluster.wait_registered(SETTLE).await.expect("participants register");
-        let client = Client::connect_with(&cluster.coordinator_addr(), cluster.connect_options().clone())
-            .await
-            .expect("client connects");
-        TestCluster { cluster, client, etcd: None, dir: Some(dir) }
+        assert!(opts.ha.is_none(), "HA mode: use TestCluster::start_ha");
+        Self::from_kit(opts).await
     }
 
     /// HA mode: a 3-member etcd in the test's directory, then the cluster
@@ -104,22 +102,22 @@ impl TestCluster {
     /// leader and for the participants to register, and connects a client
     /// given every coordinator's address.
     pub async fn start_ha(mut opts: ClusterOptions) -> Self {
-        let dir = tempfile::Builder::new().prefix("twopc-test-").tempdir().expect("temp dir");
-        let etcd = EtcdCluster::start(&dir.path().join("etcd"), 3).expect("etcd starts");
         let mut ha = opts.ha.take().unwrap_or_else(|| HaOptions::new(""));
-        ha.etcd_endpoints = etcd.endpoints();
+        // Empty: the kit starts the etcd.
+        ha.etcd_endpoints = String::new();
         opts.ha = Some(ha);
-        let cluster = LocalCluster::start(env!("CARGO_BIN_EXE_twopc").as_ref(), dir.path(), opts).expect("cluster");
-        let ready = match cluster.leader(SETTLE).await {
-            Ok(_) => cluster.wait_registered(SETTLE).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = ready {
-            print_logs(&cluster, Some(&etcd));
-            panic!("the HA cluster did not come up: {e:#}");
-        }
-        let client = connect_until(&cluster.coordinator_addr(), cluster.connect_options()).await;
-        TestCluster { cluster, client, etcd: Some(etcd), dir: Some(dir) }
+        Self::from_kit(opts).await
+    }
+
+    async fn from_kit(opts: ClusterOptions) -> Self {
+        let kit = twopc_testkit::Cluster::builder()
+            .binary(env!("CARGO_BIN_EXE_twopc"))
+            .options(opts)
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let parts = kit.into_parts();
+        TestCluster { cluster: parts.local, client: parts.client, etcd: parts.etcd, dir: parts.temp_dir }
     }
 
     pub async fn three() -> Self {
@@ -177,45 +175,12 @@ impl TestCluster {
 
     /// Liveness after recovery (PROTOCOL.md): polls until no participant
     /// holds a prepared tid, an open tid or a lock, and the coordinator has
-    /// no unfinished transaction.
+    /// no unfinished transaction (the kit's settle).
     pub async fn wait_settled(&self) {
-        let deadline = Instant::now() + SETTLE;
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            match self.unsettled().await {
-                None => return,
-                Some(why) => last = why,
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("cluster did not settle within {SETTLE:?}: {last}");
-    }
-
-    async fn unsettled(&self) -> Option<String> {
+        let addrs: Vec<String> = self.cluster.participants.iter().map(|p| p.addr.to_string()).collect();
         let options = self.cluster.connect_options();
-        for (p, proc) in self.cluster.participants.iter().enumerate() {
-            let endpoint = options.tls.endpoint(&proc.addr.to_string()).expect("endpoint");
-            let mut c = match endpoint.connect().await {
-                Ok(c) => pb::participant_client::ParticipantClient::new(c),
-                Err(e) => return Some(format!("partition {p} unreachable: {e}")),
-            };
-            let r = match c.list_in_doubt(options.admin_token.request(pb::ListInDoubtRequest {})).await {
-                Ok(r) => r.into_inner(),
-                Err(e) => return Some(format!("partition {p}: {e}")),
-            };
-            if !r.tids.is_empty() || r.open_tids > 0 || r.locked_keys > 0 {
-                return Some(format!(
-                    "partition {p}: {} in doubt, {} open tids, {} locked keys",
-                    r.tids.len(),
-                    r.open_tids,
-                    r.locked_keys
-                ));
-            }
-        }
-        match self.client.transactions().await {
-            Ok(t) if t.is_empty() => None,
-            Ok(t) => Some(format!("coordinator has {} unfinished transactions: {:?}", t.len(), t)),
-            Err(e) => Some(format!("coordinator: {e}")),
+        if let Err(e) = twopc_testkit::settle::settle(&self.client, &addrs, options, SETTLE).await {
+            panic!("{e}");
         }
     }
 

@@ -40,6 +40,8 @@ pub struct Proc {
     paused: bool,
     /// How the last child exited, once a wait or [`Proc::kill`] reaped it.
     exit: Option<std::process::ExitStatus>,
+    /// Started with [`Proc::start_detached`]: dropping the handle leaves it running.
+    detached: bool,
 }
 
 impl Proc {
@@ -81,6 +83,43 @@ impl Proc {
         }
     }
 
+    /// Like [`Proc::start`], but the process outlives this handle and the
+    /// process that started it: it runs in its own session (`setsid`), with
+    /// no parent-death signal, stdout and stderr appended to `log`, where
+    /// its readiness line is read. Dropping the handle leaves it running;
+    /// [`Proc::kill`] still kills it.
+    pub fn start_detached(
+        exe: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        log: &Path,
+        name: &str,
+    ) -> anyhow::Result<Proc> {
+        // Only what the process prints from now on counts (a restart appends to the old log).
+        let from = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+        let child = spawn_with(exe, args, env, log, true, true)?;
+        let mut proc = Proc::new(child, "0.0.0.0:0".parse().unwrap(), name);
+        proc.detached = true;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let text = std::fs::read(log).unwrap_or_default();
+            let text = String::from_utf8_lossy(text.get(from as usize..).unwrap_or_default());
+            if let Some(addr) = text.lines().find_map(|l| l.strip_prefix("listening on ")) {
+                proc.addr = addr.trim().parse().with_context(|| format!("{name} printed a bad address {addr:?}"))?;
+                return Ok(proc);
+            }
+            if !proc.is_running() {
+                proc.kill();
+                bail!("{name} exited before it was ready; its log ends:\n{}", log_tail(log, 20))
+            }
+            if Instant::now() >= deadline {
+                proc.kill();
+                bail!("{name} did not become ready within {START_TIMEOUT:?}; its log ends:\n{}", log_tail(log, 20))
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts `exe args` with stdout and stderr appended to `log`, without
     /// waiting for anything: for programs that print no readiness line (etcd),
     /// whose readiness the caller checks itself. `addr` is where it serves.
@@ -90,7 +129,7 @@ impl Proc {
     }
 
     fn new(child: Child, addr: SocketAddr, name: &str) -> Proc {
-        Proc { child: Some(child), addr, name: name.to_string(), paused: false, exit: None }
+        Proc { child: Some(child), addr, name: name.to_string(), paused: false, exit: None, detached: false }
     }
 
     /// The process id, until [`Proc::kill`] (or a wait that saw it exit) reaped it.
@@ -189,6 +228,18 @@ fn spawn(
     log: &Path,
     stdout_to_log: bool,
 ) -> anyhow::Result<Child> {
+    spawn_with(exe, args, env, log, stdout_to_log, false)
+}
+
+/// [`spawn`]; `detach`: in its own session, without the parent-death signal.
+fn spawn_with(
+    exe: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    log: &Path,
+    stdout_to_log: bool,
+    detach: bool,
+) -> anyhow::Result<Child> {
     let open_log = || {
         std::fs::OpenOptions::new()
             .create(true)
@@ -206,10 +257,14 @@ fn spawn(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
+    // SAFETY: prctl and setsid are async-signal-safe; they only change the child.
     unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        cmd.pre_exec(move || {
+            if detach {
+                libc::setsid();
+            } else {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            }
             Ok(())
         });
     }
@@ -225,7 +280,9 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        self.kill();
+        if !self.detached {
+            self.kill();
+        }
     }
 }
 
@@ -240,6 +297,11 @@ pub struct ClusterOptions {
     pub participant_args: Vec<String>,
     /// Start participants only for partitions below this (default: all).
     pub start_partitions: Option<u32>,
+    /// Processes outlive their handles and the process that started them
+    /// (`twopc cluster start`): each runs in its own session with no
+    /// parent-death signal, its stdout goes to its log (where its
+    /// readiness line is read), and dropping a handle does not kill it.
+    pub detach: bool,
     /// Environment of every process, e.g. `TWOPC_TLS_CERT` and the other
     /// TLS files, `TWOPC_ADMIN_TOKEN` or `TWOPC_PEER_TOKEN` (the cluster's
     /// shared secret: the launcher itself never needs it); a restart's own
@@ -260,6 +322,7 @@ impl Default for ClusterOptions {
             coordinator_args: vec![],
             participant_args: vec![],
             start_partitions: None,
+            detach: false,
             env: vec![],
             client: twopc_client::ConnectOptions::default(),
             ha: None,
@@ -330,9 +393,16 @@ impl LocalCluster {
                 ha.coordinators
             }
         };
-        let mut procs = Vec::with_capacity(count);
+        let mut procs: Vec<Proc> = Vec::with_capacity(count);
         for i in 0..count {
-            procs.push(start_coordinator(exe, dir, &opts, i, "127.0.0.1:0", &[])?);
+            match start_coordinator(exe, dir, &opts, i, "127.0.0.1:0", &[]) {
+                Ok(p) => procs.push(p),
+                Err(e) => {
+                    // Detached processes would outlive their handles: kill them.
+                    procs.iter_mut().for_each(Proc::kill);
+                    return Err(e);
+                }
+            }
         }
         let coordinator_addrs = procs.iter().map(|p| p.addr).collect();
         let mut procs = procs.into_iter();
@@ -347,10 +417,22 @@ impl LocalCluster {
             participants: vec![],
         };
         for p in 0..cluster.opts.start_partitions.unwrap_or(cluster.opts.partitions) {
-            let proc = cluster.spawn_participant(p, &[])?;
-            cluster.participants.push(proc);
+            match cluster.spawn_participant(p, &[]) {
+                Ok(proc) => cluster.participants.push(proc),
+                Err(e) => {
+                    cluster.kill_all();
+                    return Err(e);
+                }
+            }
         }
         Ok(cluster)
+    }
+
+    /// SIGKILLs every process of the cluster (detached ones too).
+    pub fn kill_all(&mut self) {
+        self.participants.iter_mut().for_each(Proc::kill);
+        self.extra_coordinators.iter_mut().for_each(Proc::kill);
+        self.coordinator.kill();
     }
 
     /// How to reach this cluster (TLS, admin token), as configured.
@@ -462,21 +544,10 @@ impl LocalCluster {
     /// follow the leader among), and returns it; the caller puts it in
     /// `participants` (index `p`) to have it waited for and cleaned up.
     pub fn spawn_participant_with(&self, p: u32, coordinators: &str, env: &[(String, String)]) -> anyhow::Result<Proc> {
-        let data = self.dir.join(format!("p{p}"));
-        let mut args: Vec<String> = vec![
-            "participant".into(),
-            "--partition".into(),
-            p.to_string(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--coordinator".into(),
-            coordinators.to_string(),
-            "--data-dir".into(),
-            data.display().to_string(),
-        ];
-        args.extend(self.opts.participant_args.iter().cloned());
+        let args = participant_args(&self.dir, &self.opts, p, coordinators);
         let env = [&self.opts.env[..], env].concat();
-        Proc::start(&self.exe, &args, &env, &self.dir.join(format!("p{p}.log")), &format!("participant {p}"))
+        let log = self.dir.join(format!("p{p}.log"));
+        start_proc(&self.opts, &self.exe, &args, &env, &log, &format!("participant {p}"))
     }
 
     /// Coordinator `i`'s log file (`coordinator.log`, or in HA mode `coordinator-<i>.log`).
@@ -485,15 +556,35 @@ impl LocalCluster {
     }
 }
 
-fn coordinator_log(dir: &Path, opts: &ClusterOptions, i: usize) -> PathBuf {
+/// Coordinator `i`'s log file of a cluster in `dir`.
+pub fn coordinator_log(dir: &Path, opts: &ClusterOptions, i: usize) -> PathBuf {
     match opts.ha {
         None => dir.join("coordinator.log"),
         Some(_) => dir.join(format!("coordinator-{i}.log")),
     }
 }
 
-/// The command line of coordinator `i` listening on `listen`.
-fn coordinator_args(dir: &Path, opts: &ClusterOptions, listen: &str) -> Vec<String> {
+/// The command line of participant `p` of a cluster in `dir`, on a port it
+/// picks, with its data in `dir/pP`, reaching the coordinator(s) at `coordinators`.
+pub fn participant_args(dir: &Path, opts: &ClusterOptions, p: u32, coordinators: &str) -> Vec<String> {
+    let data = dir.join(format!("p{p}"));
+    let mut args: Vec<String> = vec![
+        "participant".into(),
+        "--partition".into(),
+        p.to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--coordinator".into(),
+        coordinators.to_string(),
+        "--data-dir".into(),
+        data.display().to_string(),
+    ];
+    args.extend(opts.participant_args.iter().cloned());
+    args
+}
+
+/// The command line of a coordinator of a cluster in `dir` listening on `listen`.
+pub fn coordinator_args(dir: &Path, opts: &ClusterOptions, listen: &str) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "coordinator".into(),
         "--listen".into(),
@@ -531,7 +622,19 @@ fn start_coordinator(
     let args = coordinator_args(dir, opts, listen);
     let env = [&opts.env[..], env].concat();
     let name = if opts.ha.is_some() { format!("coordinator {i}") } else { "coordinator".to_string() };
-    Proc::start(exe, &args, &env, &coordinator_log(dir, opts, i), &name)
+    start_proc(opts, exe, &args, &env, &coordinator_log(dir, opts, i), &name)
+}
+
+/// [`Proc::start`], or [`Proc::start_detached`] when `opts.detach`.
+fn start_proc(
+    opts: &ClusterOptions,
+    exe: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    log: &Path,
+    name: &str,
+) -> anyhow::Result<Proc> {
+    if opts.detach { Proc::start_detached(exe, args, env, log, name) } else { Proc::start(exe, args, env, log, name) }
 }
 
 /// What one health probe of a coordinator found.

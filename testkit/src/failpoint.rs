@@ -1,0 +1,250 @@
+//! Typed failpoints: every named crash point of the coordinator and the
+//! participant, with the protocol step it stops at and the crash-matrix row
+//! (PROTOCOL.md, C1-C15) a crash there tests; and typed actions.
+//!
+//! The processes need a build with failpoints (the default `failpoints`
+//! feature of the `twopc` binary); a production build has none and refuses
+//! to arm them.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Which kind of process carries a failpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Coordinator,
+    Participant,
+}
+
+/// A named crash point. Arm it with [`crate::Cluster::arm`]; its
+/// [`Failpoint::name`] is what `FAILPOINTS` and `twopc failpoint` take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Failpoint {
+    /// Coordinator, all votes YES, before its COMMIT record is durable.
+    /// **C1**: no record, so the tid aborts everywhere; the client learns
+    /// ABORTED (or UNAVAILABLE, then ABORTED when it asks).
+    BeforeDecisionForced,
+    /// Coordinator, COMMIT record durable, before any commit is sent.
+    /// **C2** (and **C9** with a participant down too): after a restart
+    /// every participant commits; the client asking hears COMMITTED.
+    AfterDecisionForced,
+    /// Coordinator, after one participant acknowledged its commit.
+    /// **C3**: after a restart the rest commit.
+    AfterCommitAcked,
+    /// Coordinator, one-phase commit (a tid that touched one partition),
+    /// before its DELEGATED record is durable. **C1** for one phase: the tid aborts.
+    BeforeDelegationForced,
+    /// Coordinator, one-phase commit, DELEGATED record durable, nothing
+    /// sent. **C2** for one phase: recovery hands the decision over again.
+    AfterDelegationForced,
+    /// Participant, on prepare, before its prepared state is durable.
+    /// **C4** (with [`Action::Sleep`], **C10**: a slow participant the
+    /// coordinator times out): the tid aborts everywhere.
+    BeforePrepareDurable,
+    /// Participant, prepared state durable, before its YES vote is sent.
+    /// **C5**: the coordinator times out and aborts; the restarted
+    /// participant learns ABORTED and its data is unchanged.
+    AfterPrepareDurable,
+    /// Participant, voted YES, the decision COMMIT arrived, before it is
+    /// applied. **C6**: in doubt; on restart it re-takes its locks, learns
+    /// COMMIT and applies it.
+    BeforeCommitApplied,
+    /// Participant, commit applied, before acknowledging. **C7**: the
+    /// coordinator re-sends; the participant acknowledges without applying twice.
+    AfterCommitApplied,
+    /// Participant, one-phase commit, before its commit is durable: the tid aborts.
+    BeforeOnePhaseApplied,
+    /// Participant, one-phase commit durable, answer not sent: the repeat
+    /// answers COMMITTED from its record, never applying twice.
+    AfterOnePhaseApplied,
+    /// Participant, manual (heuristic) resolution, before it is durable:
+    /// with [`Action::Error`] the write fails and the tid is in doubt again.
+    BeforeHeuristicDurable,
+    /// Participant, a put or delete applied to the tid's buffered writes,
+    /// before its answer. With [`Action::Error`] the client hears an error
+    /// for a write the participant holds: the client library then aborts
+    /// the tid, so nothing of it commits (a failed operation aborts its
+    /// transaction).
+    AfterWriteApplied,
+}
+
+impl Failpoint {
+    /// Every failpoint.
+    pub const ALL: [Failpoint; 13] = [
+        Failpoint::BeforeDecisionForced,
+        Failpoint::AfterDecisionForced,
+        Failpoint::AfterCommitAcked,
+        Failpoint::BeforeDelegationForced,
+        Failpoint::AfterDelegationForced,
+        Failpoint::BeforePrepareDurable,
+        Failpoint::AfterPrepareDurable,
+        Failpoint::BeforeCommitApplied,
+        Failpoint::AfterCommitApplied,
+        Failpoint::BeforeOnePhaseApplied,
+        Failpoint::AfterOnePhaseApplied,
+        Failpoint::BeforeHeuristicDurable,
+        Failpoint::AfterWriteApplied,
+    ];
+
+    /// The name the processes know it by (`coordinator::after_decision_forced`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Failpoint::BeforeDecisionForced => "coordinator::before_decision_forced",
+            Failpoint::AfterDecisionForced => "coordinator::after_decision_forced",
+            Failpoint::AfterCommitAcked => "coordinator::after_commit_acked",
+            Failpoint::BeforeDelegationForced => "coordinator::before_delegation_forced",
+            Failpoint::AfterDelegationForced => "coordinator::after_delegation_forced",
+            Failpoint::BeforePrepareDurable => "participant::before_prepare_durable",
+            Failpoint::AfterPrepareDurable => "participant::after_prepare_durable",
+            Failpoint::BeforeCommitApplied => "participant::before_commit_applied",
+            Failpoint::AfterCommitApplied => "participant::after_commit_applied",
+            Failpoint::BeforeOnePhaseApplied => "participant::before_one_phase_applied",
+            Failpoint::AfterOnePhaseApplied => "participant::after_one_phase_applied",
+            Failpoint::BeforeHeuristicDurable => "participant::before_heuristic_durable",
+            Failpoint::AfterWriteApplied => "participant::after_write_applied",
+        }
+    }
+
+    /// Which process carries it.
+    pub fn role(self) -> Role {
+        if self.name().starts_with("coordinator::") { Role::Coordinator } else { Role::Participant }
+    }
+
+    /// The crash-matrix row(s) of PROTOCOL.md a crash here tests (`"-"`:
+    /// none, e.g. manual resolution).
+    pub fn crash_matrix_row(self) -> &'static str {
+        match self {
+            Failpoint::BeforeDecisionForced | Failpoint::BeforeDelegationForced => "C1",
+            Failpoint::AfterDecisionForced | Failpoint::AfterDelegationForced => "C2",
+            Failpoint::AfterCommitAcked => "C3",
+            Failpoint::BeforePrepareDurable | Failpoint::BeforeOnePhaseApplied => "C4",
+            Failpoint::AfterPrepareDurable => "C5",
+            Failpoint::BeforeCommitApplied => "C6",
+            Failpoint::AfterCommitApplied | Failpoint::AfterOnePhaseApplied => "C7",
+            Failpoint::BeforeHeuristicDurable | Failpoint::AfterWriteApplied => "-",
+        }
+    }
+}
+
+impl fmt::Display for Failpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Failpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Failpoint::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Failpoint::ALL.iter().map(|f| f.name()).collect();
+            format!("{s:?} is not a failpoint; known: {}", names.join(", "))
+        })
+    }
+}
+
+/// What an armed failpoint does when its step is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// SIGKILL the process on the spot, like `kill -9`: nothing is flushed.
+    Kill,
+    /// Make the step fail with an error (the process handles it).
+    Error,
+    /// Sleep this long, then go on: a slow disk or a slow peer.
+    Sleep(Duration),
+    /// Hold the step until the failpoint is disarmed (or re-armed). Only
+    /// that step waits: the process keeps answering everything else, the
+    /// disarm included (`twopc_proto::failpoint`). A `Sleep` likewise ends
+    /// early when its point is disarmed.
+    Pause,
+    /// Do nothing (useful in a sequence: `Off.times(2).then(Kill)` kills at the third hit).
+    Off,
+    /// Do `action` at the next `n` hits only, then nothing.
+    Times(u32, Box<Action>),
+    /// Do the first until its count runs out, then the second.
+    Then(Box<Action>, Box<Action>),
+}
+
+impl Action {
+    /// This action at the next hit only.
+    pub fn once(self) -> Action {
+        self.times(1)
+    }
+
+    /// This action at the next `n` hits only.
+    pub fn times(self, n: u32) -> Action {
+        Action::Times(n, Box::new(self))
+    }
+
+    /// This action (give it a count), then `next`.
+    pub fn then(self, next: Action) -> Action {
+        Action::Then(Box::new(self), Box::new(next))
+    }
+
+    /// The fail-rs action string (`return(abort)`, `1*sleep(500)`, ...).
+    pub fn spec(&self) -> String {
+        match self {
+            Action::Kill => "return(abort)".into(),
+            Action::Error => "return(error)".into(),
+            Action::Sleep(d) => format!("sleep({})", d.as_millis()),
+            Action::Pause => "pause".into(),
+            Action::Off => "off".into(),
+            Action::Times(n, a) => format!("{n}*{}", a.spec()),
+            Action::Then(a, b) => format!("{}->{}", a.spec(), b.spec()),
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.spec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every typed name is hit somewhere in the servers' sources, and every
+    /// `failpoint::hit("...")` name there has a variant: the enum cannot
+    /// drift from the code.
+    #[test]
+    fn names_match_the_servers_sources() {
+        fn read_rs(dir: &std::path::Path, out: &mut String) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    read_rs(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push_str(&std::fs::read_to_string(path).unwrap());
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut sources = String::new();
+        read_rs(&root.join("coordinator/src"), &mut sources);
+        read_rs(&root.join("participant/src"), &mut sources);
+        for f in Failpoint::ALL {
+            assert!(sources.contains(&format!("\"{}\"", f.name())), "{} is not in the sources", f.name());
+            assert_eq!(f.name().parse::<Failpoint>().unwrap(), f);
+        }
+        for prefix in ["\"coordinator::", "\"participant::"] {
+            for (at, _) in sources.match_indices(prefix) {
+                let rest = &sources[at + 1..];
+                let name = &rest[..rest.find('"').unwrap()];
+                if name.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c == ':') {
+                    assert!(name.parse::<Failpoint>().is_ok(), "failpoint {name} has no variant");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn actions_render_as_fail_rs_specs() {
+        assert_eq!(Action::Kill.spec(), "return(abort)");
+        assert_eq!(Action::Sleep(Duration::from_millis(500)).once().spec(), "1*sleep(500)");
+        assert_eq!(Action::Off.times(2).then(Action::Kill).spec(), "2*off->return(abort)");
+        assert_eq!(Failpoint::AfterPrepareDurable.role(), Role::Participant);
+        assert_eq!(Failpoint::AfterDecisionForced.crash_matrix_row(), "C2");
+    }
+}
