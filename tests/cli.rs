@@ -98,3 +98,47 @@ async fn cli_runs_transactions_and_reports_errors() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     tc.wait_settled().await;
 }
+
+/// A failpoint name the target process does not have (a typo, or the
+/// other role's point) is refused with INVALID_ARGUMENT listing the
+/// process's names, on the wire and in the CLI (exit 2), and at start
+/// (`FAILPOINTS=`); before, it answered ok and armed nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_failpoint_names_are_refused_listing_the_known_ones() {
+    let tc = TestCluster::three().await;
+    for (target, name) in [
+        ("coordinator", "coordinator::before_decision_force"),
+        ("coordinator", "participant::after_prepare_durable"),
+        ("1", "coordinator::after_decision_forced"),
+        ("1", "participant::before_prepare_durabl"),
+    ] {
+        let o = twopc(&tc, &["failpoint", "--target", target, name, "pause"], None);
+        assert_eq!(o.status.code(), Some(2), "{target} {name}: {}{}", stdout(&o), stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("INVALID_ARGUMENT") && err.contains("unknown failpoint"), "{err}");
+        let right = if target == "coordinator" {
+            "coordinator::after_decision_forced"
+        } else {
+            "participant::after_prepare_durable"
+        };
+        assert!(err.contains(right), "the known names are listed: {err}");
+    }
+    // The right names in the right places are accepted (and disarmed).
+    for (target, name) in
+        [("coordinator", "coordinator::after_decision_forced"), ("1", "participant::after_prepare_durable")]
+    {
+        let o = twopc(&tc, &["failpoint", "--target", target, name, "pause"], None);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = twopc(&tc, &["failpoint", "--target", target, name, ""], None);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    // At start: a typo in FAILPOINTS stops the process with the list.
+    let o = Command::new(env!("CARGO_BIN_EXE_twopc"))
+        .args(["coordinator", "--listen", "127.0.0.1:0", "--partitions", "1", "--data-dir"])
+        .arg(tc.cluster.dir.join("never-started"))
+        .env("FAILPOINTS", "coordinator::after_decision_force=return(abort)")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown failpoint"), "{}", String::from_utf8_lossy(&o.stderr));
+}

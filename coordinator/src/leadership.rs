@@ -39,6 +39,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use twopc_etcd::{Etcd, op, pb};
+use twopc_proto::throttle::Throttle;
+
+/// Log sites that repeat at every poll or renewal while etcd is away
+/// (`twopc_proto::throttle`): at most one line per 10 s each.
+static LEASE_EXPIRED: Throttle = Throttle::new(Duration::from_secs(10));
+static NO_LEASE: Throttle = Throttle::new(Duration::from_secs(10));
+static NO_ETCD: Throttle = Throttle::new(Duration::from_secs(10));
 
 /// Exit code of a coordinator that lost its leadership.
 pub const EXIT_DEPOSED: i32 = 75;
@@ -186,9 +193,14 @@ impl Leadership {
                     if self.leads() {
                         self.step_down("its lease in etcd expired: another coordinator may lead now");
                     }
-                    tracing::info!("lease expired while standing by; taking a new one");
-                    if let Err(e) = self.start().await {
-                        tracing::warn!(error = %e, "cannot take a new lease");
+                    // Repeats every renewal while etcd is away: sampled.
+                    if let Some(suppressed) = LEASE_EXPIRED.allow() {
+                        tracing::info!(suppressed, "lease expired while standing by; taking a new one");
+                    }
+                    if let Err(e) = self.start().await
+                        && let Some(suppressed) = NO_LEASE.allow()
+                    {
+                        tracing::warn!(error = %e, suppressed, "cannot take a new lease");
                     }
                 }
                 Ok(Err(e)) => self.renewal_failed(&mut failures, &e.to_string()),
@@ -246,7 +258,11 @@ impl Leadership {
                     }
                     self.state().leader = leader;
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot reach etcd to look for the leader; retrying"),
+                Err(e) => {
+                    if let Some(suppressed) = NO_ETCD.allow() {
+                        tracing::warn!(error = %e, suppressed, "cannot reach etcd to look for the leader; retrying");
+                    }
+                }
             }
             tokio::time::sleep(POLL).await;
         }

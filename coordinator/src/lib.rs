@@ -29,6 +29,18 @@ pub mod peers;
 pub mod preflight;
 pub mod service;
 
+/// Every failpoint this process has (`twopc_proto::failpoint`): its
+/// protocol steps (crash-matrix rows C1-C3) and the decision log's test
+/// hook. `SetFailpoint` and `FAILPOINTS=` refuse any other name.
+pub const FAILPOINTS: &[&str] = &[
+    "coordinator::before_decision_forced",
+    "coordinator::after_decision_forced",
+    "coordinator::before_delegation_forced",
+    "coordinator::after_delegation_forced",
+    "coordinator::after_commit_acked",
+    "decision_log::max_page_count",
+];
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,7 +160,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _data_dir_lock = preflight::check(&config)?;
     anyhow::ensure!(config.partitions > 0, "--partitions must be at least 1");
     anyhow::ensure!(config.prepare_timeout_ms > 0, "--prepare-timeout-ms must be positive");
-    twopc_proto::failpoint::setup_from_env().map_err(anyhow::Error::msg)?;
+    twopc_proto::failpoint::setup_from_env(FAILPOINTS).map_err(anyhow::Error::msg)?;
     let (server_tls, client_tls) = config.tls.load().map_err(anyhow::Error::msg)?;
     let admin_token = AdminToken::new(config.admin_token.as_deref()).map_err(anyhow::Error::msg)?;
     let peer_token = PeerToken::new(config.peer_token.as_deref()).map_err(anyhow::Error::msg)?;
@@ -368,4 +380,37 @@ pub fn main_with(config: Config) -> anyhow::Result<()> {
 fn limited<S>(server: CoordinatorServer<S>) -> CoordinatorServer<S> {
     let limit = twopc_proto::limits::SizeLimits::default().message_limit();
     server.max_decoding_message_size(limit).max_encoding_message_size(limit)
+}
+
+#[cfg(test)]
+mod failpoint_names {
+    /// [`super::FAILPOINTS`] is exactly the names this crate's sources hit:
+    /// an armed name that nothing hits would arm nothing.
+    #[test]
+    fn the_list_matches_the_sources() {
+        fn read_rs(dir: &std::path::Path, out: &mut String) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    read_rs(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("lib.rs") {
+                    out.push_str(&std::fs::read_to_string(path).unwrap());
+                }
+            }
+        }
+        let mut sources = String::new();
+        read_rs(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut sources);
+        for name in super::FAILPOINTS {
+            assert!(sources.contains(&format!("\"{name}\"")), "{name} is listed but not hit");
+        }
+        for prefix in ["\"coordinator::", "\"decision_log::"] {
+            for (at, _) in sources.match_indices(prefix) {
+                let rest = &sources[at + 1..];
+                let name = &rest[..rest.find('"').unwrap()];
+                if name.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c == ':') {
+                    assert!(super::FAILPOINTS.contains(&name), "failpoint {name} is hit but not listed");
+                }
+            }
+        }
+    }
 }

@@ -353,7 +353,7 @@ impl CoordinatorRpc for CoordinatorService {
 
     async fn set_failpoint(&self, req: Request<pb::SetFailpointRequest>) -> Reply<pb::SetFailpointResponse> {
         self.admin_token.check(&req, "SetFailpoint")?;
-        failpoint::set_from_rpc(req.into_inner())?;
+        failpoint::set_from_rpc(req.into_inner(), crate::FAILPOINTS)?;
         Ok(Response::new(pb::SetFailpointResponse {}))
     }
 }

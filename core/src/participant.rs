@@ -420,8 +420,8 @@ impl Participant {
                     let why = AbortReason::new(
                         AbortKind::Conflict,
                         format!(
-                            "lock conflict on key {:?} with older tid {oldest} (wait-die)",
-                            String::from_utf8_lossy(key)
+                            "lock conflict on key {} with older tid {oldest} (wait-die)",
+                            crate::reason::key_in_words(key)
                         ),
                     );
                     self.abort_locally(tid, why);

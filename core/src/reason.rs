@@ -140,6 +140,22 @@ impl std::ops::Deref for AbortReason {
     }
 }
 
+/// How many bytes of a key a reason shows.
+pub const KEY_SHOWN: usize = 64;
+
+/// A key as the words of a reason or error show it: quoted, and cut to its
+/// first [`KEY_SHOWN`] bytes with its length when longer. A reason travels
+/// in votes, abort notices and answers (and is logged); keys may be up to
+/// `--max-key-bytes` (1 KiB by default, more when raised), so repeating
+/// them whole could make an answer about a conflict larger than the
+/// operation that caused it.
+pub fn key_in_words(key: &[u8]) -> String {
+    if key.len() <= KEY_SHOWN {
+        return format!("{:?}", String::from_utf8_lossy(key));
+    }
+    format!("{:?}... ({} bytes)", String::from_utf8_lossy(&key[..KEY_SHOWN]), key.len())
+}
+
 /// Words without a known cause: [`AbortKind::Other`].
 impl From<&str> for AbortReason {
     fn from(detail: &str) -> Self {
@@ -163,6 +179,14 @@ mod tests {
         let labels: std::collections::BTreeSet<&str> = AbortKind::ALL.iter().map(|k| k.label()).collect();
         assert_eq!(labels.len(), AbortKind::ALL.len());
         assert!(labels.iter().all(|l| l.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+    }
+
+    #[test]
+    fn long_keys_are_cut_in_words() {
+        assert_eq!(key_in_words(b"k"), "\"k\"");
+        let long = vec![b'x'; 100_000];
+        let words = key_in_words(&long);
+        assert!(words.len() < KEY_SHOWN + 32 && words.ends_with("... (100000 bytes)"), "{words}");
     }
 
     #[test]

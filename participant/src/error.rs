@@ -56,7 +56,7 @@ impl From<ParticipantError> for Status {
 
 impl ParticipantError {
     pub fn from_op(tid: Tid, e: OpError, key: &[u8]) -> Self {
-        let key = String::from_utf8_lossy(key);
+        let key = twopc_core::reason::key_in_words(key);
         match e {
             OpError::UnknownTid => Self::FailedPrecondition { tid, why: "not enlisted at this participant".into() },
             OpError::NotActive(state) => Self::FailedPrecondition {
@@ -70,10 +70,9 @@ impl ParticipantError {
                 reason: "the coordinator that began it was restarted or replaced by another leader".into(),
             },
             OpError::MustWait { holder } => Self::Internal(format!("lock wait on tid {holder} escaped the wait loop")),
-            OpError::LockConflict { holder } => Self::Aborted {
-                tid,
-                reason: format!("lock conflict on key {key:?} with older tid {holder} (wait-die)"),
-            },
+            OpError::LockConflict { holder } => {
+                Self::Aborted { tid, reason: format!("lock conflict on key {key} with older tid {holder} (wait-die)") }
+            }
             OpError::TooManyOps(n) => {
                 Self::ResourceExhausted(format!("tid {tid} reached the limit of {n} operations at this participant"))
             }

@@ -25,6 +25,22 @@ pub mod preflight;
 pub mod service;
 pub mod store;
 
+/// Every failpoint this process has (`twopc_proto::failpoint`): its
+/// protocol steps (crash-matrix rows C4-C7), manual resolution, a write
+/// applied before its answer, and the store's test hook. `SetFailpoint`
+/// and `FAILPOINTS=` refuse any other name.
+pub const FAILPOINTS: &[&str] = &[
+    "participant::before_prepare_durable",
+    "participant::after_prepare_durable",
+    "participant::before_commit_applied",
+    "participant::after_commit_applied",
+    "participant::before_one_phase_applied",
+    "participant::after_one_phase_applied",
+    "participant::before_heuristic_durable",
+    "participant::after_write_applied",
+    "store::max_page_count",
+];
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -101,7 +117,7 @@ pub struct Config {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // Held until the process ends (PROTOCOL.md rule 13).
     let _data_dir_lock = preflight::check(&config)?;
-    twopc_proto::failpoint::setup_from_env().map_err(anyhow::Error::msg)?;
+    twopc_proto::failpoint::setup_from_env(FAILPOINTS).map_err(anyhow::Error::msg)?;
     let (server_tls, client_tls) = config.tls.load().map_err(anyhow::Error::msg)?;
     let admin_token = AdminToken::new(config.admin_token.as_deref()).map_err(anyhow::Error::msg)?;
     let peer_token = PeerToken::new(config.peer_token.as_deref()).map_err(anyhow::Error::msg)?;
@@ -167,4 +183,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 pub fn main_with(config: Config) -> anyhow::Result<()> {
     runtime::init_tracing();
     runtime::build_runtime(config.worker_threads)?.block_on(run(config))
+}
+
+#[cfg(test)]
+mod failpoint_names {
+    /// [`super::FAILPOINTS`] is exactly the names this crate's sources hit:
+    /// an armed name that nothing hits would arm nothing.
+    #[test]
+    fn the_list_matches_the_sources() {
+        fn read_rs(dir: &std::path::Path, out: &mut String) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    read_rs(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("lib.rs") {
+                    out.push_str(&std::fs::read_to_string(path).unwrap());
+                }
+            }
+        }
+        let mut sources = String::new();
+        read_rs(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut sources);
+        for name in super::FAILPOINTS {
+            assert!(sources.contains(&format!("\"{name}\"")), "{name} is listed but not hit");
+        }
+        for prefix in ["\"participant::", "\"store::"] {
+            for (at, _) in sources.match_indices(prefix) {
+                let rest = &sources[at + 1..];
+                let name = &rest[..rest.find('"').unwrap()];
+                if name.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c == ':') {
+                    assert!(super::FAILPOINTS.contains(&name), "failpoint {name} is hit but not listed");
+                }
+            }
+        }
+    }
 }

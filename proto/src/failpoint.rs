@@ -161,9 +161,11 @@ fn kill_self(name: &str) -> ! {
 pub const ENABLED: bool = cfg!(feature = "failpoints");
 
 /// Arms failpoints from the `FAILPOINTS` environment variable. Call once at
-/// process start. Returns an error for a malformed spec, and when failpoints
-/// are requested from a build that has none.
-pub fn setup_from_env() -> Result<(), String> {
+/// process start with the names this process has (`known`). Returns an
+/// error for a malformed spec, a name this process does not have (a typo
+/// or the other role's point would otherwise arm nothing, silently), and
+/// when failpoints are requested from a build that has none.
+pub fn setup_from_env(known: &[&str]) -> Result<(), String> {
     let spec = std::env::var("FAILPOINTS").unwrap_or_default();
     if spec.trim().is_empty() {
         return Ok(());
@@ -171,9 +173,18 @@ pub fn setup_from_env() -> Result<(), String> {
     for item in spec.split(';').filter(|s| !s.trim().is_empty()) {
         let (name, actions) =
             item.split_once('=').ok_or_else(|| format!("FAILPOINTS entry {item:?} is not name=action"))?;
+        check_known(name.trim(), known)?;
         configure(name.trim(), actions.trim())?;
     }
     Ok(())
+}
+
+/// Refuses a name that is not one of this process's failpoints, listing them.
+fn check_known(name: &str, known: &[&str]) -> Result<(), String> {
+    if known.contains(&name) {
+        return Ok(());
+    }
+    Err(format!("unknown failpoint {name:?}: this process has {}", known.join(", ")))
 }
 
 /// Arms (or with empty `actions`, disarms) one failpoint.
@@ -197,11 +208,13 @@ pub fn configure(name: &str, actions: &str) -> Result<(), String> {
     }
 }
 
-/// `SetFailpoint` RPC body shared by both services.
-pub fn set_from_rpc(req: crate::pb::SetFailpointRequest) -> Result<(), tonic::Status> {
+/// `SetFailpoint` RPC body shared by both services; `known` are the
+/// process's failpoints (an unknown name is INVALID_ARGUMENT listing them).
+pub fn set_from_rpc(req: crate::pb::SetFailpointRequest, known: &[&str]) -> Result<(), tonic::Status> {
     if req.name.is_empty() {
         return Err(tonic::Status::invalid_argument("failpoint name is empty"));
     }
+    check_known(&req.name, known).map_err(tonic::Status::invalid_argument)?;
     configure(&req.name, &req.actions)
         .map_err(|e| if ENABLED { tonic::Status::invalid_argument(e) } else { tonic::Status::failed_precondition(e) })
 }
