@@ -150,7 +150,18 @@ async fn a_restarted_coordinators_unprepared_tids_release_their_locks_at_once() 
     eprintln!("coordinator restart -> the old tid's lock released and a new writer committed: {released:?}");
     assert!(released < Duration::from_secs(10), "{released:?}");
     assert_eq!(tc.read(&k).await.as_deref(), Some("new"));
-    // The old tid is aborted for its client too.
-    assert!(matches!(tc.client.status(old.tid()).await.unwrap(), Decision::Aborted { .. }));
+    // The old tid is aborted for its client too, and status and a
+    // repeated commit (CLI `commit --tid` included) agree on why.
+    let status = tc.client.status(old.tid()).await.unwrap();
+    assert!(
+        matches!(&status, Decision::Aborted { kind: twopc_client::AbortKind::CoordinatorRestarted, .. }),
+        "{status:?}"
+    );
+    let attached = tc.client.txn(old.tid(), 0);
+    let commit = attached.commit().await.unwrap();
+    assert!(
+        matches!(&commit, Outcome::Aborted { kind: twopc_client::AbortKind::CoordinatorRestarted, .. }),
+        "{commit:?}"
+    );
     tc.wait_settled().await;
 }
