@@ -179,6 +179,37 @@ pub fn setup_from_env(known: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
+/// The failpoint names a crate's code uses: every string literal that
+/// starts with one of `prefixes` (e.g. `coordinator::`) in the `.rs` files
+/// under `dir`, except `lib.rs` (where the crate lists them). For each
+/// server's test that its list of failpoints is exactly what its code hits.
+#[doc(hidden)]
+pub fn names_in_sources(dir: &std::path::Path, prefixes: &[&str]) -> std::collections::BTreeSet<String> {
+    fn read_rs(dir: &std::path::Path, out: &mut String) {
+        for entry in std::fs::read_dir(dir).expect("a source directory") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                read_rs(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("lib.rs") {
+                out.push_str(&std::fs::read_to_string(path).expect("a source file"));
+            }
+        }
+    }
+    let mut sources = String::new();
+    read_rs(dir, &mut sources);
+    let mut names = std::collections::BTreeSet::new();
+    for prefix in prefixes {
+        for (at, _) in sources.match_indices(&format!("\"{prefix}")) {
+            let rest = &sources[at + 1..];
+            let name = &rest[..rest.find('"').unwrap_or(0)];
+            if name.len() > prefix.len() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c == ':') {
+                names.insert(name.to_string());
+            }
+        }
+    }
+    names
+}
+
 /// Refuses a name that is not one of this process's failpoints, listing them.
 fn check_known(name: &str, known: &[&str]) -> Result<(), String> {
     if known.contains(&name) {
