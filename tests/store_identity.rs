@@ -98,9 +98,9 @@ async fn a_second_participant_on_an_empty_dir_is_refused_and_the_first_keeps_the
 
     // The first participant still owns partition 1, and serves it.
     tc.cluster.wait_registered(SETTLE).await.expect("partition 1 still at the first participant");
-    assert_eq!(tc.read(&key).await.as_deref(), Some("1"), "committed data still readable");
+    tc.wait_value(&key, Some("1")).await;
     let key2 = commit_on_both(&tc, "after").await;
-    assert_eq!(tc.read(&key2).await.as_deref(), Some("1"));
+    tc.wait_value(&key2, Some("1")).await;
     tc.wait_settled().await;
 }
 
@@ -114,7 +114,7 @@ async fn restarts_on_own_data_re_register_and_the_coordinator_keeps_the_ids() {
     tc.cluster.restart_participant(1, &[]).unwrap();
     tc.reconnect().await;
     assert_eq!(store_id(&p1_dir(&tc)), recorded, "the id is kept across restarts");
-    assert_eq!(tc.read(&key).await.as_deref(), Some("1"));
+    tc.wait_value(&key, Some("1")).await;
 
     // The coordinator restarted on its (SQLite) log still knows the store.
     tc.cluster.restart_coordinator(&[]).unwrap();
@@ -129,7 +129,7 @@ async fn restarts_on_own_data_re_register_and_the_coordinator_keeps_the_ids() {
     tc.cluster.restart_participant(1, &[]).unwrap();
     tc.reconnect().await;
     let key2 = commit_on_both(&tc, "restart2").await;
-    assert_eq!(tc.read(&key2).await.as_deref(), Some("1"));
+    tc.wait_value(&key2, Some("1")).await;
     tc.wait_settled().await;
 }
 
@@ -156,7 +156,7 @@ async fn replace_store_takes_over_a_lost_partition_once() {
     // The cost: the lost store's committed data is gone with it.
     assert_eq!(tc.read(&key).await, None);
     let key2 = commit_on_both(&tc, "replaced").await;
-    assert_eq!(tc.read(&key2).await.as_deref(), Some("1"));
+    tc.wait_value(&key2, Some("1")).await;
 
     // The old store coming back is now the other store: refused.
     let old = start_participant(&tc, 1, &p1_dir(&tc), &[], "p1-old.log");
@@ -164,12 +164,13 @@ async fn replace_store_takes_over_a_lost_partition_once() {
     assert_names_both(&tc, &text, &new_id, &lost);
     // The flag left set replaces nothing more (it names the old store),
     // and a restart of the new store with it is still accepted.
-    let again = start_participant(&tc, 1, &tc.cluster.dir.join("p1-other"), &["--replace-store", &lost], "p1-again.log");
+    let again =
+        start_participant(&tc, 1, &tc.cluster.dir.join("p1-other"), &["--replace-store", &lost], "p1-again.log");
     assert_refused(&tc, again, "p1-again.log");
     tc.cluster.participants[1].kill();
     tc.cluster.participants[1] = start_participant(&tc, 1, &fresh, &["--replace-store", &lost], "p1-new.log");
     tc.reconnect().await;
-    assert_eq!(tc.read(&key2).await.as_deref(), Some("1"));
+    tc.wait_value(&key2, Some("1")).await;
     tc.wait_settled().await;
 }
 
@@ -192,5 +193,5 @@ async fn the_etcd_log_keeps_the_ids_across_a_change_of_leader() {
     let text = assert_refused(&tc, second, "p1-empty2.log");
     assert!(text.contains(&recorded), "{text}");
     tc.reconnect().await;
-    assert_eq!(tc.read(&key).await.as_deref(), Some("1"));
+    tc.wait_value(&key, Some("1")).await;
 }

@@ -934,9 +934,12 @@ mod tests {
         let follower = Follower::new(&list, ClientTls::plaintext(), token, Duration::from_secs(1)).unwrap();
         let node = Node::new(Participant::new(0, Limits::default()), store, follower);
 
-        tokio::time::timeout(Duration::from_secs(10), node.clone().register_loop("127.0.0.1:7100".into(), String::new()))
-            .await
-            .expect("registered through the standby");
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            node.clone().register_loop("127.0.0.1:7100".into(), String::new()),
+        )
+        .await
+        .expect("registered through the standby");
         assert_eq!((standby.calls("Register"), leader.calls("Register")), (1, 1));
         assert_eq!(node.coordinator.current(), leader.addr.to_string());
 

@@ -93,11 +93,25 @@ pub struct Recovered {
 }
 
 pub enum Request {
-    Commit { tid: Tid, partitions: Vec<PartitionId>, one_phase: bool, done: oneshot::Sender<Result<(), LogError>> },
-    Finished { tid: Tid },
-    Forget { tid: Tid },
+    Commit {
+        tid: Tid,
+        partitions: Vec<PartitionId>,
+        one_phase: bool,
+        done: oneshot::Sender<Result<(), LogError>>,
+    },
+    Finished {
+        tid: Tid,
+    },
+    Forget {
+        tid: Tid,
+    },
     /// `store_id`: empty keeps the recorded one (a participant that sends none).
-    Register { partition: PartitionId, address: String, store_id: String, done: oneshot::Sender<Result<(), LogError>> },
+    Register {
+        partition: PartitionId,
+        address: String,
+        store_id: String,
+        done: oneshot::Sender<Result<(), LogError>>,
+    },
 }
 
 impl Request {
