@@ -110,9 +110,12 @@ pub enum Request {
         partition: PartitionId,
         address: String,
         store_id: String,
-        done: oneshot::Sender<Result<(), LogError>>,
+        done: Done,
     },
 }
+
+/// Answers a forced request once it is durable.
+pub type Done = oneshot::Sender<Result<(), LogError>>;
 
 impl Request {
     /// Whether the caller waits for this request to be durable.
