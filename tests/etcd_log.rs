@@ -58,16 +58,20 @@ async fn concurrent_forced_records_share_transactions_within_etcds_limits_and_th
         r.unwrap();
     }
     log.register(1, "127.0.0.1:9".into()).await.unwrap();
+    log.register_store(2, "127.0.0.1:10".into(), "store-2".into()).await.unwrap();
+    // Without a store id, the recorded one is kept.
+    log.register(2, "127.0.0.1:11".into()).await.unwrap();
     let stats = log.stats();
     let batches = stats.forced_batches.load(Ordering::Relaxed);
-    assert_eq!(stats.forced_records.load(Ordering::Relaxed), 1001);
+    assert_eq!(stats.forced_records.load(Ordering::Relaxed), 1003);
     assert!(batches <= 20, "1,000 concurrent records took {batches} group commits");
     assert!(!deposed.load(Ordering::SeqCst));
     // A second open (as the next leader would) finds every record.
     let (_log2, rec) = DecisionLog::open_etcd(log_of(&etcd, &l, epoch, deposed), 3, 100_000).await.unwrap();
     assert_eq!(rec.unfinished.len(), 1000);
     assert!(rec.unfinished.iter().all(|(_, p)| p == &vec![0, 2]));
-    assert_eq!(rec.members, vec![(1, "127.0.0.1:9".to_string())]);
+    assert_eq!(rec.members, vec![(1, "127.0.0.1:9".to_string()), (2, "127.0.0.1:11".to_string())]);
+    assert_eq!(rec.store_ids, vec![(2, "store-2".to_string())], "store ids are read back (crate::store_ids)");
     // Another partition count is refused, naming both.
     let err = DecisionLog::open_etcd(log_of(&etcd, &l, epoch, Arc::default()), 4, 10).await.err().unwrap();
     assert!(err.to_string().contains("3 partitions, not 4"), "{err}");

@@ -4,7 +4,8 @@
 //! Layout: the protocol itself is `twopc_core::coordinator` (no I/O);
 //! [`driver`] executes its actions (RPCs, forced log writes, retries);
 //! [`decision_log`] is the SQLite log with group commit; [`service`] is the
-//! gRPC face; [`peers`] the partition map.
+//! gRPC face; [`peers`] the partition map; [`store_ids`] the store each
+//! partition belongs to (a registration from another store is refused).
 //!
 //! Start-up order keeps rule 7: the log is read back and every unfinished
 //! COMMIT re-entered into the core *before* the socket serves, so no
@@ -28,6 +29,7 @@ pub mod leadership;
 pub mod peers;
 pub mod preflight;
 pub mod service;
+pub mod store_ids;
 
 /// Every failpoint this process has (`twopc_proto::failpoint`): its
 /// protocol steps (crash-matrix rows C1-C3) and the decision log's test
@@ -261,6 +263,7 @@ impl Shell {
             },
             cluster_id: recovered.cluster_id.clone(),
             term: recovered.term,
+            store_ids: store_ids::StoreIds::new(&recovered.store_ids),
         };
         (driver, service, redo)
     }

@@ -42,9 +42,15 @@ pub struct CoordinatorService {
     /// This coordinator's term (see `Recovered::term`), sent with the same
     /// answers so participants release tids of a replaced coordinator.
     pub term: u64,
+    /// The store each partition belongs to (`crate::store_ids`).
+    pub store_ids: crate::store_ids::StoreIds,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
+
+/// Registrations refused for their store: one line per 10 s (a refused
+/// participant exits, but a supervisor may restart it in a loop).
+static OTHER_STORE: twopc_proto::throttle::Throttle = twopc_proto::throttle::Throttle::new(Duration::from_secs(10));
 
 impl CoordinatorService {
     fn check_partition(&self, partition: u32) -> Result<(), CoordinatorError> {
@@ -284,7 +290,18 @@ impl CoordinatorRpc for CoordinatorService {
         // Validated before it is recorded: a recorded address is dialled
         // again after every restart.
         self.driver.peers.check_address(&req.address).map_err(Status::invalid_argument)?;
-        let recorded = self.driver.log.register(req.partition, req.address.clone()).await;
+        // Checked and recorded under one lock (`crate::store_ids`).
+        let mut stores = self.store_ids.lock().await;
+        let admission = stores.admit(req.partition, &req.store_id, &req.replace_store).inspect_err(|refusal| {
+            if let Some(suppressed) = OTHER_STORE.allow() {
+                tracing::error!(address = %req.address, suppressed, "registration refused: {refusal}");
+            }
+        })?;
+        let store_id = match admission {
+            crate::store_ids::Admission::Same => String::new(),
+            _ => req.store_id.clone(),
+        };
+        let recorded = self.driver.log.register_store(req.partition, req.address.clone(), store_id.clone()).await;
         match recorded {
             Ok(()) => self.driver.disk.succeeded(),
             Err(LogError::DiskFull(detail)) => {
@@ -295,8 +312,19 @@ impl CoordinatorRpc for CoordinatorService {
             }
             Err(e) => return Err(Status::unavailable(format!("cannot record the registration: {e}"))),
         }
+        stores.recorded(req.partition, &store_id);
+        drop(stores);
         self.driver.peers.set(req.partition, &req.address).map_err(Status::invalid_argument)?;
-        tracing::info!(partition = req.partition, address = %req.address, incarnation = req.incarnation, "participant registered");
+        if let crate::store_ids::Admission::Replaces { old } = &admission {
+            tracing::warn!(
+                partition = req.partition,
+                old_store_id = %old,
+                store_id = %req.store_id,
+                "partition's store replaced by the operator (--replace-store): tids prepared only in the old \
+                 store can no longer be committed at this partition"
+            );
+        }
+        tracing::info!(partition = req.partition, address = %req.address, incarnation = req.incarnation, store_id = %req.store_id, "participant registered");
         Ok(Response::new(pb::RegisterResponse {
             partitions: self.limits.partitions,
             cluster_id: self.cluster_id.clone(),

@@ -13,7 +13,10 @@
 //! locks re-taken *before* the socket serves, so no new transaction can
 //! touch a key an in-doubt tid wrote. Then the participant registers with
 //! the coordinator (at its possibly new address) and asks about every
-//! recovered tid at once. With several coordinators (`--coordinator A,B,C`)
+//! recovered tid at once. It registers with its store's id
+//! ([`store::Store::store_id`]): the coordinator refuses another store for a
+//! partition it knows, and the participant then exits with code 2
+//! ([`node`], `twopc_proto::store_id`). With several coordinators (`--coordinator A,B,C`)
 //! it registers with, enlists at and asks whichever leads (see [`node`]).
 
 pub mod error;
@@ -111,6 +114,14 @@ pub struct Config {
     /// every process whenever clients can reach them; open to all when absent.
     #[arg(long, env = "TWOPC_PEER_TOKEN", hide_env_values = true)]
     pub peer_token: Option<String>,
+    /// Only when this partition's store is lost for good: the id of that
+    /// store (the one the coordinator's refusal names), which this data
+    /// directory's store replaces. The coordinator then records this store
+    /// for the partition; tids prepared only in the lost store can never be
+    /// committed here (README, Ownership). A replacement happens once: the
+    /// flag left set replaces nothing later.
+    #[arg(long, env = "TWOPC_REPLACE_STORE", value_name = "LOST_STORE_ID")]
+    pub replace_store: Option<String>,
 }
 
 /// Runs the participant until the process is stopped.
@@ -161,7 +172,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (listener, local) =
         runtime::bind(&config.listen, server_tls.is_some(), peer_token.is_set()).await.map_err(anyhow::Error::msg)?;
     let advertise = config.advertise.clone().unwrap_or_else(|| local.to_string());
-    tokio::spawn(node.clone().register_loop(advertise));
+    tokio::spawn(node.clone().register_loop(advertise, config.replace_store.clone().unwrap_or_default()));
     tokio::spawn(node.clone().timer_loop(Duration::from_millis(100)));
     tracing::info!(%local, partition = config.partition, tls = server_tls.is_some(), peer_token = peer_token.is_set(), "participant serving");
     // One message limit for requests and answers, from the key and value

@@ -43,6 +43,14 @@
 //! each kind of call has its own bound:
 //! - Register retries until some leader accepts: each round is bounded
 //!   ([`REGISTER_ROUND`]), rounds repeat with capped backoff forever;
+//!   except a refusal of this store (`twopc_proto::store_id`: the
+//!   coordinator has another store recorded for this partition): the
+//!   participant logs one error line naming both stores and what to do,
+//!   and exits with code 2. That refusal is certain: it comes from the
+//!   leader's durable record, which only an operator's `--replace-store`
+//!   changes, so retrying would only leave a process that looks alive while
+//!   serving nothing (its partition is the other store's); a supervisor
+//!   restarting it asks again, which is all a retry could do;
 //! - Enlist is on a client's operation path: bounded ([`ENLIST_BUDGET`]),
 //!   then the operation fails with UNAVAILABLE;
 //! - GetDecision for an in-doubt tid is bounded per question
@@ -818,8 +826,9 @@ impl Node {
     }
 
     /// Registers with the leading coordinator, retrying with backoff until
-    /// one accepts.
-    pub async fn register_loop(self: Arc<Self>, address: String) {
+    /// one accepts. `replace_store`: the id of a lost store this one
+    /// replaces (`--replace-store`), empty if none.
+    pub async fn register_loop(self: Arc<Self>, address: String, replace_store: String) {
         let mut backoff = twopc_proto::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             let asked = now_unix_ms();
@@ -828,6 +837,8 @@ impl Node {
                 address: address.clone(),
                 incarnation: self.incarnation,
                 sent_unix_ms: asked,
+                store_id: self.store.store_id().to_string(),
+                replace_store: replace_store.clone(),
             };
             let answer = self
                 .coordinator
@@ -866,6 +877,17 @@ impl Node {
                         );
                     }
                     tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(FollowError::Status { address: at, status }) if twopc_proto::store_id::is_other_store(&status) => {
+                    tracing::error!(
+                        partition = self.partition,
+                        store_id = %self.store.store_id(),
+                        data_dir = %self.store.path().parent().unwrap_or(self.store.path()).display(),
+                        coordinator = %at,
+                        "the coordinator refused this participant's store for the partition; exiting: {}",
+                        status.message()
+                    );
+                    std::process::exit(2);
                 }
                 Err(e) if e.code() == tonic::Code::InvalidArgument => {
                     tracing::error!("the coordinator refused our registration: {e}");
@@ -912,9 +934,12 @@ mod tests {
         let follower = Follower::new(&list, ClientTls::plaintext(), token, Duration::from_secs(1)).unwrap();
         let node = Node::new(Participant::new(0, Limits::default()), store, follower);
 
-        tokio::time::timeout(Duration::from_secs(10), node.clone().register_loop("127.0.0.1:7100".into()))
-            .await
-            .expect("registered through the standby");
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            node.clone().register_loop("127.0.0.1:7100".into(), String::new()),
+        )
+        .await
+        .expect("registered through the standby");
         assert_eq!((standby.calls("Register"), leader.calls("Register")), (1, 1));
         assert_eq!(node.coordinator.current(), leader.addr.to_string());
 

@@ -16,7 +16,11 @@
 //! - `meta`: the partition number this file belongs to (opening it as
 //!   another partition is refused), and the cluster id of the coordinator's
 //!   decision log the prepared tids vote under (forced when first learned;
-//!   see `crate::fence`).
+//!   see `crate::fence`), and the **store id**: a random UUID made when
+//!   the file is created (or first opened by a version that has it) and
+//!   never changed, sent with every registration so the coordinator can
+//!   refuse another store for a partition it knows (PROTOCOL.md rule 13,
+//!   `twopc_proto::store_id`).
 //! - `heuristics`: outcomes an operator imposed on prepared tids (see
 //!   `crate::heuristics`), the newest [`KEEP_HEURISTICS`]. A heuristic is
 //!   written in the same forced transaction that applies (or drops) the
@@ -149,6 +153,8 @@ pub struct Store {
     stats: Arc<Stats>,
     /// In-memory copies of what is durable in `meta` and `heuristics`.
     cluster_id: Mutex<Option<String>>,
+    /// This store's identity (see module docs); fixed for the file's life.
+    store_id: String,
     heuristics: Mutex<Heuristics>,
     path: std::path::PathBuf,
 }
@@ -188,6 +194,7 @@ impl Store {
                  contradicted INTEGER NOT NULL DEFAULT 0);",
         )?;
         check_partition(&conn, partition)?;
+        let store_id = store_id(&conn)?;
         let prepared = read_prepared(&conn)?;
         let cluster_id =
             conn.query_row("SELECT value FROM meta WHERE key = 'cluster_id'", [], |r| r.get(0)).optional()?;
@@ -205,6 +212,7 @@ impl Store {
             reader: Mutex::new(reader),
             stats,
             cluster_id: Mutex::new(cluster_id),
+            store_id,
             heuristics: Mutex::new(heuristics),
             path,
         };
@@ -252,6 +260,11 @@ impl Store {
     /// The cluster id the prepared tids vote under, once learned.
     pub fn cluster_id(&self) -> Option<String> {
         lock(&self.cluster_id).clone()
+    }
+
+    /// This store's id (see module docs).
+    pub fn store_id(&self) -> &str {
+        &self.store_id
     }
 
     /// Records the cluster id the prepared tids vote under. Returns once fsynced.
@@ -372,6 +385,14 @@ fn check_partition(conn: &Connection, partition: PartitionId) -> Result<(), Stor
         Some(s) if s == partition.to_string() => Ok(()),
         Some(s) => Err(other_partition(&s, partition)),
     }
+}
+
+/// The store's id, made (and committed, `synchronous=FULL`) at the first
+/// open: before the first registration can send it.
+fn store_id(conn: &Connection) -> Result<String, StoreError> {
+    let made = uuid::Uuid::now_v7().to_string();
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?1)", params![made])?;
+    Ok(conn.query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| r.get(0))?)
 }
 
 fn read_prepared(conn: &Connection) -> Result<Vec<(Tid, WriteSet)>, StoreError> {
@@ -639,6 +660,15 @@ mod tests {
         assert_eq!(s.read(b"a").unwrap(), Some(b"1".to_vec()));
         assert_eq!(s.read(b"b").unwrap(), None);
         assert_eq!(s.read(b"z").unwrap(), None);
+    }
+
+    #[test]
+    fn the_store_id_is_made_once_and_kept() {
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = Store::open(one.path(), 1).unwrap().0.store_id().to_string();
+        assert_eq!(uuid::Uuid::parse_str(&first).unwrap().get_version_num(), 7);
+        assert_eq!(Store::open(one.path(), 1).unwrap().0.store_id(), first, "read back on open");
+        assert_ne!(Store::open(two.path(), 1).unwrap().0.store_id(), first, "another store, another id");
     }
 
     #[test]

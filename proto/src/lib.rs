@@ -29,6 +29,8 @@
 //! - [`throttle`]: rate-limited log lines for events that repeat per tid.
 //! - [`disk_full`]: a full disk under a SQLite file, told apart from a
 //!   failed fsync, and degraded on instead of stopped for.
+//! - [`store_id`]: the identity of a participant's store, and the
+//!   coordinator's refusal of a registration from another store.
 //! - [`Backoff`]: the bounded exponential backoff used for every retry loop.
 
 pub mod admin_token;
@@ -45,6 +47,7 @@ pub mod preflight;
 pub mod reason;
 pub mod reflection;
 pub mod runtime;
+pub mod store_id;
 pub mod throttle;
 pub mod tid;
 pub mod tls;

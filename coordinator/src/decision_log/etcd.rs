@@ -9,6 +9,9 @@
 //! - `P/meta/partitions`, `P/meta/cluster_id`: the log's identity, written
 //!   once by the first leader.
 //! - `P/members/NNNNN`: the partition map.
+//! - `P/stores/NNNNN`: the partition's store id (`crate::store_ids`),
+//!   written in the same batch as its member key. A separate key, so the
+//!   member value keeps its format for older versions.
 //! - `P/log/TID`: one record per tid: `C p,q,..` (COMMIT naming the YES
 //!   partitions), `D p` (DELEGATED to partition p), `F` (finished). Tids are
 //!   UUIDv7, so key order is age order.
@@ -217,6 +220,12 @@ impl DecisionLog {
             let p = p.ok_or_else(|| LogError::Invalid(format!("corrupt member key {key:?}")))?;
             rec.members.push((p, String::from_utf8_lossy(&kv.value).to_string()));
         }
+        for kv in log.scan("stores/").await? {
+            let key = String::from_utf8_lossy(&kv.key).to_string();
+            let p = key.rsplit('/').next().and_then(|p| p.parse().ok());
+            let p = p.ok_or_else(|| LogError::Invalid(format!("corrupt store id key {key:?}")))?;
+            rec.store_ids.push((p, String::from_utf8_lossy(&kv.value).to_string()));
+        }
         for kv in log.scan("log/").await? {
             let key = String::from_utf8_lossy(&kv.key).to_string();
             let tid = key.rsplit('/').next().unwrap_or_default();
@@ -324,8 +333,11 @@ async fn writer(log: EtcdLog, mut rx: mpsc::UnboundedReceiver<Request>, state: M
                     let kind = if *one_phase { "D" } else { "C" };
                     writes.insert(log.key(&format!("log/{tid}")), Some(format!("{kind} {}", encode_parts(partitions))));
                 }
-                Request::Register { partition, address, .. } => {
+                Request::Register { partition, address, store_id, .. } => {
                     writes.insert(log.key(&format!("members/{partition:05}")), Some(address.clone()));
+                    if !store_id.is_empty() {
+                        writes.insert(log.key(&format!("stores/{partition:05}")), Some(store_id.clone()));
+                    }
                 }
                 Request::Finished { .. } | Request::Forget { .. } => {}
             }

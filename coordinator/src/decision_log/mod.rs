@@ -14,7 +14,9 @@
 //! same rules:
 //! - **Forced** records: COMMIT (naming the partitions that voted YES,
 //!   rule 4), DELEGATED (one-phase commit handed to one partition), the
-//!   partition map (so phase 2 reaches participants after a restart), and
+//!   partition map (so phase 2 reaches participants after a restart; with
+//!   each partition's store id, so a registration from another store is
+//!   refused after a restart too: `crate::store_ids`), and
 //!   the log's identity (its partition count and cluster id). Aborts are
 //!   never written: an absent tid is presumed aborted.
 //! - **Unforced** marks: a COMMIT whose phase 2 finished, a DELEGATED
@@ -73,6 +75,10 @@ pub struct Recovered {
     /// DELEGATED records whose participant has not answered.
     pub delegated: Vec<(Tid, PartitionId)>,
     pub members: Vec<(PartitionId, String)>,
+    /// The store id recorded per partition (`crate::store_ids`); a
+    /// partition last registered without one (a participant or log from
+    /// before store ids) has none.
+    pub store_ids: Vec<(PartitionId, String)>,
     /// The log's cluster id (see module docs).
     pub cluster_id: String,
     /// The low-water mark of forgotten decisions (see module docs): every
@@ -87,11 +93,29 @@ pub struct Recovered {
 }
 
 pub enum Request {
-    Commit { tid: Tid, partitions: Vec<PartitionId>, one_phase: bool, done: oneshot::Sender<Result<(), LogError>> },
-    Finished { tid: Tid },
-    Forget { tid: Tid },
-    Register { partition: PartitionId, address: String, done: oneshot::Sender<Result<(), LogError>> },
+    Commit {
+        tid: Tid,
+        partitions: Vec<PartitionId>,
+        one_phase: bool,
+        done: oneshot::Sender<Result<(), LogError>>,
+    },
+    Finished {
+        tid: Tid,
+    },
+    Forget {
+        tid: Tid,
+    },
+    /// `store_id`: empty keeps the recorded one (a participant that sends none).
+    Register {
+        partition: PartitionId,
+        address: String,
+        store_id: String,
+        done: Done,
+    },
 }
+
+/// Answers a forced request once it is durable.
+pub type Done = oneshot::Sender<Result<(), LogError>>;
 
 impl Request {
     /// Whether the caller waits for this request to be durable.
@@ -165,10 +189,21 @@ impl DecisionLog {
         let _ = self.tx.send(Request::Finished { tid });
     }
 
-    /// Records a participant's address durably.
+    /// Records a participant's address durably (its store id unchanged).
     pub async fn register(&self, partition: PartitionId, address: String) -> Result<(), LogError> {
+        self.register_store(partition, address, String::new()).await
+    }
+
+    /// Records a participant's address and its store's id durably, in one
+    /// write (an empty `store_id` keeps the recorded one).
+    pub async fn register_store(
+        &self,
+        partition: PartitionId,
+        address: String,
+        store_id: String,
+    ) -> Result<(), LogError> {
         let (done, rx) = oneshot::channel();
-        self.tx.send(Request::Register { partition, address, done })?;
+        self.tx.send(Request::Register { partition, address, store_id, done })?;
         rx.await.map_err(|_| LogError::Stopped)?
     }
 }

@@ -18,8 +18,11 @@
 //!   participant again instead of presuming abort. When the participant
 //!   answers, the row is marked finished (it committed) or deleted (it
 //!   aborted), unforced: a lost mark only makes recovery ask again.
-//! - `members`: the partition map (partition to address), forced on
-//!   registration so phase 2 can reach participants after a restart.
+//! - `members`: the partition map (partition to address and store id),
+//!   forced on registration so phase 2 can reach participants after a
+//!   restart and another store is still refused (`crate::store_ids`). The
+//!   `store_id` column is added to logs from before it, empty: no store id
+//!   recorded, the partition's next registration records one.
 //! - `meta`: the number of partitions the log was created for (opening it
 //!   with another number is refused), and the **cluster id**: a random UUID
 //!   made when the log is created (or first opened by a version that has
@@ -91,6 +94,7 @@ impl DecisionLog {
              CREATE TABLE IF NOT EXISTS members (partition INTEGER PRIMARY KEY, address TEXT NOT NULL);",
         )?;
         add_one_phase_column(&conn)?;
+        add_store_id_column(&conn)?;
         check_partitions(&conn, partitions)?;
         let mut recovered = read_back(&conn)?;
         recovered.cluster_id = cluster_id(&conn)?;
@@ -115,6 +119,18 @@ fn add_one_phase_column(conn: &Connection) -> Result<(), LogError> {
         })?;
     if !has {
         conn.execute_batch("ALTER TABLE decisions ADD COLUMN one_phase INTEGER NOT NULL DEFAULT 0")?;
+    }
+    Ok(())
+}
+
+/// Logs written before store ids lack the column (`crate::store_ids`).
+fn add_store_id_column(conn: &Connection) -> Result<(), LogError> {
+    let has: bool =
+        conn.query_row("SELECT COUNT(*) > 0 FROM pragma_table_info('members') WHERE name = 'store_id'", [], |r| {
+            r.get(0)
+        })?;
+    if !has {
+        conn.execute_batch("ALTER TABLE members ADD COLUMN store_id TEXT NOT NULL DEFAULT ''")?;
     }
     Ok(())
 }
@@ -210,6 +226,8 @@ fn read_back(conn: &Connection) -> Result<Recovered, LogError> {
     }
     let mut stmt = conn.prepare("SELECT partition, address FROM members ORDER BY partition")?;
     out.members = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare("SELECT partition, store_id FROM members WHERE store_id != '' ORDER BY partition")?;
+    out.store_ids = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
     Ok(out)
 }
 
@@ -333,12 +351,13 @@ fn write_batch(
                     .optional()?;
                 newly_finished.extend(seq);
             }
-            Request::Register { partition, address, .. } => {
+            Request::Register { partition, address, store_id, .. } => {
                 txn.prepare_cached(
-                    "INSERT INTO members (partition, address) VALUES (?1, ?2)
-                     ON CONFLICT(partition) DO UPDATE SET address = excluded.address",
+                    "INSERT INTO members (partition, address, store_id) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(partition) DO UPDATE SET address = excluded.address,
+                         store_id = CASE WHEN excluded.store_id = '' THEN store_id ELSE excluded.store_id END",
                 )?
-                .execute(params![partition, address])?;
+                .execute(params![partition, address, store_id])?;
             }
         }
     }
@@ -386,6 +405,40 @@ mod tests {
         assert_eq!(rec.unfinished, vec![(t1, vec![0, 2])]);
         assert_eq!(rec.finished, vec![t2]);
         assert_eq!(rec.members, vec![(1, "127.0.0.1:9".to_string()), (2, "127.0.0.1:10".to_string())]);
+    }
+
+    #[tokio::test]
+    async fn store_ids_are_recorded_with_the_members_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (log, _) = DecisionLog::open(dir.path(), 3, 10).unwrap();
+            log.register_store(1, "127.0.0.1:9".into(), "s1".into()).await.unwrap();
+            log.register(2, "127.0.0.1:10".into()).await.unwrap();
+            // A registration without a store id keeps the recorded one.
+            log.register(1, "127.0.0.1:11".into()).await.unwrap();
+        }
+        let (log, rec) = DecisionLog::open(dir.path(), 3, 10).unwrap();
+        assert_eq!(rec.members, vec![(1, "127.0.0.1:11".to_string()), (2, "127.0.0.1:10".to_string())]);
+        assert_eq!(rec.store_ids, vec![(1, "s1".to_string())]);
+        log.register_store(1, "127.0.0.1:12".into(), "s2".into()).await.unwrap();
+        drop(log);
+        assert_eq!(DecisionLog::open(dir.path(), 3, 10).unwrap().1.store_ids, vec![(1, "s2".to_string())]);
+    }
+
+    #[test]
+    fn a_log_from_before_store_ids_gets_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("decisions.db")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE members (partition INTEGER PRIMARY KEY, address TEXT NOT NULL);
+                 INSERT INTO members VALUES (0, '127.0.0.1:9');",
+            )
+            .unwrap();
+        }
+        let (_log, rec) = DecisionLog::open(dir.path(), 1, 10).unwrap();
+        assert_eq!(rec.members, vec![(0, "127.0.0.1:9".to_string())]);
+        assert!(rec.store_ids.is_empty(), "none recorded yet");
     }
 
     #[test]
