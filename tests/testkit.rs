@@ -276,3 +276,41 @@ async fn pause_holds_a_step_until_disarmed() {
     assert_eq!(commit.await.unwrap().unwrap(), Outcome::Committed);
     c.settle(Duration::from_secs(30)).await.unwrap();
 }
+
+/// A paused (SIGSTOPped) process acts on SIGTERM only once it runs again:
+/// `terminate` resumes it, as `twopc cluster stop` does, so a graceful stop
+/// of a frozen process ends in time instead of timing out.
+#[tokio::test]
+async fn terminate_stops_a_paused_process_gracefully() {
+    let mut c = cluster(2).await;
+    c.pause(Target::Participant(1));
+    let status = c.terminate(Target::Participant(1), Duration::from_secs(10)).await.unwrap();
+    assert!(status.success(), "SIGTERM is a graceful stop: {status:?}");
+    c.restart(Target::Participant(1)).await.unwrap();
+    c.settle(Duration::from_secs(30)).await.unwrap();
+}
+
+/// A target the cluster does not have is refused with a message naming
+/// what it has, never armed elsewhere (coordinator 2 of a one-coordinator
+/// cluster used to arm coordinator 0) and never an index panic.
+#[tokio::test]
+async fn targets_the_cluster_does_not_have_are_refused() {
+    let mut c = cluster(2).await;
+    for target in [Target::CoordinatorAt(2), Target::Participant(5)] {
+        let fp = if matches!(target, Target::Participant(_)) {
+            Failpoint::AfterPrepareDurable
+        } else {
+            Failpoint::AfterDecisionForced
+        };
+        let err = c.arm(target, fp, Action::Kill).await.unwrap_err();
+        assert!(matches!(err, KitError::Invalid(_)), "{target}: {err:?}");
+        assert!(err.to_string().contains("1 coordinator(s) and partitions 0..=1"), "{err}");
+    }
+    let err =
+        c.arm(Target::Coordinator, Failpoint::AfterDecisionForced, Action::Kill.once().times(2)).await.unwrap_err();
+    assert!(matches!(err, KitError::Invalid(_)) && err.to_string().contains("2*1*return(abort)"), "{err}");
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.kill(Target::Participant(5)))).unwrap_err();
+    let msg = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("no p5 in this cluster"), "{msg}");
+    c.settle(Duration::from_secs(30)).await.unwrap();
+}

@@ -179,9 +179,12 @@ impl Proc {
         self.paused = false;
     }
 
-    /// Asks the process to stop gracefully (SIGTERM).
+    /// Asks the process to stop gracefully (SIGTERM). A paused process
+    /// would act on it only once resumed, so it is resumed too.
     pub fn terminate(&mut self) {
-        self.send_signal(libc::SIGTERM);
+        if self.send_signal(libc::SIGTERM) && self.paused {
+            self.resume();
+        }
     }
 
     /// Whether the process is still running (false once it exited or was killed).
