@@ -150,7 +150,8 @@ pub enum Action {
     Kill,
     /// Make the step fail with an error (the process handles it).
     Error,
-    /// Sleep this long, then go on: a slow disk or a slow peer.
+    /// Sleep this long (in whole milliseconds, rounded up), then go on: a
+    /// slow disk or a slow peer.
     Sleep(Duration),
     /// Hold the step until the failpoint is disarmed (or re-armed). Only
     /// that step waits: the process keeps answering everything else, the
@@ -225,7 +226,9 @@ impl Action {
         match self {
             Action::Kill => "return(abort)".into(),
             Action::Error => "return(error)".into(),
-            Action::Sleep(d) => format!("sleep({})", d.as_millis()),
+            // Whole milliseconds, rounded up: a sub-millisecond sleep
+            // must not silently become no sleep at all.
+            Action::Sleep(d) => format!("sleep({})", d.as_nanos().div_ceil(1_000_000)),
             Action::Pause => "pause".into(),
             Action::Off => "off".into(),
             Action::Times(n, a) => format!("{n}*{}", a.spec()),
@@ -283,6 +286,9 @@ mod tests {
         assert_eq!(Action::Kill.spec(), "return(abort)");
         assert_eq!(Action::Sleep(Duration::from_millis(500)).once().spec(), "1*sleep(500)");
         assert_eq!(Action::Off.times(2).then(Action::Kill).spec(), "2*off->return(abort)");
+        assert_eq!(Action::Sleep(Duration::from_micros(400)).spec(), "sleep(1)", "never rounded down to no sleep");
+        assert_eq!(Action::Sleep(Duration::from_micros(1500)).spec(), "sleep(2)");
+        assert_eq!(Action::Sleep(Duration::ZERO).spec(), "sleep(0)");
         assert_eq!(Failpoint::AfterPrepareDurable.role(), Role::Participant);
         assert_eq!(Failpoint::AfterDecisionForced.crash_matrix_row(), "C2");
     }
