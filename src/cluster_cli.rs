@@ -91,7 +91,7 @@ enum ClusterCmd {
         #[arg(long, default_value_t = 30_000)]
         timeout_ms: u64,
     },
-    /// Print the cluster's processes as JSON, each with whether it runs.
+    /// Print the cluster's processes as JSON, each with whether it runs and whether it is paused.
     Status(DirArg),
     /// Stop every process (SIGTERM, then SIGKILL after 10 s) and remove the
     /// state file; data and logs stay.
@@ -133,6 +133,9 @@ struct ProcState {
     /// Filled in when printed, not stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     running: Option<bool>,
+    /// Filled in when printed: running but frozen (SIGSTOP, `cluster pause`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    paused: Option<bool>,
 }
 
 /// The state file.
@@ -252,6 +255,7 @@ async fn start(args: StartArgs) -> anyhow::Result<i32> {
         addr: p.addr.to_string(),
         log,
         running: None,
+        paused: None,
     };
     let mut state = State {
         dir: dir.clone(),
@@ -278,9 +282,9 @@ async fn start(args: StartArgs) -> anyhow::Result<i32> {
 
 fn print_view(state: &mut State) {
     let dir = state.dir.clone();
-    state.coordinator.running = Some(alive(state.coordinator.pid, &dir));
-    for p in &mut state.participants {
+    for p in std::iter::once(&mut state.coordinator).chain(&mut state.participants) {
         p.running = Some(alive(p.pid, &dir));
+        p.paused = Some(p.running == Some(true) && matches!(proc_state(p.pid), Some('T' | 't')));
     }
     let view = View { dir: &state.dir, coordinator: &state.coordinator, participants: &state.participants };
     println!("{}", serde_json::to_string(&view).expect("serializable"));
@@ -511,6 +515,7 @@ async fn restart(t: TargetArgs) -> anyhow::Result<i32> {
         addr: proc.addr.to_string(),
         log: old.log,
         running: None,
+        paused: None,
     };
     drop(proc);
     match t.target {

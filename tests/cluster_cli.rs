@@ -158,11 +158,16 @@ fn start_crash_restart_settle_stop() {
     let coordinator = bg.pids[0];
     assert_eq!(bg.cluster(&["pause", "coordinator"]).status.code(), Some(0));
     assert_eq!(proc_state(coordinator), 'T');
+    // `status` tells a frozen process from a running one.
+    let v = bg.status();
+    assert_eq!((&v["coordinator"]["running"], &v["coordinator"]["paused"]), (&true.into(), &true.into()), "{v}");
+    assert_eq!(v["participants"][0]["paused"], false, "{v}");
     let o = bg.cluster(&["settle", "--timeout-ms", "300"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(err(&o).contains("not settled"), "{}", err(&o));
     assert_eq!(bg.cluster(&["resume", "coordinator"]).status.code(), Some(0));
     assert_ne!(proc_state(coordinator), 'T');
+    assert_eq!(bg.status()["coordinator"]["paused"], false);
 
     // A transaction through the restarted participant commits.
     let (a, b) = (key_on(0, 2, "k"), key_on(1, 2, "k"));
