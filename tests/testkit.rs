@@ -314,3 +314,37 @@ async fn targets_the_cluster_does_not_have_are_refused() {
     assert!(msg.contains("no p5 in this cluster"), "{msg}");
     c.settle(Duration::from_secs(30)).await.unwrap();
 }
+
+/// A cluster started on a thread that then ends (a cluster shared by
+/// several tests, set up by whichever test came first, on its own thread)
+/// keeps running: the parent-death signal fires when the *thread* that
+/// forked a child exits, so the kit forks from one thread that lives as
+/// long as the process. (Every process used to die with its starting thread.)
+#[test]
+fn a_cluster_outlives_the_thread_that_started_it() {
+    let (mut c, rt) = std::thread::spawn(|| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let c = rt.block_on(cluster(2));
+        (c, rt)
+    })
+    .join()
+    .unwrap();
+    rt.block_on(async {
+        let (a, b) = (c.key_on(0, "a"), c.key_on(1, "b"));
+        let txn = c.client().begin(None).await.unwrap();
+        txn.put(a.as_bytes(), b"1").await.unwrap();
+        txn.put(b.as_bytes(), b"2").await.unwrap();
+        assert_eq!(txn.commit().await.unwrap(), Outcome::Committed);
+        // A restart from yet another short-lived thread: the new process stays too.
+        // (The process only: a client made on that thread's runtime would die with it.)
+        std::thread::scope(|s| {
+            s.spawn(|| c.local_mut().restart_participant(1, &[]).unwrap());
+        });
+        c.local().wait_registered(Duration::from_secs(30)).await.unwrap();
+        c.settle(Duration::from_secs(30)).await.unwrap();
+    });
+    for t in [Target::Coordinator, Target::Participant(0), Target::Participant(1)] {
+        assert!(c.is_running(t), "{t} died with the thread that started it");
+    }
+    drop(c);
+}
