@@ -329,6 +329,8 @@ fn concurrent_starts_on_one_directory_start_one_cluster() {
         "{codes:?}: {}",
         outs.iter().map(err).collect::<String>()
     );
+    let log = std::fs::read_to_string(tmp.path().join("coordinator.log")).unwrap();
+    assert!(log.contains("listening on") && !log.contains('\u{1b}'), "plain text, no color codes: {log:?}");
     let loser = outs.iter().find(|o| o.status.code() == Some(2)).unwrap();
     assert!(err(loser).contains("already runs"), "{}", err(loser));
     let o = twopc(&["cluster", "status", "--dir", &d], &[]);

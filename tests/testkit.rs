@@ -348,3 +348,15 @@ fn a_cluster_outlives_the_thread_that_started_it() {
     }
     drop(c);
 }
+
+/// Process logs are files, read back by people and printed as tails when a
+/// test fails: plain text, without terminal color codes.
+#[tokio::test]
+async fn process_logs_are_plain_text() {
+    let c = cluster(1).await;
+    for t in [Target::Coordinator, Target::Participant(0)] {
+        let log = std::fs::read_to_string(c.log_path(t)).unwrap();
+        assert!(log.contains("registered"), "{t}: {log}");
+        assert!(!log.contains('\u{1b}'), "{t} logs color codes: {log:?}");
+    }
+}

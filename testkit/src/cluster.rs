@@ -260,6 +260,9 @@ fn spawn_with(
     } else {
         cmd.stdout(Stdio::piped());
     }
+    // Logs are files (and tails printed on failure): no terminal colors,
+    // unless the caller's `env` says otherwise.
+    cmd.env("NO_COLOR", "1");
     for (k, v) in env {
         cmd.env(k, v);
     }
