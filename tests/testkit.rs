@@ -360,3 +360,24 @@ async fn process_logs_are_plain_text() {
         assert!(!log.contains('\u{1b}'), "{t} logs color codes: {log:?}");
     }
 }
+
+/// `settle` keeps close to its deadline with several processes frozen:
+/// they are asked at once, each look bounded, not one after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_with_frozen_processes_keeps_its_deadline() {
+    let mut c = cluster(3).await;
+    let all = [Target::Coordinator, Target::Participant(0), Target::Participant(1), Target::Participant(2)];
+    for t in all {
+        c.pause(t);
+    }
+    let started = std::time::Instant::now();
+    let err = c.settle(Duration::from_millis(100)).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.pending.len(), 4, "{err}");
+    assert!(matches!(&err.pending[0], Pending::Unreachable { who, .. } if who.starts_with("partition 0")), "{err}");
+    assert!(took < Duration::from_secs(4), "settle(100ms) took {took:?}");
+    for t in all {
+        c.resume(t);
+    }
+    c.settle(Duration::from_secs(30)).await.unwrap();
+}
