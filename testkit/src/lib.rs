@@ -95,8 +95,10 @@ pub enum KitError {
          twopc's repository), or pass ClusterBuilder::binary"
     )]
     BinaryNotFound,
-    /// A setting the kit cannot use (e.g. TLS files that do not load).
-    #[error("invalid setting: {0}")]
+    /// A setting, target or action the kit cannot use (TLS files that do
+    /// not load, a process the cluster does not have, an [`Action`] fail-rs
+    /// cannot express).
+    #[error("invalid: {0}")]
     Invalid(String),
     /// A process did not start, register or restart in time.
     #[error("{0}")]
