@@ -19,6 +19,9 @@
 //! another program is never signalled. Errors are one line on stderr, exit 2:
 //! a directory without `cluster.json` ("no cluster"), one whose processes
 //! are all gone ("stale"), a target that is not running or not in the cluster.
+//! `start`, `restart` and `stop` hold an exclusive lock on `D/cluster.lock`
+//! while they run, so concurrent ones on one directory take turns (a second
+//! `start` then finds the first's cluster running and is refused).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -88,7 +91,7 @@ enum ClusterCmd {
         #[arg(long, default_value_t = 30_000)]
         timeout_ms: u64,
     },
-    /// Print the cluster's processes as JSON, each with whether it runs.
+    /// Print the cluster's processes as JSON, each with whether it runs and whether it is paused.
     Status(DirArg),
     /// Stop every process (SIGTERM, then SIGKILL after 10 s) and remove the
     /// state file; data and logs stay.
@@ -130,6 +133,9 @@ struct ProcState {
     /// Filled in when printed, not stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     running: Option<bool>,
+    /// Filled in when printed: running but frozen (SIGSTOP, `cluster pause`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    paused: Option<bool>,
 }
 
 /// The state file.
@@ -172,6 +178,19 @@ fn fail(e: anyhow::Error) -> i32 {
 }
 
 async fn run_cmd(cmd: ClusterCmd) -> anyhow::Result<i32> {
+    // Commands that start processes or rewrite the state file run one at a
+    // time per directory: two starts at once would read each other's
+    // "listening on" lines from the shared logs and record dead pids.
+    let _lock = match &cmd {
+        ClusterCmd::Start(a) => {
+            std::fs::create_dir_all(&a.dir.dir)
+                .with_context(|| format!("cannot create the cluster directory {}", a.dir.dir.display()))?;
+            Some(lock_dir(&a.dir.dir)?)
+        }
+        ClusterCmd::Restart(t) if t.dir.dir.join(STATE_FILE).exists() => Some(lock_dir(&t.dir.dir)?),
+        ClusterCmd::Stop(d) if d.dir.join(STATE_FILE).exists() => Some(lock_dir(&d.dir)?),
+        _ => None,
+    };
     match cmd {
         ClusterCmd::Start(args) => start(args).await,
         ClusterCmd::Kill(t) => signal(t, libc::SIGKILL),
@@ -236,6 +255,7 @@ async fn start(args: StartArgs) -> anyhow::Result<i32> {
         addr: p.addr.to_string(),
         log,
         running: None,
+        paused: None,
     };
     let mut state = State {
         dir: dir.clone(),
@@ -262,9 +282,9 @@ async fn start(args: StartArgs) -> anyhow::Result<i32> {
 
 fn print_view(state: &mut State) {
     let dir = state.dir.clone();
-    state.coordinator.running = Some(alive(state.coordinator.pid, &dir));
-    for p in &mut state.participants {
+    for p in std::iter::once(&mut state.coordinator).chain(&mut state.participants) {
         p.running = Some(alive(p.pid, &dir));
+        p.paused = Some(p.running == Some(true) && matches!(proc_state(p.pid), Some('T' | 't')));
     }
     let view = View { dir: &state.dir, coordinator: &state.coordinator, participants: &state.participants };
     println!("{}", serde_json::to_string(&view).expect("serializable"));
@@ -301,6 +321,35 @@ fn connect_options(env: &[(String, String)]) -> anyhow::Result<ConnectOptions> {
         admin_token: AdminToken::new(get("TWOPC_ADMIN_TOKEN").as_deref()).map_err(|e| anyhow!(e))?,
         ..ConnectOptions::default()
     })
+}
+
+/// How long a command waits for another one on the same directory.
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// An exclusive `flock` on `D/cluster.lock`, held until dropped (and
+/// released by the kernel if the command dies). The descriptor is
+/// close-on-exec, so the cluster's processes never inherit it.
+fn lock_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("cluster.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "another `twopc cluster` command has been running in {} for {LOCK_WAIT:?} (it holds {})",
+            dir.display(),
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(file)
 }
 
 fn load(dir: &Path) -> anyhow::Result<State> {
@@ -375,10 +424,14 @@ fn send(pid: u32, signal: libc::c_int) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls until `pid` is no longer a live process of `dir`.
-fn wait_gone(pid: u32, dir: &Path, timeout: Duration) -> bool {
+/// Polls until `pid` (checked to be ours before it was signalled) has exited.
+fn wait_gone(pid: u32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
-    while alive(pid, dir) {
+    // Called for a pid just checked to be ours, so its state alone tells:
+    // an exiting process drops its command line (its memory) before it
+    // becomes a zombie, so `alive`'s command-line check would call it gone
+    // while it still exits (and may still hold its port and files).
+    while !matches!(proc_state(pid), None | Some('Z' | 'X' | 'x')) {
         if Instant::now() >= deadline {
             return false;
         }
@@ -403,7 +456,7 @@ fn signal(t: TargetArgs, signal: libc::c_int) -> anyhow::Result<i32> {
     send(proc.pid, signal)?;
     // Signals are delivered asynchronously: return once they took effect.
     let done = match signal {
-        libc::SIGKILL => wait_gone(proc.pid, &state.dir, Duration::from_secs(5)),
+        libc::SIGKILL => wait_gone(proc.pid, Duration::from_secs(5)),
         libc::SIGSTOP => wait_state(proc.pid, |s| s == 'T', Duration::from_secs(5)),
         _ => wait_state(proc.pid, |s| s != 'T', Duration::from_secs(5)),
     };
@@ -438,7 +491,7 @@ async fn restart(t: TargetArgs) -> anyhow::Result<i32> {
     let dir = state.dir.clone();
     if alive(old.pid, &dir) {
         send(old.pid, libc::SIGKILL)?;
-        anyhow::ensure!(wait_gone(old.pid, &dir, Duration::from_secs(5)), "{} still runs after SIGKILL", t.target);
+        anyhow::ensure!(wait_gone(old.pid, Duration::from_secs(5)), "{} still runs after SIGKILL", t.target);
     }
     let opts = options(&state)?;
     let (args, name) = match t.target {
@@ -462,6 +515,7 @@ async fn restart(t: TargetArgs) -> anyhow::Result<i32> {
         addr: proc.addr.to_string(),
         log: old.log,
         running: None,
+        paused: None,
     };
     drop(proc);
     match t.target {
@@ -547,9 +601,9 @@ fn stop(dir: &Path) -> anyhow::Result<i32> {
         let _ = send(p.pid, libc::SIGCONT);
     }
     for p in &running {
-        if !wait_gone(p.pid, &state.dir, STOP_GRACE) {
+        if !wait_gone(p.pid, STOP_GRACE) {
             let _ = send(p.pid, libc::SIGKILL);
-            wait_gone(p.pid, &state.dir, Duration::from_secs(5));
+            wait_gone(p.pid, Duration::from_secs(5));
         }
     }
     std::fs::remove_file(state.dir.join(STATE_FILE))?;

@@ -158,11 +158,16 @@ fn start_crash_restart_settle_stop() {
     let coordinator = bg.pids[0];
     assert_eq!(bg.cluster(&["pause", "coordinator"]).status.code(), Some(0));
     assert_eq!(proc_state(coordinator), 'T');
+    // `status` tells a frozen process from a running one.
+    let v = bg.status();
+    assert_eq!((&v["coordinator"]["running"], &v["coordinator"]["paused"]), (&true.into(), &true.into()), "{v}");
+    assert_eq!(v["participants"][0]["paused"], false, "{v}");
     let o = bg.cluster(&["settle", "--timeout-ms", "300"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(err(&o).contains("not settled"), "{}", err(&o));
     assert_eq!(bg.cluster(&["resume", "coordinator"]).status.code(), Some(0));
     assert_ne!(proc_state(coordinator), 'T');
+    assert_eq!(bg.status()["coordinator"]["paused"], false);
 
     // A transaction through the restarted participant commits.
     let (a, b) = (key_on(0, 2, "k"), key_on(1, 2, "k"));
@@ -276,4 +281,70 @@ fn start_environment_is_recorded_for_settle_and_restart() {
     assert!(environ.split(|&b| b == 0).any(|v| v == want.as_bytes()), "the restarted participant has the token");
     let o = bg.cluster(&["settle", "--timeout-ms", "30000"]);
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+}
+
+/// Processes whose command line names `dir` (what the CLI itself trusts).
+fn procs_naming(dir: &str) -> Vec<u32> {
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(dir) && cmd.contains(" --data-dir ") && running(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Two `cluster start` on one directory at the same moment: exactly one
+/// starts (the other is refused as "already runs"), the state file names
+/// the processes that run, and `stop` leaves nothing behind. (Both used to
+/// exit 0: the loser read the winner's "listening on" from the shared log,
+/// recorded its own dead pids, and `stop` orphaned the winner's processes.)
+#[test]
+fn concurrent_starts_on_one_directory_start_one_cluster() {
+    struct Reap(String);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            for pid in procs_naming(&self.0) {
+                // SAFETY: plain kill of a process this test started (its command line names our temp dir).
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+    }
+    let tmp = tempfile::Builder::new().prefix("twopc-cli-race-").tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap().to_string();
+    let _reap = Reap(d.clone());
+    let starts: Vec<_> = (0..2)
+        .map(|_| {
+            let d = d.clone();
+            std::thread::spawn(move || twopc(&["cluster", "start", "--dir", &d, "--partitions", "1"], &[]))
+        })
+        .collect();
+    let outs: Vec<Output> = starts.into_iter().map(|t| t.join().unwrap()).collect();
+    let codes: Vec<Option<i32>> = outs.iter().map(|o| o.status.code()).collect();
+    assert!(
+        codes.contains(&Some(0)) && codes.contains(&Some(2)),
+        "{codes:?}: {}",
+        outs.iter().map(err).collect::<String>()
+    );
+    let log = std::fs::read_to_string(tmp.path().join("coordinator.log")).unwrap();
+    assert!(log.contains("listening on") && !log.contains('\u{1b}'), "plain text, no color codes: {log:?}");
+    let loser = outs.iter().find(|o| o.status.code() == Some(2)).unwrap();
+    assert!(err(loser).contains("already runs"), "{}", err(loser));
+    let o = twopc(&["cluster", "status", "--dir", &d], &[]);
+    let v: serde_json::Value = serde_json::from_str(out(&o).trim()).unwrap();
+    let mut recorded = pids(&v);
+    let mut live = procs_naming(&d);
+    recorded.sort();
+    live.sort();
+    assert_eq!(recorded, live, "the state file names exactly the processes that run: {v}");
+    let o = twopc(&["cluster", "stop", "--dir", &d], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !procs_naming(&d).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "left running after stop: {:?}", procs_naming(&d));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

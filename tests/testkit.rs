@@ -276,3 +276,108 @@ async fn pause_holds_a_step_until_disarmed() {
     assert_eq!(commit.await.unwrap().unwrap(), Outcome::Committed);
     c.settle(Duration::from_secs(30)).await.unwrap();
 }
+
+/// A paused (SIGSTOPped) process acts on SIGTERM only once it runs again:
+/// `terminate` resumes it, as `twopc cluster stop` does, so a graceful stop
+/// of a frozen process ends in time instead of timing out.
+#[tokio::test]
+async fn terminate_stops_a_paused_process_gracefully() {
+    let mut c = cluster(2).await;
+    c.pause(Target::Participant(1));
+    let status = c.terminate(Target::Participant(1), Duration::from_secs(10)).await.unwrap();
+    assert!(status.success(), "SIGTERM is a graceful stop: {status:?}");
+    c.restart(Target::Participant(1)).await.unwrap();
+    c.settle(Duration::from_secs(30)).await.unwrap();
+}
+
+/// A target the cluster does not have is refused with a message naming
+/// what it has, never armed elsewhere (coordinator 2 of a one-coordinator
+/// cluster used to arm coordinator 0) and never an index panic.
+#[tokio::test]
+async fn targets_the_cluster_does_not_have_are_refused() {
+    let mut c = cluster(2).await;
+    for target in [Target::CoordinatorAt(2), Target::Participant(5)] {
+        let fp = if matches!(target, Target::Participant(_)) {
+            Failpoint::AfterPrepareDurable
+        } else {
+            Failpoint::AfterDecisionForced
+        };
+        let err = c.arm(target, fp, Action::Kill).await.unwrap_err();
+        assert!(matches!(err, KitError::Invalid(_)), "{target}: {err:?}");
+        assert!(err.to_string().contains("1 coordinator(s) and partitions 0..=1"), "{err}");
+    }
+    let err =
+        c.arm(Target::Coordinator, Failpoint::AfterDecisionForced, Action::Kill.once().times(2)).await.unwrap_err();
+    assert!(matches!(err, KitError::Invalid(_)) && err.to_string().contains("2*1*return(abort)"), "{err}");
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.kill(Target::Participant(5)))).unwrap_err();
+    let msg = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("no p5 in this cluster"), "{msg}");
+    c.settle(Duration::from_secs(30)).await.unwrap();
+}
+
+/// A cluster started on a thread that then ends (a cluster shared by
+/// several tests, set up by whichever test came first, on its own thread)
+/// keeps running: the parent-death signal fires when the *thread* that
+/// forked a child exits, so the kit forks from one thread that lives as
+/// long as the process. (Every process used to die with its starting thread.)
+#[test]
+fn a_cluster_outlives_the_thread_that_started_it() {
+    let (mut c, rt) = std::thread::spawn(|| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let c = rt.block_on(cluster(2));
+        (c, rt)
+    })
+    .join()
+    .unwrap();
+    rt.block_on(async {
+        let (a, b) = (c.key_on(0, "a"), c.key_on(1, "b"));
+        let txn = c.client().begin(None).await.unwrap();
+        txn.put(a.as_bytes(), b"1").await.unwrap();
+        txn.put(b.as_bytes(), b"2").await.unwrap();
+        assert_eq!(txn.commit().await.unwrap(), Outcome::Committed);
+        // A restart from yet another short-lived thread: the new process stays too.
+        // (The process only: a client made on that thread's runtime would die with it.)
+        std::thread::scope(|s| {
+            s.spawn(|| c.local_mut().restart_participant(1, &[]).unwrap());
+        });
+        c.local().wait_registered(Duration::from_secs(30)).await.unwrap();
+        c.settle(Duration::from_secs(30)).await.unwrap();
+    });
+    for t in [Target::Coordinator, Target::Participant(0), Target::Participant(1)] {
+        assert!(c.is_running(t), "{t} died with the thread that started it");
+    }
+    drop(c);
+}
+
+/// Process logs are files, read back by people and printed as tails when a
+/// test fails: plain text, without terminal color codes.
+#[tokio::test]
+async fn process_logs_are_plain_text() {
+    let c = cluster(1).await;
+    for t in [Target::Coordinator, Target::Participant(0)] {
+        let log = std::fs::read_to_string(c.log_path(t)).unwrap();
+        assert!(log.contains("registered"), "{t}: {log}");
+        assert!(!log.contains('\u{1b}'), "{t} logs color codes: {log:?}");
+    }
+}
+
+/// `settle` keeps close to its deadline with several processes frozen:
+/// they are asked at once, each look bounded, not one after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_with_frozen_processes_keeps_its_deadline() {
+    let mut c = cluster(3).await;
+    let all = [Target::Coordinator, Target::Participant(0), Target::Participant(1), Target::Participant(2)];
+    for t in all {
+        c.pause(t);
+    }
+    let started = std::time::Instant::now();
+    let err = c.settle(Duration::from_millis(100)).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.pending.len(), 4, "{err}");
+    assert!(matches!(&err.pending[0], Pending::Unreachable { who, .. } if who.starts_with("partition 0")), "{err}");
+    assert!(took < Duration::from_secs(4), "settle(100ms) took {took:?}");
+    for t in all {
+        c.resume(t);
+    }
+    c.settle(Duration::from_secs(30)).await.unwrap();
+}

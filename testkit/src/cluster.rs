@@ -6,6 +6,9 @@
 //! very binaries an operator runs. Every child is killed (SIGKILL) when its
 //! handle drops, and also when the process that started it dies
 //! (`PR_SET_PDEATHSIG`), so a failing or killed test leaves nothing behind.
+//! That signal follows the forking *thread*, so children are forked by one
+//! thread that lives as long as the process: a cluster outlives the thread
+//! (a test's, a runtime worker's) that started it.
 //! A restarted coordinator reuses its address (participants are configured
 //! with it); a restarted participant takes a new port and re-registers,
 //! keeping its partition and data.
@@ -179,9 +182,12 @@ impl Proc {
         self.paused = false;
     }
 
-    /// Asks the process to stop gracefully (SIGTERM).
+    /// Asks the process to stop gracefully (SIGTERM). A paused process
+    /// would act on it only once resumed, so it is resumed too.
     pub fn terminate(&mut self) {
-        self.send_signal(libc::SIGTERM);
+        if self.send_signal(libc::SIGTERM) && self.paused {
+            self.resume();
+        }
     }
 
     /// Whether the process is still running (false once it exited or was killed).
@@ -254,21 +260,58 @@ fn spawn_with(
     } else {
         cmd.stdout(Stdio::piped());
     }
+    // Logs are files (and tails printed on failure): no terminal colors,
+    // unless the caller's `env` says otherwise.
+    cmd.env("NO_COLOR", "1");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    // SAFETY: prctl and setsid are async-signal-safe; they only change the child.
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl, getppid, setsid and _exit are async-signal-safe; they only change the child.
     unsafe {
         cmd.pre_exec(move || {
             if detach {
                 libc::setsid();
             } else {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // The parent died before the signal was set up: nobody would kill this child.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
             }
             Ok(())
         });
     }
-    cmd.spawn().with_context(|| format!("cannot start {}", exe.display()))
+    if detach {
+        return cmd.spawn().with_context(|| format!("cannot start {}", exe.display()));
+    }
+    spawn_from_forker(cmd).with_context(|| format!("cannot start {}", exe.display()))
+}
+
+/// Spawns `cmd` from one thread that lives as long as this process.
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits,
+/// not the process: a child forked by a test's own thread (or a runtime's
+/// worker, or a thread that set up a cluster shared by several tests) would
+/// be SIGKILLed when that thread ends, while its handle still exists.
+fn spawn_from_forker(cmd: Command) -> std::io::Result<Child> {
+    type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static FORKER: std::sync::OnceLock<std::sync::Mutex<mpsc::Sender<Job>>> = std::sync::OnceLock::new();
+    let forker = FORKER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("twopc-testkit-forker".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("cannot start the testkit's forker thread");
+        std::sync::Mutex::new(tx)
+    });
+    let (reply, answer) = mpsc::channel();
+    let sent = forker.lock().unwrap_or_else(|e| e.into_inner()).send((cmd, reply));
+    sent.map_err(|_| std::io::Error::other("the testkit's forker thread is gone"))?;
+    answer.recv().map_err(|_| std::io::Error::other("the testkit's forker thread is gone"))?
 }
 
 /// The last `lines` lines of the file at `path` (empty if unreadable).

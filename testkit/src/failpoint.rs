@@ -150,7 +150,8 @@ pub enum Action {
     Kill,
     /// Make the step fail with an error (the process handles it).
     Error,
-    /// Sleep this long, then go on: a slow disk or a slow peer.
+    /// Sleep this long (in whole milliseconds, rounded up), then go on: a
+    /// slow disk or a slow peer.
     Sleep(Duration),
     /// Hold the step until the failpoint is disarmed (or re-armed). Only
     /// that step waits: the process keeps answering everything else, the
@@ -181,12 +182,53 @@ impl Action {
         Action::Then(Box::new(self), Box::new(next))
     }
 
+    /// Whether the processes can be armed with exactly this action.
+    /// fail-rs actions are a flat chain `[cnt*]task->[cnt*]task->...`, so a
+    /// count around a count or around a chain cannot be written (and
+    /// `Error.then(Kill).times(2)` would render as `2*return(error)->return(abort)`,
+    /// which means "error twice, then kill", not what the value says), and a
+    /// step without a count before `then` never ends, so what follows it
+    /// would never run. [`crate::Cluster::arm`] refuses such actions with
+    /// this message instead of arming something else.
+    pub fn check(&self) -> Result<(), String> {
+        fn steps<'a>(a: &'a Action, out: &mut Vec<&'a Action>) {
+            match a {
+                Action::Then(first, next) => {
+                    steps(first, out);
+                    steps(next, out);
+                }
+                other => out.push(other),
+            }
+        }
+        let mut chain = vec![];
+        steps(self, &mut chain);
+        let bad = |why: &str| Err(format!("action {:?} cannot be armed: {why}", self.spec()));
+        for (i, step) in chain.iter().enumerate() {
+            match step {
+                Action::Times(_, inner) if matches!(**inner, Action::Times(..) | Action::Then(..)) => {
+                    return bad(
+                        "a count applies to one action, not to a counted action or a sequence (fail-rs chains \
+                         are flat: write a.times(n).then(b.times(m)))",
+                    );
+                }
+                Action::Times(..) => {}
+                _ if i + 1 < chain.len() => {
+                    return bad("every action before `then` needs a count (.once() or .times(n)), or it never ends");
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// The fail-rs action string (`return(abort)`, `1*sleep(500)`, ...).
     pub fn spec(&self) -> String {
         match self {
             Action::Kill => "return(abort)".into(),
             Action::Error => "return(error)".into(),
-            Action::Sleep(d) => format!("sleep({})", d.as_millis()),
+            // Whole milliseconds, rounded up: a sub-millisecond sleep
+            // must not silently become no sleep at all.
+            Action::Sleep(d) => format!("sleep({})", d.as_nanos().div_ceil(1_000_000)),
             Action::Pause => "pause".into(),
             Action::Off => "off".into(),
             Action::Times(n, a) => format!("{n}*{}", a.spec()),
@@ -232,7 +274,37 @@ mod tests {
         assert_eq!(Action::Kill.spec(), "return(abort)");
         assert_eq!(Action::Sleep(Duration::from_millis(500)).once().spec(), "1*sleep(500)");
         assert_eq!(Action::Off.times(2).then(Action::Kill).spec(), "2*off->return(abort)");
+        assert_eq!(Action::Sleep(Duration::from_micros(400)).spec(), "sleep(1)", "never rounded down to no sleep");
+        assert_eq!(Action::Sleep(Duration::from_micros(1500)).spec(), "sleep(2)");
+        assert_eq!(Action::Sleep(Duration::ZERO).spec(), "sleep(0)");
         assert_eq!(Failpoint::AfterPrepareDurable.role(), Role::Participant);
         assert_eq!(Failpoint::AfterDecisionForced.crash_matrix_row(), "C2");
+    }
+
+    /// fail-rs chains are flat (`[cnt*]task->...`): a count around a count
+    /// or around a chain cannot be written, and `2*error->kill` would mean
+    /// `(2*error)->kill`, not `Times(2, Then(Error, Kill))`; an uncounted
+    /// step before `then` never ends, so its successor never runs. Such
+    /// actions are refused before anything is sent.
+    #[test]
+    fn unrepresentable_actions_are_refused() {
+        for bad in [
+            Action::Kill.once().times(2),
+            Action::Error.then(Action::Kill).times(2),
+            Action::Kill.then(Action::Error),
+            Action::Error.once().then(Action::Sleep(Duration::from_millis(5))).then(Action::Kill),
+        ] {
+            let e = bad.check().unwrap_err();
+            assert!(e.contains(&bad.spec()), "{bad:?}: {e}");
+        }
+        for good in [
+            Action::Kill,
+            Action::Kill.once(),
+            Action::Off.times(2).then(Action::Kill),
+            Action::Pause.once().then(Action::Error.once()).then(Action::Off),
+            Action::Sleep(Duration::from_millis(5)).times(3).then(Action::Kill.once().then(Action::Off)),
+        ] {
+            assert_eq!(good.check(), Ok(()), "{good:?}");
+        }
     }
 }

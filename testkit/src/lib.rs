@@ -85,8 +85,9 @@ const READY: Duration = Duration::from_secs(30);
 /// How long arming or disarming a failpoint may take.
 const ARM_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Every failure of the kit.
-#[derive(Debug, thiserror::Error)]
+/// Every failure of the kit. Its `Debug` is its message, so the
+/// `.unwrap()` of a test prints the actionable sentence.
+#[derive(thiserror::Error)]
 pub enum KitError {
     /// No `twopc` binary: set `TWOPC_BIN` or put it on `PATH`.
     #[error(
@@ -94,8 +95,10 @@ pub enum KitError {
          twopc's repository), or pass ClusterBuilder::binary"
     )]
     BinaryNotFound,
-    /// A setting the kit cannot use (e.g. TLS files that do not load).
-    #[error("invalid setting: {0}")]
+    /// A setting, target or action the kit cannot use (TLS files that do
+    /// not load, a process the cluster does not have, an [`Action`] fail-rs
+    /// cannot express).
+    #[error("invalid: {0}")]
     Invalid(String),
     /// A process did not start, register or restart in time.
     #[error("{0}")]
@@ -112,6 +115,12 @@ pub enum KitError {
     /// A deadline passed waiting for something else.
     #[error("{0}")]
     Timeout(String),
+}
+
+impl fmt::Debug for KitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 fn process_error(e: anyhow::Error) -> KitError {
@@ -421,7 +430,28 @@ impl Cluster {
             .expect("some key lands on every partition")
     }
 
+    /// Refuses a target this cluster does not have, naming what it has.
+    fn check_target(&self, target: Target) -> Result<(), String> {
+        let local = self.local();
+        let exists = match target {
+            Target::Coordinator => true,
+            Target::CoordinatorAt(i) => i < local.coordinator_count(),
+            Target::Participant(p) => p < local.partitions(),
+        };
+        if exists {
+            return Ok(());
+        }
+        Err(format!(
+            "no {target} in this cluster: it has {} coordinator(s) and partitions 0..={}",
+            local.coordinator_count(),
+            local.partitions().saturating_sub(1)
+        ))
+    }
+
     fn proc_mut(&mut self, target: Target) -> &mut cluster::Proc {
+        if let Err(e) = self.check_target(target) {
+            panic!("{e}");
+        }
         let local = self.local_mut();
         match target {
             Target::Coordinator => local.coordinator_proc(0),
@@ -524,9 +554,13 @@ impl Cluster {
     }
 
     /// Arms `failpoint` with `action` in `target` (a coordinator failpoint
-    /// in [`Target::Coordinator`], which in HA mode means the leader; a
-    /// participant's in [`Target::Participant`]).
+    /// in [`Target::Coordinator`], which in HA mode means the leader, as
+    /// does any [`Target::CoordinatorAt`]; a participant's in
+    /// [`Target::Participant`]). Refused with [`KitError::Invalid`]: a target
+    /// the cluster does not have, an action fail-rs cannot express
+    /// ([`Action::check`]).
     pub async fn arm(&self, target: Target, failpoint: Failpoint, action: Action) -> Result<(), KitError> {
+        action.check().map_err(KitError::Invalid)?;
         self.set_failpoint(target, failpoint, &action.spec()).await
     }
 
@@ -536,6 +570,7 @@ impl Cluster {
     }
 
     async fn set_failpoint(&self, target: Target, failpoint: Failpoint, spec: &str) -> Result<(), KitError> {
+        self.check_target(target).map_err(KitError::Invalid)?;
         let to = match (target, failpoint.role()) {
             (Target::Coordinator | Target::CoordinatorAt(_), Role::Coordinator) => FailpointTarget::Coordinator,
             (Target::Participant(p), Role::Participant) => FailpointTarget::Partition(p),
@@ -655,5 +690,16 @@ mod tests {
             let e = bad.parse::<Target>().unwrap_err();
             assert!(e.contains("use `coordinator` or `p0`"), "{e}");
         }
+    }
+
+    /// `.unwrap()` and `?` in a test print an error with `{:?}`: it must
+    /// carry the same actionable sentence as `{}`, not `BinaryNotFound`.
+    #[test]
+    fn debug_of_an_error_is_its_message() {
+        let e = KitError::BinaryNotFound;
+        assert_eq!(format!("{e:?}"), e.to_string());
+        assert!(format!("{e:?}").contains("TWOPC_BIN"));
+        let e = KitError::Process("p0 exited before it was ready; its log ends:\nboom".into());
+        assert_eq!(format!("{e:?}"), "p0 exited before it was ready; its log ends:\nboom");
     }
 }

@@ -59,10 +59,31 @@ fn describe(pending: &[Pending]) -> String {
 /// participant is asked directly at its address (`participants[p]` serves
 /// partition `p`), so a dead coordinator does not hide them; the
 /// coordinator through `client`.
+///
+/// Every process is asked at once, so a look takes at most one probe's
+/// bound however many processes are paused (asked one after another, a
+/// `settle(100ms)` with three frozen processes took 6 s).
 pub async fn pending(client: &Client, participants: &[String], options: &ConnectOptions) -> Vec<Pending> {
+    let mut probes = tokio::task::JoinSet::new();
+    for (i, addr) in participants.iter().enumerate() {
+        let (addr, options) = (addr.clone(), options.clone());
+        probes.spawn(async move { (i, list_in_doubt(&addr, &options).await) });
+    }
+    let coordinator = {
+        let client = client.clone();
+        // Bounded like the participants' probes: the client's own budget
+        // (following a leader) would let one look overrun a short deadline.
+        tokio::spawn(async move { tokio::time::timeout(PROBE_TIMEOUT, client.transactions()).await })
+    };
+    let mut answers: Vec<Option<Result<pb::ListInDoubtResponse, String>>> = participants.iter().map(|_| None).collect();
+    while let Some(done) = probes.join_next().await {
+        if let Ok((i, answer)) = done {
+            answers[i] = Some(answer);
+        }
+    }
     let mut out = vec![];
-    for (p, addr) in (0u32..).zip(participants) {
-        let r = match list_in_doubt(addr, options).await {
+    for ((p, addr), answer) in (0u32..).zip(participants).zip(answers) {
+        let r = match answer.unwrap_or_else(|| Err("the probe failed".to_string())) {
             Ok(r) => r,
             Err(error) => {
                 out.push(Pending::Unreachable { who: format!("partition {p} at {addr}"), error });
@@ -79,9 +100,10 @@ pub async fn pending(client: &Client, participants: &[String], options: &Connect
             out.push(Pending::LockedKeys { partition: p, count: r.locked_keys.into() });
         }
     }
-    // Bounded like the participants' probes: the client's own budget
-    // (following a leader) would let one look overrun a short deadline.
-    match tokio::time::timeout(PROBE_TIMEOUT, client.transactions()).await {
+    let coordinator = coordinator
+        .await
+        .unwrap_or_else(|e| Ok(Err(twopc_client::ClientError::Unavailable(format!("the probe failed: {e}")))));
+    match coordinator {
         Ok(Ok(t)) if t.is_empty() => {}
         Ok(Ok(t)) => {
             out.push(Pending::Unfinished { tids: t.iter().map(|t: &pb::TransactionInfo| t.tid.clone()).collect() })
