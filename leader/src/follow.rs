@@ -371,6 +371,12 @@ impl Follower {
         st.rotation[(i + 1) % n].clone()
     }
 
+    /// Whether `address` is the only address this follower knows.
+    fn only(&self, address: &str) -> bool {
+        let st = self.state();
+        st.rotation.len() == 1 && st.rotation[0] == address
+    }
+
     fn in_rotation(&self, address: &str) -> bool {
         self.state().rotation.iter().any(|a| a == address)
     }
@@ -401,7 +407,16 @@ impl Follower {
                 anchor.clone_from(&address);
             }
             let left = policy.budget.saturating_sub(started.elapsed());
-            let limit = policy.attempt_limit.map_or(left, |l| l.min(left));
+            // The attempt limit exists to move on to another address; with
+            // one address and no hint there is nowhere to move, so the
+            // attempt gets the whole budget: a coordinator paused for
+            // longer than the limit (a stall, SIGSTOP, an overloaded host)
+            // is waited for as --call-budget-ms says, not failed at the
+            // first cut.
+            let limit = match policy.attempt_limit {
+                Some(l) if !self.only(&address) => l.min(left),
+                _ => left,
+            };
             let (status, failure) = match self.client(&address) {
                 Ok(client) => {
                     let status = match tokio::time::timeout(limit, call(client)).await {
@@ -410,7 +425,11 @@ impl Follower {
                             return Ok(v);
                         }
                         Ok(Err(s)) => s,
-                        Err(_) => Status::deadline_exceeded(format!("no answer within {}ms", limit.as_millis())),
+                        Err(_) => Status::deadline_exceeded(format!(
+                            "the coordinator at {address} did not answer within {}ms: it may be paused, hung or \
+                             overloaded",
+                            limit.as_millis()
+                        )),
                     };
                     let failure = classify(&status);
                     (status, failure)
