@@ -59,3 +59,52 @@ async fn a_paused_coordinator_is_waited_for_within_the_budget_and_named_when_it_
     assert!(err.contains("paused") || err.contains("hung"), "{err}");
     assert!(!err.contains("TLS"), "{err}");
 }
+
+/// The CLI's step-by-step `put --tid` (a handle attached by tid, which does
+/// not know the deadline) at a participant that is frozen: it fails within
+/// a bounded time naming the partition, rather than hang forever, and the
+/// transaction then aborts (a failed operation aborts it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_by_step_put_at_a_frozen_participant_fails_in_bounded_time() {
+    let mut tc = TestCluster::three().await;
+    let addr = tc.cluster.coordinator_addr();
+    let txn = tc.client.begin(Some(Duration::from_secs(120))).await.unwrap();
+    let tid = txn.tid().to_string();
+    let (k0, k1) = (tc.key_on(0, "frozen"), tc.key_on(1, "frozen"));
+    let o = cli(&["put", "--tid", &tid, &k0, "1", "--coordinator", &addr]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+
+    tc.cluster.participants[1].pause();
+    let started = Instant::now();
+    let child = cli(&["put", "--tid", &tid, &k1, "1", "--coordinator", &addr]).spawn().unwrap();
+    let id = child.id();
+    let waited = tokio::task::spawn_blocking(move || {
+        let mut child = child;
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(_status) = child.try_wait().unwrap() {
+                return Some(child.wait_with_output().unwrap());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    tc.cluster.participants[1].resume();
+    let o = waited.unwrap_or_else(|| panic!("`twopc put --tid` (pid {id}) still waiting after 40 s"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(err.contains("partition 1") && err.contains("did not answer"), "{err}");
+
+    let o = cli(&["commit", "--tid", &tid, "--coordinator", &addr]).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out} {}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("ABORTED"), "{out}");
+    assert_eq!(tc.read(&k0).await, None, "nothing of the aborted transaction is committed");
+}
