@@ -39,7 +39,11 @@
 //!
 //! One address behaves as before lists existed: a failure without a hint
 //! is returned at once (there is nowhere else to go), only a standby's
-//! hint is followed.
+//! hint is followed, and an attempt there is not cut at
+//! [`Policy::attempt_limit`] (which exists to move on to another address):
+//! a coordinator that stalls (paused, overloaded) gets the whole budget, so
+//! a caller's budget is what bounds the call, and when it runs out the
+//! error names the address and says it did not answer.
 //!
 //! What any other client of the Coordinator service must do too: treat
 //! UNAVAILABLE with `x-twopc-leader` as "go there, nothing happened here";
