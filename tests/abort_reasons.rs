@@ -105,6 +105,13 @@ async fn a_wait_die_conflict_is_the_reason_everywhere() {
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     let run_tid: uuid::Uuid = out.lines().find_map(|l| l.strip_prefix("tid ")).expect("tid printed").parse().unwrap();
     assert_eq!(aborted(&tc, run_tid).await.1, AbortKind::Conflict);
+    // And it says so as commit and status do: `ABORTED (kind): reason`,
+    // the reason naming the partition.
+    assert!(
+        out.lines().any(|l| l.starts_with("ABORTED (conflict): partition ") && l.contains("lock conflict")),
+        "{}",
+        text(&o)
+    );
 
     // An operator's abort is the operator's.
     let c = tc.client.begin(None).await.unwrap();

@@ -239,6 +239,9 @@ async fn a_participant_out_of_space_votes_no_naming_its_partition_serves_reads_a
     // may succeed between failures; an episode ends only after a second
     // without one, which a very slow machine could reach once).
     let starts = count_in(&log, "partition.db) is full: refusing");
+    // A participant tries every write (no probe period): its line says so.
+    assert_eq!(count_in(&log, "every 0 ms"), 0, "the episode's line names no 0 ms retry period");
+    assert_eq!(count_in(&log, "will try every write"), starts, "the episode's line says every write is tried");
     assert!(starts == 1 || (starts == 2 && no_votes > 2), "{starts} episodes logged for {no_votes} failures");
 
     // Space returns: prepares succeed again, without a restart; commits

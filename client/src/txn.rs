@@ -189,7 +189,12 @@ impl Txn {
     async fn operate_once(&self, kind: Kind, key: &[u8], value: Vec<u8>) -> Result<pb::OperationResult, ClientError> {
         let tid = self.tid.to_string();
         let op = pb::Operation { tid: tid.clone(), kind: kind as i32, key: key.to_vec(), value: value.clone() };
-        let done = self.client.operate(key, op, self.limit()).await?;
+        // A batch never waits for a lock, so its answer is prompt even when
+        // this handle does not know the deadline (attached by tid, e.g. the
+        // CLI's `put --tid`): bounded then too, so that a frozen participant
+        // fails the operation instead of hanging it forever.
+        let batch_limit = self.limit().unwrap_or(crate::client::ADMIN_TIMEOUT);
+        let done = self.client.operate(key, op, Some(batch_limit)).await?;
         if !done.must_wait {
             return Ok(done);
         }

@@ -39,7 +39,11 @@
 //!
 //! One address behaves as before lists existed: a failure without a hint
 //! is returned at once (there is nowhere else to go), only a standby's
-//! hint is followed.
+//! hint is followed, and an attempt there is not cut at
+//! [`Policy::attempt_limit`] (which exists to move on to another address):
+//! a coordinator that stalls (paused, overloaded) gets the whole budget, so
+//! a caller's budget is what bounds the call, and when it runs out the
+//! error names the address and says it did not answer.
 //!
 //! What any other client of the Coordinator service must do too: treat
 //! UNAVAILABLE with `x-twopc-leader` as "go there, nothing happened here";
@@ -371,6 +375,12 @@ impl Follower {
         st.rotation[(i + 1) % n].clone()
     }
 
+    /// Whether `address` is the only address this follower knows.
+    fn only(&self, address: &str) -> bool {
+        let st = self.state();
+        st.rotation.len() == 1 && st.rotation[0] == address
+    }
+
     fn in_rotation(&self, address: &str) -> bool {
         self.state().rotation.iter().any(|a| a == address)
     }
@@ -401,7 +411,16 @@ impl Follower {
                 anchor.clone_from(&address);
             }
             let left = policy.budget.saturating_sub(started.elapsed());
-            let limit = policy.attempt_limit.map_or(left, |l| l.min(left));
+            // The attempt limit exists to move on to another address; with
+            // one address and no hint there is nowhere to move, so the
+            // attempt gets the whole budget: a coordinator paused for
+            // longer than the limit (a stall, SIGSTOP, an overloaded host)
+            // is waited for as --call-budget-ms says, not failed at the
+            // first cut.
+            let limit = match policy.attempt_limit {
+                Some(l) if !self.only(&address) => l.min(left),
+                _ => left,
+            };
             let (status, failure) = match self.client(&address) {
                 Ok(client) => {
                     let status = match tokio::time::timeout(limit, call(client)).await {
@@ -410,7 +429,11 @@ impl Follower {
                             return Ok(v);
                         }
                         Ok(Err(s)) => s,
-                        Err(_) => Status::deadline_exceeded(format!("no answer within {}ms", limit.as_millis())),
+                        Err(_) => Status::deadline_exceeded(format!(
+                            "the coordinator at {address} did not answer within {}ms: it may be paused, hung or \
+                             overloaded",
+                            limit.as_millis()
+                        )),
                     };
                     let failure = classify(&status);
                     (status, failure)

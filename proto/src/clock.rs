@@ -21,8 +21,9 @@
 //! wall clock when it answered (`sent_unix_ms`). The receiver estimates the
 //! sender's offset from its own clock as `sent - (asked + answered) / 2`
 //! (the midpoint of the call, error at most half a round trip) and keeps
-//! it in a gauge; beyond [`SKEW_BOUND_MS`] it logs a warning naming both
-//! clocks (at most one per [`WARN_EVERY`]), and an error caused by a
+//! it in a gauge; beyond [`SKEW_BOUND_MS`] (by more than that error; an
+//! answer slower than twice the bound is not taken) it logs a warning
+//! naming both clocks (at most one per [`WARN_EVERY`]), and an error caused by a
 //! deadline gets a note naming the offset ([`Skew::hint`]).
 //!
 //! **Test hook.** `TWOPC_TEST_CLOCK_OFFSET_MS` (a signed number of
@@ -109,9 +110,19 @@ impl Skew {
         }
         let mid = (asked_at / 2 + answered_at / 2) as i64;
         let offset = peer_sent as i64 - mid;
+        // The estimate is off by up to half the round trip (the peer read
+        // its clock somewhere in it): an answer slower than twice the
+        // bound (a loaded host, a queued call) cannot tell a skew from a
+        // delay, so it is not taken; a faster one is reported only when
+        // even its least possible offset is beyond the bound, so a slow
+        // answer never raises a false alarm.
+        let uncertainty = (answered_at.saturating_sub(asked_at) / 2) as i64;
+        if uncertainty > SKEW_BOUND_MS {
+            return;
+        }
         self.offset.store(offset, Ordering::Relaxed);
         metrics::gauge!(self.gauge, self.labels.clone()).set(offset as f64);
-        if offset.abs() <= SKEW_BOUND_MS {
+        if !beyond_bound(offset, uncertainty) {
             return;
         }
         let mut last = self.last_warn.lock().unwrap_or_else(|e| e.into_inner());
@@ -155,9 +166,31 @@ impl Skew {
     }
 }
 
+/// Whether a measured `offset` (ms) is certainly beyond [`SKEW_BOUND_MS`],
+/// given that the measurement may be off by `uncertainty` (ms) either way.
+fn beyond_bound(offset: i64, uncertainty: i64) -> bool {
+    offset.abs() - uncertainty > SKEW_BOUND_MS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slow_answer_is_not_reported_as_skew() {
+        let skew = Skew::new("the coordinator".into(), "this participant".into(), "t_slow_clock_offset_ms");
+        // Clocks agree, but the answer took 2.7 s (a loaded host): the
+        // midpoint estimate reads 1.3 s, which says nothing.
+        skew.observe(1_001_350 + 1_308, 1_000_000, 1_002_700);
+        assert_eq!(skew.offset_ms(), None, "a sample slower than twice the bound is not taken");
+        assert_eq!(skew.hint(), None);
+        // 600 ms round trip: an estimate of 1.2 s may be 0.9 s: not reported.
+        assert!(!beyond_bound(1_200, 300));
+        assert!(!beyond_bound(-1_200, 300));
+        // 30 s is, whatever the round trip.
+        assert!(beyond_bound(30_000, 300) && beyond_bound(-30_000, 1_000));
+        assert!(beyond_bound(1_200, 5));
+    }
 
     #[test]
     fn the_deadline_clock_starts_at_unix_time_and_never_goes_back() {

@@ -96,12 +96,16 @@ impl DiskFull {
                     detail: detail.to_string(),
                 });
                 metrics::gauge!(self.gauge).set(1.0);
+                // A store without a probe period tries every write.
+                let retry = match self.probe_every.as_millis() {
+                    0 => "will try every write".to_string(),
+                    ms => format!("will retry a write every {ms} ms"),
+                };
                 tracing::error!(
                     error = detail,
-                    "{} is full: refusing what needs new space, serving the rest; will retry a write every {} ms \
-                     and resume by itself when space is freed",
+                    "{} is full: refusing what needs new space, serving the rest; {retry} and resume by itself when \
+                     space is freed",
                     self.what,
-                    self.probe_every.as_millis()
                 );
             }
         }

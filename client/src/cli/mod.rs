@@ -391,6 +391,14 @@ async fn run_statements(conn: &ConnArgs, timeout_ms: Option<u64>, args: Vec<Stri
             // The library has aborted the tid with the operation's error
             // (or the participant with its own cause) as the reason.
             out!("tid {}", txn.tid());
+            if e.is_retryable_abort() {
+                // Aborted (a conflict, a deadline...): said as commit and
+                // status say it, `ABORTED (kind): reason`, with the
+                // coordinator's reason (the participant's real cause).
+                if let Ok(outcome @ Outcome::Aborted { .. }) = txn.commit().await {
+                    return Ok(print_outcome(&outcome));
+                }
+            }
             return Err(e);
         }
     }
