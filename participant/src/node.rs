@@ -747,6 +747,11 @@ impl Node {
                 let why = expired.first().and_then(|&t| core.abort_reason(t).cloned());
                 (expired, core.due_questions(now), why)
             };
+            // The notice carries the clock note too when the clocks disagree.
+            let why = why.map(|w| match w.kind {
+                AbortKind::Deadline => AbortReason::new(w.kind, self.deadline_reason(w.detail)),
+                _ => w,
+            });
             if !expired.is_empty() {
                 self.locks_released();
             }

@@ -156,8 +156,9 @@ impl Skew {
     pub fn hint(&self) -> Option<String> {
         let o = self.offset_ms().filter(|o| o.abs() > SKEW_BOUND_MS)?;
         Some(format!(
-            "note: {}'s clock is {} ms {} {}'s, so a deadline set there is early or late here; check time \
-             synchronisation on both machines",
+            "note: {}'s clock is {} ms {} {}'s; deadlines travel as remaining time, so this cuts one short only \
+             with a peer that sends absolute deadlines (an older version); check time synchronisation on both \
+             machines",
             self.me,
             o.abs(),
             if o > 0 { "behind" } else { "ahead of" },
