@@ -88,6 +88,17 @@ async fn bad_inputs_get_precise_statuses() {
     let s = raw.commit(pb::CommitRequest { tid: "not-a-uuid".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
     assert!(s.message().contains("not a UUID"), "{s:?}");
+    // A UUID of another version is not a tid: its bits would be read as a
+    // made-up age (presumed abort or forgotten, wait-die).
+    let s = raw
+        .get_decision(pb::GetDecisionRequest {
+            tid: "550e8400-e29b-41d4-a716-446655440000".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("version 4 UUID, not a tid"), "{s:?}");
     let s = raw
         .enlist(pb::EnlistRequest { tid: late.tid().to_string(), partition: 7, incarnation: 1, ..Default::default() })
         .await

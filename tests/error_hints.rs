@@ -125,6 +125,8 @@ async fn a_coordinator_killed_mid_call_is_not_a_tls_problem_but_a_tls_mismatch_i
     let o = cli(&["in-doubt", "--participant", &tls_addr]);
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(out.contains("TLS") && out.contains("--tls-ca") && !out.contains("crashed"), "{out}");
+    // A participant that could not be asked is an error, not "(none)".
+    assert_eq!(o.status.code(), Some(2), "{out}");
     let o = cli(&["status", &tid, "--coordinator", &tls_addr]);
     let e = stderr(&o);
     tls_coordinator.kill();

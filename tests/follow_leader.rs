@@ -103,7 +103,10 @@ async fn clients_cli_and_a_participant_follow_a_standby_and_skip_a_dead_address(
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let o = twopc(&["status", &tid, "--coordinator", &list], &[]);
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("ABORTED"), "{}", text(&o));
-    let o = twopc(&["failpoint", "--coordinator", &list, "--target", "coordinator", "coordinator::x", ""], &[]);
+    let o = twopc(
+        &["failpoint", "--coordinator", &list, "--target", "coordinator", "coordinator::after_commit_acked", ""],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 
     // twopc bench against the running cluster, given the list.

@@ -25,14 +25,33 @@ pub fn parse(s: &str) -> Result<Tid, tonic::Status> {
     if s.is_empty() {
         return Err(tonic::Status::invalid_argument("tid is empty: pass the tid that Begin returned"));
     }
-    Uuid::parse_str(s).map_err(|e| {
+    let tid = Uuid::parse_str(s).map_err(|e| {
         tonic::Status::invalid_argument(format!("tid {s:?} is not a UUID ({e}): pass the tid that Begin returned"))
-    })
+    })?;
+    // Only a UUIDv7 can be a tid: its age (which decides presumed abort
+    // versus a forgotten outcome, and wait-die) is its timestamp, and any
+    // other version's bits would be read as a made-up age.
+    if tid.get_version_num() != 7 {
+        return Err(tonic::Status::invalid_argument(format!(
+            "tid {s:?} is a version {} UUID, not a tid (tids are the UUIDv7 that Begin returns)",
+            tid.get_version_num()
+        )));
+    }
+    Ok(tid)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_uuid_v7_is_a_tid() {
+        assert!(parse(&new_tid().to_string()).is_ok());
+        let e = parse("550e8400-e29b-41d4-a716-446655440000").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("version 4 UUID, not a tid"), "{}", e.message());
+        assert!(parse("").is_err() && parse("nope").is_err());
+    }
 
     #[test]
     fn newest_before_orders_below_every_later_tid_and_above_earlier_ones() {

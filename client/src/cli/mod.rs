@@ -162,7 +162,9 @@ pub enum ClientCommand {
         #[command(flatten)]
         conn: ConnArgs,
     },
-    /// Every participant's prepared tids still waiting for a decision.
+    /// Every participant's prepared tids still waiting for a decision. Exit
+    /// 2 (after printing what it learned) when any participant could not be
+    /// asked: "nothing in doubt" is only said of those that answered.
     InDoubt {
         #[command(flatten)]
         conn: ConnArgs,
@@ -292,6 +294,7 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
             }
         }
         C::InDoubt { conn, participants } => {
+            let mut unasked = 0;
             let parts = if participants.is_empty() {
                 connect(&conn).await?.in_doubt().await?
             } else {
@@ -300,15 +303,22 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
                 for address in &participants {
                     match crate::admin::in_doubt_at_address(address, &options).await {
                         Ok(p) => parts.push(p),
-                        Err(e) => out!("{address}: error: {e}"),
+                        Err(e) => {
+                            out!("{address}: error: {e}");
+                            unasked += 1;
+                        }
                     }
                 }
                 parts
             };
             for part in parts {
+                unasked += usize::from(part.tids.is_err());
                 for line in in_doubt_lines(&part) {
                     out!("{line}");
                 }
+            }
+            if unasked > 0 {
+                return Ok(2);
             }
         }
         C::ResolveHeuristic { conn, participant, tid, outcome, override_lost_log, reason } => {
