@@ -117,6 +117,7 @@ async fn a_wait_die_conflict_is_the_reason_everywhere() {
     let c = tc.client.begin(None).await.unwrap();
     let o = twopc(&tc, &["abort", "--tid", &c.tid().to_string()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ABORTED (operator): "), "{}", text(&o));
     assert_eq!(aborted(&tc, c.tid()).await.1, AbortKind::Operator);
 
     assert_eq!(a.commit().await.unwrap(), Outcome::Committed);

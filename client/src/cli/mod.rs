@@ -270,9 +270,14 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
             return Ok(print_outcome(&outcome));
         }
         C::Abort { conn, tid } => {
-            let txn = connect(&conn).await?.txn(tid, 0);
-            txn.abort_because(AbortKind::Operator, "aborted by an operator (twopc abort)").await?;
-            out!("ABORTED");
+            let client = connect(&conn).await?;
+            client.txn(tid, 0).abort_because(AbortKind::Operator, "aborted by an operator (twopc abort)").await?;
+            // The reason kept is the first one the tid aborted for (e.g. a
+            // conflict before the operator's abort): say which.
+            match client.status(tid).await {
+                Ok(Decision::Aborted { reason, kind }) => out!("{}", aborted_line(&reason, kind)),
+                _ => out!("ABORTED"),
+            }
         }
         C::Status { conn, tid } => match connect(&conn).await?.status(tid).await? {
             Decision::Committed => out!("COMMITTED"),
