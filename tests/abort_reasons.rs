@@ -9,29 +9,11 @@
 
 mod common;
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
 use twopc::cluster::ClusterOptions;
 use twopc_client::{AbortKind, Decision, Outcome};
-
-fn twopc(tc: &TestCluster, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_twopc"))
-        .args(args)
-        .env("TWOPC_COORDINATOR", tc.cluster.coordinator_addr())
-        .output()
-        .expect("run twopc")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn with_metrics() -> (ClusterOptions, u16) {
     let port = free_port();
@@ -91,17 +73,22 @@ async fn a_wait_die_conflict_is_the_reason_everywhere() {
     let attached = tc.client.txn(b.tid(), 0);
     assert!(matches!(attached.commit().await.unwrap(), Outcome::Aborted { kind: AbortKind::Conflict, .. }));
     let tid = b.tid().to_string();
-    let o = twopc(&tc, &["status", &tid]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), format!("ABORTED (conflict): {reason}"), "{}", text(&o));
-    let o = twopc(&tc, &["commit", "--tid", &tid]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ABORTED (conflict): "), "{}", text(&o));
+    let o = twopc_cli(&tc, &["status", &tid]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("ABORTED (conflict): {reason}"),
+        "{}",
+        output_text(&o)
+    );
+    let o = twopc_cli(&tc, &["commit", "--tid", &tid]);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ABORTED (conflict): "), "{}", output_text(&o));
 
     // The CLI's `run` refused the same way: its tid's status is the conflict too.
     let put = format!("put {k} c");
-    let o = twopc(&tc, &["run", &put]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let o = twopc_cli(&tc, &["run", &put]);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     let run_tid: uuid::Uuid = out.lines().find_map(|l| l.strip_prefix("tid ")).expect("tid printed").parse().unwrap();
     assert_eq!(aborted(&tc, run_tid).await.1, AbortKind::Conflict);
@@ -110,14 +97,14 @@ async fn a_wait_die_conflict_is_the_reason_everywhere() {
     assert!(
         out.lines().any(|l| l.starts_with("ABORTED (conflict): partition ") && l.contains("lock conflict")),
         "{}",
-        text(&o)
+        output_text(&o)
     );
 
     // An operator's abort is the operator's.
     let c = tc.client.begin(None).await.unwrap();
-    let o = twopc(&tc, &["abort", "--tid", &c.tid().to_string()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ABORTED (operator): "), "{}", text(&o));
+    let o = twopc_cli(&tc, &["abort", "--tid", &c.tid().to_string()]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ABORTED (operator): "), "{}", output_text(&o));
     assert_eq!(aborted(&tc, c.tid()).await.1, AbortKind::Operator);
 
     assert_eq!(a.commit().await.unwrap(), Outcome::Committed);
@@ -182,8 +169,8 @@ async fn deadline_restart_and_shutdown_are_the_real_reasons() {
         o => panic!("{o:?}"),
     }
     let tid = two.tid().to_string();
-    let o = twopc(&tc, &["status", &tid]);
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ABORTED (participant_restarted): "), "{}", text(&o));
+    let o = twopc_cli(&tc, &["status", &tid]);
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ABORTED (participant_restarted): "), "{}", output_text(&o));
 
     // Shutdown: partition 2 stops (SIGTERM) while `one` holds c there.
     tc.cluster.participants[2].terminate();
@@ -236,17 +223,21 @@ async fn a_failed_operation_aborts_the_transaction() {
     }
 
     // CLI, step by step: each command a process of its own.
-    let o = twopc(&tc, &["begin"]);
+    let o = twopc_cli(&tc, &["begin"]);
     let tid = String::from_utf8_lossy(&o.stdout).lines().next().unwrap().trim().to_string();
-    assert_eq!(twopc(&tc, &["put", "--tid", &tid, &a, "3"]).status.code(), Some(0));
+    assert_eq!(twopc_cli(&tc, &["put", "--tid", &tid, &a, "3"]).status.code(), Some(0));
     arm(&tc, twopc_client::FailpointTarget::Partition(1), "participant::after_write_applied", "1*return(error)").await;
-    let o = twopc(&tc, &["put", "--tid", &tid, &b, "3"]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("transaction {tid} is aborted")), "{}", text(&o));
-    let o = twopc(&tc, &["commit", "--tid", &tid]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let o = twopc_cli(&tc, &["put", "--tid", &tid, &b, "3"]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!("transaction {tid} is aborted")),
+        "{}",
+        output_text(&o)
+    );
+    let o = twopc_cli(&tc, &["commit", "--tid", &tid]);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
     let out = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(out.starts_with("ABORTED (operation_failed): put of key"), "{}", text(&o));
+    assert!(out.starts_with("ABORTED (operation_failed): put of key"), "{}", output_text(&o));
 
     // A participant killed mid-transaction: the put there fails, the
     // commit (after it is back) answers ABORTED, nothing is applied.
@@ -303,8 +294,8 @@ async fn a_failed_write_and_a_restarted_coordinator_are_the_real_reasons() {
     tc.reconnect().await;
     let (reason, kind) = aborted(&tc, old.tid()).await;
     assert_eq!(kind, AbortKind::CoordinatorRestarted, "{reason}");
-    let o = twopc(&tc, &["status", &old.tid().to_string()]);
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ABORTED (coordinator_restarted): "), "{}", text(&o));
+    let o = twopc_cli(&tc, &["status", &old.tid().to_string()]);
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ABORTED (coordinator_restarted): "), "{}", output_text(&o));
     // A tid nobody ever began (after the restart) is only unknown.
     let ghost = uuid::Uuid::now_v7();
     assert_eq!(aborted(&tc, ghost).await.1, AbortKind::Unknown);

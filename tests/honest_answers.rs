@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -25,23 +24,6 @@ use uuid::Uuid;
 /// The CLI's exit code of a forgotten outcome.
 const FORGOTTEN_EXIT: i32 = 3;
 
-fn twopc(tc: &TestCluster, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_twopc"))
-        .args(args)
-        .env("TWOPC_COORDINATOR", tc.cluster.coordinator_addr())
-        .output()
-        .expect("run twopc")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn keep_finished(n: usize) -> ClusterOptions {
     ClusterOptions { coordinator_args: vec!["--keep-finished".into(), n.to_string()], ..Default::default() }
 }
@@ -52,8 +34,8 @@ fn run_three_puts(tc: &TestCluster, name: &str) -> (Uuid, Vec<String>) {
     let puts: Vec<String> = keys.iter().map(|k| format!("put {k} 1")).collect();
     let mut args = vec!["run"];
     args.extend(puts.iter().map(String::as_str));
-    let o = twopc(tc, &args);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = twopc_cli(tc, &args);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     let tid = out.lines().find_map(|l| l.strip_prefix("tid ")).expect("run prints the tid");
     (tid.trim().parse().unwrap(), keys)
@@ -86,20 +68,20 @@ async fn coordinator(tc: &TestCluster) -> pb::coordinator_client::CoordinatorCli
 async fn assert_forgotten_everywhere(tc: &TestCluster, tid: Uuid, keys: &[String]) {
     let t = tid.to_string();
     // The CLI: status, commit --tid, abort --tid (refused).
-    let o = twopc(tc, &["status", &t]);
-    assert_eq!(o.status.code(), Some(FORGOTTEN_EXIT), "{}", text(&o));
+    let o = twopc_cli(tc, &["status", &t]);
+    assert_eq!(o.status.code(), Some(FORGOTTEN_EXIT), "{}", output_text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.starts_with("FORGOTTEN: "), "{}", text(&o));
+    assert!(out.starts_with("FORGOTTEN: "), "{}", output_text(&o));
     assert!(out.contains("older than the oldest decision the log keeps") && out.contains("check the data"), "{out}");
     assert!(!out.contains("ABORTED"), "{out}");
-    let o = twopc(tc, &["commit", "--tid", &t]);
-    assert_eq!(o.status.code(), Some(FORGOTTEN_EXIT), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with("FORGOTTEN: "), "{}", text(&o));
-    let o = twopc(tc, &["abort", "--tid", &t]);
-    assert_eq!(o.status.code(), Some(FORGOTTEN_EXIT), "{}", text(&o));
+    let o = twopc_cli(tc, &["commit", "--tid", &t]);
+    assert_eq!(o.status.code(), Some(FORGOTTEN_EXIT), "{}", output_text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("FORGOTTEN: "), "{}", output_text(&o));
+    let o = twopc_cli(tc, &["abort", "--tid", &t]);
+    assert_eq!(o.status.code(), Some(FORGOTTEN_EXIT), "{}", output_text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("FAILED_PRECONDITION") && err.contains("forgotten"), "{}", text(&o));
-    assert!(!String::from_utf8_lossy(&o.stdout).contains("ABORTED"), "{}", text(&o));
+    assert!(err.contains("FAILED_PRECONDITION") && err.contains("forgotten"), "{}", output_text(&o));
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("ABORTED"), "{}", output_text(&o));
 
     // The library.
     assert!(matches!(tc.client.status(tid).await.unwrap(), Decision::Forgotten { .. }));
@@ -124,9 +106,9 @@ async fn assert_forgotten_everywhere(tc: &TestCluster, tid: Uuid, keys: &[String
     assert!(d.get_ref().presumed, "{d:?}");
 
     // A write under it is refused too (the participant cannot enlist it).
-    let o = twopc(tc, &["put", "--tid", &t, &keys[0], "2"]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("forgotten"), "{}", text(&o));
+    let o = twopc_cli(tc, &["put", "--tid", &t, &keys[0], "2"]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("forgotten"), "{}", output_text(&o));
 
     // The writes are there, untouched by the refused abort.
     for k in keys {
@@ -139,22 +121,22 @@ async fn assert_forgotten_everywhere(tc: &TestCluster, tid: Uuid, keys: &[String
 async fn assert_unknown_new_tid_is_aborted_everywhere(tc: &TestCluster) {
     let tid = Uuid::now_v7();
     let t = tid.to_string();
-    let o = twopc(tc, &["status", &t]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = twopc_cli(tc, &["status", &t]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).starts_with("ABORTED (unknown): unknown tid: presumed aborted"),
         "{}",
-        text(&o)
+        output_text(&o)
     );
-    let o = twopc(tc, &["commit", "--tid", &t]);
-    assert_eq!(o.status.code(), Some(1), "Commit agrees with GetDecision: {}", text(&o));
+    let o = twopc_cli(tc, &["commit", "--tid", &t]);
+    assert_eq!(o.status.code(), Some(1), "Commit agrees with GetDecision: {}", output_text(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).starts_with("ABORTED (unknown): unknown tid: presumed aborted"),
         "{}",
-        text(&o)
+        output_text(&o)
     );
-    let o = twopc(tc, &["abort", "--tid", &t]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = twopc_cli(tc, &["abort", "--tid", &t]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     let mut c = coordinator(tc).await;
     let r = c.commit(pb::CommitRequest { tid: t.clone(), wrote: false }).await.unwrap();
     assert_eq!(r.get_ref().outcome(), pb::Outcome::Aborted, "{r:?}");
@@ -177,15 +159,20 @@ async fn a_forgotten_commit_is_reported_forgotten_never_aborted() {
     // The newest commit is still remembered.
     let (t3, _) = tc.write_txn(&[(&tc.key_on(0, "newest"), "1"), (&tc.key_on(1, "newest"), "1")]).await;
     assert_eq!(tc.client.status(t3).await.unwrap(), Decision::Committed);
-    let o = twopc(&tc, &["status", &t3.to_string()]);
-    assert_eq!((o.status.code(), String::from_utf8_lossy(&o.stdout).trim()), (Some(0), "COMMITTED"), "{}", text(&o));
+    let o = twopc_cli(&tc, &["status", &t3.to_string()]);
+    assert_eq!(
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).trim()),
+        (Some(0), "COMMITTED"),
+        "{}",
+        output_text(&o)
+    );
     assert_unknown_new_tid_is_aborted_everywhere(&tc).await;
     // A tid from before the log existed is forgotten too: the log's memory
     // starts at its creation.
     let an_hour_ago = twopc_proto::now_unix_ms() / 1000 - 3600;
     let ancient = Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, an_hour_ago, 0));
-    let o = twopc(&tc, &["status", &ancient.to_string()]);
-    assert_eq!(o.status.code(), Some(FORGOTTEN_EXIT), "{}", text(&o));
+    let o = twopc_cli(&tc, &["status", &ancient.to_string()]);
+    assert_eq!(o.status.code(), Some(FORGOTTEN_EXIT), "{}", output_text(&o));
     tc.wait_settled().await;
 }
 

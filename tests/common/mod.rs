@@ -234,3 +234,22 @@ pub async fn all_or_nothing(tc: &TestCluster, keys: &[&str], value: &str) -> boo
     assert!(all || none, "half-committed: {keys:?} = {seen:?}");
     all
 }
+
+/// Runs the `twopc` CLI with `args` against `tc`'s coordinator.
+pub fn twopc_cli(tc: &TestCluster, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_twopc"))
+        .args(args)
+        .env("TWOPC_COORDINATOR", tc.cluster.coordinator_addr())
+        .output()
+        .expect("run twopc")
+}
+
+/// A CLI run's exit code, stdout and stderr, for assertion messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
