@@ -786,7 +786,8 @@ impl Participant {
 // whoever carries one on (a vote, an answer, an abort notice) names the
 // partition it came from.
 
-fn deadline_passed() -> AbortReason {
+/// Why a tid [`Participant::expire`] aborted: its deadline passed.
+pub fn deadline_passed() -> AbortReason {
     AbortReason::new(AbortKind::Deadline, "its deadline passed before prepare")
 }
 

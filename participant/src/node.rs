@@ -174,6 +174,11 @@ pub struct Node {
     pub disk: DiskFull,
     /// Tids whose one-phase commit is being written (see `apply_one_phase`).
     one_phase_writing: Mutex<std::collections::HashSet<Tid>>,
+    /// Tids of which an earlier one-phase write failed with an unknown
+    /// outcome (not out of space): it may have landed, so a later write
+    /// that is out of space must not decide ABORT. Only tids still being
+    /// committed here; removed when they end.
+    one_phase_uncertain: Mutex<std::collections::HashSet<Tid>>,
     /// The coordinator's clock offset from ours, as last measured
     /// (`twopc_proto::clock`): reported, never used for timing.
     pub clock: Arc<Skew>,
@@ -200,6 +205,7 @@ impl Node {
             // message limit bounds their batches (`twopc_proto::limits`).
             enlists: Batcher::new(256, twopc_proto::limits::SizeLimits::default().batch_budget(), 2),
             one_phase_writing: Mutex::default(),
+            one_phase_uncertain: Mutex::default(),
             clock: Arc::new(Skew::new(
                 "the coordinator".into(),
                 format!("partition {partition}"),
@@ -659,6 +665,10 @@ impl Node {
             .map_err(|e| ParticipantError::Internal(format!("one-phase commit task failed: {e}")))?
     }
 
+    fn one_phase_uncertain(&self) -> MutexGuard<'_, std::collections::HashSet<Tid>> {
+        self.one_phase_uncertain.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn apply_one_phase(&self, tid: Tid, writes: WriteSet) -> Result<OnePhaseReply, ParticipantError> {
         // One write of a tid's one-phase commit at a time, so that one
         // certainly not written (out of space) can be decided ABORT: no
@@ -680,9 +690,17 @@ impl Node {
         // A failed write leaves the tid committing: its fate on disk is
         // unknown, and the coordinator's repeat applies it (once) or finds it.
         // Except out of space: certainly not written, so this participant,
-        // whose answer is the decision, aborts it.
+        // whose answer is the decision, aborts it, unless an earlier write
+        // of it failed with an unknown outcome (it may have landed: then
+        // the tid waits for space like a phase-2 commit).
         match self.store.commit_one_phase(tid, writes).await {
-            Ok(()) => self.disk.succeeded(),
+            Ok(()) => {
+                self.disk.succeeded();
+                self.one_phase_uncertain().remove(&tid);
+            }
+            Err(StoreError::DiskFull(detail)) if self.one_phase_uncertain().contains(&tid) => {
+                return Err(self.commit_write_failed(StoreError::DiskFull(detail)));
+            }
             Err(StoreError::DiskFull(detail)) => {
                 let why = AbortReason::new(
                     AbortKind::DiskFull,
@@ -700,7 +718,10 @@ impl Node {
                 self.locks_released();
                 return Ok(OnePhaseReply::Aborted(why));
             }
-            Err(e) => return Err(self.commit_write_failed(e)),
+            Err(e) => {
+                self.one_phase_uncertain().insert(tid);
+                return Err(self.commit_write_failed(e));
+            }
         }
         // Counted once per tid: a repeat applied meanwhile (a no-op in the
         // store) finds the tid already ended.
@@ -738,20 +759,17 @@ impl Node {
         loop {
             tick.tick().await;
             let now = clock::now_ms();
-            let (expired, due, why) = {
+            let (expired, due) = {
                 let mut core = self.core();
                 metrics::gauge!("twopc_in_doubt_tids").set(core.in_doubt().len() as f64);
                 metrics::gauge!("twopc_participant_open_tids").set(core.open_tids() as f64);
                 metrics::gauge!("twopc_locked_keys").set(core.locked_keys() as f64);
-                let expired = core.expire(now);
-                let why = expired.first().and_then(|&t| core.abort_reason(t).cloned());
-                (expired, core.due_questions(now), why)
+                (core.expire(now), core.due_questions(now))
             };
-            // The notice carries the clock note too when the clocks disagree.
-            let why = why.map(|w| match w.kind {
-                AbortKind::Deadline => AbortReason::new(w.kind, self.deadline_reason(w.detail)),
-                _ => w,
-            });
+            // Every expired tid's reason (the core's own), with the clock
+            // note when the clocks disagree.
+            let why = twopc_core::participant::deadline_passed();
+            let why = AbortReason::new(why.kind, self.deadline_reason(why.detail));
             if !expired.is_empty() {
                 self.locks_released();
             }
@@ -760,14 +778,12 @@ impl Node {
             if self.fence.mismatched().is_some() && !self.core().has_prepared() {
                 self.recheck_fence().await;
             }
-            if let Some(why) = why {
-                for tid in expired {
-                    tracing::debug!(%tid, "deadline passed before prepare: aborted here");
-                    if let Some(suppressed) = EXPIRED.allow() {
-                        tracing::info!(%tid, suppressed, "deadline passed before prepare: aborted here (one line per 10 s)");
-                    }
-                    self.tell_coordinator_aborted(tid, &why);
+            for tid in expired {
+                tracing::debug!(%tid, "deadline passed before prepare: aborted here");
+                if let Some(suppressed) = EXPIRED.allow() {
+                    tracing::info!(%tid, suppressed, "deadline passed before prepare: aborted here (one line per 10 s)");
                 }
+                self.tell_coordinator_aborted(tid, &why);
             }
             for tid in due {
                 let this = self.clone();

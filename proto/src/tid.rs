@@ -20,6 +20,18 @@ pub fn newest_before(ms: u64) -> Tid {
     Uuid::from_u128(((ts as u128) << 80) | ((1u128 << 80) - 1))
 }
 
+/// The first mark of a log that starts remembering now: [`newest_before`]
+/// the millisecond of a tid allocated now, read from the clock tids come
+/// from (not a process clock a test hook may shift), so that every tid
+/// allocated from now on is newer.
+pub fn newest_before_now() -> Tid {
+    let ms = new_tid().get_timestamp().map_or(0, |t| {
+        let (secs, nanos) = t.to_unix();
+        secs * 1000 + u64::from(nanos) / 1_000_000
+    });
+    newest_before(ms)
+}
+
 /// Parses a tid from the wire, with an error message a person can act on.
 pub fn parse(s: &str) -> Result<Tid, tonic::Status> {
     if s.is_empty() {
@@ -58,6 +70,7 @@ mod tests {
         let now = crate::now_unix_ms();
         let mark = newest_before(now);
         assert!(new_tid() > mark, "a tid allocated now is newer than the mark");
+        assert!(new_tid() > newest_before_now());
         let earlier = Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, (now - 1) / 1000, 0));
         assert!(earlier < mark);
         // The canonical text form orders as the value does (the SQLite log compares text).

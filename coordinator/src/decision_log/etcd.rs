@@ -259,7 +259,7 @@ async fn read_or_start_mark(log: &EtcdLog) -> Result<Tid, LogError> {
             return Tid::parse_str(&v)
                 .map_err(|e| LogError::Invalid(format!("corrupt {}{MARK} {v:?}: {e}", log.prefix)));
         }
-        let start = twopc_proto::tid::newest_before(twopc_proto::now_unix_ms()).to_string();
+        let start = twopc_proto::tid::newest_before_now().to_string();
         let req = pb::TxnRequest {
             compare: vec![log.guard(), op::created_at(key.clone(), 0)],
             success: vec![op::put(key.clone(), start, 0)],

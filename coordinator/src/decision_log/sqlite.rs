@@ -188,7 +188,7 @@ fn cluster_id(conn: &Connection) -> Result<String, LogError> {
 /// from before it was created, or first opened by a version that keeps
 /// the mark (an older version trimmed without one).
 fn forgotten_through(conn: &Connection) -> Result<Tid, LogError> {
-    let start = twopc_proto::tid::newest_before(twopc_proto::now_unix_ms()).to_string();
+    let start = twopc_proto::tid::newest_before_now().to_string();
     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('forgotten_through', ?1)", params![start])?;
     let stored: String = conn.query_row("SELECT value FROM meta WHERE key = 'forgotten_through'", [], |r| r.get(0))?;
     Tid::parse_str(&stored).map_err(|e| LogError::Invalid(format!("corrupt forgotten_through {stored:?}: {e}")))
