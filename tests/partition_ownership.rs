@@ -295,3 +295,24 @@ async fn an_unregistered_participant_answers_keyed_calls_unavailable() {
     unavailable(tonic::Status::new(tonic::Code::from(results[0].code), results[0].message.clone()), "batched Put");
     drop(child);
 }
+
+/// The partition count learned at registration is kept in the store: a
+/// participant restarted while the coordinator is down checks its keys at
+/// once, serving committed reads of its own keys and refusing others,
+/// instead of answering UNAVAILABLE until it can register.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_participant_checks_keys_before_it_can_register() {
+    let mut tc = TestCluster::three().await;
+    let (mine, theirs) = (tc.key_on(0, "kept"), tc.key_on(1, "kept"));
+    assert_eq!(tc.write_txn(&[(&mine, "v")]).await.1, Outcome::Committed);
+    tc.wait_settled().await;
+    tc.cluster.coordinator.kill();
+    tokio::task::block_in_place(|| tc.cluster.restart_participant(0, &[]).unwrap());
+    let mut p0 = raw(&tc, 0).await;
+    let got =
+        p0.read(pb::ReadRequest { key: mine.clone().into_bytes() }).await.expect("a committed read of its own key");
+    let got = got.into_inner();
+    assert!(got.found && got.value == b"v", "{got:?}");
+    let e = p0.read(pb::ReadRequest { key: theirs.into_bytes() }).await.unwrap_err();
+    assert_names_owner(&e, 1, 0, "Read at partition 0 before registering");
+}

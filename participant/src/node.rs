@@ -188,6 +188,7 @@ impl Node {
     pub fn new(core: Participant, store: Store, coordinator: Follower) -> Arc<Self> {
         let partition = core.partition();
         let store_path = store.path().to_path_buf();
+        let recorded_partitions = store.partition_count();
         Arc::new(Self {
             core: Mutex::new(core),
             store,
@@ -195,7 +196,16 @@ impl Node {
             fence: Fence::default(),
             resolving: InFlight::default(),
             partition,
-            ownership: crate::ownership::Ownership::new(partition),
+            ownership: {
+                // The count recorded at the last registration: keys are
+                // checked (and plain reads served) before this start's
+                // registration, e.g. while the coordinator is down.
+                let ownership = crate::ownership::Ownership::new(partition);
+                if let Some(n) = recorded_partitions {
+                    ownership.learn(n);
+                }
+                ownership
+            },
             incarnation: {
                 let (time, random) = uuid::Uuid::now_v7().as_u64_pair();
                 time ^ random
@@ -874,8 +884,15 @@ impl Node {
                 )
                 .await;
             if let Ok(resp) = &answer {
-                // The partition count clients route by (`crate::ownership`), also while fenced.
-                self.ownership.learn(resp.get_ref().partitions);
+                // The partition count clients route by (`crate::ownership`),
+                // also while fenced; kept for the next start.
+                let partitions = resp.get_ref().partitions;
+                self.ownership.learn(partitions);
+                if self.ownership.partitions() == Some(partitions)
+                    && let Err(e) = self.store.set_partition_count(partitions).await
+                {
+                    tracing::warn!(error = %e, "cannot record the partition count; will try at the next registration");
+                }
                 self.clock.observe(resp.get_ref().sent_unix_ms, asked, now_unix_ms());
             }
             match answer {

@@ -12,11 +12,14 @@
 //!
 //! The partition number is this process's `--partition`; the partition
 //! count is the coordinator's, learned from its answer to Register (the
-//! same number GetTopology gives clients). Until the first registration
-//! succeeds the count is unknown, and keyed operations are answered
-//! UNAVAILABLE (retryable): they could not have been routed here by a
-//! topology that lists this participant anyway, and transactional ones
-//! need the coordinator to enlist in any case.
+//! same number GetTopology gives clients), and kept in the store's `meta`
+//! so that a restarted participant checks keys (and serves committed
+//! reads) before it can register again, e.g. while the coordinator is
+//! down. Until a store's first registration succeeds the count is unknown,
+//! and keyed operations are answered UNAVAILABLE (retryable): they could
+//! not have been routed here by a topology that lists this participant
+//! anyway, and transactional ones need the coordinator to enlist in any
+//! case.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

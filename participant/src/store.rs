@@ -129,6 +129,10 @@ enum Write {
     ClusterId {
         id: String,
     },
+    /// The cluster's partition count, as the coordinator last said.
+    PartitionCount {
+        n: u32,
+    },
     /// `writes`: `Some` applies them (heuristic commit), `None` drops them.
     Heuristic {
         record: Heuristic,
@@ -153,6 +157,9 @@ pub struct Store {
     stats: Arc<Stats>,
     /// In-memory copies of what is durable in `meta` and `heuristics`.
     cluster_id: Mutex<Option<String>>,
+    /// The cluster's partition count as last learned (`crate::ownership`),
+    /// kept so a restarted participant can check keys before it registers.
+    partition_count: Mutex<Option<u32>>,
     /// This store's identity (see module docs); fixed for the file's life.
     store_id: String,
     heuristics: Mutex<Heuristics>,
@@ -198,6 +205,10 @@ impl Store {
         let prepared = read_prepared(&conn)?;
         let cluster_id =
             conn.query_row("SELECT value FROM meta WHERE key = 'cluster_id'", [], |r| r.get(0)).optional()?;
+        let partition_count = conn
+            .query_row("SELECT value FROM meta WHERE key = 'partitions'", [], |r| r.get::<_, String>(0))
+            .optional()?
+            .and_then(|v| v.parse::<u32>().ok());
         let heuristics = Heuristics::new(read_heuristics(&conn)?, KEEP_HEURISTICS);
         let reader = Connection::open(&path)?;
         let (tx, rx) = mpsc::channel();
@@ -212,6 +223,7 @@ impl Store {
             reader: Mutex::new(reader),
             stats,
             cluster_id: Mutex::new(cluster_id),
+            partition_count: Mutex::new(partition_count),
             store_id,
             heuristics: Mutex::new(heuristics),
             path,
@@ -260,6 +272,21 @@ impl Store {
     /// The cluster id the prepared tids vote under, once learned.
     pub fn cluster_id(&self) -> Option<String> {
         lock(&self.cluster_id).clone()
+    }
+
+    /// The cluster's partition count as last recorded, if ever.
+    pub fn partition_count(&self) -> Option<u32> {
+        *lock(&self.partition_count)
+    }
+
+    /// Records the cluster's partition count (when it is new). Returns once fsynced.
+    pub async fn set_partition_count(&self, n: u32) -> Result<(), StoreError> {
+        if self.partition_count() == Some(n) {
+            return Ok(());
+        }
+        self.submit(Write::PartitionCount { n }).await?;
+        *lock(&self.partition_count) = Some(n);
+        Ok(())
     }
 
     /// This store's id (see module docs).
@@ -521,6 +548,14 @@ fn write_batch(
                     "INSERT INTO meta (key, value) VALUES ('cluster_id', ?1)
                      ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                     params![id],
+                )?;
+            }
+            Write::PartitionCount { n } => {
+                exec(
+                    &txn,
+                    "INSERT INTO meta (key, value) VALUES ('partitions', ?1)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    params![n.to_string()],
                 )?;
             }
             Write::Heuristic { record: h, writes } => {
