@@ -703,11 +703,7 @@ impl Coordinator {
     /// coordinator started was its predecessor's (it restarted, or another
     /// leader took over); otherwise it is simply unknown here.
     fn presumed(&self, tid: Tid) -> AbortReason {
-        let begun = tid.get_timestamp().map(|t| {
-            let (secs, nanos) = t.to_unix();
-            secs * 1000 + u64::from(nanos) / 1_000_000
-        });
-        if begun.is_some_and(|b| b < self.started_at) {
+        if crate::tid_millis(tid).is_some_and(|b| b < self.started_at) {
             AbortReason::new(
                 AbortKind::CoordinatorRestarted,
                 "unknown tid, begun before this coordinator started (it restarted, or another leader took over): \

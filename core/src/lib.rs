@@ -26,3 +26,11 @@ pub type PartitionId = u32;
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = u64;
+
+/// When `tid` was allocated (its UUIDv7 timestamp), in Unix milliseconds;
+/// `None` for a UUID without one. Tids are time-ordered, so this is a tid's
+/// age: wait-die, presumed-abort reasons and the forgotten mark use it.
+pub fn tid_millis(tid: Tid) -> Option<Millis> {
+    let (secs, nanos) = tid.get_timestamp()?.to_unix();
+    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+}

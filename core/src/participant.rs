@@ -306,7 +306,7 @@ impl Participant {
         if let Some(why) = self.aborted.get(&tid) {
             return why.clone();
         }
-        let why = if tid_millis(tid).is_some_and(|t| t < self.started_at) {
+        let why = if crate::tid_millis(tid).is_some_and(|t| t < self.started_at) {
             AbortReason::new(
                 AbortKind::ParticipantRestarted,
                 "it restarted and lost the transaction's unprepared operations",
@@ -800,11 +800,6 @@ fn heuristic_abort() -> AbortReason {
 }
 
 /// The time a tid (a UUIDv7) was allocated, in Unix milliseconds.
-fn tid_millis(tid: Tid) -> Option<Millis> {
-    let (secs, nanos) = tid.get_timestamp()?.to_unix();
-    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
-}
-
 fn state_name(s: &State) -> &'static str {
     match s {
         State::Active { .. } => "active",

@@ -439,8 +439,14 @@ impl Node {
             // Told when it aborted; again, in case that notice was lost.
             self.tell_coordinator_aborted(tid, why);
         }
+        // By the error's kind, not its words (a key may contain "deadline").
+        let deadline = match &e {
+            OpError::DeadlinePassed => true,
+            OpError::AlreadyAborted(why) => why.kind == AbortKind::Deadline,
+            _ => false,
+        };
         match ParticipantError::from_op(tid, e, key) {
-            ParticipantError::Aborted { tid, reason } if reason.contains("deadline") => {
+            ParticipantError::Aborted { tid, reason } if deadline => {
                 ParticipantError::Aborted { tid, reason: self.deadline_reason(reason) }
             }
             e => e,

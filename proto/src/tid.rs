@@ -25,11 +25,7 @@ pub fn newest_before(ms: u64) -> Tid {
 /// from (not a process clock a test hook may shift), so that every tid
 /// allocated from now on is newer.
 pub fn newest_before_now() -> Tid {
-    let ms = new_tid().get_timestamp().map_or(0, |t| {
-        let (secs, nanos) = t.to_unix();
-        secs * 1000 + u64::from(nanos) / 1_000_000
-    });
-    newest_before(ms)
+    newest_before(twopc_core::tid_millis(new_tid()).unwrap_or(0))
 }
 
 /// Parses a tid from the wire, with an error message a person can act on.
