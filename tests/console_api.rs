@@ -384,3 +384,51 @@ fn a_console_off_loopback_needs_the_admin_token() {
         .unwrap();
     assert!(String::from_utf8_lossy(&o.stderr).contains("not host:port with a numeric IP"), "{}", output_text(&o));
 }
+
+/// With a replicated log, a standby's console says it is a standby and
+/// names the leader (its other answers are 503 naming it too); after a
+/// failover the new leader's console says it leads, and a restarted
+/// coordinator serves its console at the same address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_console_names_the_leader() {
+    use twopc_testkit::{Cluster, Target};
+    let mut c =
+        Cluster::builder().binary(env!("CARGO_BIN_EXE_twopc")).partitions(1).ha(2).console(true).start().await.unwrap();
+    let leader = c.local().leader(SETTLE).await.unwrap();
+    let standby = 1 - leader;
+    let addrs = c.local().coordinator_addrs();
+    let leader_console = Console::new(&c.local().console_url_i(leader).unwrap(), None);
+    let standby_url = c.local().console_url_i(standby).unwrap();
+    let standby_console = Console::new(&standby_url, None);
+    let s = leader_console.get("/api/status").await;
+    assert_eq!((s.body["role"].clone(), s.body["leader"].clone()), (json!("leader"), json!(addrs[leader])), "{s:?}");
+    let s = eventually("the standby to learn the leader", || async {
+        let s = standby_console.get("/api/status").await;
+        (s.body["leader"] == json!(addrs[leader])).then_some(s)
+    })
+    .await;
+    assert_eq!(s.body["role"], "standby", "{s:?}");
+    assert_eq!(s.body["open_transactions"], Value::Null, "{s:?}");
+    let refused = standby_console.get("/api/transactions").await;
+    assert_error_body(&refused, 503, "standby");
+    assert_eq!(refused.body["leader"], json!(addrs[leader]), "{refused:?}");
+
+    c.kill(Target::CoordinatorAt(leader));
+    eventually("the standby's console to say it leads", || async {
+        let s = standby_console.get("/api/status").await;
+        (s.body["role"] == "leader").then_some(())
+    })
+    .await;
+    assert_eq!(standby_console.get("/api/transactions").await.status, 200);
+    let old_url = c.local().console_url_i(leader).unwrap();
+    c.restart(Target::CoordinatorAt(leader)).await.unwrap();
+    assert_eq!(c.local().console_url_i(leader).unwrap(), old_url, "a restart keeps the console's address");
+    let back = Console::new(&old_url, None);
+    let s = eventually("the restarted coordinator to stand by", || async {
+        let s = back.get("/api/status").await;
+        (s.body["role"] == "standby" && s.body["leader"] == json!(addrs[standby])).then_some(s)
+    })
+    .await;
+    assert_eq!(s.status, 200);
+    c.settle(SETTLE).await.unwrap();
+}
