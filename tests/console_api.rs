@@ -252,6 +252,38 @@ async fn every_api_answers_json_and_actions_are_refused_like_the_cli() {
     let disarm = json!({ "target": 1, "name": "participant::after_prepare_durable", "actions": "" });
     assert_eq!(console.post("/api/failpoint", disarm).await.status, 200);
 
+    // A tid held prepared (the coordinator's decision step paused by a
+    // failpoint) shows in doubt at both participants, then leaves.
+    let arm =
+        json!({ "target": "coordinator", "name": "coordinator::before_decision_forced", "actions": "sleep(20000)" });
+    assert_eq!(console.post("/api/failpoint", arm).await.status, 200);
+    let txn = tc.client.begin(None).await.unwrap();
+    txn.put(tc.key_on(0, "doubt").as_bytes(), b"1").await.unwrap();
+    txn.put(tc.key_on(1, "doubt").as_bytes(), b"1").await.unwrap();
+    let held = txn.tid().to_string();
+    let commit = tokio::spawn(async move { txn.commit().await });
+    let rows = eventually("the held tid in doubt at both partitions", || async {
+        let d = console.get("/api/in-doubt").await;
+        let rows: Vec<Value> = d.body["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["tids"].as_array().unwrap().clone())
+            .filter(|t| t["tid"] == json!(held))
+            .collect();
+        (rows.len() == 2).then_some(rows)
+    })
+    .await;
+    assert!(rows.iter().all(|r| r["prepared_for_ms"].is_u64() && r["asked"].is_u64()), "{rows:?}");
+    let disarm = json!({ "target": "coordinator", "name": "coordinator::before_decision_forced", "actions": "" });
+    assert_eq!(console.post("/api/failpoint", disarm).await.status, 200);
+    assert_eq!(commit.await.unwrap().unwrap(), twopc_client::Outcome::Committed);
+    eventually("the decided tid to leave the in-doubt view", || async {
+        let d = console.get("/api/in-doubt").await;
+        (!d.body.to_string().contains(&held)).then_some(())
+    })
+    .await;
+
     // The history has this workload's commits (sampled once a second).
     tc.write_txn(&[(&tc.key_on(0, "h"), "1"), (&tc.key_on(1, "h"), "1")]).await;
     let samples = eventually("a committed transaction in /api/history", || async {
