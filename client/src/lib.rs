@@ -43,4 +43,4 @@ pub use twopc_proto::admin_token::AdminToken;
 pub use twopc_proto::pb::{ParticipantInfo, TransactionInfo};
 pub use twopc_proto::reason::AbortKind;
 pub use twopc_proto::tls::{ClientTls, TlsArgs};
-pub use txn::{Outcome, Txn};
+pub use txn::{Op, OpResult, Outcome, Txn};
