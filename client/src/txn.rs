@@ -281,7 +281,8 @@ impl Txn {
             }
             done
         });
-        let mut results: Vec<Option<Result<OpResult, ClientError>>> = std::iter::repeat_with(|| None).take(ops.len()).collect();
+        let mut results: Vec<Option<Result<OpResult, ClientError>>> =
+            std::iter::repeat_with(|| None).take(ops.len()).collect();
         for (i, r) in futures::future::join_all(runs).await.into_iter().flatten() {
             results[i] = Some(r);
         }

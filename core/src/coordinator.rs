@@ -400,6 +400,11 @@ impl Coordinator {
         self.reserved.len()
     }
 
+    /// The reserved tids not used yet.
+    pub fn reserved(&self) -> impl Iterator<Item = (&Tid, &Reserved)> {
+        self.reserved.iter()
+    }
+
     /// Whether `tid` is reserved and not used yet.
     pub fn is_reserved(&self, tid: Tid) -> bool {
         self.reserved.contains_key(&tid)

@@ -429,10 +429,7 @@ fn an_unused_reserved_tid_is_dropped_silently_and_then_presumed_aborted() {
     assert_eq!((c.reserved_count(), c.live_count()), (0, 0));
     assert!(matches!(c.decision(tid(10)), DecisionAnswer::Aborted(why) if why.kind == AbortKind::Unknown));
     assert_eq!(c.enlist(tid(10), 0, 1, 40_000).0, Err(Refusal::UnknownTid));
-    assert!(matches!(
-        c.commit_requested(tid(11), 40_000, true).unwrap()[0],
-        Action::Reply(_, Outcome::Aborted(_))
-    ));
+    assert!(matches!(c.commit_requested(tid(11), 40_000, true).unwrap()[0], Action::Reply(_, Outcome::Aborted(_))));
     // The bound is free again.
     c.reserve(&(20..30).map(tid).collect::<Vec<_>>(), 40_000, 500).unwrap();
 }
