@@ -348,6 +348,11 @@ impl Txn {
                 Kind::Get | Kind::GetForUpdate => "get",
                 Kind::Unspecified => "operation",
             };
+            if e.code() == tonic::Code::NotFound {
+                // The coordinator did not know the tid: pooled tids may be
+                // from one it replaced (`crate::pool`).
+                self.client.drop_pool();
+            }
             let why = format!("{what} of key {:?} failed: {e}", String::from_utf8_lossy(key));
             self.failed.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(why.clone());
             // The participant may hold the write (a transport error after
@@ -527,7 +532,13 @@ impl Txn {
         Ok(match resp.outcome() {
             pb::Outcome::Committed => Ok(Outcome::Committed),
             pb::Outcome::Aborted => {
-                Ok(Outcome::Aborted { kind: reason::from_wire(resp.abort_kind), reason: resp.reason })
+                let kind = reason::from_wire(resp.abort_kind);
+                if matches!(kind, AbortKind::CoordinatorRestarted | AbortKind::Unknown) {
+                    // The coordinator did not know the tid: pooled tids may
+                    // be from one it replaced (`crate::pool`).
+                    self.client.drop_pool();
+                }
+                Ok(Outcome::Aborted { kind, reason: resp.reason })
             }
             pb::Outcome::Forgotten => Ok(Outcome::Forgotten { reason: resp.reason }),
             pb::Outcome::Unspecified => {

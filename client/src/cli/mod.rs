@@ -79,6 +79,9 @@ impl ConnArgs {
                 max_key_bytes: self.max_key_bytes,
                 max_value_bytes: self.max_value_bytes,
             },
+            // One transaction per command: a pool would only leave
+            // reserved tids behind.
+            tid_pool: 0,
         })
     }
 }
@@ -335,8 +338,9 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
             out!("{}", r.detail);
         }
         C::Transactions { conn } => {
-            let (txns, omitted) = connect(&conn).await?.transactions_listing().await?;
-            if txns.is_empty() && omitted == 0 {
+            let listing = connect(&conn).await?.transaction_listing().await?;
+            let (txns, omitted) = (listing.transactions, listing.omitted);
+            if txns.is_empty() && omitted == 0 && listing.reserved == 0 {
                 out!("(none)");
             }
             let now = twopc_proto::now_unix_ms();
@@ -345,6 +349,14 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
             }
             if omitted > 0 {
                 out!("... and {omitted} more not listed (the answer reached the gRPC message limit)");
+            }
+            if listing.reserved > 0 {
+                out!(
+                    "{} reserved tids not used yet (clients' pools; they count against --max-open-txns and are \
+                     dropped unused after {}s)",
+                    listing.reserved,
+                    twopc_proto::tid::RESERVED_UNUSED_MS / 1000
+                );
             }
         }
         C::Failpoint { conn, target, name, actions } => {
