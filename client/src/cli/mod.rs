@@ -25,8 +25,8 @@ use twopc_proto::pb;
 use uuid::Uuid;
 
 use crate::{
-    AbortKind, AdminToken, Client, ClientError, ConnectOptions, Decision, FailpointTarget, Outcome, PartitionInDoubt,
-    TlsArgs,
+    AbortKind, AdminToken, Client, ClientError, ConnectOptions, Decision, FailpointTarget, Op, Outcome,
+    PartitionInDoubt, TlsArgs,
 };
 use statement::Statement;
 
@@ -151,7 +151,10 @@ pub enum ClientCommand {
         tid: Uuid,
     },
     /// Run one transaction: `put KEY VALUE`, `get KEY`, `delete KEY`
-    /// statements as arguments, or one per line on stdin.
+    /// statements as arguments, or one per line on stdin. Statements on
+    /// different keys run at once (one request per partition, in parallel);
+    /// those on the same key run in the order given, so `put a 1` then
+    /// `get a` reads 1. Gets are printed in statement order.
     Run {
         #[command(flatten)]
         conn: ConnArgs,
@@ -405,16 +408,28 @@ async fn run_statements(conn: &ConnArgs, timeout_ms: Option<u64>, args: Vec<Stri
         ));
     }
     let txn = connect(conn).await?.begin(timeout_ms.map(Duration::from_millis)).await?;
-    for stmt in &statements {
-        let result = match stmt {
-            Statement::Put { key, value } => txn.put(key.as_bytes(), value.as_bytes()).await,
-            Statement::Delete { key } => txn.delete(key.as_bytes()).await,
-            Statement::Get { key } => txn.get(key.as_bytes()).await.map(|v| match v {
-                Some(v) => out!("{key} = {}", show(&v)),
-                None => out!("{key} (not found)"),
-            }),
-        };
-        if let Err(e) = result {
+    // All at once (`Txn::run`): the chains of different keys in parallel,
+    // each key's statements in their order.
+    let ops: Vec<Op> = statements
+        .iter()
+        .map(|stmt| match stmt {
+            Statement::Put { key, value } => Op::put(key.as_bytes(), value.as_bytes()),
+            Statement::Delete { key } => Op::delete(key.as_bytes()),
+            Statement::Get { key } => Op::get(key.as_bytes()),
+        })
+        .collect();
+    match txn.run(&ops).await {
+        Ok(results) => {
+            for (stmt, result) in statements.iter().zip(&results) {
+                if let Statement::Get { key } = stmt {
+                    match result.value() {
+                        Some(v) => out!("{key} = {}", show(v)),
+                        None => out!("{key} (not found)"),
+                    }
+                }
+            }
+        }
+        Err(e) => {
             // The library has aborted the tid with the operation's error
             // (or the participant with its own cause) as the reason.
             out!("tid {}", txn.tid());
