@@ -21,7 +21,9 @@ async fn joined_ops_and_a_run_on_three_partitions_commit_and_read_back() {
         txn.put(keys[1].as_bytes(), b"j1"),
         txn.put(keys[2].as_bytes(), b"j2")
     );
-    (a.unwrap(), b.unwrap(), c.unwrap());
+    a.unwrap();
+    b.unwrap();
+    c.unwrap();
     let (x, y) = tokio::join!(txn.get(keys[0].as_bytes()), txn.get(keys[2].as_bytes()));
     assert_eq!((x.unwrap(), y.unwrap()), (Some(b"j0".to_vec()), Some(b"j2".to_vec())));
     assert_eq!(txn.commit().await.unwrap(), Outcome::Committed);

@@ -400,15 +400,15 @@ impl Client {
             self.inner.pool.refill_failed();
             return;
         };
-        self.inner.pool.add(
-            refill,
+        let block = crate::pool::Block {
             asked,
             tids,
-            Duration::from_millis(resp.timeout_ms),
-            Duration::from_millis(resp.unused_ms),
-            resp.coordinator_term,
-            self.inner.follower.current(),
-        );
+            timeout: Duration::from_millis(resp.timeout_ms),
+            unused: Duration::from_millis(resp.unused_ms),
+            term: resp.coordinator_term,
+            from: self.inner.follower.current(),
+        };
+        self.inner.pool.add(refill, block);
     }
 
     /// How many tids the pool holds now.

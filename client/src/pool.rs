@@ -85,6 +85,20 @@ pub(crate) enum Draw {
     Empty(Option<Refill>),
 }
 
+/// A BeginBlock's answer, for [`TidPool::add`].
+pub(crate) struct Block {
+    /// When the request was sent.
+    pub asked: Instant,
+    pub tids: Vec<Uuid>,
+    /// Each tid's timeout (from its first use).
+    pub timeout: Duration,
+    /// How long a tid may stay unused at the coordinator.
+    pub unused: Duration,
+    /// The term and address of the coordinator that answered.
+    pub term: u64,
+    pub from: String,
+}
+
 /// A refill to send: `count` tids, to add with [`TidPool::add`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Refill {
@@ -133,29 +147,21 @@ impl TidPool {
 
     /// A block arrived for `refill`: kept unless the pool was emptied since
     /// it was asked for; a block of another term replaces what is pooled.
-    pub(crate) fn add(
-        &self,
-        refill: Refill,
-        asked: Instant,
-        tids: Vec<Uuid>,
-        timeout: Duration,
-        unused: Duration,
-        term: u64,
-        from: String,
-    ) {
+    pub(crate) fn add(&self, refill: Refill, block: Block) {
         let mut st = self.state();
         st.refilling = false;
         if st.generation != refill.generation {
             return;
         }
-        if st.term.is_some_and(|t| t != term) || st.from.as_ref().is_some_and(|f| *f != from) {
+        if st.term.is_some_and(|t| t != block.term) || st.from.as_ref().is_some_and(|f| *f != block.from) {
             st.tids.clear();
         }
-        st.term = Some(term);
-        st.from = Some(from);
-        let fresh_until = asked + unused / 2;
+        st.term = Some(block.term);
+        st.from = Some(block.from);
+        let fresh_until = block.asked + block.unused / 2;
         let room = (2 * self.block).saturating_sub(st.tids.len());
-        st.tids.extend(tids.into_iter().take(room).map(|tid| Pooled { tid, timeout, fresh_until }));
+        let timeout = block.timeout;
+        st.tids.extend(block.tids.into_iter().take(room).map(|tid| Pooled { tid, timeout, fresh_until }));
     }
 
     /// A refill failed: the pool is emptied and off for a while.
@@ -203,11 +209,11 @@ mod tests {
         let pool = TidPool::new(4);
         let Draw::Empty(Some(r)) = pool.draw("a") else { panic!("an empty pool asks for a refill") };
         assert!(matches!(pool.draw("a"), Draw::Empty(None)), "one refill at a time");
-        pool.add(r, Instant::now(), tids(4), T, U, 1, "a".into());
+        pool.add(r, Block { asked: Instant::now(), tids: tids(4), timeout: T, unused: U, term: 1, from: "a".into() });
         assert_eq!(pool.len(), 4);
         // Below one block after a draw: the next refill is asked for.
         let Draw::Tid(_, Some(r)) = pool.draw("a") else { panic!("a draw below one block refills") };
-        pool.add(r, Instant::now(), tids(64), T, U, 1, "a".into());
+        pool.add(r, Block { asked: Instant::now(), tids: tids(64), timeout: T, unused: U, term: 1, from: "a".into() });
         assert_eq!(pool.len(), 8, "at most two blocks");
         let Draw::Tid(_, None) = pool.draw("a") else { panic!("no refill while above one block") };
     }
@@ -217,23 +223,26 @@ mod tests {
         let pool = TidPool::new(2);
         let Draw::Empty(Some(r)) = pool.draw("a") else { panic!() };
         // Asked long enough ago that half the unused bound has passed.
-        pool.add(r, Instant::now() - U / 2, tids(2), T, U, 1, "a".into());
+        pool.add(
+            r,
+            Block { asked: Instant::now() - U / 2, tids: tids(2), timeout: T, unused: U, term: 1, from: "a".into() },
+        );
         assert!(matches!(pool.draw("a"), Draw::Empty(Some(_))), "stale tids are never drawn");
         let pool = TidPool::new(2);
         let Draw::Empty(Some(r)) = pool.draw("a") else { panic!() };
-        pool.add(r, Instant::now(), tids(2), T, U, 1, "a".into());
+        pool.add(r, Block { asked: Instant::now(), tids: tids(2), timeout: T, unused: U, term: 1, from: "a".into() });
         let Draw::Tid(_, Some(r)) = pool.draw("a") else { panic!() };
         let old = pool.state().tids[0].tid;
-        pool.add(r, Instant::now(), tids(2), T, U, 2, "a".into());
+        pool.add(r, Block { asked: Instant::now(), tids: tids(2), timeout: T, unused: U, term: 2, from: "a".into() });
         assert!(pool.state().tids.iter().all(|p| p.tid != old), "a new term replaces the pool");
         // A refill asked before the pool was emptied is not added after.
         let Draw::Tid(_, Some(r)) = pool.draw("a") else { panic!() };
         pool.drop_all();
-        pool.add(r, Instant::now(), tids(2), T, U, 2, "a".into());
+        pool.add(r, Block { asked: Instant::now(), tids: tids(2), timeout: T, unused: U, term: 2, from: "a".into() });
         assert_eq!(pool.len(), 0);
         // Calls that go to another coordinator now empty it too.
         let Draw::Empty(Some(r)) = pool.draw("a") else { panic!() };
-        pool.add(r, Instant::now(), tids(2), T, U, 2, "a".into());
+        pool.add(r, Block { asked: Instant::now(), tids: tids(2), timeout: T, unused: U, term: 2, from: "a".into() });
         assert!(matches!(pool.draw("b"), Draw::Empty(Some(_))), "the leader changed");
         pool.refill_failed();
         let pool = TidPool::new(2);

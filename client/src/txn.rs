@@ -47,7 +47,9 @@
 //! let txn = client.begin(None).await?;
 //! // Three partitions written at once: one round trip, not three.
 //! let (a, b, c) = tokio::join!(txn.put(b"a", b"1"), txn.put(b"b", b"2"), txn.put(b"c", b"3"));
-//! (a?, b?, c?);
+//! a?;
+//! b?;
+//! c?;
 //! // Or as one call, answers in the caller's order (see `Txn::run`).
 //! use twopc_client::{Op, OpResult};
 //! let results = txn.run(&[Op::get_for_update(b"a"), Op::put(b"d", b"4"), Op::get(b"a")]).await?;
@@ -288,18 +290,16 @@ impl Txn {
         }
         let mut first_error: Option<ClientError> = None;
         let mut answers = Vec::with_capacity(ops.len());
-        for r in results {
+        // `None`: not run, an earlier operation of its key failed.
+        for r in results.into_iter().flatten() {
             match r {
-                Some(Ok(a)) => answers.push(a),
-                Some(Err(e)) => {
-                    // A refusal caused by another chain's failure is not the
-                    // cause: keep looking for the real one.
-                    if first_error.as_ref().is_none_or(|f| caused_by_earlier(f) && !caused_by_earlier(&e)) {
-                        first_error = Some(e);
-                    }
+                Ok(a) => answers.push(a),
+                // A refusal caused by another chain's failure is not the
+                // cause: keep looking for the real one.
+                Err(e) if first_error.as_ref().is_none_or(|f| caused_by_earlier(f) && !caused_by_earlier(&e)) => {
+                    first_error = Some(e);
                 }
-                // Not run: an earlier operation of its key failed.
-                None => {}
+                Err(_) => {}
             }
         }
         match first_error {
