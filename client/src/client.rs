@@ -533,8 +533,18 @@ impl Client {
     /// A failed coordinator call as the caller sees it: an unreachable
     /// coordinator named by its address, every address when none led.
     pub(crate) fn follow_error(&self, e: FollowError) -> ClientError {
-        // The coordinator may have changed: pooled tids may be unknown there.
-        self.drop_pool();
+        // The coordinator may have changed: pooled tids may be unknown
+        // there. Not for a definite refusal about the request itself (a
+        // committed tid's abort, the open bound...): the coordinator that
+        // answered it is the one that reserved them.
+        let definite = matches!(&e, FollowError::Status { status, .. } if matches!(
+            status.code(),
+            Code::FailedPrecondition | Code::InvalidArgument | Code::ResourceExhausted | Code::Aborted
+                | Code::PermissionDenied | Code::Unauthenticated
+        ));
+        if !definite {
+            self.drop_pool();
+        }
         match e {
             FollowError::Status { address, status } | FollowError::Uncertain { address, status } => {
                 ClientError::from_rpc(status, || format!("the coordinator at {address}"))
