@@ -19,7 +19,9 @@
 //!   memory: after a restart or a failover they are presumed aborted. So the
 //!   pool is emptied when the client learns anything that may mean another
 //!   coordinator: a block from a different term, a coordinator call that
-//!   failed (any error of the follower), calls that go to another
+//!   failed in a way that may mean another coordinator (no answer, a
+//!   transport error, UNAVAILABLE; not a definite refusal such as
+//!   FAILED_PRECONDITION or RESOURCE_EXHAUSTED), calls that go to another
 //!   coordinator address now (the leader changed), or a tid the coordinator did not
 //!   know (a presumed abort, an operation refused NOT_FOUND). A tid drawn
 //!   before that is not unsafe, only doomed: its operations fail or its
