@@ -77,6 +77,7 @@ async fn pooled_tids_share_few_block_rpcs_commit_abort_and_are_listed_as_a_count
     let m = scrape(port);
     let blocks = counter(&m, "twopc_begin_blocks_total");
     let reserved = counter(&m, "twopc_tids_reserved_total");
+    eprintln!("{blocks} BeginBlock RPCs ({reserved} tids) for {} transactions", TXNS + 1);
     // 41 transactions from blocks of 16: the pool keeps up to two blocks, so
     // about 4 BeginBlock RPCs, and not one Begin.
     assert!((1.0..=5.0).contains(&blocks), "{blocks} block RPCs for {} transactions:\n{m}", TXNS + 1);
