@@ -35,6 +35,18 @@
 //! conflict's abort) is a fault of the cluster or of its configuration.
 //! Progress goes to stderr once a second.
 //!
+//! **How operations are issued.** By default a transaction issues its
+//! independent operations the way a user writing fast code would
+//! (`Txn::run`): `spread` writes (or reads) its key on every partition at
+//! once; `transfer` reads both accounts for update at once, then writes both
+//! at once. And its tid comes from the client's pool of tids reserved in
+//! blocks (`--tid-pool`, the block size; `ConnectOptions::tid_pool`), so
+//! `begin` usually costs no round trip. `--sequential-ops` awaits every
+//! operation before the next, and `--tid-pool 0` calls Begin for every
+//! transaction (with the bench's own 5 s timeout; a pooled tid has the
+//! coordinator's default): both together are how the bench ran before, so
+//! old and new can be compared from one binary.
+//!
 //! `--value-bytes N` makes every value written N bytes long (default: a few
 //! bytes), to measure large values; the client's message limit follows
 //! `--max-key-bytes`/`--max-value-bytes` (`TWOPC_MAX_KEY_BYTES`,
@@ -82,7 +94,7 @@ use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use rand::Rng;
 use serde::Serialize;
-use twopc_client::{Client, ClientError, Outcome, partition_for};
+use twopc_client::{Client, ClientError, Op, Outcome, partition_for};
 
 use crate::cluster::{ClusterOptions, HaOptions, LocalCluster};
 use crate::etcd_cluster::EtcdCluster;
@@ -154,6 +166,13 @@ pub struct BenchArgs {
     /// The participants' --max-value-bytes (same variable).
     #[arg(long, env = "TWOPC_MAX_VALUE_BYTES", default_value_t = twopc_proto::limits::DEFAULT_MAX_VALUE_BYTES)]
     pub max_value_bytes: usize,
+    /// Await every operation of a transaction before sending the next (how
+    /// the bench ran before `Txn::run`), instead of sending independent ones at once.
+    #[arg(long)]
+    pub sequential_ops: bool,
+    /// Tids per block of the client's tid pool (at most 64); 0: a Begin per transaction.
+    #[arg(long, default_value_t = 64)]
+    pub tid_pool: usize,
 }
 
 const INITIAL_BALANCE: i64 = 1000;
@@ -231,6 +250,10 @@ pub struct Report {
     pub warmup_secs: u64,
     pub keys: u32,
     pub read_ratio: f64,
+    /// `--sequential-ops`: operations awaited one by one.
+    pub sequential_ops: bool,
+    /// `--tid-pool`: tids per block of the client's pool (0: a Begin per transaction).
+    pub tid_pool: usize,
     pub runtime_threads: usize,
     pub coordinator: String,
     pub external_cluster: bool,
@@ -317,7 +340,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let sizes =
         twopc_proto::limits::SizeLimits { max_key_bytes: args.max_key_bytes, max_value_bytes: args.max_value_bytes };
-    let options = twopc_client::ConnectOptions { tls: tls.clone(), sizes, ..Default::default() };
+    let options =
+        twopc_client::ConnectOptions { tls: tls.clone(), sizes, tid_pool: args.tid_pool, ..Default::default() };
     let client = Client::connect_with(&coordinator, options).await?;
     let partitions = client.topology().await?.partitions;
     anyhow::ensure!(partitions >= 1, "the coordinator at {coordinator} reports no partitions");
@@ -389,6 +413,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             shared: shared.clone(),
             read_ratio: args.read_ratio,
             value_bytes: args.value_bytes,
+            sequential_ops: args.sequential_ops,
+            pooled_begin: args.tid_pool > 0,
             measure_from,
             end,
         };
@@ -428,6 +454,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         warmup_secs: args.warmup_secs,
         keys: args.keys,
         read_ratio: args.read_ratio,
+        sequential_ops: args.sequential_ops,
+        tid_pool: args.tid_pool,
         runtime_threads: args.runtime_threads.max(1),
         coordinator,
         external_cluster: args.coordinator.is_some(),
@@ -866,6 +894,9 @@ struct Worker {
     shared: Arc<Shared>,
     read_ratio: f64,
     value_bytes: usize,
+    sequential_ops: bool,
+    /// Begin with the default timeout, so the tid comes from the pool.
+    pooled_begin: bool,
     measure_from: Instant,
     end: Instant,
 }
@@ -905,14 +936,15 @@ impl Worker {
 
     /// One transaction, from begin to the commit answer.
     async fn one(&self) -> TxnResult {
-        let txn = match self.client.begin(Some(TXN_TIMEOUT)).await {
+        let timeout = if self.pooled_begin { None } else { Some(TXN_TIMEOUT) };
+        let txn = match self.client.begin(timeout).await {
             Ok(t) => t,
             Err(e) if e.is_retryable_abort() => return TxnResult::Aborted,
             Err(e) => return error("begin", &e),
         };
         let ops: Result<(), ClientError> = async {
             match self.keys.workload {
-                Workload::Transfer => {
+                Workload::Transfer if self.sequential_ops => {
                     let (from, to) = self.keys.transfer_pair();
                     let (from, to) = (self.keys.name(from), self.keys.name(to));
                     let a = balance(txn.get_for_update(from.as_bytes()).await?);
@@ -920,11 +952,25 @@ impl Worker {
                     txn.put(from.as_bytes(), (a - 1).to_string().as_bytes()).await?;
                     txn.put(to.as_bytes(), (b + 1).to_string().as_bytes()).await?;
                 }
+                Workload::Transfer => {
+                    let (from, to) = self.keys.transfer_pair();
+                    let (from, to) = (self.keys.name(from), self.keys.name(to));
+                    // Both reads at once, then both writes at once.
+                    let read =
+                        txn.run(&[Op::get_for_update(from.as_bytes()), Op::get_for_update(to.as_bytes())]).await?;
+                    let (a, b) =
+                        (balance(read[0].value().map(<[u8]>::to_vec)), balance(read[1].value().map(<[u8]>::to_vec)));
+                    txn.run(&[
+                        Op::put(from.as_bytes(), (a - 1).to_string().as_bytes()),
+                        Op::put(to.as_bytes(), (b + 1).to_string().as_bytes()),
+                    ])
+                    .await?;
+                }
                 Workload::Local => {
                     let key = self.keys.name(rand::rng().random_range(0..self.keys.count));
                     txn.put(key.as_bytes(), &self.value(&txn)).await?;
                 }
-                Workload::Spread => {
+                Workload::Spread if self.sequential_ops => {
                     for (i, read) in self.keys.spread(self.read_ratio) {
                         let key = self.keys.name(i);
                         if read {
@@ -933,6 +979,19 @@ impl Worker {
                             txn.put(key.as_bytes(), &self.value(&txn)).await?;
                         }
                     }
+                }
+                Workload::Spread => {
+                    // Every partition's key at once.
+                    let ops: Vec<Op> = self
+                        .keys
+                        .spread(self.read_ratio)
+                        .into_iter()
+                        .map(|(i, read)| {
+                            let key = self.keys.name(i);
+                            if read { Op::get(key.as_bytes()) } else { Op::put(key.as_bytes(), &self.value(&txn)) }
+                        })
+                        .collect();
+                    txn.run(&ops).await?;
                 }
             }
             Ok(())
@@ -983,6 +1042,15 @@ fn print_report(r: &Report) {
         r.warmup_secs,
         r.keys,
         if r.workload == Workload::Spread { format!(", read ratio {}", r.read_ratio) } else { String::new() }
+    );
+    println!(
+        "client: operations {}, {}",
+        if r.sequential_ops { "one after another (--sequential-ops)" } else { "independent ones at once (Txn::run)" },
+        if r.tid_pool > 0 {
+            format!("tids from a pool reserved in blocks of {}", r.tid_pool)
+        } else {
+            "a Begin per transaction (--tid-pool 0)".to_string()
+        }
     );
     println!(
         "cluster: {} at {}",

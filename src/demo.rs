@@ -202,9 +202,11 @@ async fn keep_running(mut cluster: LocalCluster, client: Client, accounts: u32, 
 /// Opens `accounts` accounts with [`INITIAL_BALANCE`] each, in one transaction.
 pub(crate) async fn open_accounts(client: &Client, accounts: u32) -> anyhow::Result<()> {
     let txn = client.begin(None).await?;
-    for a in 0..accounts {
-        txn.put(account(a).as_bytes(), INITIAL_BALANCE.to_string().as_bytes()).await?;
-    }
+    // Every partition's share in one request, all partitions at once.
+    let ops: Vec<twopc_client::Op> = (0..accounts)
+        .map(|a| twopc_client::Op::put(account(a).as_bytes(), INITIAL_BALANCE.to_string().as_bytes()))
+        .collect();
+    txn.run(&ops).await?;
     match txn.commit().await? {
         Outcome::Committed => {
             println!("opened {accounts} accounts with {INITIAL_BALANCE} each in one transaction ({})", txn.tid());
@@ -237,15 +239,12 @@ pub(crate) async fn audit(client: &Client, accounts: u32) -> anyhow::Result<i64>
         let txn = client.begin(Some(Duration::from_secs(10))).await?;
         let mut total = 0i64;
         let mut conflict = false;
-        for a in 0..accounts {
-            match txn.get(account(a).as_bytes()).await {
-                Ok(v) => total += balance(v),
-                Err(e) if e.is_retryable_abort() => {
-                    conflict = true;
-                    break;
-                }
-                Err(e) => return Err(e.into()),
-            }
+        // Every balance at once (one request per partition).
+        let ops: Vec<twopc_client::Op> = (0..accounts).map(|a| twopc_client::Op::get(account(a).as_bytes())).collect();
+        match txn.run(&ops).await {
+            Ok(values) => total = values.iter().map(|v| balance(v.value().map(<[u8]>::to_vec))).sum(),
+            Err(e) if e.is_retryable_abort() => conflict = true,
+            Err(e) => return Err(e.into()),
         }
         if !conflict && matches!(txn.commit().await?, Outcome::Committed) {
             return Ok(total);
@@ -263,11 +262,18 @@ pub(crate) fn account(a: u32) -> String {
 /// One transfer; `Ok(false)` when it aborted (its effects are then nowhere).
 async fn transfer(client: &Client, from: u32, to: u32, amount: i64) -> anyhow::Result<bool> {
     let txn = client.begin(Some(Duration::from_secs(10))).await?;
+    let (from, to) = (account(from), account(to));
     let result: Result<(), twopc_client::ClientError> = async {
-        let a = balance(txn.get_for_update(account(from).as_bytes()).await?);
-        let b = balance(txn.get_for_update(account(to).as_bytes()).await?);
-        txn.put(account(from).as_bytes(), (a - amount).to_string().as_bytes()).await?;
-        txn.put(account(to).as_bytes(), (b + amount).to_string().as_bytes()).await?;
+        use twopc_client::Op;
+        // Both balances at once, then both writes at once: two round trips
+        // where one after another took four.
+        let read = txn.run(&[Op::get_for_update(from.as_bytes()), Op::get_for_update(to.as_bytes())]).await?;
+        let (a, b) = (balance(read[0].value().map(<[u8]>::to_vec)), balance(read[1].value().map(<[u8]>::to_vec)));
+        let writes = [
+            Op::put(from.as_bytes(), (a - amount).to_string().as_bytes()),
+            Op::put(to.as_bytes(), (b + amount).to_string().as_bytes()),
+        ];
+        txn.run(&writes).await?;
         Ok(())
     }
     .await;

@@ -222,6 +222,13 @@ impl Client {
     /// [`Client::transactions`], with how many the coordinator left out
     /// because its answer would have passed the message limit.
     pub async fn transactions_listing(&self) -> Result<(Vec<pb::TransactionInfo>, u32), ClientError> {
+        let l = self.transaction_listing().await?;
+        Ok((l.transactions, l.omitted))
+    }
+
+    /// The coordinator's whole listing: [`Client::transactions_listing`]
+    /// and the count of tids reserved in blocks and not used yet.
+    pub async fn transaction_listing(&self) -> Result<TransactionListing, ClientError> {
         let token = &self.options().admin_token;
         let policy = self.policy().attempts_within(ADMIN_TIMEOUT);
         let resp = self
@@ -230,7 +237,7 @@ impl Client {
             })
             .await
             .map_err(|e| self.follow_error(e))?;
-        Ok((resp.transactions, resp.omitted))
+        Ok(TransactionListing { transactions: resp.transactions, omitted: resp.omitted, reserved: resp.reserved })
     }
 
     /// Arms failpoint `name` with `actions` in one process (the leading
@@ -273,4 +280,16 @@ mod tests {
         assert_eq!("2".parse(), Ok(FailpointTarget::Partition(2)));
         assert!("p2".parse::<FailpointTarget>().is_err());
     }
+}
+
+/// What `twopc txns` shows ([`Client::transaction_listing`]).
+#[derive(Debug, Clone)]
+pub struct TransactionListing {
+    /// The live and unfinished transactions, oldest first.
+    pub transactions: Vec<pb::TransactionInfo>,
+    /// How many the coordinator left out (its answer reached the message limit).
+    pub omitted: u32,
+    /// Tids reserved in blocks (a client's pool) and not used yet: they
+    /// count against the open-transaction bound but are no transactions yet.
+    pub reserved: u32,
 }

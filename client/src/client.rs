@@ -69,6 +69,8 @@ struct Inner {
     /// Operations of concurrent transactions share OperateBatch RPCs, per
     /// participant address.
     operations: Mutex<HashMap<String, Arc<Batcher<pb::Operation, pb::OperationResult>>>>,
+    /// Tids reserved in blocks, drawn by `begin` (`crate::pool`).
+    pool: crate::pool::TidPool,
 }
 
 /// How to reach a cluster beyond its addresses: TLS (plaintext by
@@ -89,6 +91,15 @@ pub struct ConnectOptions {
     /// from these (`twopc_proto::limits`). Keep them equal to the
     /// participants'.
     pub sizes: SizeLimits,
+    /// How many tids one BeginBlock reserves for this client's pool
+    /// (`crate::pool`: [`Client::begin`] then usually takes a tid without a
+    /// round trip); at most 64, and the pool keeps at most two blocks.
+    /// 0 (the default) turns the pool off: every begin is a Begin call. A
+    /// pool suits a long-lived client that begins many transactions; a
+    /// short-lived one (a CLI command) would only leave reserved tids
+    /// behind, counted against the coordinator's open bound until they are
+    /// dropped unused (30 s).
+    pub tid_pool: usize,
 }
 
 /// [`ConnectOptions::call_budget`]'s default.
@@ -101,6 +112,7 @@ impl Default for ConnectOptions {
             admin_token: AdminToken::default(),
             call_budget: DEFAULT_CALL_BUDGET,
             sizes: SizeLimits::default(),
+            tid_pool: 0,
         }
     }
 }
@@ -244,8 +256,10 @@ impl Client {
     pub async fn connect_with(coordinators: &str, options: ConnectOptions) -> Result<Client, ClientError> {
         let follower = Follower::new(coordinators, options.tls.clone(), PeerToken::default(), CONNECT_TIMEOUT)
             .map_err(ClientError::InvalidArgument)?;
+        let pool = crate::pool::TidPool::new(options.tid_pool);
         let client = Client {
             inner: Arc::new(Inner {
+                pool,
                 options,
                 follower,
                 routes: Mutex::new(Routes::default()),
@@ -266,7 +280,17 @@ impl Client {
 
     /// Starts a transaction. `None` (or zero) takes the server's default
     /// timeout; the server caps it at its maximum.
+    ///
+    /// With a pool ([`ConnectOptions::tid_pool`]) and the default timeout,
+    /// the tid usually comes from the pool, without a round trip; its local
+    /// deadline starts now (see `crate::pool`).
     pub async fn begin(&self, timeout: Option<Duration>) -> Result<Txn, ClientError> {
+        if timeout.is_none_or(|t| t.is_zero())
+            && self.inner.pool.enabled()
+            && let Some(txn) = self.begin_pooled().await
+        {
+            return Ok(txn);
+        }
         let timeout_ms = timeout.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let client = self.clone();
         let send = move |requests: Vec<pb::BeginRequest>| {
@@ -314,6 +338,88 @@ impl Client {
         let mut txn = self.txn(tid, resp.deadline_unix_ms);
         txn.expires = resp.remaining_ms.map(|left| asked + Duration::from_millis(left));
         Ok(txn)
+    }
+
+    /// A transaction on a tid from the pool, refilling it as needed; `None`
+    /// when the pool has none to give (then `begin` calls Begin).
+    async fn begin_pooled(&self) -> Option<Txn> {
+        use crate::pool::Draw;
+        let leader = self.inner.follower.current();
+        let pooled = match self.inner.pool.draw(&leader) {
+            Draw::Tid(p, refill) => {
+                if let Some(r) = refill {
+                    let client = self.clone();
+                    tokio::spawn(async move { client.refill(r).await });
+                }
+                p
+            }
+            // Empty and idle: this caller fills it and takes the first tid.
+            Draw::Empty(Some(r)) => {
+                self.refill(r).await;
+                match self.inner.pool.draw(&self.inner.follower.current()) {
+                    Draw::Tid(p, refill) => {
+                        if let Some(r) = refill {
+                            let client = self.clone();
+                            tokio::spawn(async move { client.refill(r).await });
+                        }
+                        p
+                    }
+                    Draw::Empty(_) => return None,
+                }
+            }
+            // A refill is under way, or the pool is off: do not wait.
+            Draw::Empty(None) => return None,
+        };
+        let mut txn = self.txn(pooled.tid, twopc_proto::now_unix_ms() + pooled.timeout.as_millis() as u64);
+        txn.expires = Some(Instant::now() + pooled.timeout);
+        Some(txn)
+    }
+
+    /// One BeginBlock for the pool. Resent only where it certainly did
+    /// nothing: a block whose answer was lost stays reserved at the
+    /// coordinator until it is dropped unused.
+    async fn refill(&self, refill: crate::pool::Refill) {
+        let asked = Instant::now();
+        let req = pb::BeginBlockRequest { timeout_ms: 0, count: refill.count };
+        let resp = self
+            .coordinator_call("BeginBlock", self.policy(), Retry::UntouchedOnly, |mut c| async move {
+                c.begin_block(req).await
+            })
+            .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "reserving a block of tids failed: the pool is off for a while");
+                self.inner.pool.refill_failed();
+                return;
+            }
+        };
+        let tids: Result<Vec<Uuid>, _> = resp.tids.iter().map(|t| Uuid::parse_str(t)).collect();
+        let Ok(tids) = tids else {
+            tracing::debug!("the coordinator answered BeginBlock with a malformed tid");
+            self.inner.pool.refill_failed();
+            return;
+        };
+        let block = crate::pool::Block {
+            asked,
+            tids,
+            timeout: Duration::from_millis(resp.timeout_ms),
+            unused: Duration::from_millis(resp.unused_ms),
+            term: resp.coordinator_term,
+            from: self.inner.follower.current(),
+        };
+        self.inner.pool.add(refill, block);
+    }
+
+    /// How many tids the pool holds now.
+    pub fn pooled_tids(&self) -> usize {
+        self.inner.pool.len()
+    }
+
+    /// Empties the tid pool: something suggests the coordinator that
+    /// reserved its tids is gone (see `crate::pool`).
+    pub(crate) fn drop_pool(&self) {
+        self.inner.pool.drop_all();
     }
 
     /// Attaches to an existing transaction; `deadline_unix_ms` may be 0 when
@@ -427,6 +533,18 @@ impl Client {
     /// A failed coordinator call as the caller sees it: an unreachable
     /// coordinator named by its address, every address when none led.
     pub(crate) fn follow_error(&self, e: FollowError) -> ClientError {
+        // The coordinator may have changed: pooled tids may be unknown
+        // there. Not for a definite refusal about the request itself (a
+        // committed tid's abort, the open bound...): the coordinator that
+        // answered it is the one that reserved them.
+        let definite = matches!(&e, FollowError::Status { status, .. } if matches!(
+            status.code(),
+            Code::FailedPrecondition | Code::InvalidArgument | Code::ResourceExhausted | Code::Aborted
+                | Code::PermissionDenied | Code::Unauthenticated
+        ));
+        if !definite {
+            self.drop_pool();
+        }
         match e {
             FollowError::Status { address, status } | FollowError::Uncertain { address, status } => {
                 ClientError::from_rpc(status, || format!("the coordinator at {address}"))

@@ -29,12 +29,13 @@ mod admin;
 pub mod cli;
 mod client;
 mod error;
+mod pool;
 mod routing;
 mod txn;
 
 pub use admin::{
-    FailpointTarget, HeuristicOutcome, InDoubtTid, PartitionInDoubt, Resolution, in_doubt_at_address,
-    resolve_heuristically,
+    FailpointTarget, HeuristicOutcome, InDoubtTid, PartitionInDoubt, Resolution, TransactionListing,
+    in_doubt_at_address, resolve_heuristically,
 };
 pub use client::{Client, ConnectOptions, DEFAULT_CALL_BUDGET, Decision, Topology};
 pub use error::ClientError;
@@ -43,4 +44,4 @@ pub use twopc_proto::admin_token::AdminToken;
 pub use twopc_proto::pb::{ParticipantInfo, TransactionInfo};
 pub use twopc_proto::reason::AbortKind;
 pub use twopc_proto::tls::{ClientTls, TlsArgs};
-pub use txn::{Outcome, Txn};
+pub use txn::{Op, OpResult, Outcome, Txn};

@@ -32,6 +32,41 @@
 //! handle or process attached to the same tid (the CLI's step-by-step
 //! `put --tid`, `commit --tid`) learns it from the coordinator: the abort
 //! was sent before the failed operation's error was returned.
+//!
+//! **Operations in flight at once.** Every method takes `&self`, so one
+//! transaction's operations can run concurrently: join their futures, and
+//! operations on different partitions travel in parallel (a participant's
+//! concurrent operations share one OperateBatch RPC). The rules above hold
+//! for each: the first to fail aborts the transaction, and the others are
+//! then refused or their writes never commit. What runs concurrently has no
+//! order between them, so join only operations on different keys (on one
+//! key, e.g. a put and a get of it, await them in order).
+//!
+//! ```no_run
+//! # async fn f(client: twopc_client::Client) -> Result<(), twopc_client::ClientError> {
+//! let txn = client.begin(None).await?;
+//! // Three partitions written at once: one round trip, not three.
+//! let (a, b, c) = tokio::join!(txn.put(b"a", b"1"), txn.put(b"b", b"2"), txn.put(b"c", b"3"));
+//! a?;
+//! b?;
+//! c?;
+//! // Or as one call, answers in the caller's order (see `Txn::run`).
+//! use twopc_client::{Op, OpResult};
+//! let results = txn.run(&[Op::get_for_update(b"a"), Op::put(b"d", b"4"), Op::get(b"a")]).await?;
+//! assert_eq!(results[2], OpResult::Value(Some(b"1".to_vec())));
+//! txn.commit().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`Txn::run`] takes a list of operations: those on the same key run one
+//! after another in the list's order (each waits for the one before), the
+//! chains of different keys run concurrently, so each participant gets its
+//! share in one OperateBatch (two at most while an earlier batch is still
+//! in flight) and the partitions are reached in parallel. Every operation
+//! goes through the same per-operation path as `get`/`put`/`delete`
+//! (`Txn::operate`: failure handling, the resend alone of an operation that
+//! must wait for a lock), so a run is exactly the same transaction as its
+//! operations awaited one by one, minus the waiting.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -65,6 +100,63 @@ pub enum Outcome {
     Forgotten {
         reason: String,
     },
+}
+
+/// One operation of [`Txn::run`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// [`Txn::get`].
+    Get { key: Vec<u8> },
+    /// [`Txn::get_for_update`].
+    GetForUpdate { key: Vec<u8> },
+    /// [`Txn::put`].
+    Put { key: Vec<u8>, value: Vec<u8> },
+    /// [`Txn::delete`].
+    Delete { key: Vec<u8> },
+}
+
+impl Op {
+    pub fn get(key: &[u8]) -> Op {
+        Op::Get { key: key.to_vec() }
+    }
+
+    pub fn get_for_update(key: &[u8]) -> Op {
+        Op::GetForUpdate { key: key.to_vec() }
+    }
+
+    pub fn put(key: &[u8], value: &[u8]) -> Op {
+        Op::Put { key: key.to_vec(), value: value.to_vec() }
+    }
+
+    pub fn delete(key: &[u8]) -> Op {
+        Op::Delete { key: key.to_vec() }
+    }
+
+    /// The key the operation is on.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Op::Get { key } | Op::GetForUpdate { key } | Op::Put { key, .. } | Op::Delete { key } => key,
+        }
+    }
+}
+
+/// What one operation of [`Txn::run`] answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpResult {
+    /// A get's value (`None`: the key has none).
+    Value(Option<Vec<u8>>),
+    /// A put or delete was applied (buffered under its lock).
+    Done,
+}
+
+impl OpResult {
+    /// The value read, for a get; `None` for a put or delete.
+    pub fn value(&self) -> Option<&[u8]> {
+        match self {
+            OpResult::Value(v) => v.as_deref(),
+            OpResult::Done => None,
+        }
+    }
 }
 
 /// A transaction handle; clones refer to the same transaction.
@@ -151,14 +243,99 @@ impl Txn {
         self.operate(Kind::Delete, key, vec![]).await.map(drop)
     }
 
+    /// Runs `ops` with as much in flight at once as their keys allow (see
+    /// the module docs): those on one key in the given order, each chain of
+    /// another key concurrently, so one request per participant travels in
+    /// parallel instead of one round trip per operation. The answers come
+    /// back in the order of `ops`.
+    ///
+    /// The semantics of its operations awaited one by one are kept: each
+    /// goes through the same path as [`Txn::get`], [`Txn::put`]... (an
+    /// operation that must wait for a lock is resent alone and waits), and
+    /// the first one that fails aborts the transaction (module docs); the
+    /// chains still running are then refused at their next operation.
+    /// The error returned is the first failure in the order of `ops`,
+    /// preferring a real cause over the refusals it caused ("an earlier
+    /// operation failed"). A validation error (INVALID_ARGUMENT) aborts
+    /// nothing, as for one operation, but the other operations of the run
+    /// may have been applied: correct the input and run the failed ones
+    /// again, or abort.
+    pub async fn run(&self, ops: &[Op]) -> Result<Vec<OpResult>, ClientError> {
+        // One chain per key, in the caller's order within it.
+        let mut chains: Vec<Vec<usize>> = Vec::new();
+        let mut by_key: std::collections::HashMap<&[u8], usize> = std::collections::HashMap::new();
+        for (i, op) in ops.iter().enumerate() {
+            let chain = *by_key.entry(op.key()).or_insert_with(|| {
+                chains.push(Vec::new());
+                chains.len() - 1
+            });
+            chains[chain].push(i);
+        }
+        let runs = chains.into_iter().map(|chain| async move {
+            let mut done = Vec::with_capacity(chain.len());
+            for i in chain {
+                let result = self.run_one(&ops[i]).await;
+                let failed = result.is_err();
+                done.push((i, result));
+                if failed {
+                    break;
+                }
+            }
+            done
+        });
+        let mut results: Vec<Option<Result<OpResult, ClientError>>> =
+            std::iter::repeat_with(|| None).take(ops.len()).collect();
+        for (i, r) in futures::future::join_all(runs).await.into_iter().flatten() {
+            results[i] = Some(r);
+        }
+        let mut first_error: Option<ClientError> = None;
+        let mut answers = Vec::with_capacity(ops.len());
+        // `None`: not run, an earlier operation of its key failed.
+        for r in results.into_iter().flatten() {
+            match r {
+                Ok(a) => answers.push(a),
+                // A refusal caused by another chain's failure is not the
+                // cause: keep looking for the real one.
+                Err(e) if first_error.as_ref().is_none_or(|f| caused_by_earlier(f) && !caused_by_earlier(&e)) => {
+                    first_error = Some(e);
+                }
+                Err(_) => {}
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(answers),
+        }
+    }
+
+    /// One operation of [`Txn::run`], through its method (so through
+    /// [`Txn::operate`], the one path every operation takes).
+    async fn run_one(&self, op: &Op) -> Result<OpResult, ClientError> {
+        Ok(match op {
+            Op::Get { key } => OpResult::Value(self.get(key).await?),
+            Op::GetForUpdate { key } => OpResult::Value(self.get_for_update(key).await?),
+            Op::Put { key, value } => {
+                self.put(key, value).await?;
+                OpResult::Done
+            }
+            Op::Delete { key } => {
+                self.delete(key).await?;
+                OpResult::Done
+            }
+        })
+    }
+
     /// Runs one operation; if it fails (see the module docs for what
     /// counts), the transaction is aborted before the error is returned.
     async fn operate(&self, kind: Kind, key: &[u8], value: Vec<u8>) -> Result<pb::OperationResult, ClientError> {
         if let Some(first) = self.failed_operation() {
-            return Err(tonic::Status::aborted(format!(
-                "tid {} was aborted because an earlier operation failed ({first})",
-                self.tid
-            ))
+            let mut marks = tonic::metadata::MetadataMap::new();
+            marks.insert(EARLIER_FAILED_MARK, tonic::metadata::MetadataValue::from_static("1"));
+            return Err(tonic::Status::with_metadata(
+                tonic::Code::Aborted,
+                format!("tid {} was aborted because an earlier operation failed ({first})", self.tid),
+                marks,
+            )
             .into());
         }
         let result = self.operate_once(kind, key, value).await;
@@ -171,6 +348,11 @@ impl Txn {
                 Kind::Get | Kind::GetForUpdate => "get",
                 Kind::Unspecified => "operation",
             };
+            if e.code() == tonic::Code::NotFound {
+                // The coordinator did not know the tid: pooled tids may be
+                // from one it replaced (`crate::pool`).
+                self.client.drop_pool();
+            }
             let why = format!("{what} of key {:?} failed: {e}", String::from_utf8_lossy(key));
             self.failed.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(why.clone());
             // The participant may hold the write (a transport error after
@@ -350,7 +532,13 @@ impl Txn {
         Ok(match resp.outcome() {
             pb::Outcome::Committed => Ok(Outcome::Committed),
             pb::Outcome::Aborted => {
-                Ok(Outcome::Aborted { kind: reason::from_wire(resp.abort_kind), reason: resp.reason })
+                let kind = reason::from_wire(resp.abort_kind);
+                if matches!(kind, AbortKind::CoordinatorRestarted | AbortKind::Unknown) {
+                    // The coordinator did not know the tid: pooled tids may
+                    // be from one it replaced (`crate::pool`).
+                    self.client.drop_pool();
+                }
+                Ok(Outcome::Aborted { kind, reason: resp.reason })
             }
             pb::Outcome::Forgotten => Ok(Outcome::Forgotten { reason: resp.reason }),
             pb::Outcome::Unspecified => {
@@ -404,6 +592,16 @@ impl Txn {
     }
 }
 
+/// Marks (as local metadata, never sent) the refusal of an operation after
+/// an earlier one failed, so [`Txn::run`] tells a cause from its
+/// consequences.
+const EARLIER_FAILED_MARK: &str = "x-twopc-earlier-failed";
+
+/// Whether `e` is only the refusal caused by an earlier failed operation.
+fn caused_by_earlier(e: &ClientError) -> bool {
+    matches!(e, ClientError::Status(s) if s.metadata().contains_key(EARLIER_FAILED_MARK))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,6 +614,7 @@ mod tests {
         assert_send(&t.get(b"k"));
         assert_send(&t.put(b"k", b"v"));
         assert_send(&t.commit());
+        assert_send(&t.run(&[]));
         assert_send(&c.read(b"k"));
         assert_send(&c.in_doubt());
         assert_send(&c.begin(None));

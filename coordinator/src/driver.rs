@@ -441,8 +441,10 @@ impl Driver {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            let open = self.apply(|c| (c.live_count(), c.expire(clock::now_ms())));
+            let (open, reserved) = self.apply(|c| ((c.live_count(), c.reserved_count()), c.expire(clock::now_ms())));
             metrics::gauge!("twopc_open_transactions").set(open as f64);
+            // Tids of blocks not used yet (they count against the bound too).
+            metrics::gauge!("twopc_reserved_tids").set(reserved as f64);
         }
     }
 }

@@ -85,6 +85,37 @@ impl CoordinatorService {
         })
     }
 
+    /// A block of reserved tids (see `twopc_core::coordinator`, "Reserved
+    /// tids"): validated, the timeout defaulted and capped as Begin's.
+    fn begin_block(&self, req: pb::BeginBlockRequest) -> Result<pb::BeginBlockResponse, Status> {
+        use twopc_core::coordinator::{MAX_BLOCK, RESERVED_UNUSED_MS};
+        let count = req.count as usize;
+        if count == 0 || count > MAX_BLOCK {
+            return Err(Status::invalid_argument(format!(
+                "count {} is out of range: a block holds 1 to {MAX_BLOCK} tids",
+                req.count
+            )));
+        }
+        let asked = req.timeout_ms;
+        let timeout = if asked == 0 { self.limits.default_timeout } else { Duration::from_millis(asked) };
+        let timeout = timeout.min(self.limits.max_timeout);
+        let tids: Vec<twopc_core::Tid> = (0..count).map(|_| tid::new_tid()).collect();
+        let timeout_ms = timeout.as_millis() as u64;
+        self.driver
+            .state()
+            .core
+            .reserve(&tids, clock::now_ms(), timeout_ms)
+            .map_err(|r| CoordinatorError::from_refusal(tids[0], r))?;
+        metrics::counter!("twopc_begin_blocks_total").increment(1);
+        metrics::counter!("twopc_tids_reserved_total").increment(count as u64);
+        Ok(pb::BeginBlockResponse {
+            tids: tids.iter().map(|t| t.to_string()).collect(),
+            timeout_ms,
+            unused_ms: RESERVED_UNUSED_MS,
+            coordinator_term: self.term,
+        })
+    }
+
     /// While the decision log is out of space (`Driver::disk`), a new
     /// commit of a tid that wrote is refused before anything is prepared
     /// (its record could not be written): the tid is aborted, so its locks
@@ -147,6 +178,10 @@ impl CoordinatorRpc for CoordinatorService {
             })
             .collect();
         Ok(Response::new(pb::BeginBatchResponse { results }))
+    }
+
+    async fn begin_block(&self, req: Request<pb::BeginBlockRequest>) -> Reply<pb::BeginBlockResponse> {
+        Ok(Response::new(self.begin_block(req.into_inner())?))
     }
 
     async fn enlist(&self, req: Request<pb::EnlistRequest>) -> Reply<pb::EnlistResponse> {
@@ -377,7 +412,8 @@ impl CoordinatorRpc for CoordinatorService {
         let limits = twopc_proto::limits::SizeLimits::default();
         let budget = limits.batch_budget().saturating_sub(twopc_proto::limits::ITEM_OVERHEAD);
         let omitted = twopc_proto::limits::fit(&mut transactions, budget) as u32;
-        Ok(Response::new(pb::ListTransactionsResponse { transactions, omitted }))
+        let reserved = st.core.reserved_count() as u32;
+        Ok(Response::new(pb::ListTransactionsResponse { transactions, omitted, reserved }))
     }
 
     async fn set_failpoint(&self, req: Request<pb::SetFailpointRequest>) -> Reply<pb::SetFailpointResponse> {

@@ -50,6 +50,26 @@
 //! 7. `recover_commit` re-drives phase 2 for every unfinished COMMIT record.
 //! 11. Every event is idempotent: repeating it repeats the answer.
 //!
+//! **Reserved tids (blocks).** So that a client need not pay a round trip
+//! per Begin, it may ask for a block of tids at once ([`Coordinator::reserve`],
+//! at most [`MAX_BLOCK`]) and draw from it locally. A tid of a block is
+//! *reserved*: known to the coordinator like a begun tid (GetDecision
+//! answers PENDING, an abort marks it aborted, a commit commits it),
+//! counted against the open-transaction bound (a block that does not fit
+//! whole is refused, [`Refusal::TooManyOpen`], as a Begin is), but not
+//! live: it has no deadline running and is not listed as a transaction.
+//! Its deadline starts at its **first use** (the first enlistment, commit
+//! or abort of it), `timeout` after that moment, with the timeout given
+//! when the block was asked for (capped by the shell). A reserved tid never
+//! used within [`RESERVED_UNUSED_MS`] of its reservation is dropped by
+//! `expire` silently: no action, no decision, nothing remembered (it never
+//! held anything anywhere, and an unknown tid is presumed aborted, which is
+//! true of it). Like every begun tid, reserved ones are only in memory: a
+//! restarted coordinator does not know them and presumes them aborted
+//! (rule 1; the client's pool must not keep handing them out, see the
+//! client's docs). A reserved tid never commits unless it was used: a
+//! commit of it is its first use.
+//!
 //! A COMMIT with no YES voter (nothing written, or every vote READ_ONLY)
 //! needs neither a record nor phase 2.
 //!
@@ -153,6 +173,26 @@ pub enum Action {
     LogForget(Tid),
 }
 
+/// The most tids one block may reserve ([`Coordinator::reserve`]).
+pub const MAX_BLOCK: usize = 64;
+
+/// How long a reserved tid may stay unused before `expire` drops it
+/// silently (see the module docs). Long enough for a client's pool to draw
+/// it (clients discard pooled tids older than half of this, so a tid drawn
+/// from a pool is never one the coordinator is about to drop); short enough
+/// that a client that vanished with a full pool returns its share of the
+/// open-transaction bound soon.
+pub const RESERVED_UNUSED_MS: Millis = 30_000;
+
+/// A tid handed out in a block and not used yet.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Reserved {
+    /// When the block was reserved (on the coordinator's clock).
+    pub reserved_at: Millis,
+    /// The tid's timeout, started at its first use.
+    pub timeout: Millis,
+}
+
 /// Why an event was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Refusal {
@@ -246,6 +286,8 @@ pub struct Txn {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Coordinator {
     live: BTreeMap<Tid, Txn>,
+    /// Tids of blocks not used yet (see the module docs).
+    reserved: BTreeMap<Tid, Reserved>,
     /// Outcomes of finished tids, kept so a repeated Commit or GetDecision
     /// gets the same answer (rule 11). Bounded: oldest forgotten first.
     finished: BTreeMap<Tid, Outcome>,
@@ -277,6 +319,7 @@ impl Coordinator {
     pub fn new(max_open: usize, finished_cap: usize) -> Self {
         Self {
             live: BTreeMap::new(),
+            reserved: BTreeMap::new(),
             finished: BTreeMap::new(),
             committed_order: VecDeque::new(),
             aborted_order: VecDeque::new(),
@@ -352,9 +395,54 @@ impl Coordinator {
         self.live.len()
     }
 
+    /// How many reserved tids wait for their first use.
+    pub fn reserved_count(&self) -> usize {
+        self.reserved.len()
+    }
+
+    /// The reserved tids not used yet.
+    pub fn reserved(&self) -> impl Iterator<Item = (&Tid, &Reserved)> {
+        self.reserved.iter()
+    }
+
+    /// Whether `tid` is reserved and not used yet.
+    pub fn is_reserved(&self, tid: Tid) -> bool {
+        self.reserved.contains_key(&tid)
+    }
+
+    /// Reserves a block of new tids (see the module docs): all of them, or
+    /// none when they do not fit the open-transaction bound (live and
+    /// reserved tids count alike) or the block is over [`MAX_BLOCK`].
+    /// Each gets `timeout` from its first use.
+    pub fn reserve(&mut self, tids: &[Tid], now: Millis, timeout: Millis) -> Result<(), Refusal> {
+        if tids.len() > MAX_BLOCK || self.open_count() + tids.len() > self.max_open {
+            return Err(Refusal::TooManyOpen(self.max_open));
+        }
+        for &tid in tids {
+            if !self.live.contains_key(&tid) {
+                self.reserved.insert(tid, Reserved { reserved_at: now, timeout });
+            }
+        }
+        Ok(())
+    }
+
+    /// Live and reserved tids: what the open-transaction bound counts.
+    fn open_count(&self) -> usize {
+        self.live.len() + self.reserved.len()
+    }
+
+    /// The first use of a reserved tid: it becomes an active transaction
+    /// whose deadline starts now. A tid that is not reserved is untouched.
+    fn first_use(&mut self, tid: Tid, now: Millis) {
+        if let Some(r) = self.reserved.remove(&tid) {
+            let deadline = now.saturating_add(r.timeout);
+            self.live.insert(tid, Txn { phase: Phase::Active, deadline, begun_at: now, parts: BTreeMap::new() });
+        }
+    }
+
     /// Rule 1: a new tid, active until `deadline`.
     pub fn begin(&mut self, tid: Tid, now: Millis, deadline: Millis) -> Result<(), Refusal> {
-        if self.live.len() >= self.max_open {
+        if self.open_count() >= self.max_open {
             return Err(Refusal::TooManyOpen(self.max_open));
         }
         self.live.insert(tid, Txn { phase: Phase::Active, deadline, begun_at: now, parts: BTreeMap::new() });
@@ -371,6 +459,7 @@ impl Coordinator {
         incarnation: u64,
         now: Millis,
     ) -> (Result<Millis, Refusal>, Vec<Action>) {
+        self.first_use(tid, now);
         let txn = match self.live.get_mut(&tid) {
             Some(t) => t,
             None => return (Err(self.refusal_for_unknown(tid)), vec![]),
@@ -410,6 +499,7 @@ impl Coordinator {
     /// `Ok(actions)` with no `Reply` means the outcome is not known yet: the
     /// shell waits for a later `Reply` for this tid.
     pub fn commit_requested(&mut self, tid: Tid, now: Millis, client_wrote: bool) -> Result<Vec<Action>, Refusal> {
+        self.first_use(tid, now);
         let Some(txn) = self.live.get_mut(&tid) else {
             return match self.finished.get(&tid) {
                 Some(o) => Ok(vec![Action::Reply(tid, o.clone())]),
@@ -576,6 +666,9 @@ impl Coordinator {
     /// The first reason wins: a tid already aborted keeps the reason it
     /// aborted for (the real cause), whoever asks again later.
     pub fn abort_requested(&mut self, tid: Tid, why: impl Into<AbortReason>) -> Result<Vec<Action>, Refusal> {
+        // A reserved tid's first use: aborted like a begun one (its time
+        // does not matter, it is decided at once).
+        self.first_use(tid, 0);
         match self.live.get(&tid).map(|t| t.phase) {
             Some(Phase::Active | Phase::Preparing) => Ok(self.abort(tid, why.into())),
             Some(Phase::Deciding | Phase::Committing) => Err(Refusal::AlreadyCommitted),
@@ -600,8 +693,10 @@ impl Coordinator {
     }
 
     /// Aborts every active tid whose deadline has passed (abandoned clients,
-    /// C8).
+    /// C8), and drops, silently, every reserved tid unused for
+    /// [`RESERVED_UNUSED_MS`] (see the module docs).
     pub fn expire(&mut self, now: Millis) -> Vec<Action> {
+        self.reserved.retain(|_, r| now < r.reserved_at.saturating_add(RESERVED_UNUSED_MS));
         let expired: Vec<Tid> = self
             .live
             .iter()
@@ -616,6 +711,8 @@ impl Coordinator {
         match self.live.get(&tid).map(|t| t.phase) {
             Some(Phase::Committing) => DecisionAnswer::Committed,
             Some(_) => DecisionAnswer::Pending,
+            // Reserved: a client may be about to use it, as an active tid.
+            None if self.reserved.contains_key(&tid) => DecisionAnswer::Pending,
             None => match self.finished.get(&tid) {
                 Some(Outcome::Committed) => DecisionAnswer::Committed,
                 Some(Outcome::Aborted(why)) => DecisionAnswer::Aborted(why.clone()),
@@ -647,7 +744,7 @@ impl Coordinator {
     /// answer about it is only presumed (it may have been forgotten, or the
     /// log that knew it may be gone).
     pub fn remembers(&self, tid: Tid) -> bool {
-        self.live.contains_key(&tid) || self.finished.contains_key(&tid)
+        self.live.contains_key(&tid) || self.reserved.contains_key(&tid) || self.finished.contains_key(&tid)
     }
 
     /// Rule 7: an unfinished COMMIT record read back at start.

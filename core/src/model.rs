@@ -105,6 +105,8 @@
 //! that made it is the interleaving where it completed first) and restarts
 //! from the log with the next epoch.
 
+pub mod reserved;
+
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;

@@ -204,4 +204,14 @@ impl Coordinator for Fake {
         })
         .await
     }
+    async fn begin_block(&self, r: Request<pb::BeginBlockRequest>) -> Result<Response<pb::BeginBlockResponse>, Status> {
+        let n = r.get_ref().count;
+        self.act("BeginBlock", &r, || pb::BeginBlockResponse {
+            tids: (0..n).map(|_| uuid::Uuid::now_v7().to_string()).collect(),
+            timeout_ms: 60_000,
+            unused_ms: 30_000,
+            coordinator_term: 1,
+        })
+        .await
+    }
 }

@@ -5,6 +5,9 @@ use uuid::Uuid;
 
 pub type Tid = Uuid;
 
+/// The bounds of a block of reserved tids (BeginBlock), for clients.
+pub use twopc_core::coordinator::{MAX_BLOCK, RESERVED_UNUSED_MS};
+
 /// A fresh tid (UUIDv7: millisecond timestamp plus random bits).
 pub fn new_tid() -> Tid {
     Uuid::now_v7()

@@ -25,8 +25,8 @@ use twopc_proto::pb;
 use uuid::Uuid;
 
 use crate::{
-    AbortKind, AdminToken, Client, ClientError, ConnectOptions, Decision, FailpointTarget, Outcome, PartitionInDoubt,
-    TlsArgs,
+    AbortKind, AdminToken, Client, ClientError, ConnectOptions, Decision, FailpointTarget, Op, Outcome,
+    PartitionInDoubt, TlsArgs,
 };
 use statement::Statement;
 
@@ -79,6 +79,9 @@ impl ConnArgs {
                 max_key_bytes: self.max_key_bytes,
                 max_value_bytes: self.max_value_bytes,
             },
+            // One transaction per command: a pool would only leave
+            // reserved tids behind.
+            tid_pool: 0,
         })
     }
 }
@@ -148,7 +151,10 @@ pub enum ClientCommand {
         tid: Uuid,
     },
     /// Run one transaction: `put KEY VALUE`, `get KEY`, `delete KEY`
-    /// statements as arguments, or one per line on stdin.
+    /// statements as arguments, or one per line on stdin. Statements on
+    /// different keys run at once (one request per partition, in parallel);
+    /// those on the same key run in the order given, so `put a 1` then
+    /// `get a` reads 1. Gets are printed in statement order.
     Run {
         #[command(flatten)]
         conn: ConnArgs,
@@ -335,8 +341,9 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
             out!("{}", r.detail);
         }
         C::Transactions { conn } => {
-            let (txns, omitted) = connect(&conn).await?.transactions_listing().await?;
-            if txns.is_empty() && omitted == 0 {
+            let listing = connect(&conn).await?.transaction_listing().await?;
+            let (txns, omitted) = (listing.transactions, listing.omitted);
+            if txns.is_empty() && omitted == 0 && listing.reserved == 0 {
                 out!("(none)");
             }
             let now = twopc_proto::now_unix_ms();
@@ -345,6 +352,14 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
             }
             if omitted > 0 {
                 out!("... and {omitted} more not listed (the answer reached the gRPC message limit)");
+            }
+            if listing.reserved > 0 {
+                out!(
+                    "{} reserved tids not used yet (clients' pools; they count against --max-open-txns and are \
+                     dropped unused after {}s)",
+                    listing.reserved,
+                    twopc_proto::tid::RESERVED_UNUSED_MS / 1000
+                );
             }
         }
         C::Failpoint { conn, target, name, actions } => {
@@ -393,16 +408,28 @@ async fn run_statements(conn: &ConnArgs, timeout_ms: Option<u64>, args: Vec<Stri
         ));
     }
     let txn = connect(conn).await?.begin(timeout_ms.map(Duration::from_millis)).await?;
-    for stmt in &statements {
-        let result = match stmt {
-            Statement::Put { key, value } => txn.put(key.as_bytes(), value.as_bytes()).await,
-            Statement::Delete { key } => txn.delete(key.as_bytes()).await,
-            Statement::Get { key } => txn.get(key.as_bytes()).await.map(|v| match v {
-                Some(v) => out!("{key} = {}", show(&v)),
-                None => out!("{key} (not found)"),
-            }),
-        };
-        if let Err(e) = result {
+    // All at once (`Txn::run`): the chains of different keys in parallel,
+    // each key's statements in their order.
+    let ops: Vec<Op> = statements
+        .iter()
+        .map(|stmt| match stmt {
+            Statement::Put { key, value } => Op::put(key.as_bytes(), value.as_bytes()),
+            Statement::Delete { key } => Op::delete(key.as_bytes()),
+            Statement::Get { key } => Op::get(key.as_bytes()),
+        })
+        .collect();
+    match txn.run(&ops).await {
+        Ok(results) => {
+            for (stmt, result) in statements.iter().zip(&results) {
+                if let Statement::Get { key } = stmt {
+                    match result.value() {
+                        Some(v) => out!("{key} = {}", show(v)),
+                        None => out!("{key} (not found)"),
+                    }
+                }
+            }
+        }
+        Err(e) => {
             // The library has aborted the tid with the operation's error
             // (or the participant with its own cause) as the reason.
             out!("tid {}", txn.tid());

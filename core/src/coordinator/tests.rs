@@ -389,3 +389,47 @@ fn a_predecessors_tid_is_presumed_aborted_because_the_coordinator_restarted() {
 fn presumed() -> crate::reason::AbortReason {
     crate::reason::AbortReason::new(crate::reason::AbortKind::Unknown, PRESUMED)
 }
+
+#[test]
+fn a_reserved_tid_counts_against_the_bound_and_starts_its_deadline_at_first_use() {
+    let mut c = Coordinator::new(4, 100);
+    let block = [tid(10), tid(11), tid(12)];
+    c.reserve(&block, 0, 500).unwrap();
+    assert_eq!((c.live_count(), c.reserved_count()), (0, 3));
+    // A block that does not fit whole is refused; so is a Begin past the bound.
+    assert_eq!(c.reserve(&[tid(20), tid(21)], 0, 500), Err(Refusal::TooManyOpen(4)));
+    c.begin(tid(1), 0, 100_000).unwrap();
+    assert_eq!(c.begin(tid(2), 0, 100_000), Err(Refusal::TooManyOpen(4)));
+    let too_big: Vec<Tid> = (100..100 + MAX_BLOCK as u128 + 1).map(tid).collect();
+    assert_eq!(Coordinator::new(1_000, 10).reserve(&too_big, 0, 5), Err(Refusal::TooManyOpen(1_000)));
+    // Known: PENDING, not presumed aborted.
+    assert_eq!(c.decision(tid(10)), DecisionAnswer::Pending);
+    assert!(c.remembers(tid(10)));
+    // The first enlistment starts the deadline: 500 after it, not after the reservation.
+    assert_eq!(c.enlist(tid(10), 0, 1, 10_000).0, Ok(10_500));
+    assert_eq!((c.live_count(), c.reserved_count()), (2, 2));
+    assert!(c.expire(10_499).is_empty());
+    assert!(matches!(c.expire(10_500).as_slice(), [Action::SendAbort(..), Action::Reply(..), Action::Decided(..)]));
+    // A commit is a first use too (nothing enlisted: trivially committed).
+    assert_eq!(c.commit_requested(tid(11), 10_600, false).unwrap()[0], Action::Reply(tid(11), Outcome::Committed));
+    // So is an abort, which is remembered with its reason.
+    assert_eq!(c.abort_requested(tid(12), AbortReason::new(AbortKind::Client, "no")).unwrap().len(), 2);
+    assert!(matches!(c.decision(tid(12)), DecisionAnswer::Aborted(why) if why.kind == AbortKind::Client));
+    assert_eq!(c.reserved_count(), 0);
+}
+
+#[test]
+fn an_unused_reserved_tid_is_dropped_silently_and_then_presumed_aborted() {
+    let mut c = Coordinator::new(10, 100);
+    c.reserve(&[tid(10), tid(11)], 1_000, 500).unwrap();
+    assert!(c.expire(1_000 + RESERVED_UNUSED_MS - 1).is_empty());
+    assert_eq!(c.reserved_count(), 2);
+    // Dropped: no action (no abort sent, no decision counted or logged).
+    assert!(c.expire(1_000 + RESERVED_UNUSED_MS).is_empty());
+    assert_eq!((c.reserved_count(), c.live_count()), (0, 0));
+    assert!(matches!(c.decision(tid(10)), DecisionAnswer::Aborted(why) if why.kind == AbortKind::Unknown));
+    assert_eq!(c.enlist(tid(10), 0, 1, 40_000).0, Err(Refusal::UnknownTid));
+    assert!(matches!(c.commit_requested(tid(11), 40_000, true).unwrap()[0], Action::Reply(_, Outcome::Aborted(_))));
+    // The bound is free again.
+    c.reserve(&(20..30).map(tid).collect::<Vec<_>>(), 40_000, 500).unwrap();
+}
