@@ -851,6 +851,9 @@ impl World {
                 // The shell answers a duplicate Prepare with an error, which
                 // the coordinator counts as a failed vote.
                 PrepareStep::InProgress => self.send(Msg::Vote(p, VoteMsg::No)),
+                // The shell waits for the enlistment's answer and prepares
+                // again: the Prepare stays in flight.
+                PrepareStep::AwaitEnlistment => self.send(Msg::Prepare(p)),
             },
             Msg::Vote(p, v) => {
                 let a = self.coord.vote(TID, p, core_vote(v));
@@ -899,6 +902,11 @@ impl World {
                     }
                     OnePhaseStep::Aborted(_) => Answer::Aborted,
                     OnePhaseStep::Refused(_) => return,
+                    // As for a Prepare: asked again once the enlistment is answered.
+                    OnePhaseStep::AwaitEnlistment => {
+                        self.send(Msg::OnePhase(p));
+                        return;
+                    }
                 };
                 self.send(Msg::OnePhaseAnswer(p, answer));
             }

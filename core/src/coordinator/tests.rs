@@ -389,3 +389,74 @@ fn a_predecessors_tid_is_presumed_aborted_because_the_coordinator_restarted() {
 fn presumed() -> crate::reason::AbortReason {
     crate::reason::AbortReason::new(crate::reason::AbortKind::Unknown, PRESUMED)
 }
+
+fn declared(parts: &[(PartitionId, u64)]) -> BTreeMap<PartitionId, u64> {
+    parts.iter().copied().collect()
+}
+
+#[test]
+fn a_declared_commit_prepares_declared_and_enlisted_partitions_with_their_counts() {
+    let mut c = Coordinator::new(100, 100);
+    let t = tid(1);
+    c.begin_declaring(t, 0, 1_000, true).unwrap();
+    // Partition 0 enlisted in the background already; 1 has not yet.
+    c.enlist(t, 0, 7, 5).0.unwrap();
+    let a = c.commit_declared(t, 20, true, Some(&declared(&[(0, 2), (1, 1)]))).unwrap();
+    assert_eq!(a, vec![Action::SendPrepare(t, 0), Action::SendPrepare(t, 1)]);
+    assert_eq!((c.declared_count(t, 0), c.declared_count(t, 1)), (Some(2), Some(1)));
+    // Partition 1's enlistment lands during prepare: accepted, not refused.
+    assert_eq!(c.enlist(t, 1, 9, 25).0, Ok(1_000));
+    // Another incarnation of it is refused (it lost the tid).
+    assert_eq!(c.enlist(t, 1, 10, 25).0, Err(Refusal::NotActive("preparing")));
+    // An undeclared partition is refused during prepare, as before.
+    assert_eq!(c.enlist(t, 2, 7, 25).0, Err(Refusal::NotActive("preparing")));
+    c.vote(t, 0, Vote::Yes);
+    assert_eq!(c.vote(t, 1, Vote::Yes), vec![Action::ForceCommit(t, vec![0, 1])]);
+}
+
+#[test]
+fn a_partition_enlisted_but_not_declared_aborts_the_commit() {
+    let mut c = Coordinator::new(100, 100);
+    let t = tid(1);
+    c.begin_declaring(t, 0, 1_000, true).unwrap();
+    c.enlist(t, 0, 7, 5).0.unwrap();
+    c.enlist(t, 1, 7, 5).0.unwrap();
+    let a = c.commit_declared(t, 20, true, Some(&declared(&[(0, 1)]))).unwrap();
+    assert!(a.contains(&Action::SendAbort(t, 0)) && a.contains(&Action::SendAbort(t, 1)), "{a:?}");
+    let DecisionAnswer::Aborted(why) = c.decision(t) else { panic!("{:?}", c.decision(t)) };
+    assert_eq!(why.kind, AbortKind::DeclarationMismatch);
+    assert!(why.contains("[1]"), "{why}");
+}
+
+#[test]
+fn a_declaring_tid_refuses_a_commit_without_a_declaration() {
+    let mut c = Coordinator::new(100, 100);
+    let t = tid(1);
+    c.begin_declaring(t, 0, 1_000, true).unwrap();
+    c.enlist(t, 0, 7, 5).0.unwrap();
+    assert_eq!(c.commit_requested(t, 20, true), Err(Refusal::MustDeclare));
+    assert_eq!(c.decision(t), DecisionAnswer::Pending, "still open: its client may commit it");
+    // A tid begun without `declares` commits without one, as before.
+    let (mut c, t) = coord_with(&[0, 1]);
+    assert_eq!(c.commit_requested(t, 20, true).unwrap().len(), 2);
+}
+
+#[test]
+fn a_declared_single_partition_not_yet_enlisted_commits_in_one_phase() {
+    let mut c = Coordinator::new(100, 100);
+    let t = tid(1);
+    c.begin_declaring(t, 0, 1_000, true).unwrap();
+    assert_eq!(
+        c.commit_declared(t, 20, true, Some(&declared(&[(3, 4)]))).unwrap(),
+        vec![Action::ForceDelegation(t, 3)]
+    );
+    assert_eq!(c.declared_count(t, 3), Some(4));
+    // Its enlistment may land while delegated.
+    assert_eq!(c.enlist(t, 3, 7, 25).0, Ok(1_000));
+    // Nothing declared and nothing enlisted: trivially committed.
+    let t2 = tid(2);
+    c.begin_declaring(t2, 0, 1_000, true).unwrap();
+    assert!(
+        c.commit_declared(t2, 20, true, Some(&declared(&[]))).unwrap().contains(&Action::Reply(t2, Outcome::Committed))
+    );
+}
