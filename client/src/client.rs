@@ -89,6 +89,14 @@ pub struct ConnectOptions {
     /// from these (`twopc_proto::limits`). Keep them equal to the
     /// participants'.
     pub sizes: SizeLimits,
+    /// Whether a transaction begun by this client declares its operations
+    /// (PROTOCOL.md rule 2's second design, [`crate::Txn`]): its operations
+    /// are answered without waiting for their participant to enlist, and
+    /// its commit declares them. On by default; the environment variable
+    /// `TWOPC_DECLARE=0` turns it off (every first operation at a
+    /// participant then waits for its enlistment, as a transaction attached
+    /// by tid always does), e.g. to compare the two in `twopc bench`.
+    pub declare: bool,
 }
 
 /// [`ConnectOptions::call_budget`]'s default.
@@ -101,6 +109,7 @@ impl Default for ConnectOptions {
             admin_token: AdminToken::default(),
             call_budget: DEFAULT_CALL_BUDGET,
             sizes: SizeLimits::default(),
+            declare: std::env::var("TWOPC_DECLARE").map_or(true, |v| v.trim() != "0"),
         }
     }
 }
@@ -302,7 +311,8 @@ impl Client {
         // The deadline is timed on this machine's monotonic clock from here
         // (see `twopc_proto::clock`): the coordinator's clock may differ.
         let asked = std::time::Instant::now();
-        let resp = self.inner.begins.call(pb::BeginRequest { timeout_ms }, send).await.map_err(|s| {
+        let declares = self.inner.options.declare;
+        let resp = self.inner.begins.call(pb::BeginRequest { timeout_ms, declares }, send).await.map_err(|s| {
             match FollowError::from_status(s) {
                 Ok(e) => self.follow_error(e),
                 // An item's own refusal, or the batcher's.
@@ -313,6 +323,9 @@ impl Client {
             .map_err(|e| Status::unknown(format!("the coordinator returned a malformed tid {:?}: {e}", resp.tid)))?;
         let mut txn = self.txn(tid, resp.deadline_unix_ms);
         txn.expires = resp.remaining_ms.map(|left| asked + Duration::from_millis(left));
+        // Declared operations need the time left, which only a coordinator
+        // that sends remaining_ms gives; an older one gets enlist-first.
+        txn.declaring = declares && txn.expires.is_some();
         Ok(txn)
     }
 
@@ -480,6 +493,12 @@ impl Client {
         self.lookup(p)?.ok_or_else(|| {
             ClientError::Unavailable(format!("partition {p} has no registered participant; is it running?"))
         })
+    }
+
+    /// The partition that owns `key` (None before any topology is known).
+    pub(crate) fn partition_of(&self, key: &[u8]) -> Option<u32> {
+        let partitions = self.routes().topology.partitions;
+        (partitions > 0).then(|| partition_for(key, partitions))
     }
 
     async fn route_key(&self, key: &[u8]) -> Result<Route, ClientError> {

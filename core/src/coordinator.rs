@@ -11,32 +11,6 @@
 //!    delegated one-phase commit) too, so the participant does not abort
 //!    an operation it is about to vote on.
 //! 3. `commit_requested` sends Prepare to every enlisted partition.
-//!
-//! **Declared commits** (PROTOCOL.md rule 2's second design): a client that
-//! begins a tid with `declares` ([`Coordinator::begin_declaring`]) sends its
-//! operations without waiting for the participants to enlist, and its
-//! commit declares every partition it had operations acknowledged by, with
-//! its count of them ([`Coordinator::commit_declared`]). Then:
-//! - the prepare set is the declared partitions ∪ the enlisted ones; a
-//!   declared partition that has not enlisted yet is added (the
-//!   declaration is the authority; its participant, not knowing the tid,
-//!   votes NO);
-//! - a partition enlisted but not declared aborts the tid at once
-//!   ([`AbortKind::DeclarationMismatch`]): it holds operations the client
-//!   did not count, and committing without them would commit part of the
-//!   transaction;
-//! - each Prepare (or CommitOnePhase) carries the declared count
-//!   ([`Coordinator::declared_count`]), and the participant votes NO if it
-//!   applied a different number;
-//! - a commit without a declaration of a tid begun with `declares` is
-//!   refused ([`Refusal::MustDeclare`]): another process (e.g. `twopc
-//!   commit --tid`) cannot know the operations whose enlistment has not
-//!   landed yet, so it could commit part of the transaction.
-//! A client that under-declares breaks the protocol; a partition it left
-//! out never commits the tid (it is never prepared), and the tid aborts if
-//! that partition's enlistment landed before the decision, as it nearly
-//! always has; an enlistment that lands after the decision is refused and
-//! the participant aborts its part.
 //! 4. The votes decide. All YES/READ_ONLY gives [`Action::ForceCommit`]: the
 //!    decision is COMMIT only once the shell reports the record durable
 //!    (`commit_durable`), and only then are the client told and the commit
@@ -97,6 +71,33 @@
 //! While delegated, the tid answers PENDING and refuses an abort. The
 //! record is marked finished (commit) or dropped (abort) unforced: if that
 //! is lost, recovery asks again and gets the same answer (rule 11).
+//!
+//! **Declared commits** (PROTOCOL.md rule 2's second design): a client that
+//! begins a tid with `declares` ([`Coordinator::begin_declaring`]) sends its
+//! operations without waiting for the participants to enlist, and its
+//! commit declares every partition it had operations acknowledged by, with
+//! its count of them ([`Coordinator::commit_declared`]). Then:
+//! - the prepare set is the declared partitions ∪ the enlisted ones; a
+//!   declared partition that has not enlisted yet is added (the
+//!   declaration is the authority; its participant, not knowing the tid,
+//!   votes NO);
+//! - a partition enlisted but not declared aborts the tid at once
+//!   ([`AbortKind::DeclarationMismatch`]): it holds operations the client
+//!   did not count, and committing without them would commit part of the
+//!   transaction;
+//! - each Prepare (or CommitOnePhase) carries the declared count
+//!   ([`Coordinator::declared_count`]), and the participant votes NO if it
+//!   applied a different number;
+//! - a commit without a declaration of a tid begun with `declares` is
+//!   refused ([`Refusal::MustDeclare`]): another process (e.g. `twopc
+//!   commit --tid`) cannot know the operations whose enlistment has not
+//!   landed yet, so it could commit part of the transaction.
+//!
+//! A client that under-declares breaks the protocol; a partition it left
+//! out never commits the tid (it is never prepared), and the tid aborts if
+//! that partition's enlistment landed before the decision, as it nearly
+//! always has; an enlistment that lands after the decision is refused and
+//! the participant aborts its part.
 
 use std::collections::{BTreeMap, VecDeque};
 

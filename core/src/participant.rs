@@ -19,6 +19,7 @@
 //!      prepare waits, [`PrepareStep::AwaitEnlistment`]). An enlisting tid
 //!      is not swept by a newer term ([`Participant::coordinator_term`]):
 //!      its term is the one its enlistment is answered in.
+//!
 //!    Either way every operation applied (a lock granted; an operation
 //!    refused, or told to wait, applied nothing) counts once per tid, and a
 //!    prepare or one-phase commit that carries the client's declared count

@@ -79,6 +79,7 @@ impl ConnArgs {
                 max_key_bytes: self.max_key_bytes,
                 max_value_bytes: self.max_value_bytes,
             },
+            ..ConnectOptions::default()
         })
     }
 }
