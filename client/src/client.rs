@@ -275,7 +275,24 @@ impl Client {
 
     /// Starts a transaction. `None` (or zero) takes the server's default
     /// timeout; the server caps it at its maximum.
+    ///
+    /// Its operations are declared at commit ([`ConnectOptions::declare`],
+    /// see [`Txn`]): only this process (this `Txn` and its clones) can
+    /// commit it. For a tid other processes will work on and commit by tid
+    /// (the CLI's `begin`, then `put --tid`, `commit --tid`), use
+    /// [`Client::begin_shared`].
     pub async fn begin(&self, timeout: Option<Duration>) -> Result<Txn, ClientError> {
+        self.begin_with(timeout, self.inner.options.declare).await
+    }
+
+    /// Starts a transaction that any process may attach to by tid and
+    /// commit: its participants enlist before answering (see [`Txn`]), so
+    /// nothing needs declaring. Slower than [`Client::begin`]'s.
+    pub async fn begin_shared(&self, timeout: Option<Duration>) -> Result<Txn, ClientError> {
+        self.begin_with(timeout, false).await
+    }
+
+    async fn begin_with(&self, timeout: Option<Duration>, declares: bool) -> Result<Txn, ClientError> {
         let timeout_ms = timeout.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let client = self.clone();
         let send = move |requests: Vec<pb::BeginRequest>| {
@@ -311,7 +328,6 @@ impl Client {
         // The deadline is timed on this machine's monotonic clock from here
         // (see `twopc_proto::clock`): the coordinator's clock may differ.
         let asked = std::time::Instant::now();
-        let declares = self.inner.options.declare;
         let resp = self.inner.begins.call(pb::BeginRequest { timeout_ms, declares }, send).await.map_err(|s| {
             match FollowError::from_status(s) {
                 Ok(e) => self.follow_error(e),
