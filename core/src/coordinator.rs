@@ -457,6 +457,12 @@ impl Coordinator {
                 p.incarnation = incarnation;
                 return (Ok(txn.deadline), vec![]);
             }
+            // Another incarnation of a partition in the prepare set lost the
+            // tid's earlier operations: while preparing, that aborts it now
+            // (with the real cause) rather than at its vote.
+            if txn.phase == Phase::Preparing && txn.parts.get(&partition).is_some_and(|p| p.incarnation != 0) {
+                return self.restarted(tid, partition);
+            }
             return (Err(Refusal::NotActive(txn.phase.name())), vec![]);
         }
         if now >= txn.deadline {
@@ -465,20 +471,24 @@ impl Coordinator {
             return (Err(Refusal::Aborted(why)), actions);
         }
         match txn.parts.get(&partition) {
-            Some(p) if p.incarnation != incarnation => {
-                let why = AbortReason::new(
-                    AbortKind::ParticipantRestarted,
-                    format!("partition {partition} restarted and lost this transaction's earlier operations"),
-                );
-                let actions = self.abort(tid, why.clone());
-                (Err(Refusal::Aborted(why)), actions)
-            }
+            Some(p) if p.incarnation != incarnation => self.restarted(tid, partition),
             Some(_) => (Ok(txn.deadline), vec![]),
             None => {
                 txn.parts.insert(partition, Part::enlisted(incarnation));
                 (Ok(txn.deadline), vec![])
             }
         }
+    }
+
+    /// `partition` enlisted `tid` again under another incarnation: it
+    /// restarted and lost the tid's earlier operations, so the tid aborts.
+    fn restarted(&mut self, tid: Tid, partition: PartitionId) -> (Result<Millis, Refusal>, Vec<Action>) {
+        let why = AbortReason::new(
+            AbortKind::ParticipantRestarted,
+            format!("partition {partition} restarted and lost this transaction's earlier operations"),
+        );
+        let actions = self.abort(tid, why.clone());
+        (Err(Refusal::Aborted(why)), actions)
     }
 
     /// The client asks to commit (rules 3, 4, 11). `client_wrote` is the

@@ -406,12 +406,19 @@ fn a_declared_commit_prepares_declared_and_enlisted_partitions_with_their_counts
     assert_eq!((c.declared_count(t, 0), c.declared_count(t, 1)), (Some(2), Some(1)));
     // Partition 1's enlistment lands during prepare: accepted, not refused.
     assert_eq!(c.enlist(t, 1, 9, 25).0, Ok(1_000));
-    // Another incarnation of it is refused (it lost the tid).
-    assert_eq!(c.enlist(t, 1, 10, 25).0, Err(Refusal::NotActive("preparing")));
     // An undeclared partition is refused during prepare, as before.
     assert_eq!(c.enlist(t, 2, 7, 25).0, Err(Refusal::NotActive("preparing")));
     c.vote(t, 0, Vote::Yes);
     assert_eq!(c.vote(t, 1, Vote::Yes), vec![Action::ForceCommit(t, vec![0, 1])]);
+    // Another incarnation of a declared partition while preparing: it
+    // restarted and lost the tid, which aborts at once with that cause.
+    let t2 = tid(2);
+    c.begin_declaring(t2, 0, 1_000, true).unwrap();
+    c.enlist(t2, 0, 7, 5).0.unwrap();
+    c.commit_declared(t2, 20, true, Some(&declared(&[(0, 1), (1, 1)]))).unwrap();
+    let (r, a) = c.enlist(t2, 0, 8, 25);
+    assert!(matches!(r, Err(Refusal::Aborted(why)) if why.kind == AbortKind::ParticipantRestarted));
+    assert!(a.contains(&Action::SendAbort(t2, 0)) && a.contains(&Action::SendAbort(t2, 1)), "{a:?}");
 }
 
 #[test]
