@@ -308,7 +308,11 @@ impl Driver {
         }
         let written = match &record {
             Record::Commit(parts) => self.log.force_commit(tid, parts.clone()).await,
-            Record::Delegated(p) => self.log.force_delegation(tid, *p).await,
+            // With the declared count, so that recovery can send it again.
+            Record::Delegated(p) => {
+                let declared = self.state().core.declared_count(tid, *p);
+                self.log.force_delegation_declared(tid, *p, declared).await
+            }
         };
         match written {
             Ok(()) => self.disk.succeeded(),

@@ -600,7 +600,19 @@ impl Coordinator {
     /// Rule 7 for one-phase: an unfinished DELEGATED record read back at
     /// start. The participant is asked again; it answers what it did.
     pub fn recover_delegated(&mut self, tid: Tid, partition: PartitionId, now: Millis) -> Vec<Action> {
-        let parts = BTreeMap::from([(partition, Part::enlisted(0))]);
+        self.recover_delegated_declared(tid, partition, now, None)
+    }
+
+    /// As [`Coordinator::recover_delegated`], for a record that holds the
+    /// client's declared count (`Some`), which CommitOnePhase carries again.
+    pub fn recover_delegated_declared(
+        &mut self,
+        tid: Tid,
+        partition: PartitionId,
+        now: Millis,
+        declared: Option<u64>,
+    ) -> Vec<Action> {
+        let parts = BTreeMap::from([(partition, Part { declared, ..Part::enlisted(0) })]);
         self.live.insert(tid, Txn { phase: Phase::Delegated, deadline: now, begun_at: now, parts, declares: false });
         vec![Action::SendCommitOnePhase(tid, partition)]
     }

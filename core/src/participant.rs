@@ -27,6 +27,9 @@
 //!    ([`AbortKind::DeclarationMismatch`]): e.g. this participant restarted
 //!    between two operations and holds only the later ones, or an operation
 //!    was sent by another process the declaring client knows nothing of. A
+//!    tid with a declared operation needs a count: without one (a one-phase
+//!    commit re-driven by a coordinator recovered from its log, whose
+//!    record holds no counts) it aborts too, never commits unchecked. A
 //!    read whose answer did not fit its batch answer is un-counted
 //!    ([`Participant::op_not_answered`]): the client repeats it alone, and
 //!    that repeat counts.
@@ -127,6 +130,9 @@ enum State {
         /// Declared: the enlistment was sent in the background and has not
         /// been answered yet.
         enlisting: bool,
+        /// A declared operation of it was applied here: its prepare or
+        /// one-phase commit must carry a declared count (module docs).
+        declared: bool,
     },
     /// Prepare asked; the write set is being made durable. `aborted`: an
     /// abort arrived meanwhile; the locks stay until the record, if it
@@ -408,7 +414,7 @@ impl Participant {
         self.tids.insert(
             tid,
             TidEntry {
-                state: State::Active { deadline, ops: 0, term, enlisting: false },
+                state: State::Active { deadline, ops: 0, term, enlisting: false, declared: false },
                 writes: WriteSet::new(),
                 locked: vec![],
             },
@@ -422,7 +428,10 @@ impl Participant {
     /// here); a known tid needs nothing. An aborted tid is refused, as is
     /// one that would pass `max_open_tids`.
     pub fn begin_declared(&mut self, tid: Tid, remaining_ms: Millis, now: Millis) -> Result<bool, OpError> {
-        if self.tids.contains_key(&tid) {
+        if let Some(entry) = self.tids.get_mut(&tid) {
+            if let State::Active { declared, .. } = &mut entry.state {
+                *declared = true;
+            }
             return Ok(false);
         }
         if let Some(why) = self.aborted.get(&tid) {
@@ -432,7 +441,7 @@ impl Participant {
             return Err(OpError::TooManyTids(self.limits.max_open_tids));
         }
         let deadline = now + remaining_ms.min(self.limits.max_timeout_ms);
-        let state = State::Active { deadline, ops: 0, term: self.term, enlisting: true };
+        let state = State::Active { deadline, ops: 0, term: self.term, enlisting: true, declared: true };
         self.tids.insert(tid, TidEntry { state, writes: WriteSet::new(), locked: vec![] });
         Ok(true)
     }
@@ -498,9 +507,22 @@ impl Participant {
     }
 
     /// The declared count check (rule 2): `Some(why)` when the client
-    /// declared `declared` operations and `applied` differs.
-    fn declaration_mismatch(&self, declared: Option<u64>, applied: usize) -> Option<AbortReason> {
-        let declared = declared?;
+    /// declared `declared` operations and `applied` differs, or when a tid
+    /// with declared operations (`was_declared`) comes without a count: a
+    /// coordinator that recovered a one-phase commit from its log (the
+    /// record has no counts), or one too old to send them. Aborting it then
+    /// is allowed (no YES was given; a one-phase answer is the decision),
+    /// and committing it unchecked is not.
+    fn declaration_mismatch(&self, declared: Option<u64>, applied: usize, was_declared: bool) -> Option<AbortReason> {
+        let Some(declared) = declared else {
+            return (was_declared && self.check_counts).then(|| {
+                AbortReason::new(
+                    AbortKind::DeclarationMismatch,
+                    "its operations were declared, but the commit carries no declared count to check them against (a \
+                     coordinator that restarted during a one-phase commit, or one too old to send counts)",
+                )
+            });
+        };
         (declared != applied as u64 && self.check_counts).then(|| {
             AbortReason::new(
                 AbortKind::DeclarationMismatch,
@@ -604,13 +626,13 @@ impl Participant {
         };
         match entry.state {
             State::Active { enlisting: true, .. } => PrepareStep::AwaitEnlistment,
-            State::Active { deadline, ops, .. } => {
+            State::Active { deadline, ops, declared: was_declared, .. } => {
                 if now >= deadline {
                     let why = deadline_passed();
                     self.abort_locally(tid, why.clone());
                     return PrepareStep::No(why);
                 }
-                if let Some(why) = self.declaration_mismatch(declared, ops) {
+                if let Some(why) = self.declaration_mismatch(declared, ops, was_declared) {
                     self.abort_locally(tid, why.clone());
                     return PrepareStep::No(why);
                 }
@@ -684,8 +706,8 @@ impl Participant {
         if self.enlisting(tid) {
             return OnePhaseStep::AwaitEnlistment;
         }
-        if let Some(State::Active { ops, .. }) = self.tids.get(&tid).map(|e| &e.state)
-            && let Some(why) = self.declaration_mismatch(declared, *ops)
+        if let Some(State::Active { ops, declared: was_declared, .. }) = self.tids.get(&tid).map(|e| &e.state)
+            && let Some(why) = self.declaration_mismatch(declared, *ops, *was_declared)
         {
             self.abort_locally(tid, why.clone());
             return OnePhaseStep::Aborted(why);

@@ -453,6 +453,15 @@ mod declared {
         p.enlisted(t2, 1_000).unwrap();
         p.write(t2, b"k", Some(b"v".to_vec()), 11).unwrap();
         assert!(matches!(p.prepare_declared(t2, 20, None), PrepareStep::Persist(_)));
+        // Declared operations, but no count (a one-phase commit recovered
+        // from the log): aborted, never committed unchecked.
+        let t5 = tid(5);
+        p.begin_declared(t5, 500, 10).unwrap();
+        p.enlist_confirmed(t5, 1_000, 0).unwrap();
+        p.write(t5, b"m", None, 11).unwrap();
+        assert!(
+            matches!(p.commit_one_phase_declared(t5, 20, None), OnePhaseStep::Aborted(w) if w.kind == AbortKind::DeclarationMismatch)
+        );
         // Unknown here (lost in a restart) with a declared count: NO.
         assert!(matches!(p.prepare_declared(tid(3), 20, Some(1)), PrepareStep::No(_)));
         // One phase: the same check.
