@@ -683,7 +683,8 @@ impl World {
     fn events(&self) -> Vec<Event> {
         let mut ev = vec![];
         let client_gone = self.client.as_ref().is_some_and(|c| c.crashed || c.failed);
-        let ops_left = self.client.as_ref().is_some_and(|c| (c.next as u32) < c.cfg.ops_per_writer as u32 * self.writers);
+        let ops_left =
+            self.client.as_ref().is_some_and(|c| (c.next as u32) < c.cfg.ops_per_writer as u32 * self.writers);
         if !self.commit_asked && !client_gone && !ops_left {
             ev.push(Event::ClientCommit);
         }
@@ -706,9 +707,10 @@ impl World {
         if let Some(c) = &self.client {
             for (p, &inc) in c.incarnations.iter().enumerate() {
                 let p = p as PartitionId;
-                let answering = self.net.keys().any(|m| {
-                    matches!(m, Msg::Enlist(q, i) | Msg::EnlistAnswer(q, i, _) if *q == p && *i == inc)
-                });
+                let answering = self
+                    .net
+                    .keys()
+                    .any(|m| matches!(m, Msg::Enlist(q, i) | Msg::EnlistAnswer(q, i, _) if *q == p && *i == inc));
                 if self.parts[p as usize].enlisting(TID) && !answering {
                     ev.push(Event::EnlistTimeout(p));
                 }
