@@ -178,7 +178,9 @@ async fn misrouted_operations_are_refused_naming_the_owner_and_nothing_is_writte
     let key = tc.key_on(1, "misrouted");
     let owned_here = tc.key_on(0, "owned");
     let mut p0 = raw(&tc, 0).await;
-    let txn = tc.client.begin(Some(Duration::from_secs(30))).await.unwrap();
+    // Shared (enlist first): the raw operations below are not declared,
+    // and the library's commit of it declares nothing.
+    let txn = tc.client.begin_shared(Some(Duration::from_secs(30))).await.unwrap();
     let tid = txn.tid().to_string();
     let k = key.as_bytes().to_vec();
 

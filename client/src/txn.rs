@@ -110,6 +110,11 @@ pub struct Txn {
     /// Declared: the operations that succeeded, per partition (see the
     /// module docs). Shared by clones.
     counts: Arc<Mutex<BTreeMap<u32, u64>>>,
+    /// `commit` was called: later operations are refused here. (A declared
+    /// operation of a tid its participant has finished and forgotten
+    /// would be taken there as a new one, answered, and only then dropped
+    /// when its enlistment is refused.)
+    commit_asked: Arc<AtomicBool>,
 }
 
 impl Txn {
@@ -123,6 +128,7 @@ impl Txn {
             failed: Arc::default(),
             declaring: false,
             counts: Arc::default(),
+            commit_asked: Arc::default(),
         }
     }
 
@@ -195,6 +201,13 @@ impl Txn {
     /// Runs one operation; if it fails (see the module docs for what
     /// counts), the transaction is aborted before the error is returned.
     async fn operate(&self, kind: Kind, key: &[u8], value: Vec<u8>) -> Result<pb::OperationResult, ClientError> {
+        if self.commit_asked.load(Ordering::Relaxed) {
+            return Err(tonic::Status::failed_precondition(format!(
+                "tid {}: commit was asked on this handle: no more operations are accepted after commit",
+                self.tid
+            ))
+            .into());
+        }
         if let Some(first) = self.failed_operation() {
             return Err(tonic::Status::aborted(format!(
                 "tid {} was aborted because an earlier operation failed ({first})",
@@ -257,6 +270,16 @@ impl Txn {
     /// with its unary call, which waits.
     async fn send_once(&self, kind: Kind, key: &[u8], value: Vec<u8>) -> Result<pb::OperationResult, ClientError> {
         let tid = self.tid.to_string();
+        // A declared operation carries the time left: once it has run out
+        // the participant could not tell (it would take a fresh tid with
+        // the 1 ms we would send), so the library says it, as a
+        // participant would.
+        if self.declaring && self.expires.is_some_and(|e| Instant::now() >= e) {
+            return Err(tonic::Status::aborted(format!(
+                "tid {tid} aborted: its deadline passed (the timeout given at begin ran out); retry the transaction"
+            ))
+            .into());
+        }
         let (declared, remaining_ms) = self.declaration_fields();
         let op = pb::Operation {
             tid: tid.clone(),
@@ -345,6 +368,7 @@ impl Txn {
     /// coordinator's reason (the operation's error, or the participant's
     /// own cause when it aborted the tid first).
     pub async fn commit(&self) -> Result<Outcome, ClientError> {
+        self.commit_asked.store(true, Ordering::Relaxed);
         if let Some(why) = self.failed_operation() {
             return self.aborted_after_failure(why).await;
         }
