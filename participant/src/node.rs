@@ -288,9 +288,13 @@ impl Node {
     /// background (see the module docs). A known fence refuses it first.
     async fn ensure_declared(self: &Arc<Self>, tid: Tid, remaining_ms: u64) -> Result<(), ParticipantError> {
         {
-            let core = self.core();
+            let mut core = self.core();
             if core.knows(tid) {
-                return Ok(());
+                // Marks it declared (its prepare then needs a count).
+                return core
+                    .begin_declared(tid, remaining_ms, clock::now_ms())
+                    .map(drop)
+                    .map_err(|e| ParticipantError::from_op(tid, e, b""));
             }
             if let Some(why) = core.abort_reason(tid) {
                 return Err(ParticipantError::Aborted { tid, reason: format!("it was aborted earlier: {why}") });
