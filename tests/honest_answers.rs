@@ -94,7 +94,7 @@ async fn assert_forgotten_everywhere(tc: &TestCluster, tid: Uuid, keys: &[String
     let mut c = coordinator(tc).await;
     let d = c.get_decision(pb::GetDecisionRequest { tid: t.clone(), asking_partition: None }).await.unwrap();
     assert_eq!(d.get_ref().decision(), pb::Decision::Forgotten, "{d:?}");
-    let r = c.commit(pb::CommitRequest { tid: t.clone(), wrote: true }).await.unwrap();
+    let r = c.commit(pb::CommitRequest { tid: t.clone(), wrote: true, ..Default::default() }).await.unwrap();
     assert_eq!(r.get_ref().outcome(), pb::Outcome::Forgotten, "{r:?}");
     let s = c.abort(pb::AbortRequest { tid: t.clone(), ..Default::default() }).await.unwrap_err();
     assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
@@ -138,7 +138,7 @@ async fn assert_unknown_new_tid_is_aborted_everywhere(tc: &TestCluster) {
     let o = twopc_cli(tc, &["abort", "--tid", &t]);
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     let mut c = coordinator(tc).await;
-    let r = c.commit(pb::CommitRequest { tid: t.clone(), wrote: false }).await.unwrap();
+    let r = c.commit(pb::CommitRequest { tid: t.clone(), wrote: false, ..Default::default() }).await.unwrap();
     assert_eq!(r.get_ref().outcome(), pb::Outcome::Aborted, "{r:?}");
     let d = c.get_decision(pb::GetDecisionRequest { tid: t.clone(), asking_partition: None }).await.unwrap();
     assert_eq!(d.get_ref().decision(), pb::Decision::Aborted, "{d:?}");

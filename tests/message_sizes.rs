@@ -188,20 +188,22 @@ async fn over_a_limit_is_resource_exhausted_naming_it() {
 
     // A value one byte over the limit: unary and batched.
     let over = vec![b'v'; DEFAULT_MAX_VALUE_BYTES + 1];
-    let put = pb::PutRequest { tid: tid.clone(), key: key.clone().into_bytes(), value: over.clone() };
+    let put =
+        pb::PutRequest { tid: tid.clone(), key: key.clone().into_bytes(), value: over.clone(), ..Default::default() };
     expect(raw.put(put).await, &["value is 1048577 bytes", "limit of 1048576 bytes (--max-value-bytes)"]);
     let op = |value: Vec<u8>| pb::Operation {
         tid: tid.clone(),
         kind: pb::operation::Kind::Put as i32,
         key: key.clone().into_bytes(),
         value,
+        ..Default::default()
     };
     let r = raw.operate_batch(pb::OperationBatch { operations: vec![op(over.clone())] }).await.unwrap();
     let item = &r.get_ref().results[0];
     assert_eq!(item.code, Code::ResourceExhausted as i32, "{item:?}");
     assert!(item.message.contains("(--max-value-bytes)"), "{item:?}");
     // A key over its limit.
-    let get = pb::GetRequest { tid: tid.clone(), key: vec![b'k'; 1025], for_update: false };
+    let get = pb::GetRequest { tid: tid.clone(), key: vec![b'k'; 1025], for_update: false, ..Default::default() };
     expect(raw.get(get).await, &["key is 1025 bytes", "limit of 1024 bytes (--max-key-bytes)"]);
     expect(raw.read(pb::ReadRequest { key: vec![b'k'; 1025] }).await, &["(--max-key-bytes)"]);
 
@@ -209,7 +211,8 @@ async fn over_a_limit_is_resource_exhausted_naming_it() {
     // service runs, RESOURCE_EXHAUSTED naming the limit, not OUT_OF_RANGE.
     let limit = "the limit is: 4194304 bytes";
     let huge = vec![b'h'; 5 * MIB];
-    let put = pb::PutRequest { tid: tid.clone(), key: key.clone().into_bytes(), value: huge.clone() };
+    let put =
+        pb::PutRequest { tid: tid.clone(), key: key.clone().into_bytes(), value: huge.clone(), ..Default::default() };
     expect(raw.put(put).await, &["request is too large for this server", limit, "--max-value-bytes"]);
     let ops = (0..5).map(|_| op(vec![b'v'; MIB])).collect();
     expect(raw.operate_batch(pb::OperationBatch { operations: ops }).await, &[limit]);
@@ -217,9 +220,10 @@ async fn over_a_limit_is_resource_exhausted_naming_it() {
         pb::coordinator_client::CoordinatorClient::connect(format!("http://{}", tc.cluster.coordinator_addr()))
             .await
             .unwrap();
-    let commit = pb::CommitRequest { tid: "x".repeat(5 * MIB), wrote: false };
+    let commit = pb::CommitRequest { tid: "x".repeat(5 * MIB), ..Default::default() };
     expect(coordinator.commit(commit).await, &["request is too large for this server", limit]);
-    let begins = pb::BeginBatchRequest { requests: vec![pb::BeginRequest { timeout_ms: 1 }; 1_500_000] };
+    let begins =
+        pb::BeginBatchRequest { requests: vec![pb::BeginRequest { timeout_ms: 1, declares: false }; 1_500_000] };
     expect(coordinator.begin_batch(begins).await, &[limit]);
     // Siblings on other RPCs of both services, each with one 5 MiB field.
     let long = "x".repeat(5 * MIB);
@@ -232,11 +236,14 @@ async fn over_a_limit_is_resource_exhausted_naming_it() {
     expect(coordinator.enlist_batch(pb::EnlistBatchRequest { requests: vec![enlist] }).await, &[limit]);
     let register = pb::RegisterRequest { partition: 0, address: long.clone(), incarnation: 1, ..Default::default() };
     expect(coordinator.register(register).await, &[limit]);
-    expect(raw.get(pb::GetRequest { tid: tid.clone(), key: huge.clone(), for_update: false }).await, &[limit]);
+    expect(
+        raw.get(pb::GetRequest { tid: tid.clone(), key: huge.clone(), for_update: false, ..Default::default() }).await,
+        &[limit],
+    );
     expect(raw.read(pb::ReadRequest { key: huge.clone() }).await, &[limit]);
-    expect(raw.delete(pb::DeleteRequest { tid: tid.clone(), key: huge.clone() }).await, &[limit]);
-    expect(raw.prepare_batch(pb::TidBatch { tids: vec![long.clone()] }).await, &[limit]);
-    expect(raw.commit_batch(pb::TidBatch { tids: vec![long.clone()] }).await, &[limit]);
+    expect(raw.delete(pb::DeleteRequest { tid: tid.clone(), key: huge.clone(), ..Default::default() }).await, &[limit]);
+    expect(raw.prepare_batch(pb::TidBatch { tids: vec![long.clone()], ..Default::default() }).await, &[limit]);
+    expect(raw.commit_batch(pb::TidBatch { tids: vec![long.clone()], ..Default::default() }).await, &[limit]);
     let resolve = pb::ResolveHeuristicallyRequest { tid: tid.clone(), reason: long.clone(), ..Default::default() };
     expect(raw.resolve_heuristically(resolve).await, &[limit]);
 

@@ -178,17 +178,28 @@ async fn misrouted_operations_are_refused_naming_the_owner_and_nothing_is_writte
     let key = tc.key_on(1, "misrouted");
     let owned_here = tc.key_on(0, "owned");
     let mut p0 = raw(&tc, 0).await;
-    let txn = tc.client.begin(Some(Duration::from_secs(30))).await.unwrap();
+    // Shared (enlist first): the raw operations below are not declared,
+    // and the library's commit of it declares nothing.
+    let txn = tc.client.begin_shared(Some(Duration::from_secs(30))).await.unwrap();
     let tid = txn.tid().to_string();
     let k = key.as_bytes().to_vec();
 
-    let e = p0.put(pb::PutRequest { tid: tid.clone(), key: k.clone(), value: b"lost".to_vec() }).await.unwrap_err();
+    let e = p0
+        .put(pb::PutRequest { tid: tid.clone(), key: k.clone(), value: b"lost".to_vec(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_names_owner(&e, 1, 0, "Put");
-    let e = p0.get(pb::GetRequest { tid: tid.clone(), key: k.clone(), for_update: false }).await.unwrap_err();
+    let e = p0
+        .get(pb::GetRequest { tid: tid.clone(), key: k.clone(), for_update: false, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_names_owner(&e, 1, 0, "Get");
-    let e = p0.get(pb::GetRequest { tid: tid.clone(), key: k.clone(), for_update: true }).await.unwrap_err();
+    let e = p0
+        .get(pb::GetRequest { tid: tid.clone(), key: k.clone(), for_update: true, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_names_owner(&e, 1, 0, "Get for update");
-    let e = p0.delete(pb::DeleteRequest { tid: tid.clone(), key: k.clone() }).await.unwrap_err();
+    let e = p0.delete(pb::DeleteRequest { tid: tid.clone(), key: k.clone(), ..Default::default() }).await.unwrap_err();
     assert_names_owner(&e, 1, 0, "Delete");
     let e = p0.read(pb::ReadRequest { key: k.clone() }).await.unwrap_err();
     assert_names_owner(&e, 1, 0, "Read");
@@ -201,6 +212,7 @@ async fn misrouted_operations_are_refused_naming_the_owner_and_nothing_is_writte
         kind: kind as i32,
         key: key.to_vec(),
         value: b"lost".to_vec(),
+        ..Default::default()
     };
     let kinds = [Kind::Get, Kind::GetForUpdate, Kind::Put, Kind::Delete];
     let mut operations: Vec<pb::Operation> = kinds.iter().map(|&kind| op(kind, &k)).collect();
@@ -282,15 +294,23 @@ async fn an_unregistered_participant_answers_keyed_calls_unavailable() {
     let key = b"k".to_vec();
     unavailable(p.read(pb::ReadRequest { key: key.clone() }).await.unwrap_err(), "Read");
     unavailable(
-        p.put(pb::PutRequest { tid: tid.clone(), key: key.clone(), value: b"v".to_vec() }).await.unwrap_err(),
+        p.put(pb::PutRequest { tid: tid.clone(), key: key.clone(), value: b"v".to_vec(), ..Default::default() })
+            .await
+            .unwrap_err(),
         "Put",
     );
     unavailable(
-        p.get(pb::GetRequest { tid: tid.clone(), key: key.clone(), for_update: true }).await.unwrap_err(),
+        p.get(pb::GetRequest { tid: tid.clone(), key: key.clone(), for_update: true, ..Default::default() })
+            .await
+            .unwrap_err(),
         "Get",
     );
-    unavailable(p.delete(pb::DeleteRequest { tid: tid.clone(), key: key.clone() }).await.unwrap_err(), "Delete");
-    let op = pb::Operation { tid, kind: pb::operation::Kind::Put as i32, key, value: b"v".to_vec() };
+    unavailable(
+        p.delete(pb::DeleteRequest { tid: tid.clone(), key: key.clone(), ..Default::default() }).await.unwrap_err(),
+        "Delete",
+    );
+    let op =
+        pb::Operation { tid, kind: pb::operation::Kind::Put as i32, key, value: b"v".to_vec(), ..Default::default() };
     let results = p.operate_batch(pb::OperationBatch { operations: vec![op] }).await.unwrap().into_inner().results;
     unavailable(tonic::Status::new(tonic::Code::from(results[0].code), results[0].message.clone()), "batched Put");
     drop(child);

@@ -104,7 +104,7 @@ async fn clients_cannot_act_as_the_coordinator_or_a_participant() {
     txn.put(b.as_bytes(), b"2").await.unwrap();
     let tid = txn.tid().to_string();
     let one = pb::ResolveRequest { tid: tid.clone() };
-    let batch = pb::TidBatch { tids: vec![tid.clone()] };
+    let batch = pb::TidBatch { tids: vec![tid.clone()], ..Default::default() };
 
     // Every coordinator-only RPC at both participants is refused, however the token is forged.
     for p in 0..2 {
@@ -115,7 +115,7 @@ async fn clients_cannot_act_as_the_coordinator_or_a_participant() {
         for (how, r) in forged(&one) {
             assert_unauthenticated(c.commit(r).await, &format!("p{p} Commit with {how}"));
         }
-        for (how, r) in forged(&pb::PrepareRequest { tid: tid.clone() }) {
+        for (how, r) in forged(&pb::PrepareRequest { tid: tid.clone(), ..Default::default() }) {
             assert_unauthenticated(c.prepare(r).await, &format!("p{p} Prepare with {how}"));
         }
         for (how, r) in forged(&batch) {

@@ -144,14 +144,19 @@ async fn blocks_count_against_the_open_bound() {
             .await
             .unwrap();
     for bad in [0, 65] {
-        let s = raw.begin_block(pb::BeginBlockRequest { timeout_ms: 0, count: bad }).await.unwrap_err();
+        let s =
+            raw.begin_block(pb::BeginBlockRequest { timeout_ms: 0, count: bad, declares: false }).await.unwrap_err();
         assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
         assert!(s.message().contains("1 to 64"), "{s:?}");
     }
-    let s = raw.begin_block(pb::BeginBlockRequest { timeout_ms: 0, count: 11 }).await.unwrap_err();
+    let s = raw.begin_block(pb::BeginBlockRequest { timeout_ms: 0, count: 11, declares: false }).await.unwrap_err();
     assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
     assert!(s.message().contains("--max-open-txns"), "{s:?}");
-    let block = raw.begin_block(pb::BeginBlockRequest { timeout_ms: 60_000, count: 8 }).await.unwrap().into_inner();
+    let block = raw
+        .begin_block(pb::BeginBlockRequest { timeout_ms: 60_000, count: 8, declares: false })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((block.tids.len(), block.timeout_ms, block.unused_ms), (8, 60_000, 30_000));
     // 8 reserved: two Begins fit, the third does not.
     tc.client.begin(None).await.unwrap();

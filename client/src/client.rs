@@ -100,6 +100,14 @@ pub struct ConnectOptions {
     /// behind, counted against the coordinator's open bound until they are
     /// dropped unused (30 s).
     pub tid_pool: usize,
+    /// Whether a transaction begun by this client declares its operations
+    /// (PROTOCOL.md rule 2's second design, [`crate::Txn`]): its operations
+    /// are answered without waiting for their participant to enlist, and
+    /// its commit declares them. On by default; the environment variable
+    /// `TWOPC_DECLARE=0` turns it off (every first operation at a
+    /// participant then waits for its enlistment, as a transaction attached
+    /// by tid always does), e.g. to compare the two in `twopc bench`.
+    pub declare: bool,
 }
 
 /// [`ConnectOptions::call_budget`]'s default.
@@ -113,6 +121,7 @@ impl Default for ConnectOptions {
             call_budget: DEFAULT_CALL_BUDGET,
             sizes: SizeLimits::default(),
             tid_pool: 0,
+            declare: std::env::var("TWOPC_DECLARE").map_or(true, |v| v.trim() != "0"),
         }
     }
 }
@@ -281,6 +290,12 @@ impl Client {
     /// Starts a transaction. `None` (or zero) takes the server's default
     /// timeout; the server caps it at its maximum.
     ///
+    /// Its operations are declared at commit ([`ConnectOptions::declare`],
+    /// see [`Txn`]): only this process (this `Txn` and its clones) can
+    /// commit it. For a tid other processes will work on and commit by tid
+    /// (the CLI's `begin`, then `put --tid`, `commit --tid`), use
+    /// [`Client::begin_shared`].
+    ///
     /// With a pool ([`ConnectOptions::tid_pool`]) and the default timeout,
     /// the tid usually comes from the pool, without a round trip; its local
     /// deadline starts now (see `crate::pool`).
@@ -291,6 +306,18 @@ impl Client {
         {
             return Ok(txn);
         }
+        self.begin_with(timeout, self.inner.options.declare).await
+    }
+
+    /// Starts a transaction that any process may attach to by tid and
+    /// commit: its participants enlist before answering (see [`Txn`]), so
+    /// nothing needs declaring. Slower than [`Client::begin`]'s. (Never
+    /// from the pool: the pool's tids declare as this client does.)
+    pub async fn begin_shared(&self, timeout: Option<Duration>) -> Result<Txn, ClientError> {
+        self.begin_with(timeout, false).await
+    }
+
+    async fn begin_with(&self, timeout: Option<Duration>, declares: bool) -> Result<Txn, ClientError> {
         let timeout_ms = timeout.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let client = self.clone();
         let send = move |requests: Vec<pb::BeginRequest>| {
@@ -326,7 +353,7 @@ impl Client {
         // The deadline is timed on this machine's monotonic clock from here
         // (see `twopc_proto::clock`): the coordinator's clock may differ.
         let asked = std::time::Instant::now();
-        let resp = self.inner.begins.call(pb::BeginRequest { timeout_ms }, send).await.map_err(|s| {
+        let resp = self.inner.begins.call(pb::BeginRequest { timeout_ms, declares }, send).await.map_err(|s| {
             match FollowError::from_status(s) {
                 Ok(e) => self.follow_error(e),
                 // An item's own refusal, or the batcher's.
@@ -337,6 +364,9 @@ impl Client {
             .map_err(|e| Status::unknown(format!("the coordinator returned a malformed tid {:?}: {e}", resp.tid)))?;
         let mut txn = self.txn(tid, resp.deadline_unix_ms);
         txn.expires = resp.remaining_ms.map(|left| asked + Duration::from_millis(left));
+        // Declared operations need the time left, which only a coordinator
+        // that sends remaining_ms gives; an older one gets enlist-first.
+        txn.declaring = declares && txn.expires.is_some();
         Ok(txn)
     }
 
@@ -372,6 +402,9 @@ impl Client {
         };
         let mut txn = self.txn(pooled.tid, twopc_proto::now_unix_ms() + pooled.timeout.as_millis() as u64);
         txn.expires = Some(Instant::now() + pooled.timeout);
+        // The block was reserved declaring as this client does (see
+        // `refill`), and the pooled tid knows its time left.
+        txn.declaring = self.inner.options.declare;
         Some(txn)
     }
 
@@ -380,7 +413,7 @@ impl Client {
     /// coordinator until it is dropped unused.
     async fn refill(&self, refill: crate::pool::Refill) {
         let asked = Instant::now();
-        let req = pb::BeginBlockRequest { timeout_ms: 0, count: refill.count };
+        let req = pb::BeginBlockRequest { timeout_ms: 0, count: refill.count, declares: self.inner.options.declare };
         let resp = self
             .coordinator_call("BeginBlock", self.policy(), Retry::UntouchedOnly, |mut c| async move {
                 c.begin_block(req).await
@@ -598,6 +631,12 @@ impl Client {
         self.lookup(p)?.ok_or_else(|| {
             ClientError::Unavailable(format!("partition {p} has no registered participant; is it running?"))
         })
+    }
+
+    /// The partition that owns `key` (None before any topology is known).
+    pub(crate) fn partition_of(&self, key: &[u8]) -> Option<u32> {
+        let partitions = self.routes().topology.partitions;
+        (partitions > 0).then(|| partition_for(key, partitions))
     }
 
     async fn route_key(&self, key: &[u8]) -> Result<Route, ClientError> {

@@ -1,10 +1,29 @@
 //! One transaction, by tid.
 //!
-//! A `Txn` holds no state beyond its tid: the participants hold the locks
-//! and writes, and enlist themselves with the coordinator (PROTOCOL.md rule
-//! 2), so commit needs no list of touched partitions and a clone, or another
-//! process attached by tid, is the same transaction. `commit` is safe to
-//! repeat.
+//! The participants hold the locks and writes; the coordinator must know
+//! every one of them before it decides (PROTOCOL.md rule 2). Two ways, and
+//! a `Txn` takes one for its whole life:
+//! - **Declared** (a `Txn` from [`crate::Client::begin`], unless
+//!   [`crate::ConnectOptions::declare`] is off): the library is part of the
+//!   protocol. Every operation is sent `declared`, with the time left until
+//!   the deadline, and its participant answers without waiting to enlist
+//!   (it enlists in the background). The library counts, per partition,
+//!   the operations that succeeded, in one place (`operate_once`, which
+//!   every operation goes through, alone or several at once), and
+//!   `commit` declares those counts: the coordinator prepares every
+//!   declared partition and every enlisted one, aborts if one enlisted was
+//!   not declared, and each participant votes NO if it applied another
+//!   number (e.g. it restarted between two operations). Clones share the
+//!   counts; another process cannot commit such a tid (`twopc commit
+//!   --tid` is refused: it could not know the counts), only abort it.
+//! - **Enlist first** (a `Txn` attached by tid with [`crate::Client::txn`],
+//!   e.g. the CLI's `put --tid`): each participant enlists with the
+//!   coordinator before it answers the tid's first operation there, so
+//!   commit needs no list of touched partitions and another process
+//!   attached by the same tid is the same transaction. Slower: the first
+//!   operation at each participant waits for the enlistment's round trip.
+//!
+//! `commit` is safe to repeat.
 //!
 //! **A failed operation aborts the transaction.** The caller meant the whole
 //! write set; committing what is left after one operation failed would
@@ -68,6 +87,7 @@
 //! must wait for a lock), so a run is exactly the same transaction as its
 //! operations awaited one by one, minus the waiting.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -176,11 +196,38 @@ pub struct Txn {
     /// The first operation that failed, in words: the transaction is
     /// aborted (see the module docs), and this is its reason.
     failed: Arc<Mutex<Option<String>>>,
+    /// Whether its operations are declared (see the module docs): begun by
+    /// this client with declaration on, and the deadline's time left known.
+    pub(crate) declaring: bool,
+    /// Declared: the operations that succeeded, per partition (see the
+    /// module docs). Shared by clones.
+    counts: Arc<Mutex<BTreeMap<u32, u64>>>,
+    /// `commit` was called: later operations are refused here. (A declared
+    /// operation of a tid its participant has finished and forgotten
+    /// would be taken there as a new one, answered, and only then dropped
+    /// when its enlistment is refused.)
+    commit_asked: Arc<AtomicBool>,
 }
 
 impl Txn {
     pub(crate) fn new(client: Client, tid: Uuid, deadline_unix_ms: u64) -> Self {
-        Txn { client, tid, deadline_unix_ms, expires: None, wrote: Arc::default(), failed: Arc::default() }
+        Txn {
+            client,
+            tid,
+            deadline_unix_ms,
+            expires: None,
+            wrote: Arc::default(),
+            failed: Arc::default(),
+            declaring: false,
+            counts: Arc::default(),
+            commit_asked: Arc::default(),
+        }
+    }
+
+    /// Whether this transaction's operations are declared at commit (see
+    /// the module docs): false for one attached by tid.
+    pub fn declares(&self) -> bool {
+        self.declaring
     }
 
     /// The failed operation that aborted this transaction, if one did.
@@ -338,6 +385,13 @@ impl Txn {
             )
             .into());
         }
+        if self.commit_asked.load(Ordering::Relaxed) {
+            return Err(tonic::Status::failed_precondition(format!(
+                "tid {}: commit was asked on this handle: no more operations are accepted after commit",
+                self.tid
+            ))
+            .into());
+        }
         let result = self.operate_once(kind, key, value).await;
         if let Err(e) = &result
             && e.code() != tonic::Code::InvalidArgument
@@ -365,12 +419,58 @@ impl Txn {
         result
     }
 
+    /// Runs one operation ([`Txn::send_once`]) and, for a declared
+    /// transaction, counts it for its partition if it succeeded: the one
+    /// place operations are counted (see the module docs), so every path
+    /// that runs operations must come through here.
+    async fn operate_once(&self, kind: Kind, key: &[u8], value: Vec<u8>) -> Result<pb::OperationResult, ClientError> {
+        let done = self.send_once(kind, key, value).await;
+        if done.is_ok()
+            && self.declaring
+            && let Some(p) = self.client.partition_of(key)
+        {
+            *self.counts.lock().unwrap_or_else(|e| e.into_inner()).entry(p).or_default() += 1;
+        }
+        done
+    }
+
+    /// What a declared operation carries: `(declared, remaining_ms)`.
+    fn declaration_fields(&self) -> (bool, u64) {
+        match (self.declaring, self.expires) {
+            (true, Some(expires)) => {
+                let left = expires.saturating_duration_since(Instant::now()).as_millis();
+                // At least 1: 0 means "not said"; a tid that is out of time
+                // is then aborted at the participant for its deadline.
+                (true, u64::try_from(left).unwrap_or(u64::MAX).max(1))
+            }
+            _ => (false, 0),
+        }
+    }
+
     /// Sends the operation batched with other transactions' operations; if
     /// it has to wait for a lock (a batch never waits), resends it alone
     /// with its unary call, which waits.
-    async fn operate_once(&self, kind: Kind, key: &[u8], value: Vec<u8>) -> Result<pb::OperationResult, ClientError> {
+    async fn send_once(&self, kind: Kind, key: &[u8], value: Vec<u8>) -> Result<pb::OperationResult, ClientError> {
         let tid = self.tid.to_string();
-        let op = pb::Operation { tid: tid.clone(), kind: kind as i32, key: key.to_vec(), value: value.clone() };
+        // A declared operation carries the time left: once it has run out
+        // the participant could not tell (it would take a fresh tid with
+        // the 1 ms we would send), so the library says it, as a
+        // participant would.
+        if self.declaring && self.expires.is_some_and(|e| Instant::now() >= e) {
+            return Err(tonic::Status::aborted(format!(
+                "tid {tid} aborted: its deadline passed (the timeout given at begin ran out); retry the transaction"
+            ))
+            .into());
+        }
+        let (declared, remaining_ms) = self.declaration_fields();
+        let op = pb::Operation {
+            tid: tid.clone(),
+            kind: kind as i32,
+            key: key.to_vec(),
+            value: value.clone(),
+            declared,
+            remaining_ms,
+        };
         // A batch never waits for a lock, so its answer is prompt even when
         // this handle does not know the deadline (attached by tid, e.g. the
         // CLI's `put --tid`): bounded then too, so that a frozen participant
@@ -382,9 +482,17 @@ impl Txn {
         }
         let limit = self.limit();
         let key_vec = key.to_vec();
+        // The repeat's own time left (it may be later than the batch's).
+        let (declared, remaining_ms) = self.declaration_fields();
         match kind {
             Kind::Get | Kind::GetForUpdate => {
-                let req = pb::GetRequest { tid, key: key_vec, for_update: kind == Kind::GetForUpdate };
+                let req = pb::GetRequest {
+                    tid,
+                    key: key_vec,
+                    for_update: kind == Kind::GetForUpdate,
+                    declared,
+                    remaining_ms,
+                };
                 let r = self
                     .client
                     .on_key(key, false, limit, move |mut c| {
@@ -397,8 +505,8 @@ impl Txn {
             Kind::Unspecified => Err(ClientError::InvalidArgument("operation kind is missing".into())),
             Kind::Put | Kind::Delete => {
                 let (put, del) = (
-                    pb::PutRequest { tid: tid.clone(), key: key_vec.clone(), value },
-                    pb::DeleteRequest { tid, key: key_vec },
+                    pb::PutRequest { tid: tid.clone(), key: key_vec.clone(), value, declared, remaining_ms },
+                    pb::DeleteRequest { tid, key: key_vec, declared, remaining_ms },
                 );
                 self.client
                     .on_key(key, false, limit, move |mut c| {
@@ -442,6 +550,7 @@ impl Txn {
     /// coordinator's reason (the operation's error, or the participant's
     /// own cause when it aborted the tid first).
     pub async fn commit(&self) -> Result<Outcome, ClientError> {
+        self.commit_asked.store(true, Ordering::Relaxed);
         if let Some(why) = self.failed_operation() {
             return self.aborted_after_failure(why).await;
         }
@@ -451,7 +560,18 @@ impl Txn {
     /// The Commit call, following the leader (see [`Txn::commit`]).
     async fn commit_now(&self) -> Result<Outcome, ClientError> {
         let started = Instant::now();
-        let req = pb::CommitRequest { tid: self.tid.to_string(), wrote: self.wrote.load(Ordering::Relaxed) };
+        let declaration: Vec<pb::DeclaredPartition> = if self.declaring {
+            let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            counts.iter().map(|(&partition, &operations)| pb::DeclaredPartition { partition, operations }).collect()
+        } else {
+            vec![]
+        };
+        let req = pb::CommitRequest {
+            tid: self.tid.to_string(),
+            wrote: self.wrote.load(Ordering::Relaxed),
+            declared: self.declaring,
+            declaration,
+        };
         let mut cut_off = match self.commit_once(&req, self.client.commit_policy_since(started)).await {
             Ok(outcome) => return outcome,
             Err(e @ FollowError::Uncertain { .. }) => self.client.follow_error(e),

@@ -52,7 +52,7 @@ use twopc_proto::{Backoff, clock, failpoint};
 
 use crate::decision_log::{DecisionLog, LogError};
 use crate::leadership::Leadership;
-use crate::peers::Peers;
+use crate::peers::{PeerTid, Peers};
 
 /// Timeouts the driver uses.
 #[derive(Debug, Clone)]
@@ -231,7 +231,8 @@ impl Driver {
                 })
                 .collect())
         };
-        match self.peer_call(tid, p, batcher, self.timeouts.prepare, rpc).await {
+        let declared = self.declared(tid, p);
+        match self.peer_call(tid, p, declared, batcher, self.timeouts.prepare, rpc).await {
             Err(e) => Vote::Failed(e),
             Ok(resp) => match pb::Vote::try_from(resp.vote) {
                 Ok(pb::Vote::Yes) => Vote::Yes,
@@ -250,7 +251,8 @@ impl Driver {
         &self,
         tid: Tid,
         p: PartitionId,
-        batcher: Arc<Batcher<String, T>>,
+        declared: u64,
+        batcher: Arc<Batcher<PeerTid, T>>,
         limit: Duration,
         rpc: F,
     ) -> Result<T, String>
@@ -273,14 +275,14 @@ impl Driver {
             let _slot = slots.acquire().await;
             // The participant is looked up at each send: a batch loop may
             // outlive a re-registration at a new address.
-            let send = move |tids: Vec<String>| {
+            let send = move |items: Vec<PeerTid>| {
                 let (client, rpc) = (peers.client(p), rpc.clone());
                 async move {
                     let c = client.ok_or_else(|| Status::unavailable(format!("partition {p} is not registered")))?;
-                    rpc(c, pb::TidBatch { tids }).await
+                    rpc(c, PeerTid::batch(items)).await
                 }
             };
-            batcher.call(tid.to_string(), send).await
+            batcher.call(PeerTid { tid: tid.to_string(), declared }, send).await
         };
         match tokio::time::timeout(limit, call).await {
             Ok(Ok(answer)) => Ok(answer),
@@ -308,7 +310,11 @@ impl Driver {
         }
         let written = match &record {
             Record::Commit(parts) => self.log.force_commit(tid, parts.clone()).await,
-            Record::Delegated(p) => self.log.force_delegation(tid, *p).await,
+            // With the declared count, so that recovery can send it again.
+            Record::Delegated(p) => {
+                let declared = self.state().core.declared_count(tid, *p);
+                self.log.force_delegation_declared(tid, *p, declared).await
+            }
         };
         match written {
             Ok(()) => self.disk.succeeded(),
@@ -363,7 +369,8 @@ impl Driver {
             let resp = c.commit_one_phase_batch(tids).await?.into_inner();
             Ok(resp.results.into_iter().map(|r| batch::item(r.code, r.message.clone(), || r)).collect())
         };
-        let r = self.peer_call(tid, p, batcher, self.timeouts.resolve_rpc, rpc).await?;
+        let declared = self.declared(tid, p);
+        let r = self.peer_call(tid, p, declared, batcher, self.timeouts.resolve_rpc, rpc).await?;
         Ok(if r.committed {
             Outcome::Committed
         } else {
@@ -433,7 +440,15 @@ impl Driver {
             let resp = if commit { c.commit_batch(tids).await? } else { c.abort_batch(tids).await? };
             Ok(resp.into_inner().results.into_iter().map(|r| batch::item(r.code, r.message, || ())).collect())
         };
-        self.peer_call(tid, p, batcher, self.timeouts.resolve_rpc, rpc).await
+        self.peer_call(tid, p, 0, batcher, self.timeouts.resolve_rpc, rpc).await
+    }
+
+    /// The count of operations `tid`'s client declared at `p` (0: none), for
+    /// its Prepare or CommitOnePhase (`twopc_core::coordinator`, declared
+    /// commits). A one-phase commit recovered from the log has none: the
+    /// participant answers what it did.
+    fn declared(&self, tid: Tid, p: PartitionId) -> u64 {
+        self.state().core.declared_count(tid, p).unwrap_or(0)
     }
 
     /// Aborts abandoned transactions at their deadline, forever.

@@ -39,6 +39,14 @@ pub enum CoordinatorError {
     /// was aborted (its reason says so too).
     #[error("tid {tid} aborted: {reason}")]
     DiskFull { tid: Tid, reason: String },
+    /// A commit without a declaration of a tid whose client declares its
+    /// operations (`twopc_core::coordinator`, declared commits).
+    #[error(
+        "tid {0} was begun by a client that declares its operations at commit, and this commit declares none: \
+         operations acknowledged before their participant enlisted could be left out; commit it from the process \
+         that began it, or abort it (twopc abort {0})"
+    )]
+    MustDeclare(Tid),
 }
 
 /// The metadata key of a refusal that is an outcome (`forgotten`), see
@@ -67,6 +75,7 @@ impl From<CoordinatorError> for Status {
             CoordinatorError::NotRegistered(_) => Status::failed_precondition(msg),
             CoordinatorError::Unavailable(_) => Status::unavailable(msg),
             CoordinatorError::DiskFull { .. } => Status::resource_exhausted(msg),
+            CoordinatorError::MustDeclare(_) => Status::failed_precondition(msg),
         }
     }
 }
@@ -82,6 +91,7 @@ impl CoordinatorError {
             Refusal::AlreadyCommitted => CoordinatorError::AlreadyCommitted(tid),
             Refusal::TooManyOpen(n) => CoordinatorError::TooManyOpen(n),
             Refusal::Delegated(partition) => CoordinatorError::Delegated { tid, partition },
+            Refusal::MustDeclare => CoordinatorError::MustDeclare(tid),
         }
     }
 }

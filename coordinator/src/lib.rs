@@ -267,9 +267,10 @@ impl Shell {
             tracing::debug!(%tid, ?partitions, "recovery: re-driving phase 2 of a logged COMMIT");
             redo.extend(core.recover_commit(*tid, partitions, now));
         }
+        let counts: std::collections::HashMap<_, _> = recovered.delegated_counts.iter().copied().collect();
         for &(tid, partition) in &recovered.delegated {
             tracing::debug!(%tid, partition, "recovery: asking the participant a one-phase commit was delegated to");
-            redo.extend(core.recover_delegated(tid, partition, now));
+            redo.extend(core.recover_delegated_declared(tid, partition, now, counts.get(&tid).copied()));
         }
         tracing::info!(
             unfinished = recovered.unfinished.len(),

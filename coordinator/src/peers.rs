@@ -40,10 +40,32 @@ pub struct Peers {
 /// Prepare, commit, abort and one-phase commit calls to one participant, each batched
 /// ([`twopc_proto::batch`]): one RPC carries every tid queued meanwhile.
 pub struct PeerBatchers {
-    pub prepare: Arc<Batcher<String, pb::PrepareResponse>>,
-    pub commit: Arc<Batcher<String, ()>>,
-    pub abort: Arc<Batcher<String, ()>>,
-    pub one_phase: Arc<Batcher<String, pb::OnePhaseResult>>,
+    pub prepare: Arc<Batcher<PeerTid, pb::PrepareResponse>>,
+    pub commit: Arc<Batcher<PeerTid, ()>>,
+    pub abort: Arc<Batcher<PeerTid, ()>>,
+    pub one_phase: Arc<Batcher<PeerTid, pb::OnePhaseResult>>,
+}
+
+/// One tid of a batch to a participant, with the count of operations its
+/// client declared there (0: not declared): `TidBatch.tids` and
+/// `TidBatch.declared_operations` are built from these. A prost message
+/// only so that the batcher can size it.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PeerTid {
+    #[prost(string, tag = "1")]
+    pub tid: String,
+    #[prost(uint64, tag = "2")]
+    pub declared: u64,
+}
+
+impl PeerTid {
+    /// The batch these items make: declared counts only if any is set, so
+    /// a batch without declarations is what older participants expect.
+    pub fn batch(items: Vec<PeerTid>) -> pb::TidBatch {
+        let declared_operations =
+            if items.iter().any(|i| i.declared > 0) { items.iter().map(|i| i.declared).collect() } else { vec![] };
+        pb::TidBatch { tids: items.into_iter().map(|i| i.tid).collect(), declared_operations }
+    }
 }
 
 /// Most tids in one batch RPC, and batch RPCs in flight per kind and participant.

@@ -74,7 +74,11 @@ impl CoordinatorService {
         // On this process's deadline clock (`twopc_proto::clock`).
         let now = clock::now_ms();
         let deadline = now + timeout.as_millis() as u64;
-        self.driver.state().core.begin(tid, now, deadline).map_err(|r| CoordinatorError::from_refusal(tid, r))?;
+        self.driver
+            .state()
+            .core
+            .begin_declaring(tid, now, deadline, req.declares)
+            .map_err(|r| CoordinatorError::from_refusal(tid, r))?;
         tracing::debug!(%tid, deadline, "begun");
         metrics::counter!("twopc_transactions_begun_total").increment(1);
         Ok(pb::BeginResponse {
@@ -104,7 +108,7 @@ impl CoordinatorService {
         self.driver
             .state()
             .core
-            .reserve(&tids, clock::now_ms(), timeout_ms)
+            .reserve(&tids, clock::now_ms(), timeout_ms, req.declares)
             .map_err(|r| CoordinatorError::from_refusal(tids[0], r))?;
         metrics::counter!("twopc_begin_blocks_total").increment(1);
         metrics::counter!("twopc_tids_reserved_total").increment(count as u64);
@@ -134,6 +138,33 @@ impl CoordinatorService {
         self.driver.apply(|c| ((), c.abort_requested(tid, reason.clone()).unwrap_or_default()));
         self.driver.disk.refused();
         Err(CoordinatorError::DiskFull { tid, reason: reason.detail })
+    }
+
+    /// A Commit's declaration (`CommitRequest.declared`), checked: `None`
+    /// when it declares nothing.
+    fn declaration(
+        &self,
+        req: &pb::CommitRequest,
+    ) -> Result<Option<std::collections::BTreeMap<u32, u64>>, CoordinatorError> {
+        if !req.declared {
+            if !req.declaration.is_empty() {
+                return Err(CoordinatorError::InvalidArgument(
+                    "declaration is set but declared is false: set declared to declare the operations".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        let mut map = std::collections::BTreeMap::new();
+        for d in &req.declaration {
+            self.check_partition(d.partition)?;
+            if map.insert(d.partition, d.operations).is_some() {
+                return Err(CoordinatorError::InvalidArgument(format!(
+                    "partition {} is declared twice: declare each partition once, with its count of operations",
+                    d.partition
+                )));
+            }
+        }
+        Ok(Some(map))
     }
 
     /// Rule 2, for one enlistment (unary or inside a batch).
@@ -226,6 +257,7 @@ impl CoordinatorRpc for CoordinatorService {
         let started = std::time::Instant::now();
         let req = req.into_inner();
         let tid = tid::parse(&req.tid)?;
+        let declaration = self.declaration(&req)?;
         if req.wrote {
             self.refuse_if_disk_full(tid)?;
         }
@@ -233,7 +265,7 @@ impl CoordinatorRpc for CoordinatorService {
         // commit's latency: the histogram counts transactions, not replies.
         let mut repeat = false;
         let rx = match self.driver.apply_and_wait(tid, |c| {
-            let actions = c.commit_requested(tid, clock::now_ms(), req.wrote)?;
+            let actions = c.commit_declared(tid, clock::now_ms(), req.wrote, declaration.as_ref())?;
             repeat = actions.iter().any(|a| matches!(a, Action::Reply(..)))
                 && !actions.iter().any(|a| matches!(a, Action::Decided(..)));
             Ok(actions)

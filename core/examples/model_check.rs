@@ -32,6 +32,7 @@ fn main() {
         volatile_mark: false,
         forgetting: !args.iter().any(|a| a == "no-forgetting"),
         max_states: get(7, 20_000_000) as usize,
+        declared: None,
     };
     let r = check(&cfg);
     println!(

@@ -5,7 +5,11 @@
 //!    after a crash, which is why recovery only ever sees COMMIT records.
 //! 2. `enlist` is accepted only while the tid is active; a participant that
 //!    enlists again with a different incarnation lost the tid's state, so the
-//!    tid aborts.
+//!    tid aborts. Exception (the declared design, below): a partition the
+//!    client's commit declared is already in the tid when its background
+//!    enlistment lands; that enlistment is accepted during prepare (and a
+//!    delegated one-phase commit) too, so the participant does not abort
+//!    an operation it is about to vote on.
 //! 3. `commit_requested` sends Prepare to every enlisted partition.
 //! 4. The votes decide. All YES/READ_ONLY gives [`Action::ForceCommit`]: the
 //!    decision is COMMIT only once the shell reports the record durable
@@ -87,6 +91,33 @@
 //! While delegated, the tid answers PENDING and refuses an abort. The
 //! record is marked finished (commit) or dropped (abort) unforced: if that
 //! is lost, recovery asks again and gets the same answer (rule 11).
+//!
+//! **Declared commits** (PROTOCOL.md rule 2's second design): a client that
+//! begins a tid with `declares` ([`Coordinator::begin_declaring`]) sends its
+//! operations without waiting for the participants to enlist, and its
+//! commit declares every partition it had operations acknowledged by, with
+//! its count of them ([`Coordinator::commit_declared`]). Then:
+//! - the prepare set is the declared partitions ∪ the enlisted ones; a
+//!   declared partition that has not enlisted yet is added (the
+//!   declaration is the authority; its participant, not knowing the tid,
+//!   votes NO);
+//! - a partition enlisted but not declared aborts the tid at once
+//!   ([`AbortKind::DeclarationMismatch`]): it holds operations the client
+//!   did not count, and committing without them would commit part of the
+//!   transaction;
+//! - each Prepare (or CommitOnePhase) carries the declared count
+//!   ([`Coordinator::declared_count`]), and the participant votes NO if it
+//!   applied a different number;
+//! - a commit without a declaration of a tid begun with `declares` is
+//!   refused ([`Refusal::MustDeclare`]): another process (e.g. `twopc
+//!   commit --tid`) cannot know the operations whose enlistment has not
+//!   landed yet, so it could commit part of the transaction.
+//!
+//! A client that under-declares breaks the protocol; a partition it left
+//! out never commits the tid (it is never prepared), and the tid aborts if
+//! that partition's enlistment landed before the decision, as it nearly
+//! always has; an enlistment that lands after the decision is refused and
+//! the participant aborts its part.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -191,6 +222,9 @@ pub struct Reserved {
     pub reserved_at: Millis,
     /// The tid's timeout, started at its first use.
     pub timeout: Millis,
+    /// Whether the client that asked for the block declares its
+    /// operations at commit (as `begin_declaring`'s `declares`).
+    pub declares: bool,
 }
 
 /// Why an event was refused.
@@ -214,6 +248,9 @@ pub enum Refusal {
     /// decisions (rule 6): it may have committed, so neither a commit nor
     /// an abort of it can be answered.
     Forgotten,
+    /// A commit without a declaration of a tid begun by a client that
+    /// declares its operations (see the module docs).
+    MustDeclare,
 }
 
 /// Per-partition progress inside one tid.
@@ -269,8 +306,18 @@ impl Phase {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Part {
+    /// The participant's incarnation (0: not enlisted yet, only declared,
+    /// or read back from the log).
     pub incarnation: u64,
     pub state: PartState,
+    /// The client's declared count of operations here (`None`: not declared).
+    pub declared: Option<u64>,
+}
+
+impl Part {
+    fn enlisted(incarnation: u64) -> Self {
+        Part { incarnation, state: PartState::Enlisted, declared: None }
+    }
 }
 
 /// One live transaction.
@@ -280,6 +327,9 @@ pub struct Txn {
     pub deadline: Millis,
     pub begun_at: Millis,
     pub parts: BTreeMap<PartitionId, Part>,
+    /// Begun by a client that declares its operations: its commit must
+    /// carry a declaration (see the module docs).
+    pub declares: bool,
 }
 
 /// The coordinator's protocol state.
@@ -310,6 +360,9 @@ pub struct Coordinator {
     /// `false` only to re-inject the bug the mark fixes (the model
     /// checker's test): forgotten tids are then answered ABORTED.
     honest_forgotten: bool,
+    /// `false` only to re-inject a bug for the model checker's test: a
+    /// partition enlisted but not declared does not abort the commit.
+    check_undeclared: bool,
 }
 
 impl Coordinator {
@@ -329,7 +382,16 @@ impl Coordinator {
             started_at: 0,
             forgotten_through: None,
             honest_forgotten: true,
+            check_undeclared: true,
         }
+    }
+
+    /// For the model checker's test only: ignore enlisted partitions that a
+    /// declared commit left out (the bug it must catch).
+    #[doc(hidden)]
+    pub fn without_undeclared_check(mut self) -> Self {
+        self.check_undeclared = false;
+        self
     }
 
     /// For the model checker's test only: answer a forgotten tid ABORTED,
@@ -413,14 +475,15 @@ impl Coordinator {
     /// Reserves a block of new tids (see the module docs): all of them, or
     /// none when they do not fit the open-transaction bound (live and
     /// reserved tids count alike) or the block is over [`MAX_BLOCK`].
-    /// Each gets `timeout` from its first use.
-    pub fn reserve(&mut self, tids: &[Tid], now: Millis, timeout: Millis) -> Result<(), Refusal> {
+    /// Each gets `timeout` from its first use; `declares` as in
+    /// [`Coordinator::begin_declaring`].
+    pub fn reserve(&mut self, tids: &[Tid], now: Millis, timeout: Millis, declares: bool) -> Result<(), Refusal> {
         if tids.len() > MAX_BLOCK || self.open_count() + tids.len() > self.max_open {
             return Err(Refusal::TooManyOpen(self.max_open));
         }
         for &tid in tids {
             if !self.live.contains_key(&tid) {
-                self.reserved.insert(tid, Reserved { reserved_at: now, timeout });
+                self.reserved.insert(tid, Reserved { reserved_at: now, timeout, declares });
             }
         }
         Ok(())
@@ -436,17 +499,31 @@ impl Coordinator {
     fn first_use(&mut self, tid: Tid, now: Millis) {
         if let Some(r) = self.reserved.remove(&tid) {
             let deadline = now.saturating_add(r.timeout);
-            self.live.insert(tid, Txn { phase: Phase::Active, deadline, begun_at: now, parts: BTreeMap::new() });
+            let declares = r.declares;
+            self.live
+                .insert(tid, Txn { phase: Phase::Active, deadline, begun_at: now, parts: BTreeMap::new(), declares });
         }
     }
 
     /// Rule 1: a new tid, active until `deadline`.
     pub fn begin(&mut self, tid: Tid, now: Millis, deadline: Millis) -> Result<(), Refusal> {
+        self.begin_declaring(tid, now, deadline, false)
+    }
+
+    /// Rule 1, for a client that says whether it `declares` its operations
+    /// at commit (see the module docs).
+    pub fn begin_declaring(&mut self, tid: Tid, now: Millis, deadline: Millis, declares: bool) -> Result<(), Refusal> {
         if self.open_count() >= self.max_open {
             return Err(Refusal::TooManyOpen(self.max_open));
         }
-        self.live.insert(tid, Txn { phase: Phase::Active, deadline, begun_at: now, parts: BTreeMap::new() });
+        self.live.insert(tid, Txn { phase: Phase::Active, deadline, begun_at: now, parts: BTreeMap::new(), declares });
         Ok(())
+    }
+
+    /// The client's declared count of operations at `partition` for `tid`
+    /// (`None`: not declared), for the Prepare or CommitOnePhase to carry.
+    pub fn declared_count(&self, tid: Tid, partition: PartitionId) -> Option<u64> {
+        self.live.get(&tid)?.parts.get(&partition)?.declared
     }
 
     /// Rule 2: a participant holds state for `tid`. Returns the deadline, and
@@ -465,6 +542,22 @@ impl Coordinator {
             None => return (Err(self.refusal_for_unknown(tid)), vec![]),
         };
         if txn.phase != Phase::Active {
+            // A declared partition's background enlistment landing after the
+            // commit began: it is already in the prepare set (module docs).
+            if let (Phase::Preparing | Phase::Delegating | Phase::Delegated, Some(p)) =
+                (txn.phase, txn.parts.get_mut(&partition))
+                && p.declared.is_some()
+                && (p.incarnation == 0 || p.incarnation == incarnation)
+            {
+                p.incarnation = incarnation;
+                return (Ok(txn.deadline), vec![]);
+            }
+            // Another incarnation of a partition in the prepare set lost the
+            // tid's earlier operations: while preparing, that aborts it now
+            // (with the real cause) rather than at its vote.
+            if txn.phase == Phase::Preparing && txn.parts.get(&partition).is_some_and(|p| p.incarnation != 0) {
+                return self.restarted(tid, partition);
+            }
             return (Err(Refusal::NotActive(txn.phase.name())), vec![]);
         }
         if now >= txn.deadline {
@@ -473,20 +566,24 @@ impl Coordinator {
             return (Err(Refusal::Aborted(why)), actions);
         }
         match txn.parts.get(&partition) {
-            Some(p) if p.incarnation != incarnation => {
-                let why = AbortReason::new(
-                    AbortKind::ParticipantRestarted,
-                    format!("partition {partition} restarted and lost this transaction's earlier operations"),
-                );
-                let actions = self.abort(tid, why.clone());
-                (Err(Refusal::Aborted(why)), actions)
-            }
+            Some(p) if p.incarnation != incarnation => self.restarted(tid, partition),
             Some(_) => (Ok(txn.deadline), vec![]),
             None => {
-                txn.parts.insert(partition, Part { incarnation, state: PartState::Enlisted });
+                txn.parts.insert(partition, Part::enlisted(incarnation));
                 (Ok(txn.deadline), vec![])
             }
         }
+    }
+
+    /// `partition` enlisted `tid` again under another incarnation: it
+    /// restarted and lost the tid's earlier operations, so the tid aborts.
+    fn restarted(&mut self, tid: Tid, partition: PartitionId) -> (Result<Millis, Refusal>, Vec<Action>) {
+        let why = AbortReason::new(
+            AbortKind::ParticipantRestarted,
+            format!("partition {partition} restarted and lost this transaction's earlier operations"),
+        );
+        let actions = self.abort(tid, why.clone());
+        (Err(Refusal::Aborted(why)), actions)
     }
 
     /// The client asks to commit (rules 3, 4, 11). `client_wrote` is the
@@ -499,6 +596,20 @@ impl Coordinator {
     /// `Ok(actions)` with no `Reply` means the outcome is not known yet: the
     /// shell waits for a later `Reply` for this tid.
     pub fn commit_requested(&mut self, tid: Tid, now: Millis, client_wrote: bool) -> Result<Vec<Action>, Refusal> {
+        self.commit_declared(tid, now, client_wrote, None)
+    }
+
+    /// The client asks to commit, as [`Coordinator::commit_requested`],
+    /// declaring (`Some`) the partitions it had operations acknowledged by
+    /// and its count of them (see the module docs; counts of 0 are
+    /// ignored), or not (`None`).
+    pub fn commit_declared(
+        &mut self,
+        tid: Tid,
+        now: Millis,
+        client_wrote: bool,
+        declaration: Option<&BTreeMap<PartitionId, u64>>,
+    ) -> Result<Vec<Action>, Refusal> {
         self.first_use(tid, now);
         let Some(txn) = self.live.get_mut(&tid) else {
             return match self.finished.get(&tid) {
@@ -519,6 +630,29 @@ impl Coordinator {
         }
         if now >= txn.deadline {
             return Ok(self.abort(tid, deadline_passed()));
+        }
+        match declaration {
+            None if txn.declares => return Err(Refusal::MustDeclare),
+            None => {}
+            Some(declared) => {
+                let declared: BTreeMap<PartitionId, u64> =
+                    declared.iter().filter(|(_, n)| **n > 0).map(|(&p, &n)| (p, n)).collect();
+                let undeclared: Vec<PartitionId> =
+                    txn.parts.keys().filter(|p| !declared.contains_key(p)).copied().collect();
+                if !undeclared.is_empty() && self.check_undeclared {
+                    let why = AbortReason::new(
+                        AbortKind::DeclarationMismatch,
+                        format!(
+                            "partition(s) {undeclared:?} hold operations of this transaction that the commit did \
+                             not declare (the committing client's count of its participants is wrong)"
+                        ),
+                    );
+                    return Ok(self.abort(tid, why));
+                }
+                for (p, n) in declared {
+                    txn.parts.entry(p).or_insert_with(|| Part::enlisted(0)).declared = Some(n);
+                }
+            }
         }
         if txn.parts.is_empty() {
             // Nothing was written anywhere: trivially committed, nothing to force.
@@ -562,8 +696,20 @@ impl Coordinator {
     /// Rule 7 for one-phase: an unfinished DELEGATED record read back at
     /// start. The participant is asked again; it answers what it did.
     pub fn recover_delegated(&mut self, tid: Tid, partition: PartitionId, now: Millis) -> Vec<Action> {
-        let parts = BTreeMap::from([(partition, Part { incarnation: 0, state: PartState::Enlisted })]);
-        self.live.insert(tid, Txn { phase: Phase::Delegated, deadline: now, begun_at: now, parts });
+        self.recover_delegated_declared(tid, partition, now, None)
+    }
+
+    /// As [`Coordinator::recover_delegated`], for a record that holds the
+    /// client's declared count (`Some`), which CommitOnePhase carries again.
+    pub fn recover_delegated_declared(
+        &mut self,
+        tid: Tid,
+        partition: PartitionId,
+        now: Millis,
+        declared: Option<u64>,
+    ) -> Vec<Action> {
+        let parts = BTreeMap::from([(partition, Part { declared, ..Part::enlisted(0) })]);
+        self.live.insert(tid, Txn { phase: Phase::Delegated, deadline: now, begun_at: now, parts, declares: false });
         vec![Action::SendCommitOnePhase(tid, partition)]
     }
 
@@ -749,8 +895,11 @@ impl Coordinator {
 
     /// Rule 7: an unfinished COMMIT record read back at start.
     pub fn recover_commit(&mut self, tid: Tid, partitions: &[PartitionId], now: Millis) -> Vec<Action> {
-        let parts = partitions.iter().map(|&p| (p, Part { incarnation: 0, state: PartState::VotedYes })).collect();
-        self.live.insert(tid, Txn { phase: Phase::Committing, deadline: now, begun_at: now, parts });
+        let parts = partitions
+            .iter()
+            .map(|&p| (p, Part { incarnation: 0, state: PartState::VotedYes, declared: None }))
+            .collect();
+        self.live.insert(tid, Txn { phase: Phase::Committing, deadline: now, begun_at: now, parts, declares: false });
         partitions.iter().map(|&p| Action::SendCommit(tid, p)).collect()
     }
 

@@ -1,8 +1,38 @@
 //! A participant's protocol state: per-tid write sets and the lock table.
 //!
 //! Rules kept here (PROTOCOL.md):
-//! 2. The shell enlists with the coordinator before the first operation of a
-//!    tid is acknowledged; [`Participant::enlisted`] records it.
+//! 2. Enlistment, in one of the two designs PROTOCOL.md allows, chosen per
+//!    operation by the client:
+//!    - enlist first: the shell enlists with the coordinator before the
+//!      first operation of a tid is acknowledged; [`Participant::enlisted`]
+//!      records it;
+//!    - declared: the client will declare this participant and its count of
+//!      operations in its commit. [`Participant::begin_declared`] creates the
+//!      tid's state at once, with the deadline the request carries (capped
+//!      at [`Limits::max_timeout_ms`]), marked *enlisting*; the shell sends
+//!      the enlistment in the background and reports its answer:
+//!      [`Participant::enlist_confirmed`] (under the term it was answered
+//!      in: an older one than heard of is a refusal), or
+//!      [`Participant::enlist_refused`] (tid unknown, aborted or decided at
+//!      the coordinator, another cluster, no answer), which aborts the tid
+//!      here if it has not voted (rule 10; it cannot have voted YES: a
+//!      prepare waits, [`PrepareStep::AwaitEnlistment`]). An enlisting tid
+//!      is not swept by a newer term ([`Participant::coordinator_term`]):
+//!      its term is the one its enlistment is answered in.
+//!
+//!    Either way every operation applied (a lock granted; an operation
+//!    refused, or told to wait, applied nothing) counts once per tid, and a
+//!    prepare or one-phase commit that carries the client's declared count
+//!    compares it: a different count aborts the tid here and votes NO
+//!    ([`AbortKind::DeclarationMismatch`]): e.g. this participant restarted
+//!    between two operations and holds only the later ones, or an operation
+//!    was sent by another process the declaring client knows nothing of. A
+//!    tid with a declared operation needs a count: without one (a one-phase
+//!    commit re-driven by a coordinator recovered from its log, whose
+//!    record holds no counts) it aborts too, never commits unchecked. A
+//!    read whose answer did not fit its batch answer is un-counted
+//!    ([`Participant::op_not_answered`]): the client repeats it alone, and
+//!    that repeat counts.
 //! 3. `prepare` of a tid with writes asks the shell to persist the write set
 //!    ([`PrepareStep::Persist`]); the vote is YES only after the shell
 //!    reports it durable ([`Participant::prepared_durable`]). A tid that only
@@ -72,11 +102,20 @@ pub struct Limits {
     pub in_doubt_after_ms: Millis,
     /// Cap of the backoff between questions.
     pub max_ask_interval_ms: Millis,
+    /// The longest a declared operation's deadline may be from now (its
+    /// request says how long the tid has left; this bounds a wrong one).
+    pub max_timeout_ms: Millis,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_ops_per_tid: 10_000, max_open_tids: 10_000, in_doubt_after_ms: 1_000, max_ask_interval_ms: 5_000 }
+        Self {
+            max_ops_per_tid: 10_000,
+            max_open_tids: 10_000,
+            in_doubt_after_ms: 1_000,
+            max_ask_interval_ms: 5_000,
+            max_timeout_ms: 300_000,
+        }
     }
 }
 
@@ -84,9 +123,16 @@ impl Default for Limits {
 enum State {
     Active {
         deadline: Millis,
+        /// Operations applied (see the module docs, rule 2).
         ops: usize,
         /// The coordinator term the enlistment was answered under.
         term: u64,
+        /// Declared: the enlistment was sent in the background and has not
+        /// been answered yet.
+        enlisting: bool,
+        /// A declared operation of it was applied here: its prepare or
+        /// one-phase commit must carry a declared count (module docs).
+        declared: bool,
     },
     /// Prepare asked; the write set is being made durable. `aborted`: an
     /// abort arrived meanwhile; the locks stay until the record, if it
@@ -163,6 +209,10 @@ pub enum PrepareStep {
     /// This tid's prepared record is being persisted by an earlier Prepare:
     /// ask again later.
     InProgress,
+    /// The tid's background enlistment has not been answered yet: wait for
+    /// it (the fence and term checks come with its answer), then prepare
+    /// again. Nothing changed.
+    AwaitEnlistment,
     Yes,
     ReadOnly,
     No(AbortReason),
@@ -193,6 +243,8 @@ pub enum OnePhaseStep {
     Aborted(AbortReason),
     /// The tid voted in two-phase commit here: a protocol error.
     Refused(&'static str),
+    /// As [`PrepareStep::AwaitEnlistment`].
+    AwaitEnlistment,
 }
 
 /// What to do with an Abort.
@@ -252,6 +304,9 @@ pub struct Participant {
     /// When this process started: an unknown tid begun before it was lost
     /// in a restart (0: unknown).
     started_at: Millis,
+    /// `false` only to re-inject the bug the declared count check prevents
+    /// (the model checker's mutation test).
+    check_counts: bool,
 }
 
 /// How many locally aborted tids are remembered.
@@ -268,7 +323,16 @@ impl Participant {
             aborted_order: VecDeque::new(),
             term: 0,
             started_at: 0,
+            check_counts: true,
         }
+    }
+
+    /// For the model checker's test only: skip the declared count check
+    /// (the bug it must catch).
+    #[doc(hidden)]
+    pub fn without_count_check(mut self) -> Self {
+        self.check_counts = false;
+        self
     }
 
     /// Records when this process started (its state before that is gone):
@@ -349,9 +413,125 @@ impl Participant {
         }
         self.tids.insert(
             tid,
-            TidEntry { state: State::Active { deadline, ops: 0, term }, writes: WriteSet::new(), locked: vec![] },
+            TidEntry {
+                state: State::Active { deadline, ops: 0, term, enlisting: false, declared: false },
+                writes: WriteSet::new(),
+                locked: vec![],
+            },
         );
         Ok(())
+    }
+
+    /// Rule 2, declared: a declared operation of `tid` arrived, with
+    /// `remaining_ms` left until its deadline. Returns whether the shell
+    /// must now send the enlistment in the background (the tid was new
+    /// here); a known tid needs nothing. An aborted tid is refused, as is
+    /// one that would pass `max_open_tids`.
+    pub fn begin_declared(&mut self, tid: Tid, remaining_ms: Millis, now: Millis) -> Result<bool, OpError> {
+        if let Some(entry) = self.tids.get_mut(&tid) {
+            if let State::Active { declared, .. } = &mut entry.state {
+                *declared = true;
+            }
+            return Ok(false);
+        }
+        if let Some(why) = self.aborted.get(&tid) {
+            return Err(OpError::AlreadyAborted(why.clone()));
+        }
+        if self.tids.len() >= self.limits.max_open_tids {
+            return Err(OpError::TooManyTids(self.limits.max_open_tids));
+        }
+        let deadline = now + remaining_ms.min(self.limits.max_timeout_ms);
+        let state = State::Active { deadline, ops: 0, term: self.term, enlisting: true, declared: true };
+        self.tids.insert(tid, TidEntry { state, writes: WriteSet::new(), locked: vec![] });
+        Ok(true)
+    }
+
+    /// Whether `tid`'s background enlistment is still unanswered.
+    pub fn enlisting(&self, tid: Tid) -> bool {
+        matches!(self.tids.get(&tid).map(|e| &e.state), Some(State::Active { enlisting: true, .. }))
+    }
+
+    /// The coordinator of `term` accepted `tid`'s background enlistment,
+    /// with `deadline` (on this clock): the earlier of it and the one the
+    /// request carried holds. Call [`Participant::coordinator_term`] with
+    /// the term first. An older term than heard of is a replaced
+    /// coordinator's answer: the tid aborts here (returned `Err`).
+    pub fn enlist_confirmed(&mut self, tid: Tid, deadline: Millis, term: u64) -> Result<(), OpError> {
+        if term < self.term {
+            let why = self.coordinator_replaced();
+            if self.enlisting(tid) {
+                self.abort_locally(tid, why);
+            }
+            return Err(OpError::CoordinatorReplaced);
+        }
+        if let Some(entry) = self.tids.get_mut(&tid)
+            && let State::Active { deadline: d, term: t, enlisting, .. } = &mut entry.state
+            && *enlisting
+        {
+            *d = (*d).min(deadline);
+            *t = term;
+            *enlisting = false;
+        }
+        Ok(())
+    }
+
+    /// `tid`'s background enlistment was refused, or never answered: if the
+    /// tid is still active here it aborts for `why` (rule 10: it has not
+    /// voted; a prepare waits for the answer). True if it did (the shell
+    /// releases its locks).
+    pub fn enlist_refused(&mut self, tid: Tid, why: AbortReason) -> bool {
+        if self.enlisting(tid) {
+            self.abort_locally(tid, why);
+            return true;
+        }
+        false
+    }
+
+    /// A counted read of `tid` whose answer did not fit its batch answer
+    /// (`OperationResult.must_wait`): the client repeats it alone, and the
+    /// repeat is the one that counts (rule 2, declared).
+    pub fn op_not_answered(&mut self, tid: Tid) {
+        if let Some(entry) = self.tids.get_mut(&tid)
+            && let State::Active { ops, .. } = &mut entry.state
+        {
+            *ops = ops.saturating_sub(1);
+        }
+    }
+
+    /// The operations applied for an active `tid` (rule 2), for tests and listings.
+    pub fn applied_ops(&self, tid: Tid) -> Option<usize> {
+        match self.tids.get(&tid).map(|e| &e.state) {
+            Some(State::Active { ops, .. }) => Some(*ops),
+            _ => None,
+        }
+    }
+
+    /// The declared count check (rule 2): `Some(why)` when the client
+    /// declared `declared` operations and `applied` differs, or when a tid
+    /// with declared operations (`was_declared`) comes without a count: a
+    /// coordinator that recovered a one-phase commit from its log (the
+    /// record has no counts), or one too old to send them. Aborting it then
+    /// is allowed (no YES was given; a one-phase answer is the decision),
+    /// and committing it unchecked is not.
+    fn declaration_mismatch(&self, declared: Option<u64>, applied: usize, was_declared: bool) -> Option<AbortReason> {
+        let Some(declared) = declared else {
+            return (was_declared && self.check_counts).then(|| {
+                AbortReason::new(
+                    AbortKind::DeclarationMismatch,
+                    "its operations were declared, but the commit carries no declared count to check them against (a \
+                     coordinator that restarted during a one-phase commit, or one too old to send counts)",
+                )
+            });
+        };
+        (declared != applied as u64 && self.check_counts).then(|| {
+            AbortReason::new(
+                AbortKind::DeclarationMismatch,
+                format!(
+                    "the client declared {declared} operation(s) here, but it applied {applied} (it restarted and \
+                     lost some, or another process sent operations the committing client did not count)"
+                ),
+            )
+        })
     }
 
     /// A read inside `tid`: takes a shared lock.
@@ -433,18 +613,30 @@ impl Participant {
         }
     }
 
-    /// Phase 1 (rule 3).
+    /// Phase 1 (rule 3), without a declared count.
     pub fn prepare(&mut self, tid: Tid, now: Millis) -> PrepareStep {
+        self.prepare_declared(tid, now, None)
+    }
+
+    /// Phase 1 (rule 3), with the client's declared count of operations
+    /// here (`None`: not declared, nothing to compare; rule 2).
+    pub fn prepare_declared(&mut self, tid: Tid, now: Millis, declared: Option<u64>) -> PrepareStep {
         let Some(entry) = self.tids.get_mut(&tid) else {
             return PrepareStep::No(self.lost(tid));
         };
         match entry.state {
-            State::Active { deadline, .. } => {
+            State::Active { enlisting: true, .. } => PrepareStep::AwaitEnlistment,
+            State::Active { deadline, ops, declared: was_declared, .. } => {
                 if now >= deadline {
                     let why = deadline_passed();
                     self.abort_locally(tid, why.clone());
                     return PrepareStep::No(why);
                 }
+                if let Some(why) = self.declaration_mismatch(declared, ops, was_declared) {
+                    self.abort_locally(tid, why.clone());
+                    return PrepareStep::No(why);
+                }
+                let entry = self.tids.get_mut(&tid).expect("checked above");
                 if entry.writes.is_empty() {
                     self.drop_tid(tid);
                     return PrepareStep::ReadOnly;
@@ -505,6 +697,21 @@ impl Participant {
 
     /// One-phase commit: the coordinator delegated the decision here.
     pub fn commit_one_phase(&mut self, tid: Tid, now: Millis) -> OnePhaseStep {
+        self.commit_one_phase_declared(tid, now, None)
+    }
+
+    /// One-phase commit with the client's declared count of operations
+    /// here (`None`: not declared; rule 2): a different count aborts.
+    pub fn commit_one_phase_declared(&mut self, tid: Tid, now: Millis, declared: Option<u64>) -> OnePhaseStep {
+        if self.enlisting(tid) {
+            return OnePhaseStep::AwaitEnlistment;
+        }
+        if let Some(State::Active { ops, declared: was_declared, .. }) = self.tids.get(&tid).map(|e| &e.state)
+            && let Some(why) = self.declaration_mismatch(declared, *ops, *was_declared)
+        {
+            self.abort_locally(tid, why.clone());
+            return OnePhaseStep::Aborted(why);
+        }
         let Some(entry) = self.tids.get_mut(&tid) else {
             if let Some(why) = self.aborted.get(&tid) {
                 return OnePhaseStep::Aborted(why.clone());
@@ -651,7 +858,8 @@ impl Participant {
         let stale: Vec<Tid> = self
             .tids
             .iter()
-            .filter(|(_, e)| matches!(e.state, State::Active { term: t, .. } if t < term))
+            // An enlisting tid's term is the one its answer comes in.
+            .filter(|(_, e)| matches!(e.state, State::Active { term: t, enlisting: false, .. } if t < term))
             .map(|(&t, _)| t)
             .collect();
         for &t in &stale {

@@ -59,11 +59,16 @@ pub enum AbortKind {
     /// or one-phase commit (the words say which). SQLite rolled the write
     /// back, so nothing of the tid was committed (`twopc_proto::disk_full`).
     DiskFull,
+    /// The client's commit declared other operations than the participants
+    /// hold (PROTOCOL.md rule 2, the declared design): a partition holds
+    /// operations it did not declare, or a participant applied a different
+    /// number than declared (e.g. it restarted between operations).
+    DeclarationMismatch,
 }
 
 impl AbortKind {
     /// Every kind, in a fixed order (documentation, tests).
-    pub const ALL: [AbortKind; 13] = [
+    pub const ALL: [AbortKind; 14] = [
         AbortKind::Conflict,
         AbortKind::Deadline,
         AbortKind::WriteFailed,
@@ -77,6 +82,7 @@ impl AbortKind {
         AbortKind::Unknown,
         AbortKind::Other,
         AbortKind::DiskFull,
+        AbortKind::DeclarationMismatch,
     ];
 
     /// The label value (`reason="..."`) and the name printed by the CLI.
@@ -95,6 +101,7 @@ impl AbortKind {
             AbortKind::Unknown => "unknown",
             AbortKind::Other => "other",
             AbortKind::DiskFull => "disk_full",
+            AbortKind::DeclarationMismatch => "declaration_mismatch",
         }
     }
 }

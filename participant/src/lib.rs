@@ -98,6 +98,11 @@ pub struct Config {
     pub max_ops_per_tid: usize,
     #[arg(long, env = "TWOPC_MAX_OPEN_TIDS", default_value_t = 10_000, value_parser = preflight::count())]
     pub max_open_tids: usize,
+    /// Longest deadline a declared operation may give a tid this
+    /// participant does not know yet (its request carries the time left;
+    /// PROTOCOL.md rule 2): keep it at the coordinator's --max-timeout-ms.
+    #[arg(long, env = "TWOPC_MAX_TIMEOUT_MS", default_value_t = 300_000, value_parser = preflight::millis())]
+    pub max_timeout_ms: u64,
     /// How long a prepared tid waits for its decision before asking the coordinator.
     #[arg(long, env = "TWOPC_IN_DOUBT_AFTER_MS", default_value_t = 1_000, value_parser = preflight::millis())]
     pub in_doubt_after_ms: u64,
@@ -141,6 +146,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_ops_per_tid: config.max_ops_per_tid,
         max_open_tids: config.max_open_tids,
         in_doubt_after_ms: config.in_doubt_after_ms,
+        max_timeout_ms: config.max_timeout_ms,
         ..Limits::default()
     };
     let now = clock::now_ms();

@@ -4,7 +4,19 @@
 //!
 //! Ordering that the protocol depends on:
 //! - enlist (an RPC to the coordinator) completes before the first
-//!   operation of a tid is applied or acknowledged (rule 2);
+//!   operation of a tid is applied or acknowledged (rule 2), unless the
+//!   operation is *declared* (the client will declare this participant and
+//!   its count of operations at commit; rule 2's second design, see
+//!   `twopc_core::participant`): then the tid's state is created at once
+//!   with the request's deadline, the operation is applied and answered,
+//!   and the enlistment goes in the background ([`Node::get`],
+//!   [`Node::write`] with `declared`). Its answer is checked exactly as a
+//!   foreground one (the cluster id against the fence, the term); a
+//!   refusal, or no answer within [`ENLIST_BUDGET`], aborts the tid here
+//!   (it has not voted: rule 10), releases its locks, and tells the
+//!   coordinator when the enlistment may have landed. A prepare or
+//!   one-phase commit of a tid whose enlistment is still in flight waits
+//!   for its answer first, so no vote is ever given before those checks;
 //! - the YES vote is returned only after `Store::prepare` has fsynced
 //!   (rule 3); failpoints sit on both sides of that write;
 //! - a commit is acknowledged only after `Store::commit` has fsynced, and
@@ -172,6 +184,9 @@ pub struct Node {
     enlists: Arc<Batcher<pb::EnlistRequest, (u64, String, u64)>>,
     /// Whether this partition's store is out of space (see module docs).
     pub disk: DiskFull,
+    /// Signalled whenever a background enlistment was answered (prepares
+    /// waiting for one, see the module docs).
+    enlisted: tokio::sync::Notify,
     /// Tids whose one-phase commit is being written (see `apply_one_phase`).
     one_phase_writing: Mutex<std::collections::HashSet<Tid>>,
     /// Tids of which an earlier one-phase write failed with an unknown
@@ -216,6 +231,7 @@ impl Node {
             enlists: Batcher::new(256, twopc_proto::limits::SizeLimits::default().batch_budget(), 2),
             one_phase_writing: Mutex::default(),
             one_phase_uncertain: Mutex::default(),
+            enlisted: tokio::sync::Notify::new(),
             clock: Arc::new(Skew::new(
                 "the coordinator".into(),
                 format!("partition {partition}"),
@@ -253,6 +269,115 @@ impl Node {
                 return Err(ParticipantError::Fenced { ours: self.store.cluster_id().unwrap_or_default(), theirs });
             }
         }
+        let (deadline, cluster_id, term) = self.send_enlistment(tid).await?;
+        // The coordinator's log must be the one our prepared tids voted
+        // under (`crate::fence`): a participant that restarted, or that has
+        // not asked anything since the coordinator's log was replaced, may
+        // not have heard its id yet. (The enlistment stays at the
+        // coordinator; the tid aborts there at prepare, having no vote here.)
+        if self.check_cluster(&cluster_id).await.is_err() {
+            let theirs = self.fence.mismatched().unwrap_or(cluster_id);
+            return Err(ParticipantError::Fenced { ours: self.store.cluster_id().unwrap_or_default(), theirs });
+        }
+        self.heard_term(term);
+        self.core().enlisted_under(tid, deadline, term).map_err(|e| ParticipantError::from_op(tid, e, b""))
+    }
+
+    /// Rule 2, declared: the tid's state is created at once with the
+    /// deadline the request carries, and the enlistment is sent in the
+    /// background (see the module docs). A known fence refuses it first.
+    async fn ensure_declared(self: &Arc<Self>, tid: Tid, remaining_ms: u64) -> Result<(), ParticipantError> {
+        {
+            let mut core = self.core();
+            if core.knows(tid) {
+                // Marks it declared (its prepare then needs a count).
+                return core
+                    .begin_declared(tid, remaining_ms, clock::now_ms())
+                    .map(drop)
+                    .map_err(|e| ParticipantError::from_op(tid, e, b""));
+            }
+            if let Some(why) = core.abort_reason(tid) {
+                return Err(ParticipantError::Aborted { tid, reason: format!("it was aborted earlier: {why}") });
+            }
+        }
+        if self.fence.mismatched().is_some() {
+            self.recheck_fence().await;
+            if let Some(theirs) = self.fence.mismatched() {
+                return Err(ParticipantError::Fenced { ours: self.store.cluster_id().unwrap_or_default(), theirs });
+            }
+        }
+        let start = self
+            .core()
+            .begin_declared(tid, remaining_ms, clock::now_ms())
+            .map_err(|e| ParticipantError::from_op(tid, e, b""))?;
+        if start {
+            let this = self.clone();
+            tokio::spawn(async move { this.enlist_in_background(tid).await }.in_current_span());
+        }
+        Ok(())
+    }
+
+    /// The background enlistment of a declared tid, and what its answer
+    /// does (see the module docs).
+    async fn enlist_in_background(&self, tid: Tid) {
+        let refused = match self.send_enlistment(tid).await {
+            Ok((deadline, cluster_id, term)) => {
+                if self.check_cluster(&cluster_id).await.is_err() {
+                    let theirs = self.fence.mismatched().unwrap_or(cluster_id);
+                    let e = ParticipantError::Fenced { ours: self.store.cluster_id().unwrap_or_default(), theirs };
+                    Some((AbortReason::new(AbortKind::Other, format!("its enlistment was refused: {e}")), false))
+                } else {
+                    self.heard_term(term);
+                    match self.core().enlist_confirmed(tid, deadline, term) {
+                        Ok(()) => None,
+                        // Aborted by the core already (a replaced coordinator).
+                        Err(_) => {
+                            self.locks_released();
+                            None
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let kind = match &e {
+                    ParticipantError::UnknownTid(_) => AbortKind::Unknown,
+                    _ => AbortKind::Other,
+                };
+                // Only an enlistment without an answer may have landed.
+                let tell = matches!(e, ParticipantError::CoordinatorUnavailable(_));
+                Some((AbortReason::new(kind, format!("its enlistment was refused: {e}")), tell))
+            }
+        };
+        if let Some((why, tell)) = refused
+            && self.core().enlist_refused(tid, why.clone())
+        {
+            self.locks_released();
+            metrics::counter!("twopc_participant_enlist_refused_aborts_total").increment(1);
+            tracing::debug!(%tid, reason = %why, "background enlistment refused: aborted here");
+            if tell {
+                self.tell_coordinator_aborted(tid, &why);
+            }
+        }
+        self.enlisted.notify_waiters();
+    }
+
+    /// Waits until `tid`'s background enlistment is answered (or its state
+    /// is gone). Bounded: the enlistment itself is ([`ENLIST_BUDGET`]).
+    async fn await_enlistment(&self, tid: Tid) {
+        loop {
+            let answered = self.enlisted.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            if !self.core().enlisting(tid) {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), answered).await;
+        }
+    }
+
+    /// One enlistment of `tid`, batched with others (EnlistBatch): the
+    /// tid's deadline on this clock, the coordinator's cluster id and term.
+    async fn send_enlistment(&self, tid: Tid) -> Result<(u64, String, u64), ParticipantError> {
         let req = pb::EnlistRequest {
             tid: tid.to_string(),
             partition: self.partition,
@@ -302,17 +427,7 @@ impl Node {
             tonic::Code::NotFound => ParticipantError::UnknownTid(tid),
             _ => ParticipantError::FailedPrecondition { tid, why: format!("enlist refused: {}", s.message()) },
         })?;
-        // The coordinator's log must be the one our prepared tids voted
-        // under (`crate::fence`): a participant that restarted, or that has
-        // not asked anything since the coordinator's log was replaced, may
-        // not have heard its id yet. (The enlistment stays at the
-        // coordinator; the tid aborts there at prepare, having no vote here.)
-        if self.check_cluster(&cluster_id).await.is_err() {
-            let theirs = self.fence.mismatched().unwrap_or(cluster_id);
-            return Err(ParticipantError::Fenced { ours: self.store.cluster_id().unwrap_or_default(), theirs });
-        }
-        self.heard_term(term);
-        self.core().enlisted_under(tid, deadline, term).map_err(|e| ParticipantError::from_op(tid, e, b""))
+        Ok((deadline, cluster_id, term))
     }
 
     /// Rule 10: a coordinator of a newer term (it restarted, or another
@@ -334,14 +449,25 @@ impl Node {
         );
     }
 
+    /// Rule 2: enlisted before the operation (`declared` is `None`), or a
+    /// declared operation with this much time left until its deadline.
+    async fn ensure_known(self: &Arc<Self>, tid: Tid, declared: Option<u64>) -> Result<(), ParticipantError> {
+        match declared {
+            Some(remaining_ms) => self.ensure_declared(tid, remaining_ms).await,
+            None => self.ensure_enlisted(tid).await,
+        }
+    }
+
+    /// A read inside `tid` (`declared`: see [`Node::ensure_known`]).
     pub async fn get(
-        &self,
+        self: &Arc<Self>,
         tid: Tid,
         key: &[u8],
         for_update: bool,
         wait: bool,
+        declared: Option<u64>,
     ) -> Result<Option<Vec<u8>>, ParticipantError> {
-        self.ensure_enlisted(tid).await?;
+        self.ensure_known(tid, declared).await?;
         let plan = self
             .until_granted(tid, key, wait, |core| {
                 if for_update {
@@ -357,14 +483,16 @@ impl Node {
         }
     }
 
+    /// A write or delete inside `tid` (`declared`: see [`Node::ensure_known`]).
     pub async fn write(
-        &self,
+        self: &Arc<Self>,
         tid: Tid,
         key: &[u8],
         value: Option<Vec<u8>>,
         wait: bool,
+        declared: Option<u64>,
     ) -> Result<(), ParticipantError> {
-        self.ensure_enlisted(tid).await?;
+        self.ensure_known(tid, declared).await?;
         self.until_granted(tid, key, wait, |core| core.write(tid, key, value.clone(), clock::now_ms())).await?;
         // The write is buffered, but the client hears an error: the case of
         // an operation that failed on the client's side after it was applied
@@ -526,8 +654,16 @@ impl Node {
     /// Phase 1 (rule 3). The durable part runs in a task of its own, so a
     /// dropped call (the coordinator's connection closing) cannot leave the
     /// tid half-way in "preparing" with its locks held.
-    pub async fn prepare(self: &Arc<Self>, tid: Tid) -> Result<VoteReply, ParticipantError> {
-        let step = self.core().prepare(tid, clock::now_ms());
+    /// `declared`: the client's count of operations here (rule 2), `None`
+    /// when not declared.
+    pub async fn prepare(self: &Arc<Self>, tid: Tid, declared: Option<u64>) -> Result<VoteReply, ParticipantError> {
+        let step = loop {
+            let step = self.core().prepare_declared(tid, clock::now_ms(), declared);
+            match step {
+                PrepareStep::AwaitEnlistment => self.await_enlistment(tid).await,
+                step => break step,
+            }
+        };
         let writes = match step {
             PrepareStep::Yes => return Ok(VoteReply::Yes),
             PrepareStep::ReadOnly => {
@@ -549,6 +685,7 @@ impl Node {
                 )));
             }
             PrepareStep::Persist(writes) => writes,
+            PrepareStep::AwaitEnlistment => unreachable!("waited for above"),
         };
         let this = self.clone();
         tokio::spawn(async move { this.persist_prepared(tid, writes).await }.in_current_span())
@@ -653,8 +790,19 @@ impl Node {
     }
 
     /// One-phase commit: the coordinator delegated the decision here.
-    pub async fn commit_one_phase(self: &Arc<Self>, tid: Tid) -> Result<OnePhaseReply, ParticipantError> {
-        let step = self.core().commit_one_phase(tid, clock::now_ms());
+    /// `declared`: as for [`Node::prepare`].
+    pub async fn commit_one_phase(
+        self: &Arc<Self>,
+        tid: Tid,
+        declared: Option<u64>,
+    ) -> Result<OnePhaseReply, ParticipantError> {
+        let step = loop {
+            let step = self.core().commit_one_phase_declared(tid, clock::now_ms(), declared);
+            match step {
+                OnePhaseStep::AwaitEnlistment => self.await_enlistment(tid).await,
+                step => break step,
+            }
+        };
         let writes = match step {
             OnePhaseStep::Apply(writes) => writes,
             OnePhaseStep::Aborted(why) => {
@@ -662,6 +810,7 @@ impl Node {
                 return Ok(OnePhaseReply::Aborted(why));
             }
             OnePhaseStep::Refused(why) => return Err(ParticipantError::FailedPrecondition { tid, why: why.into() }),
+            OnePhaseStep::AwaitEnlistment => unreachable!("waited for above"),
             OnePhaseStep::Unknown => {
                 if self.store.committed_one_phase(tid).map_err(|e| ParticipantError::Internal(e.to_string()))? {
                     return Ok(OnePhaseReply::Committed);

@@ -36,18 +36,51 @@ impl InputLimits {
 /// would not fit is replaced by `must_wait`, so the client repeats that
 /// Get with its unary call (the read was done and its lock is held, so the
 /// repeat reads the same value), whose answer carries one value and always
-/// fits. Other results carry no value and are always kept.
-pub fn fit_operation_results(results: &mut [pb::OperationResult], budget: usize) {
+/// fits. Other results carry no value and are always kept. Returns the
+/// indices of the results replaced: those reads were done but not answered,
+/// so they are not counted (the repeat is; `twopc_core::participant`, rule 2).
+pub fn fit_operation_results(results: &mut [pb::OperationResult], budget: usize) -> Vec<usize> {
     let mut used = 0usize;
-    for r in results.iter_mut() {
+    let mut replaced = vec![];
+    for (i, r) in results.iter_mut().enumerate() {
         let size = twopc_proto::limits::wire_size(r);
         if used.saturating_add(size) > budget && r.code == 0 && !r.value.is_empty() {
             *r = pb::OperationResult { must_wait: true, ..Default::default() };
+            replaced.push(i);
             used = used.saturating_add(twopc_proto::limits::wire_size(r));
         } else {
             used = used.saturating_add(size);
         }
     }
+    replaced
+}
+
+/// A declared operation's remaining time (`Operation.declared`, rule 2):
+/// `None` for an operation that is not declared.
+fn declared(declared: bool, remaining_ms: u64) -> Result<Option<u64>, Status> {
+    match (declared, remaining_ms) {
+        (false, _) => Ok(None),
+        (true, 0) => Err(Status::invalid_argument(
+            "a declared operation needs remaining_ms, the time left until the transaction's deadline (from Begin)",
+        )),
+        (true, left) => Ok(Some(left)),
+    }
+}
+
+/// The declared count of each tid of a batch (`TidBatch.declared_operations`):
+/// empty means none declared; 0 means not declared.
+fn declared_counts(batch: &pb::TidBatch) -> Result<Vec<Option<u64>>, Status> {
+    if batch.declared_operations.is_empty() {
+        return Ok(vec![None; batch.tids.len()]);
+    }
+    if batch.declared_operations.len() != batch.tids.len() {
+        return Err(Status::invalid_argument(format!(
+            "declared_operations has {} counts for {} tids: send one per tid, or none",
+            batch.declared_operations.len(),
+            batch.tids.len()
+        )));
+    }
+    Ok(batch.declared_operations.iter().map(|&n| (n > 0).then_some(n)).collect())
 }
 
 pub struct ParticipantService {
@@ -103,9 +136,9 @@ impl ParticipantService {
         tracing::debug_span!("txn", %tid, partition = self.node.partition)
     }
 
-    async fn prepare_one(&self, tid: &str) -> Result<pb::PrepareResponse, Status> {
+    async fn prepare_one(&self, tid: &str, declared: Option<u64>) -> Result<pb::PrepareResponse, Status> {
         let tid = tid::parse(tid)?;
-        let (vote, (abort_kind, reason)) = match self.node.prepare(tid).instrument(self.span(tid)).await? {
+        let (vote, (abort_kind, reason)) = match self.node.prepare(tid, declared).instrument(self.span(tid)).await? {
             VoteReply::Yes => (pb::Vote::Yes, (0, String::new())),
             VoteReply::ReadOnly => (pb::Vote::ReadOnly, (0, String::new())),
             VoteReply::No(why) => (pb::Vote::No, twopc_proto::reason::fields(&why)),
@@ -123,6 +156,7 @@ impl ParticipantService {
         use pb::operation::Kind;
         let tid = tid::parse(&op.tid)?;
         self.check_key(&op.key)?;
+        let declared = declared(op.declared, op.remaining_ms)?;
         let found = |v: Option<Vec<u8>>| pb::OperationResult {
             found: v.is_some(),
             value: v.unwrap_or_default(),
@@ -130,19 +164,23 @@ impl ParticipantService {
         };
         // Inside a batch an operation never waits for a lock (see OperationResult.must_wait).
         let done = match op.kind() {
-            Kind::Get => self.node.get(tid, &op.key, false, false).instrument(self.span(tid)).await.map(found),
-            Kind::GetForUpdate => self.node.get(tid, &op.key, true, false).instrument(self.span(tid)).await.map(found),
+            Kind::Get => {
+                self.node.get(tid, &op.key, false, false, declared).instrument(self.span(tid)).await.map(found)
+            }
+            Kind::GetForUpdate => {
+                self.node.get(tid, &op.key, true, false, declared).instrument(self.span(tid)).await.map(found)
+            }
             Kind::Put => {
                 self.check_value(&op.value)?;
                 self.node
-                    .write(tid, &op.key, Some(op.value), false)
+                    .write(tid, &op.key, Some(op.value), false, declared)
                     .instrument(self.span(tid))
                     .await
                     .map(|()| pb::OperationResult::default())
             }
             Kind::Delete => self
                 .node
-                .write(tid, &op.key, None, false)
+                .write(tid, &op.key, None, false, declared)
                 .instrument(self.span(tid))
                 .await
                 .map(|()| pb::OperationResult::default()),
@@ -166,9 +204,9 @@ impl ParticipantService {
         Ok(())
     }
 
-    async fn one_phase_one(&self, tid: &str) -> Result<pb::OnePhaseResult, Status> {
+    async fn one_phase_one(&self, tid: &str, declared: Option<u64>) -> Result<pb::OnePhaseResult, Status> {
         let tid = tid::parse(tid)?;
-        Ok(match self.node.commit_one_phase(tid).instrument(self.span(tid)).await? {
+        Ok(match self.node.commit_one_phase(tid, declared).instrument(self.span(tid)).await? {
             OnePhaseReply::Committed => pb::OnePhaseResult { committed: true, ..Default::default() },
             OnePhaseReply::Aborted(why) => {
                 let (abort_kind, reason) = twopc_proto::reason::fields(&why);
@@ -196,7 +234,8 @@ impl ParticipantRpc for ParticipantService {
         let req = req.into_inner();
         let tid = tid::parse(&req.tid)?;
         self.check_key(&req.key)?;
-        let value = self.node.get(tid, &req.key, req.for_update, true).instrument(self.span(tid)).await?;
+        let declared = declared(req.declared, req.remaining_ms)?;
+        let value = self.node.get(tid, &req.key, req.for_update, true, declared).instrument(self.span(tid)).await?;
         Ok(Response::new(pb::GetResponse { found: value.is_some(), value: value.unwrap_or_default() }))
     }
 
@@ -205,7 +244,8 @@ impl ParticipantRpc for ParticipantService {
         let tid = tid::parse(&req.tid)?;
         self.check_key(&req.key)?;
         self.check_value(&req.value)?;
-        self.node.write(tid, &req.key, Some(req.value), true).instrument(self.span(tid)).await?;
+        let declared = declared(req.declared, req.remaining_ms)?;
+        self.node.write(tid, &req.key, Some(req.value), true, declared).instrument(self.span(tid)).await?;
         Ok(Response::new(pb::PutResponse {}))
     }
 
@@ -213,7 +253,8 @@ impl ParticipantRpc for ParticipantService {
         let req = req.into_inner();
         let tid = tid::parse(&req.tid)?;
         self.check_key(&req.key)?;
-        self.node.write(tid, &req.key, None, true).instrument(self.span(tid)).await?;
+        let declared = declared(req.declared, req.remaining_ms)?;
+        self.node.write(tid, &req.key, None, true, declared).instrument(self.span(tid)).await?;
         Ok(Response::new(pb::DeleteResponse {}))
     }
 
@@ -226,7 +267,9 @@ impl ParticipantRpc for ParticipantService {
 
     async fn prepare(&self, req: Request<pb::PrepareRequest>) -> Reply<pb::PrepareResponse> {
         self.peer_token.check(&req, "Prepare")?;
-        Ok(Response::new(self.prepare_one(&req.into_inner().tid).await?))
+        let req = req.into_inner();
+        let declared = (req.declared_operations > 0).then_some(req.declared_operations);
+        Ok(Response::new(self.prepare_one(&req.tid, declared).await?))
     }
 
     async fn commit(&self, req: Request<pb::ResolveRequest>) -> Reply<pb::ResolveResponse> {
@@ -245,7 +288,9 @@ impl ParticipantRpc for ParticipantService {
         self.peer_token.check(&req, "PrepareBatch")?;
         // Every tid is handled concurrently, so their durable writes share
         // the store's group commit.
-        let answers = join_all(req.into_inner().tids.iter().map(|t| self.prepare_one(t))).await;
+        let batch = req.into_inner();
+        let counts = declared_counts(&batch)?;
+        let answers = join_all(batch.tids.iter().zip(counts).map(|(t, n)| self.prepare_one(t, n))).await;
         let results = answers
             .into_iter()
             .map(|r| match r {
@@ -265,7 +310,9 @@ impl ParticipantRpc for ParticipantService {
     }
 
     async fn operate_batch(&self, req: Request<pb::OperationBatch>) -> Reply<pb::OperationBatchResponse> {
-        let answers = join_all(req.into_inner().operations.into_iter().map(|op| self.operate_one(op))).await;
+        let operations = req.into_inner().operations;
+        let tids: Vec<String> = operations.iter().map(|op| op.tid.clone()).collect();
+        let answers = join_all(operations.into_iter().map(|op| self.operate_one(op))).await;
         let mut results: Vec<_> = answers
             .into_iter()
             .map(|r| {
@@ -276,7 +323,11 @@ impl ParticipantRpc for ParticipantService {
                 })
             })
             .collect();
-        fit_operation_results(&mut results, self.limits.sizes().batch_budget());
+        for i in fit_operation_results(&mut results, self.limits.sizes().batch_budget()) {
+            if let Ok(tid) = tid::parse(&tids[i]) {
+                self.node.core().op_not_answered(tid);
+            }
+        }
         Ok(Response::new(pb::OperationBatchResponse { results }))
     }
 
@@ -293,7 +344,9 @@ impl ParticipantRpc for ParticipantService {
     async fn commit_one_phase_batch(&self, req: Request<pb::TidBatch>) -> Reply<pb::OnePhaseBatchResponse> {
         self.peer_token.check(&req, "CommitOnePhaseBatch")?;
         // Concurrently, so the durable writes share the store's group commit.
-        let answers = join_all(req.into_inner().tids.iter().map(|t| self.one_phase_one(t))).await;
+        let batch = req.into_inner();
+        let counts = declared_counts(&batch)?;
+        let answers = join_all(batch.tids.iter().zip(counts).map(|(t, n)| self.one_phase_one(t, n))).await;
         let results = answers
             .into_iter()
             .map(|r| {

@@ -223,6 +223,8 @@ mod tests {
             kind: 3,
             key: vec![1; big.max_key_bytes],
             value: vec![2; big.max_value_bytes],
+            declared: true,
+            remaining_ms: u64::MAX,
         };
         assert!(wire_size(&put) + 5 <= big.message_limit());
     }

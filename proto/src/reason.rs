@@ -23,6 +23,7 @@ pub fn to_wire(kind: AbortKind) -> pb::AbortKind {
         AbortKind::Unknown => pb::AbortKind::Unknown,
         AbortKind::Other => pb::AbortKind::Other,
         AbortKind::DiskFull => pb::AbortKind::DiskFull,
+        AbortKind::DeclarationMismatch => pb::AbortKind::DeclarationMismatch,
     }
 }
 
@@ -49,6 +50,7 @@ pub fn from_wire_or(value: i32, unset: AbortKind) -> AbortKind {
         Ok(pb::AbortKind::ParticipantUnreachable) => AbortKind::ParticipantUnreachable,
         Ok(pb::AbortKind::Unknown) => AbortKind::Unknown,
         Ok(pb::AbortKind::DiskFull) => AbortKind::DiskFull,
+        Ok(pb::AbortKind::DeclarationMismatch) => AbortKind::DeclarationMismatch,
         Ok(pb::AbortKind::Other) | Err(_) => AbortKind::Other,
     }
 }

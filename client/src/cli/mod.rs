@@ -82,6 +82,7 @@ impl ConnArgs {
             // One transaction per command: a pool would only leave
             // reserved tids behind.
             tid_pool: 0,
+            ..ConnectOptions::default()
         })
     }
 }
@@ -250,7 +251,8 @@ async fn execute(cmd: ClientCommand) -> Result<i32, ClientError> {
     use ClientCommand as C;
     match cmd {
         C::Begin { conn, timeout_ms } => {
-            let txn = connect(&conn).await?.begin(timeout_ms.map(Duration::from_millis)).await?;
+            // Its tid is for other invocations (`put --tid`, `commit --tid`).
+            let txn = connect(&conn).await?.begin_shared(timeout_ms.map(Duration::from_millis)).await?;
             out!("{}", txn.tid());
             out!("deadline_unix_ms={}", txn.deadline_unix_ms());
         }

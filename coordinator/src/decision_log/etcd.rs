@@ -232,7 +232,10 @@ impl DecisionLog {
             let tid = Tid::parse_str(tid).map_err(|e| LogError::Invalid(format!("corrupt tid in {key:?}: {e}")))?;
             match decode(&kv.value)? {
                 Record::Commit(parts) => rec.unfinished.push((tid, parts)),
-                Record::Delegated(p) => rec.delegated.push((tid, p)),
+                Record::Delegated(p, declared) => {
+                    rec.delegated.push((tid, p));
+                    rec.delegated_counts.extend(declared.map(|n| (tid, n)));
+                }
                 Record::Finished => rec.finished.push(tid),
             }
         }
@@ -283,7 +286,9 @@ struct MarkState {
 
 enum Record {
     Commit(Vec<PartitionId>),
-    Delegated(PartitionId),
+    /// The partition, and the declared count when the record holds one
+    /// (`Recovered::delegated_counts`).
+    Delegated(PartitionId, Option<u64>),
     Finished,
 }
 
@@ -301,7 +306,8 @@ fn decode(v: &[u8]) -> Result<Record, LogError> {
         _ if s == "F" => Ok(Record::Finished),
         Some(("C", rest)) => Ok(Record::Commit(parts(rest)?)),
         Some(("D", rest)) => match parts(rest)?.as_slice() {
-            [p] => Ok(Record::Delegated(*p)),
+            [p] => Ok(Record::Delegated(*p, None)),
+            [p, n] => Ok(Record::Delegated(*p, Some((*n).into()))),
             _ => Err(bad()),
         },
         _ => Err(bad()),
@@ -526,9 +532,10 @@ mod tests {
     #[test]
     fn records_decode_as_written() {
         assert!(matches!(decode(b"C 0,2").unwrap(), Record::Commit(p) if p == vec![0, 2]));
-        assert!(matches!(decode(b"D 1").unwrap(), Record::Delegated(1)));
+        assert!(matches!(decode(b"D 1").unwrap(), Record::Delegated(1, None)));
+        assert!(matches!(decode(b"D 1,4").unwrap(), Record::Delegated(1, Some(4))));
         assert!(matches!(decode(b"F").unwrap(), Record::Finished));
-        assert!(decode(b"D 1,2").is_err());
+        assert!(decode(b"D 1,2,3").is_err());
         assert!(decode(b"X").is_err());
     }
 }

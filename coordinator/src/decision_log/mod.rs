@@ -74,6 +74,11 @@ pub struct Recovered {
     pub finished: Vec<Tid>,
     /// DELEGATED records whose participant has not answered.
     pub delegated: Vec<(Tid, PartitionId)>,
+    /// The declared count of operations of those DELEGATED records that
+    /// carry one (a declared commit, `twopc_core::coordinator`): recorded
+    /// after the partition in the record's partition list (`p,n`), which an
+    /// older log's records never have.
+    pub delegated_counts: Vec<(Tid, u64)>,
     pub members: Vec<(PartitionId, String)>,
     /// The store id recorded per partition (`crate::store_ids`); a
     /// partition last registered without one (a participant or log from
@@ -168,8 +173,25 @@ impl DecisionLog {
     /// Forces a DELEGATED record (one-phase commit by `partition`).
     /// Returns once it is durable.
     pub async fn force_delegation(&self, tid: Tid, partition: PartitionId) -> Result<(), LogError> {
+        self.force_delegation_declared(tid, partition, None).await
+    }
+
+    /// Forces a DELEGATED record that also holds the client's declared
+    /// count of operations at `partition` (see [`Recovered::delegated_counts`]):
+    /// a coordinator that recovers the record re-sends CommitOnePhase with
+    /// it, and the participant, which aborts a declared tid it is asked to
+    /// commit without a count, can still commit it.
+    pub async fn force_delegation_declared(
+        &self,
+        tid: Tid,
+        partition: PartitionId,
+        declared: Option<u64>,
+    ) -> Result<(), LogError> {
         let (done, rx) = oneshot::channel();
-        let req = Request::Commit { tid, partitions: vec![partition], one_phase: true, done };
+        let mut partitions = vec![partition];
+        // Bounded by the participants' --max-ops-per-tid, far below u32::MAX.
+        partitions.extend(declared.map(|n| PartitionId::try_from(n).unwrap_or(PartitionId::MAX)));
+        let req = Request::Commit { tid, partitions, one_phase: true, done };
         self.tx.send(req)?;
         rx.await.map_err(|_| LogError::Stopped)?
     }

@@ -221,6 +221,10 @@ fn read_back(conn: &Connection) -> Result<Recovered, LogError> {
             (true, _, _) => out.finished.push(tid),
             (false, false, _) => out.unfinished.push((tid, parts)),
             (false, true, &[p]) => out.delegated.push((tid, p)),
+            (false, true, &[p, n]) => {
+                out.delegated.push((tid, p));
+                out.delegated_counts.push((tid, n.into()));
+            }
             (false, true, _) => return Err(LogError::Invalid(format!("DELEGATED record {tid} names {parts:?}"))),
         }
     }
@@ -519,18 +523,21 @@ mod tests {
     #[tokio::test]
     async fn delegations_survive_reopen_until_answered() {
         let dir = tempfile::tempdir().unwrap();
-        let (t1, t2, t3) = (Tid::now_v7(), Tid::now_v7(), Tid::now_v7());
+        let (t1, t2, t3, t4) = (Tid::now_v7(), Tid::now_v7(), Tid::now_v7(), Tid::now_v7());
         {
             let (log, _) = DecisionLog::open(dir.path(), 3, 10).unwrap();
             for t in [t1, t2, t3] {
                 log.force_delegation(t, 2).await.unwrap();
             }
+            // A declared commit's record keeps its count.
+            log.force_delegation_declared(t4, 1, Some(7)).await.unwrap();
             log.finished(t2);
             log.forget(t3);
             log.register(0, "127.0.0.1:9".into()).await.unwrap();
         }
         let (_log, rec) = DecisionLog::open(dir.path(), 3, 10).unwrap();
-        assert_eq!(rec.delegated, vec![(t1, 2)]);
+        assert_eq!(rec.delegated, vec![(t1, 2), (t4, 1)]);
+        assert_eq!(rec.delegated_counts, vec![(t4, 7)]);
         assert_eq!(rec.finished, vec![t2], "a committed one-phase tid still answers COMMITTED");
         assert!(rec.unfinished.is_empty());
     }

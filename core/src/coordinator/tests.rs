@@ -394,14 +394,14 @@ fn presumed() -> crate::reason::AbortReason {
 fn a_reserved_tid_counts_against_the_bound_and_starts_its_deadline_at_first_use() {
     let mut c = Coordinator::new(4, 100);
     let block = [tid(10), tid(11), tid(12)];
-    c.reserve(&block, 0, 500).unwrap();
+    c.reserve(&block, 0, 500, false).unwrap();
     assert_eq!((c.live_count(), c.reserved_count()), (0, 3));
     // A block that does not fit whole is refused; so is a Begin past the bound.
-    assert_eq!(c.reserve(&[tid(20), tid(21)], 0, 500), Err(Refusal::TooManyOpen(4)));
+    assert_eq!(c.reserve(&[tid(20), tid(21)], 0, 500, false), Err(Refusal::TooManyOpen(4)));
     c.begin(tid(1), 0, 100_000).unwrap();
     assert_eq!(c.begin(tid(2), 0, 100_000), Err(Refusal::TooManyOpen(4)));
     let too_big: Vec<Tid> = (100..100 + MAX_BLOCK as u128 + 1).map(tid).collect();
-    assert_eq!(Coordinator::new(1_000, 10).reserve(&too_big, 0, 5), Err(Refusal::TooManyOpen(1_000)));
+    assert_eq!(Coordinator::new(1_000, 10).reserve(&too_big, 0, 5, false), Err(Refusal::TooManyOpen(1_000)));
     // Known: PENDING, not presumed aborted.
     assert_eq!(c.decision(tid(10)), DecisionAnswer::Pending);
     assert!(c.remembers(tid(10)));
@@ -421,7 +421,7 @@ fn a_reserved_tid_counts_against_the_bound_and_starts_its_deadline_at_first_use(
 #[test]
 fn an_unused_reserved_tid_is_dropped_silently_and_then_presumed_aborted() {
     let mut c = Coordinator::new(10, 100);
-    c.reserve(&[tid(10), tid(11)], 1_000, 500).unwrap();
+    c.reserve(&[tid(10), tid(11)], 1_000, 500, false).unwrap();
     assert!(c.expire(1_000 + RESERVED_UNUSED_MS - 1).is_empty());
     assert_eq!(c.reserved_count(), 2);
     // Dropped: no action (no abort sent, no decision counted or logged).
@@ -431,5 +431,83 @@ fn an_unused_reserved_tid_is_dropped_silently_and_then_presumed_aborted() {
     assert_eq!(c.enlist(tid(10), 0, 1, 40_000).0, Err(Refusal::UnknownTid));
     assert!(matches!(c.commit_requested(tid(11), 40_000, true).unwrap()[0], Action::Reply(_, Outcome::Aborted(_))));
     // The bound is free again.
-    c.reserve(&(20..30).map(tid).collect::<Vec<_>>(), 40_000, 500).unwrap();
+    c.reserve(&(20..30).map(tid).collect::<Vec<_>>(), 40_000, 500, false).unwrap();
+}
+
+fn declared(parts: &[(PartitionId, u64)]) -> BTreeMap<PartitionId, u64> {
+    parts.iter().copied().collect()
+}
+
+#[test]
+fn a_declared_commit_prepares_declared_and_enlisted_partitions_with_their_counts() {
+    let mut c = Coordinator::new(100, 100);
+    let t = tid(1);
+    c.begin_declaring(t, 0, 1_000, true).unwrap();
+    // Partition 0 enlisted in the background already; 1 has not yet.
+    c.enlist(t, 0, 7, 5).0.unwrap();
+    let a = c.commit_declared(t, 20, true, Some(&declared(&[(0, 2), (1, 1)]))).unwrap();
+    assert_eq!(a, vec![Action::SendPrepare(t, 0), Action::SendPrepare(t, 1)]);
+    assert_eq!((c.declared_count(t, 0), c.declared_count(t, 1)), (Some(2), Some(1)));
+    // Partition 1's enlistment lands during prepare: accepted, not refused.
+    assert_eq!(c.enlist(t, 1, 9, 25).0, Ok(1_000));
+    // An undeclared partition is refused during prepare, as before.
+    assert_eq!(c.enlist(t, 2, 7, 25).0, Err(Refusal::NotActive("preparing")));
+    c.vote(t, 0, Vote::Yes);
+    assert_eq!(c.vote(t, 1, Vote::Yes), vec![Action::ForceCommit(t, vec![0, 1])]);
+    // Another incarnation of a declared partition while preparing: it
+    // restarted and lost the tid, which aborts at once with that cause.
+    let t2 = tid(2);
+    c.begin_declaring(t2, 0, 1_000, true).unwrap();
+    c.enlist(t2, 0, 7, 5).0.unwrap();
+    c.commit_declared(t2, 20, true, Some(&declared(&[(0, 1), (1, 1)]))).unwrap();
+    let (r, a) = c.enlist(t2, 0, 8, 25);
+    assert!(matches!(r, Err(Refusal::Aborted(why)) if why.kind == AbortKind::ParticipantRestarted));
+    assert!(a.contains(&Action::SendAbort(t2, 0)) && a.contains(&Action::SendAbort(t2, 1)), "{a:?}");
+}
+
+#[test]
+fn a_partition_enlisted_but_not_declared_aborts_the_commit() {
+    let mut c = Coordinator::new(100, 100);
+    let t = tid(1);
+    c.begin_declaring(t, 0, 1_000, true).unwrap();
+    c.enlist(t, 0, 7, 5).0.unwrap();
+    c.enlist(t, 1, 7, 5).0.unwrap();
+    let a = c.commit_declared(t, 20, true, Some(&declared(&[(0, 1)]))).unwrap();
+    assert!(a.contains(&Action::SendAbort(t, 0)) && a.contains(&Action::SendAbort(t, 1)), "{a:?}");
+    let DecisionAnswer::Aborted(why) = c.decision(t) else { panic!("{:?}", c.decision(t)) };
+    assert_eq!(why.kind, AbortKind::DeclarationMismatch);
+    assert!(why.contains("[1]"), "{why}");
+}
+
+#[test]
+fn a_declaring_tid_refuses_a_commit_without_a_declaration() {
+    let mut c = Coordinator::new(100, 100);
+    let t = tid(1);
+    c.begin_declaring(t, 0, 1_000, true).unwrap();
+    c.enlist(t, 0, 7, 5).0.unwrap();
+    assert_eq!(c.commit_requested(t, 20, true), Err(Refusal::MustDeclare));
+    assert_eq!(c.decision(t), DecisionAnswer::Pending, "still open: its client may commit it");
+    // A tid begun without `declares` commits without one, as before.
+    let (mut c, t) = coord_with(&[0, 1]);
+    assert_eq!(c.commit_requested(t, 20, true).unwrap().len(), 2);
+}
+
+#[test]
+fn a_declared_single_partition_not_yet_enlisted_commits_in_one_phase() {
+    let mut c = Coordinator::new(100, 100);
+    let t = tid(1);
+    c.begin_declaring(t, 0, 1_000, true).unwrap();
+    assert_eq!(
+        c.commit_declared(t, 20, true, Some(&declared(&[(3, 4)]))).unwrap(),
+        vec![Action::ForceDelegation(t, 3)]
+    );
+    assert_eq!(c.declared_count(t, 3), Some(4));
+    // Its enlistment may land while delegated.
+    assert_eq!(c.enlist(t, 3, 7, 25).0, Ok(1_000));
+    // Nothing declared and nothing enlisted: trivially committed.
+    let t2 = tid(2);
+    c.begin_declaring(t2, 0, 1_000, true).unwrap();
+    assert!(
+        c.commit_declared(t2, 20, true, Some(&declared(&[]))).unwrap().contains(&Action::Reply(t2, Outcome::Committed))
+    );
 }

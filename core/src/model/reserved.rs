@@ -185,7 +185,7 @@ impl World {
                 let block: Vec<Tid> = BLOCKS[i].iter().map(|&n| tid(n)).collect();
                 // Refused when it does not fit: the client's pool stays
                 // empty and it begins one by one (not modelled further).
-                if self.core.reserve(&block, self.now, TIMEOUT).is_err() {
+                if self.core.reserve(&block, self.now, TIMEOUT, false).is_err() {
                     for t in block {
                         if self.core.is_reserved(t) {
                             self.broken = Some(format!("a refused block left {t} reserved"));

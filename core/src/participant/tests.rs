@@ -414,3 +414,101 @@ fn local_aborts_keep_their_real_reason() {
 fn twopc_now() -> Millis {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as Millis
 }
+
+mod declared {
+    use super::*;
+
+    fn tid(n: u128) -> Tid {
+        uuid::Uuid::from_u128(n)
+    }
+
+    #[test]
+    fn a_declared_operation_applies_at_once_and_prepare_waits_for_the_enlistment() {
+        let mut p = Participant::new(0, Limits::default());
+        let t = tid(1);
+        assert_eq!(p.begin_declared(t, 500, 10), Ok(true), "new here: enlist in the background");
+        p.write(t, b"k", Some(b"v".to_vec()), 11).unwrap();
+        assert_eq!(p.begin_declared(t, 500, 12), Ok(false), "known: nothing to send");
+        p.write(t, b"k2", Some(b"v".to_vec()), 12).unwrap();
+        assert_eq!(p.applied_ops(t), Some(2));
+        assert_eq!(p.prepare_declared(t, 20, Some(2)), PrepareStep::AwaitEnlistment);
+        assert_eq!(p.commit_one_phase_declared(t, 20, Some(2)), OnePhaseStep::AwaitEnlistment);
+        p.enlist_confirmed(t, 400, 0).unwrap();
+        assert!(matches!(p.prepare_declared(t, 20, Some(2)), PrepareStep::Persist(_)));
+    }
+
+    #[test]
+    fn a_count_mismatch_votes_no_and_releases_the_locks() {
+        let mut p = Participant::new(0, Limits::default());
+        let t = tid(1);
+        p.begin_declared(t, 500, 10).unwrap();
+        p.write(t, b"k", Some(b"v".to_vec()), 11).unwrap();
+        p.enlist_confirmed(t, 1_000, 0).unwrap();
+        let PrepareStep::No(why) = p.prepare_declared(t, 20, Some(2)) else { panic!() };
+        assert_eq!(why.kind, AbortKind::DeclarationMismatch);
+        assert!(why.contains("declared 2") && why.contains("applied 1"), "{why}");
+        assert_eq!(p.locked_keys(), 0);
+        // Not declared (an older coordinator, or an attached client): no check.
+        let t2 = tid(2);
+        p.enlisted(t2, 1_000).unwrap();
+        p.write(t2, b"k", Some(b"v".to_vec()), 11).unwrap();
+        assert!(matches!(p.prepare_declared(t2, 20, None), PrepareStep::Persist(_)));
+        // Declared operations, but no count (a one-phase commit recovered
+        // from the log): aborted, never committed unchecked.
+        let t5 = tid(5);
+        p.begin_declared(t5, 500, 10).unwrap();
+        p.enlist_confirmed(t5, 1_000, 0).unwrap();
+        p.write(t5, b"m", None, 11).unwrap();
+        assert!(
+            matches!(p.commit_one_phase_declared(t5, 20, None), OnePhaseStep::Aborted(w) if w.kind == AbortKind::DeclarationMismatch)
+        );
+        // Unknown here (lost in a restart) with a declared count: NO.
+        assert!(matches!(p.prepare_declared(tid(3), 20, Some(1)), PrepareStep::No(_)));
+        // One phase: the same check.
+        let t4 = tid(4);
+        p.enlisted(t4, 1_000).unwrap();
+        p.write(t4, b"j", None, 11).unwrap();
+        assert!(
+            matches!(p.commit_one_phase_declared(t4, 20, Some(3)), OnePhaseStep::Aborted(w) if w.kind == AbortKind::DeclarationMismatch)
+        );
+    }
+
+    #[test]
+    fn a_refused_enlistment_aborts_an_unprepared_tid_and_the_deadline_is_capped() {
+        let limits = Limits { max_timeout_ms: 100, ..Limits::default() };
+        let mut p = Participant::new(0, limits);
+        let t = tid(1);
+        p.begin_declared(t, 1_000_000, 0).unwrap();
+        p.write(t, b"k", Some(b"v".to_vec()), 1).unwrap();
+        assert_eq!(p.expire(100), vec![t], "the request's deadline is capped at max_timeout_ms");
+        let t2 = tid(2);
+        p.begin_declared(t2, 500, 0).unwrap();
+        p.write(t2, b"k", Some(b"v".to_vec()), 1).unwrap();
+        assert!(p.enlist_refused(t2, AbortReason::new(AbortKind::Unknown, "unknown tid")));
+        assert!(p.aborted_here(t2) && p.locked_keys() == 0);
+        assert!(matches!(p.begin_declared(t2, 500, 2), Err(OpError::AlreadyAborted(_))), "never started afresh");
+        // An enlistment answered under an older term than heard of: refused.
+        let t3 = tid(3);
+        p.coordinator_term(5);
+        p.begin_declared(t3, 500, 0).unwrap();
+        assert_eq!(p.enlist_confirmed(t3, 500, 4), Err(OpError::CoordinatorReplaced));
+        assert!(p.aborted_here(t3));
+        // A newer term does not sweep an enlisting tid: its answer's term decides.
+        let t4 = tid(4);
+        p.begin_declared(t4, 500, 0).unwrap();
+        assert_eq!(p.coordinator_term(6), Vec::<Tid>::new());
+        p.enlist_confirmed(t4, 500, 6).unwrap();
+        assert!(p.knows(t4) && !p.enlisting(t4));
+    }
+
+    #[test]
+    fn a_read_not_answered_in_its_batch_is_not_counted() {
+        let mut p = Participant::new(0, Limits::default());
+        let t = tid(1);
+        p.begin_declared(t, 500, 0).unwrap();
+        p.get(t, b"k", 1).unwrap();
+        p.op_not_answered(t);
+        p.get(t, b"k", 2).unwrap();
+        assert_eq!(p.applied_ops(t), Some(1));
+    }
+}
