@@ -42,7 +42,11 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.cmd {
-        Cmd::Coordinator(config) => report(twopc_coordinator::main_with(config)),
+        Cmd::Coordinator(mut config) => {
+            // The console's failpoint menu lists the participants' names too.
+            config.participant_failpoints = twopc_participant::FAILPOINTS.iter().map(|n| n.to_string()).collect();
+            report(twopc_coordinator::main_with(config))
+        }
         Cmd::Participant(config) => report(twopc_participant::main_with(config)),
         Cmd::Demo(args) => report(runtime().and_then(|rt| rt.block_on(twopc::demo::run(args)))),
         Cmd::Bench(args) => report(twopc::bench::main_with(args)),

@@ -167,6 +167,7 @@ impl Driver {
                     Outcome::Committed => {
                         tracing::debug!(%tid, "committed");
                         metrics::counter!("twopc_transactions_committed_total").increment(1);
+                        crate::console::history::committed();
                     }
                     Outcome::Aborted(why) => {
                         // Aborts are routine (conflicts, clients): one line
@@ -177,6 +178,7 @@ impl Driver {
                         }
                         metrics::counter!("twopc_transactions_aborted_total", "reason" => why.kind.label())
                             .increment(1);
+                        crate::console::history::aborted(why.kind);
                     }
                 },
                 Action::Reply(tid, outcome) => {
@@ -344,6 +346,7 @@ impl Driver {
                     let n = backoff.attempts() + 1;
                     self.state().retries.insert((tid, p), n);
                     metrics::counter!("twopc_phase2_retries_total").increment(1);
+                    crate::console::history::phase2_retry();
                     if let Some(suppressed) = RESENT.allow() {
                         tracing::warn!(%tid, partition = p, retry = n, error = %e, suppressed, "one-phase commit unanswered; resending");
                     }
@@ -398,6 +401,7 @@ impl Driver {
                     let n = backoff.attempts() + 1;
                     self.state().retries.insert((tid, p), n);
                     metrics::counter!("twopc_phase2_retries_total").increment(1);
+                    crate::console::history::phase2_retry();
                     if let Some(suppressed) = RESENT.allow() {
                         tracing::warn!(%tid, partition = p, retry = n, error = %e, suppressed, "commit not acknowledged; resending");
                     }

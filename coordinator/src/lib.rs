@@ -21,6 +21,7 @@
 //! the log back (rule 15, the same recovery) and only then opens the gate.
 
 pub mod clock_watch;
+pub mod console;
 pub mod decision_log;
 pub mod driver;
 pub mod error;
@@ -154,6 +155,17 @@ pub struct Config {
     /// clients can reach them; open to all when absent.
     #[arg(long, env = "TWOPC_PEER_TOKEN", hide_env_values = true)]
     pub peer_token: Option<String>,
+    /// Serve the web console on this address (e.g. 127.0.0.1:7080; port 0
+    /// picks one, printed as `console on URL`); off when absent. A
+    /// non-loopback address needs --admin-token. HTTPS when the
+    /// coordinator has TLS (same certificate); with --admin-token every API
+    /// call needs it (the page asks for it once).
+    #[arg(long, env = "TWOPC_CONSOLE_ADDR")]
+    pub console_addr: Option<String>,
+    /// Failpoint names the participants know, for the console's menu (set
+    /// by the `twopc` binary, which links the participant; not a flag).
+    #[arg(skip)]
+    pub participant_failpoints: Vec<String>,
 }
 
 /// Runs the coordinator until the process is stopped.
@@ -182,6 +194,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     runtime::serve_metrics(config.metrics_listen.as_deref()).map_err(anyhow::Error::msg)?;
     let (listener, local) =
         runtime::bind(&config.listen, server_tls.is_some(), peer_token.is_set()).await.map_err(anyhow::Error::msg)?;
+    if let Some(console) = shell.start_console(&local.to_string(), None).await? {
+        console.set_driver(driver.clone());
+    }
     driver.execute(redo);
     tokio::spawn(driver.clone().expiry_loop(Duration::from_millis(100)));
     tracing::info!(%local, partitions = config.partitions, tls = server_tls.is_some(), peer_token = peer_token.is_set(), "coordinator serving");
@@ -198,6 +213,26 @@ struct Shell {
 }
 
 impl Shell {
+    /// Starts the web console if `--console-addr` is given (before the
+    /// `listening on` line, so its `console on URL` line comes first).
+    async fn start_console(
+        &self,
+        coordinator_addr: &str,
+        leadership: Option<Arc<Leadership>>,
+    ) -> anyhow::Result<Option<Arc<console::Console>>> {
+        let Some(addr) = &self.config.console_addr else { return Ok(None) };
+        let settings = console::Settings {
+            addr: addr.clone(),
+            coordinator_addr: coordinator_addr.to_string(),
+            partitions: self.config.partitions,
+            admin_token: self.admin_token.clone(),
+            participant_failpoints: self.config.participant_failpoints.clone(),
+            tls: self.config.tls.clone(),
+        };
+        let (console, _) = console::start(settings, leadership).await.map_err(anyhow::Error::msg)?;
+        Ok(Some(console))
+    }
+
     /// Rule 7 (and 15): the core rebuilt from what the log holds, the
     /// service around it, and the actions that re-drive unfinished tids.
     fn recover(
@@ -320,6 +355,7 @@ async fn run_replicated(shell: Shell, server_tls: Option<tonic::transport::Serve
     metrics::counter!("twopc_leader_elections_total").absolute(0);
     metrics::counter!("twopc_leader_failovers_total").absolute(0);
 
+    let console = shell.start_console(&me, Some(leadership.clone())).await?;
     let gate = Gate::standby(leadership.clone());
     let serving_rx = leadership.serving();
     let term = {
@@ -348,6 +384,9 @@ async fn run_replicated(shell: Shell, server_tls: Option<tonic::transport::Serve
             };
             let (driver, service, redo) = shell.recover(log, recovered, Some(leadership.clone()));
             gate.lead(limited(CoordinatorServer::new(service)));
+            if let Some(console) = &console {
+                console.set_driver(driver.clone());
+            }
             leadership.opened();
             if leadership.took_over() {
                 metrics::counter!("twopc_leader_failovers_total").increment(1);

@@ -225,6 +225,7 @@ impl CoordinatorRpc for CoordinatorService {
         };
         if !repeat {
             metrics::histogram!("twopc_commit_latency_seconds").record(started.elapsed().as_secs_f64());
+            crate::console::history::commit_latency(started.elapsed());
         }
         let (outcome, (abort_kind, reason)) = match outcome {
             Outcome::Committed => (pb::Outcome::Committed, (0, String::new())),

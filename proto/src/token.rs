@@ -160,6 +160,20 @@ impl<R: Role> Token<R> {
         Ok(())
     }
 
+    /// [`Token::check`] for a plain HTTP request (the coordinator's web
+    /// console): `header` is the request's value of [`Role::KEY`]
+    /// (`Authorization` for the admin token), compared in constant time.
+    pub fn check_header(&self, header: Option<&[u8]>, what: &str) -> Result<(), Status> {
+        let Some(want) = &self.secret else { return Ok(()) };
+        let Some(got) = header else {
+            return Err(Status::unauthenticated(R::missing(what)));
+        };
+        if !constant_time_eq(got, want.header.as_bytes()) {
+            return Err(Status::unauthenticated(R::wrong(what)));
+        }
+        Ok(())
+    }
+
     /// Client side: adds the token (if any) to an outgoing request.
     pub fn request<T>(&self, message: T) -> Request<T> {
         let mut req = Request::new(message);
@@ -248,6 +262,16 @@ mod tests {
         assert!(ensure_distinct(&AdminToken::new(Some("p33r")).unwrap(), &p).is_err());
         assert!(ensure_distinct(&AdminToken::new(Some("admin")).unwrap(), &p).is_ok());
         assert!(ensure_distinct(&AdminToken::default(), &p).is_ok());
+    }
+
+    #[test]
+    fn a_plain_header_is_checked_like_metadata() {
+        let t = AdminToken::new(Some("s3cret")).unwrap();
+        assert_eq!(t.check_header(None, "GET /api/status").unwrap_err().code(), Code::Unauthenticated);
+        assert!(t.check_header(Some(b"Bearer s3cret"), "X").is_ok());
+        assert!(t.check_header(Some(b"Bearer s3cres"), "X").unwrap_err().message().contains("wrong admin token"));
+        assert!(t.check_header(Some(b"s3cret"), "X").is_err());
+        assert!(AdminToken::default().check_header(None, "X").is_ok());
     }
 
     #[test]

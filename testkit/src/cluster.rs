@@ -45,6 +45,9 @@ pub struct Proc {
     exit: Option<std::process::ExitStatus>,
     /// Started with [`Proc::start_detached`]: dropping the handle leaves it running.
     detached: bool,
+    /// The web console's URL, when the process printed a `console on URL`
+    /// line before its readiness line (a coordinator with `--console-addr`).
+    pub console: Option<String>,
 }
 
 impl Proc {
@@ -60,18 +63,23 @@ impl Proc {
         let mut child = spawn(exe, args, env, log, false)?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, rx) = mpsc::channel();
-        // Reads the readiness line, then keeps draining stdout so the child never blocks on it.
+        let (console_tx, console_rx) = mpsc::channel();
+        // Reads the readiness line (and the console's, printed before it),
+        // then keeps draining stdout so the child never blocks on it.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(addr) = line.strip_prefix("listening on ") {
                     let _ = tx.send(addr.trim().to_string());
+                } else if let Some(url) = line.strip_prefix("console on ") {
+                    let _ = console_tx.send(url.trim().to_string());
                 }
             }
         });
         let mut proc = Proc::new(child, "0.0.0.0:0".parse().unwrap(), name);
         match rx.recv_timeout(START_TIMEOUT) {
             Ok(addr) => {
+                proc.console = console_rx.try_iter().last();
                 proc.addr = addr.parse().with_context(|| format!("{name} printed a bad address {addr:?}"))?;
                 Ok(proc)
             }
@@ -109,6 +117,7 @@ impl Proc {
             let text = String::from_utf8_lossy(text.get(from as usize..).unwrap_or_default());
             if let Some(addr) = text.lines().find_map(|l| l.strip_prefix("listening on ")) {
                 proc.addr = addr.trim().parse().with_context(|| format!("{name} printed a bad address {addr:?}"))?;
+                proc.console = text.lines().find_map(|l| l.strip_prefix("console on ")).map(|u| u.trim().to_string());
                 return Ok(proc);
             }
             if !proc.is_running() {
@@ -132,7 +141,15 @@ impl Proc {
     }
 
     fn new(child: Child, addr: SocketAddr, name: &str) -> Proc {
-        Proc { child: Some(child), addr, name: name.to_string(), paused: false, exit: None, detached: false }
+        Proc {
+            child: Some(child),
+            addr,
+            name: name.to_string(),
+            paused: false,
+            exit: None,
+            detached: false,
+            console: None,
+        }
     }
 
     /// The process id, until [`Proc::kill`] (or a wait that saw it exit) reaped it.
@@ -356,6 +373,10 @@ pub struct ClusterOptions {
     /// Several coordinators on a replicated decision log in etcd (None: one
     /// coordinator with its SQLite decision log, as always).
     pub ha: Option<HaOptions>,
+    /// Serve the web console on every coordinator (`--console-addr
+    /// 127.0.0.1:0`; a restart keeps its address): see
+    /// [`LocalCluster::console_url`].
+    pub console: bool,
 }
 
 impl Default for ClusterOptions {
@@ -369,6 +390,7 @@ impl Default for ClusterOptions {
             env: vec![],
             client: twopc_client::ConnectOptions::default(),
             ha: None,
+            console: false,
         }
     }
 }
@@ -438,7 +460,7 @@ impl LocalCluster {
         };
         let mut procs: Vec<Proc> = Vec::with_capacity(count);
         for i in 0..count {
-            match start_coordinator(exe, dir, &opts, i, "127.0.0.1:0", &[]) {
+            match start_coordinator(exe, dir, &opts, i, "127.0.0.1:0", None, &[]) {
                 Ok(p) => procs.push(p),
                 Err(e) => {
                     // Detached processes would outlive their handles: kill them.
@@ -552,11 +574,13 @@ impl LocalCluster {
     pub fn restart_coordinator_i(&mut self, i: usize, env: &[(String, String)]) -> anyhow::Result<()> {
         self.coordinator_proc(i).kill();
         let addr = self.coordinator_addrs[i].to_string();
+        // The console keeps its address too (a page left open reconnects).
+        let console = self.coordinator_ref(i).console.as_deref().and_then(console_addr_of).map(str::to_string);
         // The port was ours a moment ago; retry briefly in case the kernel
         // has not released it yet.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match start_coordinator(&self.exe, &self.dir, &self.opts, i, &addr, env) {
+            match start_coordinator(&self.exe, &self.dir, &self.opts, i, &addr, console.as_deref(), env) {
                 Ok(p) => {
                     *self.coordinator_proc(i) = p;
                     return Ok(());
@@ -591,6 +615,18 @@ impl LocalCluster {
         let env = [&self.opts.env[..], env].concat();
         let log = self.dir.join(format!("p{p}.log"));
         start_proc(&self.opts, &self.exe, &args, &env, &log, &format!("participant {p}"))
+    }
+
+    /// The web console's URL of the coordinator (coordinator 0 in HA mode),
+    /// e.g. `http://127.0.0.1:PORT/` (`https` with TLS), when started with
+    /// [`ClusterOptions::console`].
+    pub fn console_url(&self) -> Option<String> {
+        self.console_url_i(0)
+    }
+
+    /// The web console's URL of coordinator `i`.
+    pub fn console_url_i(&self, i: usize) -> Option<String> {
+        self.coordinator_ref(i).console.clone()
     }
 
     /// Coordinator `i`'s log file (`coordinator.log`, or in HA mode `coordinator-<i>.log`).
@@ -650,8 +686,16 @@ pub fn coordinator_args(dir: &Path, opts: &ClusterOptions, listen: &str) -> Vec<
             ha.lease_ttl_secs.to_string(),
         ]),
     }
+    if opts.console {
+        args.extend(["--console-addr".into(), "127.0.0.1:0".into()]);
+    }
     args.extend(opts.coordinator_args.iter().cloned());
     args
+}
+
+/// `HOST:PORT` of a console URL (`http://HOST:PORT/`).
+fn console_addr_of(url: &str) -> Option<&str> {
+    url.split_once("://").map(|(_, rest)| rest.trim_end_matches('/'))
 }
 
 fn start_coordinator(
@@ -660,9 +704,13 @@ fn start_coordinator(
     opts: &ClusterOptions,
     i: usize,
     listen: &str,
+    console: Option<&str>,
     env: &[(String, String)],
 ) -> anyhow::Result<Proc> {
-    let args = coordinator_args(dir, opts, listen);
+    let mut args = coordinator_args(dir, opts, listen);
+    if let (Some(console), Some(at)) = (console, args.iter().position(|a| a == "--console-addr")) {
+        args[at + 1] = console.to_string();
+    }
     let env = [&opts.env[..], env].concat();
     let name = if opts.ha.is_some() { format!("coordinator {i}") } else { "coordinator".to_string() };
     start_proc(opts, exe, &args, &env, &coordinator_log(dir, opts, i), &name)
@@ -817,6 +865,10 @@ mod tests {
             ["coordinator", "--listen", "127.0.0.1:0", "--partitions", "3", "--data-dir", "/d/coordinator"]
         );
         assert_eq!(coordinator_log(Path::new("/d"), &opts, 0), Path::new("/d/coordinator.log"));
+        let opts = ClusterOptions { console: true, ..ClusterOptions::default() };
+        let args = coordinator_args(Path::new("/d"), &opts, "127.0.0.1:0");
+        assert_eq!(args[args.len() - 2..], ["--console-addr", "127.0.0.1:0"]);
+        assert_eq!(console_addr_of("https://127.0.0.1:7080/"), Some("127.0.0.1:7080"));
     }
 
     #[test]
