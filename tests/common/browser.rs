@@ -271,18 +271,30 @@ impl Chromium {
     }
 
     /// Clicks the element `selector` matches (waiting for it to exist) with
-    /// a real mouse click at its centre.
+    /// a real mouse click at its centre. A page that re-renders may replace
+    /// the element between finding and clicking it: then it is found again,
+    /// within [`STEP`].
     pub async fn click(&self, selector: &str) {
         let sel = serde_json::to_string(selector).unwrap();
-        self.wait_for(
-            &format!("{selector} to click"),
-            &format!("document.querySelector({sel}) !== null"),
-            "null",
-            STEP,
-        )
-        .await;
-        let element = step(&format!("find {selector}"), self.page.find_element(selector)).await;
-        step(&format!("click {selector}"), element.click()).await;
+        let exists = format!("document.querySelector({sel}) !== null");
+        let deadline = Instant::now() + STEP;
+        loop {
+            self.wait_for(&format!("{selector} to click"), &exists, "null", STEP).await;
+            let clicked = tokio::time::timeout(STEP, async {
+                let element = self.page.find_element(selector).await?;
+                element.click().await.map(|_| ())
+            })
+            .await;
+            match clicked {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) if Instant::now() < deadline => {
+                    eprintln!("browser: click {selector}: {e}; trying again");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(Err(e)) => panic!("browser: click {selector}: {e}"),
+                Err(_) => panic!("browser: click {selector}: no answer within {STEP:?}"),
+            }
+        }
     }
 
     /// Clicks the input `selector` matches and types `text` with key events.
