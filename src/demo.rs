@@ -2,7 +2,11 @@
 //! participants as child processes on free loopback ports, then runs a small
 //! bank: accounts spread over the partitions, concurrent transfers between
 //! them (each a distributed transaction), and a check that the total is
-//! unchanged. With `--keep-running` the cluster stays up for the CLI.
+//! unchanged. With `--keep-running` the cluster stays up for the CLI and
+//! the coordinator serves its web console on a loopback port (the URL is
+//! printed first): a trickle of transfers keeps the charts moving, and a
+//! process that dies (e.g. a failpoint armed from the page) is restarted,
+//! so its crash and recovery show on the page.
 //!
 //! `twopc demo --ha` shows coordinator failover (PROTOCOL.md rules 14-16):
 //! a three-member etcd, three coordinators sharing their decision log in it
@@ -40,9 +44,14 @@ pub struct DemoArgs {
     pub transfers: u32,
     #[arg(long, default_value_t = 8)]
     pub concurrency: u32,
-    /// Keep the cluster running after the workload until Ctrl-C.
+    /// Keep the cluster running after the workload until Ctrl-C, with the
+    /// coordinator's web console on a loopback port (its URL is printed).
     #[arg(long)]
     pub keep_running: bool,
+    /// With --keep-running: transfers per second run in the background
+    /// (0: none), so the console has something to show.
+    #[arg(long, default_value_t = 5)]
+    pub trickle_per_sec: u32,
     /// High availability: a 3-member etcd, 3 coordinators on it, and the
     /// leader SIGKILLed halfway through the transfers (needs `etcd` on PATH).
     #[arg(long)]
@@ -70,9 +79,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         return ha::run(&args, &dir).await;
     }
     println!("starting a coordinator and {} participants under {}", args.partitions, dir.display());
-    let opts = ClusterOptions { partitions: args.partitions, ..ClusterOptions::default() };
+    let opts = ClusterOptions { partitions: args.partitions, console: args.keep_running, ..ClusterOptions::default() };
     let cluster = LocalCluster::start(&exe, &dir, opts)?;
     cluster.wait_registered(Duration::from_secs(30)).await?;
+    if let Some(url) = cluster.console_url() {
+        println!("  web console   {url}   (open it in a browser now and watch the transfers)");
+    }
     println!("  coordinator   {}", cluster.coordinator_addr());
     for (p, proc) in cluster.participants.iter().enumerate() {
         println!("  partition {p}   {}", proc.addr);
@@ -127,9 +139,63 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("  twopc read --coordinator {coord} greeting");
         println!("  twopc transactions --coordinator {coord}");
         println!("  twopc in-doubt --coordinator {coord}");
+        if let Some(url) = cluster.console_url() {
+            println!("or open the web console: {url}");
+            println!(
+                "  (arm e.g. coordinator::after_decision_forced with `return` (kills it) there: the demo restarts what crashes)"
+            );
+        }
         println!("press Ctrl-C to stop");
-        tokio::signal::ctrl_c().await?;
+        keep_running(cluster, client, args.accounts, args.trickle_per_sec).await?;
     }
+    Ok(())
+}
+
+/// Until Ctrl-C: `per_sec` transfers a second in the background, and any
+/// process of `cluster` that exited (a failpoint's crash) restarted on its
+/// data, its address kept for the coordinator and its console.
+async fn keep_running(mut cluster: LocalCluster, client: Client, accounts: u32, per_sec: u32) -> anyhow::Result<()> {
+    let trickle = tokio::spawn(async move {
+        if per_sec == 0 {
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1) / per_sec);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let (from, to, amount) = {
+                let mut rng = rand::rng();
+                let from = rng.random_range(0..accounts);
+                (from, (from + rng.random_range(1..accounts)) % accounts, rng.random_range(1..=10i64))
+            };
+            // Errors are expected while a process is down: the next tick tries again.
+            let _ = tokio::time::timeout(Duration::from_secs(15), transfer(&client, from, to, amount)).await;
+        }
+    });
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            r = &mut ctrl_c => { r?; break; }
+            _ = check.tick() => {}
+        }
+        if !cluster.coordinator.is_running() {
+            let how = cluster.coordinator.exit_status().map(|s| s.to_string()).unwrap_or_default();
+            println!(
+                "the coordinator exited ({how}); restarting it: it reads its decision log back and finishes what it decided"
+            );
+            cluster.restart_coordinator(&[])?;
+        }
+        for p in 0..cluster.participants.len() {
+            if !cluster.participants[p].is_running() {
+                let how = cluster.participants[p].exit_status().map(|s| s.to_string()).unwrap_or_default();
+                println!("participant {p} exited ({how}); restarting it on its data (it asks about its in-doubt tids)");
+                cluster.restart_participant(p as u32, &[])?;
+            }
+        }
+    }
+    trickle.abort();
     Ok(())
 }
 

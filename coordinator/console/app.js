@@ -317,9 +317,9 @@
     const name = $("fp-name").value;
     const actions = arm ? $("fp-actions").value.trim() : "";
     if (!name) return;
-    if (arm && !actions) { actionResult({ ok: false, status: 0, data: { error: "type the actions (e.g. panic)" } }); return; }
+    if (arm && !actions) { actionResult({ ok: false, status: 0, data: { error: "type the actions (e.g. return, which kills the process at that step)" } }); return; }
     const where = target === "coordinator" ? "the coordinator" : "partition " + target;
-    const q = arm ? "Arm failpoint " + name + " with \"" + actions + "\" at " + where + "?\n(panic crashes that process when the step is reached.)" : "Disarm failpoint " + name + " at " + where + "?";
+    const q = arm ? "Arm failpoint " + name + " with \"" + actions + "\" at " + where + "?\n(return kills that process when the step is reached.)" : "Disarm failpoint " + name + " at " + where + "?";
     if (!window.confirm(q)) return;
     const r = await api("/api/failpoint", { target, name, actions });
     actionResult(r, (arm ? "armed " : "disarmed ") + name + " at " + where);

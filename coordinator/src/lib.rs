@@ -5,7 +5,8 @@
 //! [`driver`] executes its actions (RPCs, forced log writes, retries);
 //! [`decision_log`] is the SQLite log with group commit; [`service`] is the
 //! gRPC face; [`peers`] the partition map; [`store_ids`] the store each
-//! partition belongs to (a registration from another store is refused).
+//! partition belongs to (a registration from another store is refused);
+//! [`console`] the optional web console (`--console-addr`).
 //!
 //! Start-up order keeps rule 7: the log is read back and every unfinished
 //! COMMIT re-entered into the core *before* the socket serves, so no

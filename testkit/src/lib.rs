@@ -252,6 +252,15 @@ impl ClusterBuilder {
         self
     }
 
+    /// The coordinators' web console on a loopback port each (`--console-addr
+    /// 127.0.0.1:0`): [`Cluster::console_url`] gives its URL (`https://...`
+    /// with [`ClusterBuilder::tls`]; with [`ClusterBuilder::admin_token`] the
+    /// API needs that token as `Authorization: Bearer`).
+    pub fn console(mut self, on: bool) -> Self {
+        self.opts.console = on;
+        self
+    }
+
     /// Replaces every setting by raw [`ClusterOptions`] (what the typed
     /// setters change; call them after this). An `ha` with empty
     /// `etcd_endpoints` gets a 3-member etcd started by the kit; with
@@ -409,6 +418,13 @@ impl Cluster {
     /// What a client's `--coordinator` takes (`A` or `A,B,C`).
     pub fn coordinator_addr(&self) -> String {
         self.local().coordinator_addr()
+    }
+
+    /// The web console's URL (`http://127.0.0.1:PORT/`) of the coordinator
+    /// (coordinator 0 in HA mode), when started with [`ClusterBuilder::console`].
+    /// A restarted coordinator keeps it.
+    pub fn console_url(&self) -> Option<String> {
+        self.local().console_url()
     }
 
     /// How the kit's client connects (TLS, admin token): for more clients.
