@@ -278,15 +278,26 @@ async fn tid_held_prepared_by_a_failpoint_is_in_the_in_doubt_view() {
     .await;
 
     // Some history for the charts (and the README's screenshot): commits
-    // and a few aborts by the application.
-    for i in 0..40u32 {
-        let txn = tc.client.begin(Some(Duration::from_secs(30))).await.unwrap();
-        txn.put(tc.key_on(i % 2, &format!("bg{i}")).as_bytes(), b"x").await.unwrap();
-        if i % 8 == 7 {
-            txn.abort().await.unwrap()
-        } else {
-            txn.commit().await.unwrap();
+    // and a few aborts by the application, in rounds that each land in a
+    // later sample than the one before (the page plots one more point).
+    for round in 0..3u32 {
+        let points: u64 = b.eval("Number(document.getElementById('chart-throughput').dataset.points)").await;
+        for i in round * 20..round * 20 + 10 + 5 * round {
+            let txn = tc.client.begin(Some(Duration::from_secs(30))).await.unwrap();
+            txn.put(tc.key_on(i % 2, &format!("bg{i}")).as_bytes(), b"x").await.unwrap();
+            if i % 6 == 5 {
+                txn.abort().await.unwrap()
+            } else {
+                txn.commit().await.unwrap();
+            }
         }
+        b.wait_for(
+            "a new point in the throughput chart",
+            &format!("Number(document.getElementById('chart-throughput').dataset.points) > {points}"),
+            "JSON.stringify(document.getElementById('chart-throughput').dataset)",
+            SHOW,
+        )
+        .await;
     }
 
     // Both participants prepare, then the coordinator's step sleeps before

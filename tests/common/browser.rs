@@ -61,7 +61,7 @@ const FLAGS: &[&str] = &[
     "--disable-extensions",
     "--disable-dev-shm-usage",
     "--mute-audio",
-    "--window-size=1280,1400",
+    "--window-size=1280,960",
     "--remote-debugging-address=127.0.0.1",
     "--remote-debugging-port=0",
 ];
