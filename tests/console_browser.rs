@@ -130,6 +130,7 @@ async fn harness_sees_console_errors_exceptions_and_answers_dialogs() {
 console.log("an ordinary log line");
 console.error("boom-console", 42);
 setTimeout(() => { throw new Error("boom-uncaught"); }, 10);
+setTimeout(() => { Promise.reject(new Error("boom-rejected")); }, 20);
 document.getElementById("ask").addEventListener("click", () => {
   document.getElementById("out").textContent = window.confirm("sure, " + document.getElementById("name").value + "?") ? "yes" : "no";
 });
@@ -140,16 +141,17 @@ document.getElementById("ask").addEventListener("click", () => {
     let pgid = b.pid();
     b.open(&server.url).await;
 
-    // Both problems are seen, and only those (the log line is not one).
+    // The three problems are seen, and only those (the log line is not one).
     let deadline = Instant::now() + STEP;
-    while b.problems().len() < 2 {
+    while b.problems().len() < 3 {
         assert!(Instant::now() < deadline, "problems seen: {:?}", b.problems());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let problems = b.problems();
-    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert_eq!(problems.len(), 3, "{problems:#?}");
     assert!(problems.iter().any(|p| p.contains("console.Error") && p.contains("boom-console") && p.contains("42")));
     assert!(problems.iter().any(|p| p.contains("uncaught exception") && p.contains("boom-uncaught")));
+    assert!(problems.iter().any(|p| p.contains("uncaught exception") && p.contains("boom-rejected")));
 
     // Typing, clicking, and the confirm dialog answered both ways.
     b.type_into("#name", "Ada").await;

@@ -124,6 +124,8 @@ impl Chromium {
             .stderr(log_file)
             // Its own process group, so that Drop kills every process it forks.
             .process_group(0);
+        // The parent-death signal follows the forking thread: a test's
+        // runtime threads live as long as the test, and so as the browser.
         // SAFETY: prctl is async-signal-safe and only changes the child.
         unsafe {
             cmd.pre_exec(|| {
