@@ -10,8 +10,9 @@
 //!   it when committed from the CLI;
 //! - the throughput chart plots a short workload's commits;
 //! - a tid held prepared by a failpoint (the coordinator sleeping before
-//!   its decision) is listed in the in-doubt view at every participant it
-//!   wrote to, and leaves it once the decision is made;
+//!   its decision), armed and disarmed from the page's own form, is listed
+//!   in the in-doubt view at every participant it wrote to, and leaves it
+//!   once the decision is made;
 //! - with an admin token, an abort clicked without the token is refused and
 //!   the tid stays undecided; with the token typed in, a dismissed confirm
 //!   does nothing and an accepted one aborts it.
@@ -35,7 +36,7 @@ use std::time::{Duration, Instant};
 use browser::{Chromium, STEP};
 use common::*;
 use twopc::cluster::ClusterOptions;
-use twopc_client::{AdminToken, ConnectOptions, Decision, FailpointTarget};
+use twopc_client::{AdminToken, ConnectOptions, Decision};
 
 /// How long the page may take to show a change: many of its 1.5 s poll
 /// cycles, on a loaded 2-core machine.
@@ -266,6 +267,49 @@ async fn page_loads_cleanly_follows_a_cli_transaction_and_charts_a_workload() {
     assert_no_problems(&b);
 }
 
+/// The coordinator's step between the participants' YES votes and its forced decision.
+const HOLD: &str = "coordinator::before_decision_forced";
+
+/// Arms (or with empty `actions` disarms) failpoint `name` at `target`
+/// (`coordinator` or a partition number) with the page's failpoint form,
+/// accepting its confirm, and waits for the page to report success.
+async fn page_failpoint(b: &Chromium, target: &str, name: &str, actions: &str) {
+    let dialogs = b.dialogs().len();
+    b.run(&format!(
+        "(() => {{ const t = document.getElementById('fp-target'); t.value = {}; \
+         t.dispatchEvent(new Event('change')); document.getElementById('fp-name').value = {}; \
+         document.getElementById('action-result').textContent = ''; }})()",
+        q(target),
+        q(name)
+    ))
+    .await;
+    assert_eq!(
+        b.eval::<String>("document.getElementById('fp-name').value").await,
+        name,
+        "no such failpoint in the menu"
+    );
+    let button = if actions.is_empty() {
+        "#fp-disarm"
+    } else {
+        b.type_into("#fp-actions", actions).await;
+        "#fp-arm"
+    };
+    b.click(button).await;
+    let want = if actions.is_empty() { "disarmed " } else { "armed " };
+    b.wait_for(
+        &format!("the page's {want}{name}"),
+        &format!(
+            "document.getElementById('action-result').dataset.state === 'ok' && \
+             document.getElementById('action-result').textContent.startsWith({})",
+            q(&format!("{want}{name}"))
+        ),
+        "document.getElementById('action-result').textContent",
+        SHOW,
+    )
+    .await;
+    assert_eq!(b.dialogs().len(), dialogs + 1, "the action was confirmed once: {:?}", b.dialogs());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tid_held_prepared_by_a_failpoint_is_in_the_in_doubt_view() {
     let (tc, url) = console_cluster(None).await;
@@ -310,7 +354,8 @@ async fn tid_held_prepared_by_a_failpoint_is_in_the_in_doubt_view() {
         txn.put(k.as_bytes(), b"v").await.unwrap();
     }
     let tid = txn.tid().to_string();
-    arm(&tc, FailpointTarget::Coordinator, "coordinator::before_decision_forced", "sleep(60000)").await;
+    // Armed from the page's own form (its confirm accepted).
+    page_failpoint(&b, "coordinator", HOLD, "sleep(60000)").await;
     let commit = tokio::spawn(async move { txn.commit().await });
     for p in 0..2 {
         b.wait_for(
@@ -337,7 +382,7 @@ async fn tid_held_prepared_by_a_failpoint_is_in_the_in_doubt_view() {
     assert_no_problems(&b);
 
     // Disarming ends the sleep: the tid commits and leaves the view.
-    arm(&tc, FailpointTarget::Coordinator, "coordinator::before_decision_forced", "").await;
+    page_failpoint(&b, "coordinator", HOLD, "").await;
     let outcome = tokio::time::timeout(SETTLE, commit).await.expect("the commit finishes").unwrap().unwrap();
     assert!(matches!(outcome, twopc_client::Outcome::Committed), "{outcome:?}");
     b.wait_for(
