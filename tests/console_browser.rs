@@ -7,7 +7,7 @@
 //! contract (ids and data attributes listed in coordinator/console/index.html):
 //! - the page loads and polls without console errors or uncaught exceptions;
 //! - a transaction begun from the CLI appears in the live list and leaves
-//!   it when committed from the CLI;
+//!   it when committed from the CLI, and the tid lookup answers COMMITTED;
 //! - the throughput chart plots a short workload's commits;
 //! - a tid held prepared by a failpoint (the coordinator sleeping before
 //!   its decision), armed and disarmed from the page's own form, is listed
@@ -222,6 +222,17 @@ async fn page_loads_cleanly_follows_a_cli_transaction_and_charts_a_workload() {
         "the committed transaction gone from the live list",
         &format!("{} === null", live_row(&tid)),
         "document.getElementById('live-txns').innerText",
+        SHOW,
+    )
+    .await;
+
+    // The tid lookup gives the decision a client would hear.
+    b.type_into("#tid-lookup-input", &tid).await;
+    b.click("#tid-lookup-button").await;
+    b.wait_for(
+        "the lookup's answer",
+        "document.getElementById('tid-lookup-result').dataset.decision === 'COMMITTED'",
+        "document.getElementById('tid-lookup-result').textContent",
         SHOW,
     )
     .await;
