@@ -13,6 +13,9 @@
 //!   its decision), armed and disarmed from the page's own form, is listed
 //!   in the in-doubt view at every participant it wrote to, and leaves it
 //!   once the decision is made;
+//! - a participant killed by a failpoint armed from the page is shown
+//!   unreachable (topology, in-doubt view), and reachable again with
+//!   nothing in doubt once restarted;
 //! - with an admin token, an abort clicked without the token is refused and
 //!   the tid stays undecided; with the token typed in, a dismissed confirm
 //!   does nothing and an accepted one aborts it.
@@ -536,4 +539,74 @@ impl Drop for StaticServer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_injected_from_the_page_and_its_recovery_show_in_the_topology() {
+    let (mut tc, url) = console_cluster(None).await;
+    let b = Chromium::start(&tc.cluster.dir).await;
+    open_console(&b, &url).await;
+    let reachable = |p: u32, yes: bool| {
+        format!(
+            "document.querySelector('#topology tbody tr[data-partition=\"{p}\"][data-reachable=\"{yes}\"]') !== null"
+        )
+    };
+    b.wait_for("partition 1 reachable", &reachable(1, true), "document.getElementById('topology').innerText", SHOW)
+        .await;
+
+    // Partition 1 is killed by a failpoint armed from the page, once it has
+    // made its vote durable.
+    page_failpoint(&b, "1", "participant::after_prepare_durable", "return").await;
+    let keys = [tc.key_on(0, "crash"), tc.key_on(1, "crash")];
+    let txn = tc.client.begin(Some(Duration::from_secs(60))).await.unwrap();
+    for k in &keys {
+        txn.put(k.as_bytes(), b"v").await.unwrap();
+    }
+    let commit = tokio::spawn(async move { txn.commit().await });
+    b.wait_for(
+        "partition 1 shown unreachable",
+        &reachable(1, false),
+        "document.getElementById('topology').innerText",
+        SHOW,
+    )
+    .await;
+    assert!(b.eval::<bool>(&reachable(0, true)).await, "partition 0 stays reachable");
+    b.wait_for(
+        "partition 1's in-doubt listing shown as unreachable",
+        "document.querySelector('#in-doubt tbody tr.error[data-partition=\"1\"]') !== null",
+        "document.getElementById('in-doubt').innerText",
+        SHOW,
+    )
+    .await;
+    b.screenshot(&tc.cluster.dir.join("crash.png")).await;
+
+    // Restarted on its data, it registers again: the page shows it back
+    // and, once the tid is decided everywhere, nothing in doubt.
+    restart_participant(&mut tc, 1).await;
+    b.wait_for(
+        "partition 1 reachable again",
+        &reachable(1, true),
+        "document.getElementById('topology').innerText",
+        SHOW,
+    )
+    .await;
+    let outcome = tokio::time::timeout(SETTLE, commit).await.expect("the commit answers");
+    tc.wait_settled().await;
+    let applied = all_or_nothing(&tc, &[&keys[0], &keys[1]], "v").await;
+    eprintln!("the crashed tid: {outcome:?}, applied: {applied}");
+    // Whatever the client heard is what happened.
+    match outcome {
+        Ok(Ok(twopc_client::Outcome::Committed)) => assert!(applied, "COMMITTED but not applied"),
+        Ok(Ok(twopc_client::Outcome::Aborted { .. })) => assert!(!applied, "ABORTED but applied"),
+        _ => {}
+    }
+    b.wait_for(
+        "an empty in-doubt view after the recovery",
+        "document.querySelector('#in-doubt tbody tr.empty') !== null",
+        "document.getElementById('in-doubt').innerText",
+        SHOW,
+    )
+    .await;
+    b.screenshot(&tc.cluster.dir.join("recovered.png")).await;
+    assert_no_problems(&b);
 }
