@@ -1,0 +1,217 @@
+//! WAL checkpoints off the commit path, for a SQLite writer thread (the
+//! decision log's and every participant store's).
+//!
+//! SQLite's automatic checkpoint runs inside the commit that pushes the WAL
+//! past 1000 pages: that commit, and every request queued behind it in the
+//! writer thread, waits while ~1000 pages are copied into the database file
+//! and it is fsynced. Under load that was one group-commit batch every few
+//! hundred milliseconds paying several milliseconds more: the tail.
+//!
+//! Here the writer's connection reports its WAL size through SQLite's WAL
+//! hook (which replaces the automatic checkpoint) and:
+//!
+//! 1. once the WAL holds [`START_PAGES`], a checkpointer thread with a
+//!    connection of its own runs a `PASSIVE` checkpoint: it copies what is
+//!    in the WAL and fsyncs the database file while the writer keeps
+//!    committing (a passive checkpoint never blocks a writer);
+//! 2. when that pass is over, the writer, after answering its batch,
+//!    checkpoints the few pages written during the pass itself (so the WAL
+//!    is fully copied and its next commit starts the WAL from the beginning:
+//!    only the writer can bring that about without waiting, since it is the
+//!    only one that appends). The file stays bounded as before
+//!    (`journal_size_limit` truncates it at that restart).
+//! 3. If the checkpointer falls behind (the WAL reaches [`MAX_PAGES`]), the
+//!    writer checkpoints inline, as SQLite's automatic checkpoint did.
+//!
+//! Rules kept: a checkpoint never changes what is durable (the WAL is
+//! synced before any page is copied, and the database file before the WAL
+//! is reused: SQLite's own ordering), and nobody is answered before their
+//! batch's commit returned: the writer checkpoints only after answering.
+//! `TWOPC_PERF_BASELINE=1` (see [`crate::perf_baseline`]) keeps SQLite's
+//! automatic checkpoint, for side-by-side measurements.
+
+use std::cell::Cell;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+
+use rusqlite::Connection;
+
+/// WAL pages at which the checkpointer starts a pass (SQLite's automatic
+/// checkpoint threshold).
+pub const START_PAGES: u64 = 1000;
+/// WAL pages at which the writer checkpoints inline, whatever the
+/// checkpointer is doing: a bound on the WAL's size.
+pub const MAX_PAGES: u64 = 16 * START_PAGES;
+
+thread_local! {
+    /// Pages in the WAL after the last commit on this thread's connection
+    /// (set by the WAL hook, which runs in the committing thread).
+    static WAL_PAGES: Cell<u64> = const { Cell::new(0) };
+}
+
+unsafe extern "C" fn wal_hook(
+    _arg: *mut std::ffi::c_void,
+    _db: *mut rusqlite::ffi::sqlite3,
+    _name: *const std::ffi::c_char,
+    pages: std::ffi::c_int,
+) -> std::ffi::c_int {
+    WAL_PAGES.with(|p| p.set(pages.max(0) as u64));
+    rusqlite::ffi::SQLITE_OK
+}
+
+#[derive(Default)]
+struct State {
+    requested: bool,
+    done: bool,
+    stop: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    /// Held while a checkpoint runs on either connection.
+    running: Mutex<()>,
+}
+
+/// The writer thread's side; see the module doc. Dropping it stops the
+/// checkpointer thread.
+pub struct WalCheckpoints {
+    shared: Option<Arc<Shared>>,
+}
+
+impl WalCheckpoints {
+    /// Takes over checkpoints of `conn` (the writer's connection, to be used
+    /// on the calling thread from now on) of the database at `path`, with a
+    /// checkpointer thread named `name`. Without a thread (it could not be
+    /// started, or the baseline is asked for) SQLite's automatic checkpoint
+    /// stays on.
+    pub fn start(conn: &Connection, path: &Path, name: &str) -> Self {
+        if crate::perf_baseline() {
+            return Self { shared: None };
+        }
+        let checkpointer = match Connection::open(path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "no checkpointer connection: SQLite checkpoints inline");
+                return Self { shared: None };
+            }
+        };
+        let shared = Arc::new(Shared::default());
+        let theirs = shared.clone();
+        if let Err(e) = thread::Builder::new().name(name.into()).spawn(move || checkpointer_loop(checkpointer, &theirs))
+        {
+            tracing::warn!(error = %e, "no checkpointer thread: SQLite checkpoints inline");
+            return Self { shared: None };
+        }
+        // SAFETY: the handle is this live connection's; the hook is a plain
+        // function that touches only a thread-local, with no argument.
+        unsafe {
+            rusqlite::ffi::sqlite3_wal_hook(conn.handle(), Some(wal_hook), std::ptr::null_mut());
+        }
+        Self { shared: Some(shared) }
+    }
+
+    /// Called by the writer after a commit, once its batch is answered.
+    pub fn after_commit(&self, conn: &Connection) {
+        let Some(shared) = &self.shared else { return };
+        let pages = WAL_PAGES.with(Cell::get);
+        if pages < START_PAGES {
+            return;
+        }
+        let finish = {
+            let mut st = lock(&shared.state);
+            if st.done {
+                st.done = false;
+                true
+            } else {
+                if !st.requested {
+                    st.requested = true;
+                    shared.wake.notify_one();
+                }
+                false
+            }
+        };
+        if finish || pages >= MAX_PAGES {
+            // Skipped if the checkpointer is in a pass (the next commit
+            // asks again).
+            if let Ok(_running) = shared.running.try_lock() {
+                checkpoint(conn);
+            }
+        }
+    }
+}
+
+impl Drop for WalCheckpoints {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            lock(&shared.state).stop = true;
+            shared.wake.notify_one();
+        }
+    }
+}
+
+fn checkpointer_loop(conn: Connection, shared: &Shared) {
+    loop {
+        {
+            let mut st = lock(&shared.state);
+            while !st.requested && !st.stop {
+                st = shared.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            if st.stop {
+                return;
+            }
+        }
+        {
+            let _running = lock(&shared.running);
+            checkpoint(&conn);
+        }
+        let mut st = lock(&shared.state);
+        st.requested = false;
+        st.done = true;
+    }
+}
+
+/// A passive checkpoint: copies what it can without waiting for anyone.
+/// A failure only leaves the WAL longer; the next one tries again.
+fn checkpoint(conn: &Connection) {
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        tracing::debug!(error = %e, "WAL checkpoint failed; retried later");
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The WAL stays bounded under a writer that never pauses, and every
+    /// committed row is there.
+    #[test]
+    fn the_wal_is_checkpointed_and_restarted_under_constant_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "synchronous", "OFF").unwrap();
+        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB NOT NULL)").unwrap();
+        let ckpt = WalCheckpoints::start(&conn, &path, "test-checkpointer");
+        let (mut most, mut last, mut restarts) = (0, 0, 0);
+        for i in 0..20_000i64 {
+            // ~1 page per commit: the WAL would pass 20,000 pages unchecked.
+            conn.execute("INSERT INTO t (k, v) VALUES (?1, zeroblob(3000))", [i]).unwrap();
+            ckpt.after_commit(&conn);
+            let pages = WAL_PAGES.with(Cell::get);
+            restarts += usize::from(pages < last);
+            (most, last) = (most.max(pages), pages);
+        }
+        assert!(restarts >= 2, "the WAL restarted {restarts} times");
+        assert!(most <= MAX_PAGES + 8, "the WAL reached {most} pages");
+        let n: i64 = conn.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 20_000);
+    }
+}
