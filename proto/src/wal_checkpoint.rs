@@ -10,7 +10,8 @@
 //! Here the writer's connection reports its WAL size through SQLite's WAL
 //! hook (which replaces the automatic checkpoint) and:
 //!
-//! 1. once the WAL holds [`START_PAGES`], a checkpointer thread with a
+//! 1. once the WAL holds [`START_PAGES`] (ten times SQLite's threshold:
+//!    see there), a checkpointer thread with a
 //!    connection of its own runs a `PASSIVE` checkpoint: it copies what is
 //!    in the WAL and fsyncs the database file while the writer keeps
 //!    committing (a passive checkpoint never blocks a writer);
@@ -37,12 +38,23 @@ use std::thread;
 
 use rusqlite::Connection;
 
-/// WAL pages at which the checkpointer starts a pass (SQLite's automatic
-/// checkpoint threshold).
-pub const START_PAGES: u64 = 1000;
+/// WAL pages at which the checkpointer starts a pass: 40 MiB of 4 KiB
+/// pages. Each cycle of the WAL costs the writer one database fsync (step
+/// 2), whatever the number of pages (measured under load: the fsync's
+/// latency, not the copying, is the stall), so the cycle is ten times
+/// longer than SQLite's default of 1000 pages.
+pub const START_PAGES: u64 = 10_000;
 /// WAL pages at which the writer checkpoints inline, whatever the
 /// checkpointer is doing: a bound on the WAL's size.
-pub const MAX_PAGES: u64 = 16 * START_PAGES;
+pub const MAX_PAGES: u64 = 4 * START_PAGES;
+
+/// The `journal_size_limit` for a database whose checkpoints this module
+/// runs: above a whole cycle's WAL, so the file is reused, not truncated
+/// and grown again every cycle (an fsync of a growing file also commits
+/// the file system's journal). 4 MiB in the baseline, as before.
+pub fn journal_size_limit() -> i64 {
+    if crate::perf_baseline() { 4 * 1024 * 1024 } else { 64 * 1024 * 1024 }
+}
 
 thread_local! {
     /// Pages in the WAL after the last commit on this thread's connection
@@ -79,6 +91,8 @@ struct Shared {
 /// checkpointer thread.
 pub struct WalCheckpoints {
     shared: Option<Arc<Shared>>,
+    start_pages: u64,
+    max_pages: u64,
 }
 
 impl WalCheckpoints {
@@ -88,14 +102,21 @@ impl WalCheckpoints {
     /// started, or the baseline is asked for) SQLite's automatic checkpoint
     /// stays on.
     pub fn start(conn: &Connection, path: &Path, name: &str) -> Self {
+        Self::with_threshold(conn, path, name, START_PAGES)
+    }
+
+    /// [`WalCheckpoints::start`] with passes from `start_pages` (the WAL's
+    /// bound is four times that).
+    pub fn with_threshold(conn: &Connection, path: &Path, name: &str, start_pages: u64) -> Self {
+        let none = Self { shared: None, start_pages, max_pages: 4 * start_pages };
         if crate::perf_baseline() {
-            return Self { shared: None };
+            return none;
         }
         let checkpointer = match Connection::open(path) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, path = %path.display(), "no checkpointer connection: SQLite checkpoints inline");
-                return Self { shared: None };
+                return none;
             }
         };
         let shared = Arc::new(Shared::default());
@@ -103,21 +124,21 @@ impl WalCheckpoints {
         if let Err(e) = thread::Builder::new().name(name.into()).spawn(move || checkpointer_loop(checkpointer, &theirs))
         {
             tracing::warn!(error = %e, "no checkpointer thread: SQLite checkpoints inline");
-            return Self { shared: None };
+            return none;
         }
         // SAFETY: the handle is this live connection's; the hook is a plain
         // function that touches only a thread-local, with no argument.
         unsafe {
             rusqlite::ffi::sqlite3_wal_hook(conn.handle(), Some(wal_hook), std::ptr::null_mut());
         }
-        Self { shared: Some(shared) }
+        Self { shared: Some(shared), ..none }
     }
 
     /// Called by the writer after a commit, once its batch is answered.
     pub fn after_commit(&self, conn: &Connection) {
         let Some(shared) = &self.shared else { return };
         let pages = WAL_PAGES.with(Cell::get);
-        if pages < START_PAGES {
+        if pages < self.start_pages {
             return;
         }
         let finish = {
@@ -133,7 +154,7 @@ impl WalCheckpoints {
                 false
             }
         };
-        if finish || pages >= MAX_PAGES {
+        if finish || pages >= self.max_pages {
             // Skipped if the checkpointer is in a pass (the next commit
             // asks again).
             if let Ok(_running) = shared.running.try_lock() {
@@ -199,10 +220,10 @@ mod tests {
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
         conn.pragma_update(None, "synchronous", "OFF").unwrap();
         conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB NOT NULL)").unwrap();
-        let ckpt = WalCheckpoints::start(&conn, &path, "test-checkpointer");
+        let ckpt = WalCheckpoints::with_threshold(&conn, &path, "test-checkpointer", 1000);
         let (mut most, mut last, mut restarts) = (0, 0, 0);
-        for i in 0..20_000i64 {
-            // ~1 page per commit: the WAL would pass 20,000 pages unchecked.
+        for i in 0..12_000i64 {
+            // ~1 page per commit: the WAL would pass the cap unchecked.
             conn.execute("INSERT INTO t (k, v) VALUES (?1, zeroblob(3000))", [i]).unwrap();
             ckpt.after_commit(&conn);
             let pages = WAL_PAGES.with(Cell::get);
@@ -210,8 +231,8 @@ mod tests {
             (most, last) = (most.max(pages), pages);
         }
         assert!(restarts >= 2, "the WAL restarted {restarts} times");
-        assert!(most <= MAX_PAGES + 8, "the WAL reached {most} pages");
+        assert!(most <= 4_000 + 8, "the WAL reached {most} pages");
         let n: i64 = conn.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
-        assert_eq!(n, 20_000);
+        assert_eq!(n, 12_000);
     }
 }

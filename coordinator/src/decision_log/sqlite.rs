@@ -85,10 +85,10 @@ impl DecisionLog {
         let path = dir.join("decisions.db");
         let conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // Bounded files: the WAL is checkpointed every 1000 pages (after the
-        // batch is answered: `twopc_proto::wal_checkpoint`) and,
-        // with this limit, truncates it back to 4 MiB after a checkpoint.
-        conn.pragma_update(None, "journal_size_limit", 4 * 1024 * 1024)?;
+        // Bounded files: the WAL is checkpointed every 10,000 pages (after
+        // the batch is answered: `twopc_proto::wal_checkpoint`) and, with
+        // this limit, truncated back to 64 MiB when it starts over.
+        conn.pragma_update(None, "journal_size_limit", twopc_proto::wal_checkpoint::journal_size_limit())?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
