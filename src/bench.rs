@@ -922,7 +922,8 @@ impl Worker {
                 TxnResult::Committed { commit } => {
                     self.shared.committed.fetch_add(1, Ordering::Relaxed);
                     if counted {
-                        let second = ((done - self.measure_from).as_secs() as usize).min(self.shared.per_second.len() - 1);
+                        let second =
+                            ((done - self.measure_from).as_secs() as usize).min(self.shared.per_second.len() - 1);
                         self.shared.per_second[second].fetch_add(1, Ordering::Relaxed);
                         stats.committed += 1;
                         stats.txn.saturating_record(as_us(done - started));

@@ -139,6 +139,14 @@ impl WalCheckpoints {
         let Some(shared) = &self.shared else { return };
         let pages = WAL_PAGES.with(Cell::get);
         if pages < self.start_pages {
+            // Below the threshold again: the WAL started over by itself (a
+            // pass copied everything while nothing was written). A pass
+            // that ended before that is of no use to the next cycle, whose
+            // residue would then be the whole WAL.
+            let mut st = lock(&shared.state);
+            if st.done && !st.requested {
+                st.done = false;
+            }
             return;
         }
         let finish = {
