@@ -22,7 +22,8 @@
 //!    only one that appends). The file stays bounded as before
 //!    (`journal_size_limit` truncates it at that restart).
 //! 3. If the checkpointer falls behind (the WAL reaches [`MAX_PAGES`]), the
-//!    writer checkpoints inline, as SQLite's automatic checkpoint did.
+//!    writer waits for its pass and checkpoints inline, as SQLite's
+//!    automatic checkpoint did: the WAL stays bounded.
 //!
 //! Rules kept: a checkpoint never changes what is durable (the WAL is
 //! synced before any page is copied, and the database file before the WAL
@@ -162,7 +163,12 @@ impl WalCheckpoints {
                 false
             }
         };
-        if finish || pages >= self.max_pages {
+        if pages >= self.max_pages {
+            // The checkpointer fell behind: wait for its pass, then
+            // checkpoint here, so the WAL is bounded.
+            let _running = lock(&shared.running);
+            checkpoint(conn);
+        } else if finish {
             // Skipped if the checkpointer is in a pass (the next commit
             // asks again).
             if let Ok(_running) = shared.running.try_lock() {
