@@ -21,9 +21,9 @@ fn count(db: &Path, sql: &str) -> u64 {
 }
 
 /// The size of database `db` once what its WAL holds is copied in (a
-/// passive checkpoint, which waits for nobody): the writers checkpoint
-/// only every 10,000 WAL pages (`twopc_proto::wal_checkpoint`), so the
-/// file alone would not show what the stream wrote.
+/// passive checkpoint, which waits for nobody): under load a WAL may hold
+/// up to 10,000 pages before it starts over (`twopc_proto::wal_checkpoint`),
+/// so the file alone would not show what the stream wrote.
 fn db_size(db: &Path) -> u64 {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).unwrap();
@@ -81,7 +81,8 @@ async fn logs_stay_bounded_under_a_long_stream() {
     assert_eq!(count(&p0, "SELECT count(*) FROM prepared"), 0);
     // The second 800 transactions did not grow the databases (pages are
     // reused) and the WAL stays under its bound: a cycle of checkpoints
-    // (`twopc_proto::wal_checkpoint`, 10,000 pages) within the 64 MiB limit.
+    // (`twopc_proto::wal_checkpoint`, at most 10,000 pages) within the
+    // 64 MiB limit.
     let second = (db_size(&log), db_size(&p0));
     assert!(second.0 <= first.0 + 64 * 1024, "decision log grew from {} to {} bytes", first.0, second.0);
     assert!(second.1 <= first.1 + 64 * 1024, "partition file grew from {} to {} bytes", first.1, second.1);

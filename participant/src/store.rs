@@ -189,9 +189,10 @@ impl Store {
         let path = dir.join("partition.db");
         let conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // Bounded files: the WAL is checkpointed every 10,000 pages (after
-        // the batch is answered: `twopc_proto::wal_checkpoint`) and, with
-        // this limit, truncated back to 64 MiB when it starts over.
+        // Bounded files: the WAL is checkpointed from 1000 pages and starts
+        // over by 10,000 at most (after the batch is answered:
+        // `twopc_proto::wal_checkpoint`); with this limit its file is
+        // truncated back to 64 MiB when it starts over.
         conn.pragma_update(None, "journal_size_limit", twopc_proto::wal_checkpoint::journal_size_limit())?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(

@@ -10,12 +10,12 @@
 //! Here the writer's connection reports its WAL size through SQLite's WAL
 //! hook (which replaces the automatic checkpoint) and:
 //!
-//! 1. once the WAL holds [`START_PAGES`] (ten times SQLite's threshold:
-//!    see there), a checkpointer thread with a
+//! 1. once the WAL holds [`START_PAGES`], a checkpointer thread with a
 //!    connection of its own runs a `PASSIVE` checkpoint: it copies what is
 //!    in the WAL and fsyncs the database file while the writer keeps
 //!    committing (a passive checkpoint never blocks a writer);
-//! 2. when that pass is over, the writer, after answering its batch,
+//! 2. when that pass is over and the WAL has [`RESIDUE_PAGES`] (else
+//!    another pass follows), the writer, after answering its batch,
 //!    checkpoints the few pages written during the pass itself (so the WAL
 //!    is fully copied and its next commit starts the WAL from the beginning:
 //!    only the writer can bring that about without waiting, since it is the
@@ -39,20 +39,27 @@ use std::thread;
 
 use rusqlite::Connection;
 
-/// WAL pages at which the checkpointer starts a pass: 40 MiB of 4 KiB
-/// pages. Each cycle of the WAL costs the writer one database fsync (step
-/// 2), whatever the number of pages (measured under load: the fsync's
-/// latency, not the copying, is the stall), so the cycle is ten times
-/// longer than SQLite's default of 1000 pages.
-pub const START_PAGES: u64 = 10_000;
-/// WAL pages at which the writer checkpoints inline, whatever the
-/// checkpointer is doing: a bound on the WAL's size.
-pub const MAX_PAGES: u64 = 4 * START_PAGES;
+/// WAL pages from which the checkpointer runs passes, one after another
+/// while the WAL stays this long (SQLite's automatic threshold).
+pub const START_PAGES: u64 = 1000;
+/// WAL pages from which the writer, once a pass is over, copies the rest
+/// itself so the WAL starts over (step 2). That costs the writer a
+/// database fsync whatever the number of pages (measured under load: the
+/// fsync's latency, not the copying, is the stall), so it waits for a WAL
+/// ten times SQLite's threshold. A writer that pauses during a pass (any
+/// load but a heavy one) never gets there: the WAL starts over by itself
+/// after that pass, every ~1000 pages as before, and its file stays small
+/// (a WAL that grows makes every fsync also commit the file system's
+/// journal: measured +100-200 µs per fsync while it grows).
+pub const RESIDUE_PAGES: u64 = 10 * START_PAGES;
+/// WAL pages at which the writer waits for the checkpointer and
+/// checkpoints inline: a bound on the WAL's size.
+pub const MAX_PAGES: u64 = 40 * START_PAGES;
 
 /// The `journal_size_limit` for a database whose checkpoints this module
-/// runs: above a whole cycle's WAL, so the file is reused, not truncated
-/// and grown again every cycle (an fsync of a growing file also commits
-/// the file system's journal). 4 MiB in the baseline, as before.
+/// runs: above a cycle of [`RESIDUE_PAGES`], so the file is reused, not
+/// truncated and grown again every cycle (an fsync of a growing file also
+/// commits the file system's journal). 4 MiB in the baseline, as before.
 pub fn journal_size_limit() -> i64 {
     if crate::perf_baseline() { 4 * 1024 * 1024 } else { 64 * 1024 * 1024 }
 }
@@ -93,6 +100,7 @@ struct Shared {
 pub struct WalCheckpoints {
     shared: Option<Arc<Shared>>,
     start_pages: u64,
+    residue_pages: u64,
     max_pages: u64,
 }
 
@@ -106,10 +114,15 @@ impl WalCheckpoints {
         Self::with_threshold(conn, path, name, START_PAGES)
     }
 
-    /// [`WalCheckpoints::start`] with passes from `start_pages` (the WAL's
-    /// bound is four times that).
+    /// [`WalCheckpoints::start`] with passes from `start_pages` (and the
+    /// other thresholds in the same proportion as the defaults).
     pub fn with_threshold(conn: &Connection, path: &Path, name: &str, start_pages: u64) -> Self {
-        let none = Self { shared: None, start_pages, max_pages: 4 * start_pages };
+        let none = Self {
+            shared: None,
+            start_pages,
+            residue_pages: RESIDUE_PAGES / START_PAGES * start_pages,
+            max_pages: MAX_PAGES / START_PAGES * start_pages,
+        };
         if crate::perf_baseline() {
             return none;
         }
@@ -152,8 +165,8 @@ impl WalCheckpoints {
         }
         let finish = {
             let mut st = lock(&shared.state);
-            if st.done {
-                st.done = false;
+            let pass_over = std::mem::take(&mut st.done);
+            if pass_over && pages >= self.residue_pages {
                 true
             } else {
                 if !st.requested {
@@ -234,7 +247,7 @@ mod tests {
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
         conn.pragma_update(None, "synchronous", "OFF").unwrap();
         conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB NOT NULL)").unwrap();
-        let ckpt = WalCheckpoints::with_threshold(&conn, &path, "test-checkpointer", 1000);
+        let ckpt = WalCheckpoints::with_threshold(&conn, &path, "test-checkpointer", 100);
         let (mut most, mut last, mut restarts) = (0, 0, 0);
         for i in 0..12_000i64 {
             // ~1 page per commit: the WAL would pass the cap unchecked.
