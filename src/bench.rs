@@ -281,6 +281,39 @@ pub struct Report {
     pub total_balance: Option<i64>,
     pub expected_total: Option<i64>,
     pub conserved: Option<bool>,
+    /// Committed transactions in each second of the measured window.
+    pub per_second_committed: Vec<u64>,
+    /// Throughput of the window's first and last stretch (30 s, or half of
+    /// a shorter run): whether it decays as data grows.
+    pub decay: Option<Decay>,
+}
+
+/// The first and last `window_secs` of the measured window compared.
+#[derive(Debug, Serialize)]
+pub struct Decay {
+    pub window_secs: u64,
+    pub first_per_sec: f64,
+    pub last_per_sec: f64,
+    /// last / first: 1.0 is no decay.
+    pub last_to_first: f64,
+}
+
+impl Decay {
+    /// Compares the first and last 30 s (or halves, if shorter) of `per_second`.
+    fn of(per_second: &[u64]) -> Option<Self> {
+        let window = (per_second.len() / 2).min(30);
+        if window == 0 {
+            return None;
+        }
+        let mean = |s: &[u64]| s.iter().sum::<u64>() as f64 / s.len() as f64;
+        let (first, last) = (mean(&per_second[..window]), mean(&per_second[per_second.len() - window..]));
+        Some(Decay {
+            window_secs: window as u64,
+            first_per_sec: first,
+            last_per_sec: last,
+            last_to_first: if first > 0.0 { last / first } else { 0.0 },
+        })
+    }
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -400,7 +433,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
 
-    let shared = Arc::new(Shared::default());
+    let per_second = (0..args.duration_secs.max(1)).map(|_| AtomicU64::new(0)).collect();
+    let shared = Arc::new(Shared { per_second, ..Shared::default() });
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(args.warmup_secs);
     let end = measure_from + Duration::from_secs(args.duration_secs);
@@ -444,6 +478,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
 
+    let per_second_committed: Vec<u64> = shared.per_second.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+    let decay = Decay::of(&per_second_committed);
     let committed = stats.committed;
     let finished = committed + stats.aborted;
     let report = Report {
@@ -474,6 +510,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         total_balance,
         expected_total,
         conserved,
+        per_second_committed,
+        decay,
     };
     print_report(&report);
     if let Some(path) = &args.json {
@@ -803,6 +841,8 @@ struct Shared {
     kinds: Mutex<std::collections::BTreeMap<String, u64>>,
     first_errors: Mutex<Vec<String>>,
     stop: AtomicBool,
+    /// Committed transactions per second of the measured window.
+    per_second: Vec<AtomicU64>,
 }
 
 impl Shared {
@@ -913,6 +953,9 @@ impl Worker {
                 TxnResult::Committed { commit } => {
                     self.shared.committed.fetch_add(1, Ordering::Relaxed);
                     if counted {
+                        let second =
+                            ((done - self.measure_from).as_secs() as usize).min(self.shared.per_second.len() - 1);
+                        self.shared.per_second[second].fetch_add(1, Ordering::Relaxed);
                         stats.committed += 1;
                         stats.txn.saturating_record(as_us(done - started));
                         stats.commit.saturating_record(as_us(commit));
@@ -1106,6 +1149,15 @@ fn print_report(r: &Report) {
         for (name, us) in p.named() {
             println!("  {name:<5} {:>10}  ({:.1}× floor)", fmt_us(us), ratio(us));
         }
+    }
+    if let Some(d) = &r.decay {
+        println!(
+            "throughput, first {w} s: {:.1} txn/s, last {w} s: {:.1} txn/s (last/first {:.2})",
+            d.first_per_sec,
+            d.last_per_sec,
+            d.last_to_first,
+            w = d.window_secs
+        );
     }
     if let (Some(expected), Some(conserved)) = (r.expected_total, r.conserved) {
         println!(

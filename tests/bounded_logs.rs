@@ -20,6 +20,16 @@ fn count(db: &Path, sql: &str) -> u64 {
     conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap() as u64
 }
 
+/// The size of database `db` once what its WAL holds is copied in (a
+/// passive checkpoint, which waits for nobody): under load a WAL may hold
+/// up to 10,000 pages before it starts over (`twopc_proto::wal_checkpoint`),
+/// so the file alone would not show what the stream wrote.
+fn db_size(db: &Path) -> u64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).unwrap();
+    size(db)
+}
+
 fn size(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
@@ -56,19 +66,28 @@ async fn logs_stay_bounded_under_a_long_stream() {
 
     stream(&tc, 800).await;
     tc.wait_settled().await;
-    let first = (size(&log), size(&p0));
+    let first = (db_size(&log), db_size(&p0));
     stream(&tc, 800).await;
     tc.wait_settled().await;
     let rows = count(&log, "SELECT count(*) FROM decisions");
     assert!(rows <= KEEP + SLACK, "decision log holds {rows} rows after 1600 transactions");
-    assert_eq!(count(&log, "SELECT count(*) FROM decisions WHERE finished = 0"), 0);
+    // Finished marks ride with the next forced write, or are written
+    // alone within 50 ms (`decision_log::sqlite`): polled, not read once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count(&log, "SELECT count(*) FROM decisions WHERE finished = 0") > 0 {
+        assert!(std::time::Instant::now() < deadline, "finished marks were never written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(count(&p0, "SELECT count(*) FROM prepared"), 0);
     // The second 800 transactions did not grow the databases (pages are
-    // reused) and the WAL stays under its 4 MiB limit plus a checkpoint's worth.
-    let second = (size(&log), size(&p0));
+    // reused) and the WAL stays under its bound: a cycle of checkpoints
+    // (`twopc_proto::wal_checkpoint`, at most 10,000 pages) within the
+    // 64 MiB limit.
+    let second = (db_size(&log), db_size(&p0));
     assert!(second.0 <= first.0 + 64 * 1024, "decision log grew from {} to {} bytes", first.0, second.0);
     assert!(second.1 <= first.1 + 64 * 1024, "partition file grew from {} to {} bytes", first.1, second.1);
-    assert!(size(&wal) <= 5 * 1024 * 1024, "decision log WAL is {} bytes", size(&wal));
+    let limit = twopc_proto::wal_checkpoint::journal_size_limit() as u64;
+    assert!(size(&wal) <= limit + 1024 * 1024, "decision log WAL is {} bytes", size(&wal));
 }
 
 /// Issue 13, "logs stay proportionate": at the default level, committing

@@ -44,6 +44,11 @@
 //! into a single SQLite transaction: concurrent forced records share one
 //! fsync (group commit) and nobody is answered before that commit returns.
 //! At concurrency 1 the queue holds one request, so batching adds no wait.
+//! Unforced requests alone are held back (up to 50 ms) to ride along with
+//! the next forced batch, and the trim of old finished rows and the WAL
+//! checkpoints run after a batch is answered, never inside a forced commit
+//! (issue 10: they were the busiest work on the writer thread, and made
+//! the tail).
 //!
 //! A batch that fails for lack of space (`SQLITE_FULL`) is answered
 //! [`LogError::DiskFull`], naming the file: SQLite rolled it back, so none
@@ -58,6 +63,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::thread;
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use twopc_core::{PartitionId, Tid};
@@ -79,9 +85,11 @@ impl DecisionLog {
         let path = dir.join("decisions.db");
         let conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // Bounded files: SQLite checkpoints the WAL every 1000 pages and,
-        // with this limit, truncates it back to 4 MiB after a checkpoint.
-        conn.pragma_update(None, "journal_size_limit", 4 * 1024 * 1024)?;
+        // Bounded files: the WAL is checkpointed from 1000 pages and starts
+        // over by 10,000 at most (after the batch is answered:
+        // `twopc_proto::wal_checkpoint`); with this limit its file is
+        // truncated back to 64 MiB when it starts over.
+        conn.pragma_update(None, "journal_size_limit", twopc_proto::wal_checkpoint::journal_size_limit())?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -263,10 +271,17 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, keep_finished: usiz
     };
     let mut synchronous_full = true;
     let mut page_limit = PageLimit::new("decision_log::max_page_count", &conn);
-    while let Some(batch) = twopc_proto::batch::next_batch(&rx, MAX_BATCH) {
+    // WAL checkpoints run after a batch is answered, mostly in a thread of
+    // their own (`twopc_proto::wal_checkpoint`), not inside a commit.
+    let checkpoints = twopc_proto::wal_checkpoint::WalCheckpoints::start(&conn, path, "decision-log-ckpt");
+    let mut deferred = vec![];
+    while let Some(batch) = next_group(&rx, &mut deferred) {
         let forced = batch.iter().any(Request::forced);
         page_limit.apply(&conn);
-        let result = write_batch(&mut conn, &batch, forced, &mut synchronous_full, &finished, keep_finished);
+        // Trimming in the batch (the baseline) made the batch that crossed
+        // the threshold, forced records and all, wait for 256 deletes.
+        let keep_in_batch = if twopc_proto::perf_baseline() { keep_finished } else { usize::MAX };
+        let result = write_batch(&mut conn, &batch, forced, &mut synchronous_full, &finished, keep_in_batch);
         if forced && result.is_ok() {
             metrics::counter!("twopc_decision_log_fsyncs_total").increment(1);
             metrics::histogram!("twopc_decision_log_batch_size").record(batch.len() as f64);
@@ -294,6 +309,101 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, keep_finished: usiz
                 Request::Finished { .. } | Request::Forget { .. } => {}
             }
         }
+        // Old finished rows go in a transaction of their own, unforced,
+        // after the batch is answered: never inside a forced commit.
+        if finished.len() >= keep_finished + TRIM_EVERY {
+            match trim(&mut conn, &mut synchronous_full, &finished, keep_finished) {
+                Ok(trimmed) => drop(finished.drain(..trimmed.min(finished.len()))),
+                Err(e) => drop(write_failed(&conn, e, path)),
+            }
+        }
+        checkpoints.after_commit(&conn);
+    }
+}
+
+/// Deletes the oldest finished rows beyond the newest `keep_finished`, and
+/// raises the forgotten mark over them, in one unforced transaction.
+/// Returns how many it deleted (those first in `finished`).
+fn trim(
+    conn: &mut Connection,
+    synchronous_full: &mut bool,
+    finished: &VecDeque<i64>,
+    keep_finished: usize,
+) -> Result<usize, rusqlite::Error> {
+    if *synchronous_full {
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        *synchronous_full = false;
+    }
+    let txn = conn.transaction()?;
+    let trimmed = trim_rows(&txn, finished.iter(), finished.len().saturating_sub(keep_finished))?;
+    txn.commit()?;
+    Ok(trimmed)
+}
+
+/// Deletes the first `n` rows of `seqs` and raises the forgotten mark over
+/// them (rule 6: in the same transaction). Returns `n`.
+fn trim_rows<'a>(
+    txn: &rusqlite::Transaction<'_>,
+    seqs: impl Iterator<Item = &'a i64>,
+    n: usize,
+) -> Result<usize, rusqlite::Error> {
+    let mut newest_trimmed: Option<String> = None;
+    for seq in seqs.take(n) {
+        let tid: Option<String> = txn
+            .prepare_cached("DELETE FROM decisions WHERE seq = ?1 RETURNING tid")?
+            .query_row(params![seq], |r| r.get(0))
+            .optional()?;
+        newest_trimmed = newest_trimmed.max(tid);
+    }
+    if let Some(tid) = newest_trimmed {
+        // Rule 6: the mark covers every trimmed tid, in the same commit.
+        txn.prepare_cached(
+            "INSERT INTO meta (key, value) VALUES ('forgotten_through', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value WHERE excluded.value > meta.value",
+        )?
+        .execute(params![tid])?;
+    }
+    Ok(n)
+}
+
+/// How long unforced requests (finished marks, forgets) wait for a forced
+/// batch to ride along with before they are written alone.
+const DEFER_UNFORCED: Duration = Duration::from_millis(50);
+
+/// The next batch to write, like `twopc_proto::batch::next_batch`, except
+/// that a batch of unforced requests only is held back in `deferred` (up
+/// to [`DEFER_UNFORCED`], or [`MAX_BATCH`] requests) and written with the
+/// next forced batch: it then costs no SQLite transaction of its own (at
+/// concurrency 1 every transaction's finished mark used to be one, with
+/// two `synchronous` switches, a thread wake-up and WAL writes). Nobody
+/// waits for an unforced request, and a lost one only re-drives phase 2
+/// (see the module doc), so holding it back is safe. `None` once every
+/// sender is gone and nothing is deferred.
+fn next_group(rx: &mpsc::Receiver<Request>, deferred: &mut Vec<Request>) -> Option<Vec<Request>> {
+    loop {
+        let batch = if deferred.is_empty() {
+            twopc_proto::batch::next_batch(rx, MAX_BATCH)?
+        } else {
+            match rx.recv_timeout(DEFER_UNFORCED) {
+                Ok(first) => {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter().take(MAX_BATCH - 1));
+                    batch
+                }
+                Err(_) => return Some(std::mem::take(deferred)),
+            }
+        };
+        let forced = batch.iter().any(Request::forced);
+        if !forced && !twopc_proto::perf_baseline() && deferred.len() + batch.len() < MAX_BATCH {
+            deferred.extend(batch);
+            continue;
+        }
+        if deferred.is_empty() {
+            return Some(batch);
+        }
+        let mut all = std::mem::take(deferred);
+        all.extend(batch);
+        return Some(all);
     }
 }
 
@@ -321,7 +431,8 @@ fn finished_seqs(conn: &Connection) -> Result<VecDeque<i64>, rusqlite::Error> {
 /// Writes one batch in one SQLite transaction. Returns the seqs of the rows
 /// it marked finished and how many of the oldest finished rows (those in
 /// `finished` first) it deleted: once `keep_finished + TRIM_EVERY` are
-/// kept, back down to `keep_finished`.
+/// kept, back down to `keep_finished` (`usize::MAX`: never; the writer
+/// then trims in a transaction of its own, see [`trim`]).
 fn write_batch(
     conn: &mut Connection,
     batch: &[Request],
@@ -366,23 +477,8 @@ fn write_batch(
         }
     }
     let total = finished.len() + newly_finished.len();
-    let trimmed = if total >= keep_finished + TRIM_EVERY { total - keep_finished } else { 0 };
-    let mut newest_trimmed: Option<String> = None;
-    for seq in finished.iter().chain(&newly_finished).take(trimmed) {
-        let tid: Option<String> = txn
-            .prepare_cached("DELETE FROM decisions WHERE seq = ?1 RETURNING tid")?
-            .query_row(params![seq], |r| r.get(0))
-            .optional()?;
-        newest_trimmed = newest_trimmed.max(tid);
-    }
-    if let Some(tid) = newest_trimmed {
-        // Rule 6: the mark covers every trimmed tid, in the same commit.
-        txn.prepare_cached(
-            "INSERT INTO meta (key, value) VALUES ('forgotten_through', ?1)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value WHERE excluded.value > meta.value",
-        )?
-        .execute(params![tid])?;
-    }
+    let trimmed = if total >= keep_finished.saturating_add(TRIM_EVERY) { total - keep_finished } else { 0 };
+    trim_rows(&txn, finished.iter().chain(&newly_finished), trimmed)?;
     txn.commit()?;
     Ok((newly_finished, trimmed))
 }
@@ -560,6 +656,29 @@ mod tests {
         drop(log);
         let (_log, rec) = DecisionLog::open(dir.path(), 1, 10).unwrap();
         assert_eq!(rec.unfinished.len(), 200);
+    }
+
+    /// A finished mark with no forced record to ride along with is still
+    /// written, alone, once the deferral is over.
+    #[tokio::test]
+    async fn a_lone_finished_mark_is_written_after_the_deferral() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = DecisionLog::open(dir.path(), 1, 10).unwrap();
+        let t = Tid::now_v7();
+        log.force_commit(t, vec![0]).await.unwrap();
+        log.finished(t);
+        let reader = Connection::open(dir.path().join("decisions.db")).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let finished: bool = reader
+                .query_row("SELECT finished FROM decisions WHERE tid = ?1", params![t.to_string()], |r| r.get(0))
+                .unwrap();
+            if finished {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the finished mark was never written");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     #[tokio::test]
