@@ -254,7 +254,7 @@ impl Store {
         // A small write set (the usual one) is encoded in place: it takes
         // microseconds, less than the two thread hand-offs a blocking task
         // costs on the prepare's path.
-        let writes = if bytes <= ENCODE_IN_PLACE_BYTES && !twopc_proto::perf_baseline() {
+        let writes = if bytes <= ENCODE_IN_PLACE_BYTES {
             encode(&writes)
         } else {
             tokio::task::spawn_blocking(move || encode(&writes))

@@ -68,17 +68,6 @@ pub mod pb {
 /// The encoded protobuf descriptors of `twopc.v1`, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/twopc_descriptor.bin"));
 
-/// Whether `TWOPC_PERF_BASELINE=1` asks for the commit path as it was
-/// before issue 10's overhead removals (inline WAL checkpoints, write sets
-/// always encoded on a blocking thread, failpoints evaluated in full, the
-/// decision log trimming 256 rows at once): a measurement switch, so old
-/// and new run from one binary in alternating runs. Read once.
-pub fn perf_baseline() -> bool {
-    static BASELINE: std::sync::LazyLock<bool> =
-        std::sync::LazyLock::new(|| std::env::var("TWOPC_PERF_BASELINE").is_ok_and(|v| v == "1"));
-    *BASELINE
-}
-
 /// Milliseconds since the Unix epoch: the clock deadlines are expressed in
 /// (shifted by the test hook `TWOPC_TEST_CLOCK_OFFSET_MS`, see [`clock`]).
 pub fn now_unix_ms() -> u64 {

@@ -29,8 +29,6 @@
 //! synced before any page is copied, and the database file before the WAL
 //! is reused: SQLite's own ordering), and nobody is answered before their
 //! batch's commit returned: the writer checkpoints only after answering.
-//! `TWOPC_PERF_BASELINE=1` (see [`crate::perf_baseline`]) keeps SQLite's
-//! automatic checkpoint, for side-by-side measurements.
 
 use std::cell::Cell;
 use std::path::Path;
@@ -59,9 +57,9 @@ pub const MAX_PAGES: u64 = 40 * START_PAGES;
 /// The `journal_size_limit` for a database whose checkpoints this module
 /// runs: above a cycle of [`RESIDUE_PAGES`], so the file is reused, not
 /// truncated and grown again every cycle (an fsync of a growing file also
-/// commits the file system's journal). 4 MiB in the baseline, as before.
+/// commits the file system's journal). It was 4 MiB before.
 pub fn journal_size_limit() -> i64 {
-    if crate::perf_baseline() { 4 * 1024 * 1024 } else { 64 * 1024 * 1024 }
+    64 * 1024 * 1024
 }
 
 thread_local! {
@@ -123,9 +121,6 @@ impl WalCheckpoints {
             residue_pages: RESIDUE_PAGES / START_PAGES * start_pages,
             max_pages: MAX_PAGES / START_PAGES * start_pages,
         };
-        if crate::perf_baseline() {
-            return none;
-        }
         let checkpointer = match Connection::open(path) {
             Ok(c) => c,
             Err(e) => {

@@ -278,10 +278,10 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, keep_finished: usiz
     while let Some(batch) = next_group(&rx, &mut deferred) {
         let forced = batch.iter().any(Request::forced);
         page_limit.apply(&conn);
-        // Trimming in the batch (the baseline) made the batch that crossed
-        // the threshold, forced records and all, wait for 256 deletes.
-        let keep_in_batch = if twopc_proto::perf_baseline() { keep_finished } else { usize::MAX };
-        let result = write_batch(&mut conn, &batch, forced, &mut synchronous_full, &finished, keep_in_batch);
+        // Trimming in the batch made the batch that crossed the threshold,
+        // forced records and all, wait for 256 deletes: it is done after
+        // the answer instead.
+        let result = write_batch(&mut conn, &batch, forced, &mut synchronous_full, &finished, usize::MAX);
         if forced && result.is_ok() {
             metrics::counter!("twopc_decision_log_fsyncs_total").increment(1);
             metrics::histogram!("twopc_decision_log_batch_size").record(batch.len() as f64);
@@ -394,7 +394,7 @@ fn next_group(rx: &mpsc::Receiver<Request>, deferred: &mut Vec<Request>) -> Opti
             }
         };
         let forced = batch.iter().any(Request::forced);
-        if !forced && !twopc_proto::perf_baseline() && deferred.len() + batch.len() < MAX_BATCH {
+        if !forced && deferred.len() + batch.len() < MAX_BATCH {
             deferred.extend(batch);
             continue;
         }
