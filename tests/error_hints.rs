@@ -138,7 +138,8 @@ async fn a_coordinator_killed_mid_call_is_not_a_tls_problem_but_a_tls_mismatch_i
 
     // Killed mid-call: the commit waits for partition 1's vote.
     let (a, b) = (tc.key_on(0, "hint"), tc.key_on(1, "hint"));
-    let txn = tc.client.begin(Some(Duration::from_secs(120))).await.unwrap();
+    // Shared: the CLI commits it by tid (a declaring tid refuses that).
+    let txn = tc.client.begin_shared(Some(Duration::from_secs(120))).await.unwrap();
     txn.put(a.as_bytes(), b"1").await.unwrap();
     txn.put(b.as_bytes(), b"1").await.unwrap();
     arm(&tc, FailpointTarget::Partition(1), "participant::before_prepare_durable", "1*sleep(30000)").await;

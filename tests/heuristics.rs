@@ -345,8 +345,10 @@ async fn commits_bind_under_any_cluster_id_and_aborts_under_ours() {
     tokio::task::block_in_place(|| tc.cluster.restart_coordinator(&[]).unwrap());
     tc.reconnect().await;
     // Partition 0 has not heard the new id (Commit resends carry none): its
-    // next enlistment's answer does, and the enlistment is refused.
-    let c = tc.client.begin(None).await.unwrap();
+    // next enlistment's answer does, and the enlistment is refused (an
+    // enlist-first operation shows it; a declared one's background
+    // enlistment would abort its tid instead).
+    let c = tc.client.begin_shared(None).await.unwrap();
     let err = c.put(tc.key_on(0, "c").as_bytes(), b"c").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
     assert!(err.to_string().contains("fenced"), "{err}");
