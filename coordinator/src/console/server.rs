@@ -22,6 +22,11 @@ use super::api;
 pub const MAX_CONNECTIONS: usize = 64;
 /// Largest request body accepted (actions are a few dozen bytes).
 const MAX_BODY: usize = 16 * 1024;
+/// How long a request body may take to arrive. The header timeout does not
+/// cover the body: without this, a client that declares a body and never
+/// sends it holds a connection slot for ever, and [`MAX_CONNECTIONS`] such
+/// clients starve the console.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The header every action must carry (see the module docs: CSRF).
 pub const ACTION_HEADER: &str = "x-twopc-console";
 
@@ -143,13 +148,22 @@ async fn handle(console: &Console, req: Request<Incoming>) -> Response<Body> {
     }
     let query = req.uri().query().unwrap_or("").to_string();
     let body = if method == Method::POST {
-        match Limited::new(req.into_body(), MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
+        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) => {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "INVALID_ARGUMENT",
                     &format!("{what}: cannot read the body ({e}); at most {MAX_BODY} bytes"),
+                );
+            }
+            Err(_) => {
+                // Answered and closed (the unread rest of the body makes
+                // hyper drop the connection), freeing the slot.
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "DEADLINE_EXCEEDED",
+                    &format!("{what}: the body did not arrive within {BODY_TIMEOUT:?}"),
                 );
             }
         }

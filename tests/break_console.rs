@@ -1,0 +1,80 @@
+//! Attacks on the web console at the HTTP level, against a real cluster:
+//! what a hostile (or merely broken) client on the console's address can
+//! do to the console's availability.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use twopc::cluster::ClusterOptions;
+use twopc_coordinator::console::server::MAX_CONNECTIONS;
+
+/// One `GET /api/status` on a fresh connection: the HTTP status line, or
+/// `None` when no answer came within `within`.
+async fn status_line(addr: &str, within: Duration) -> Option<String> {
+    let call = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        s.write_all(format!("GET /api/status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        String::from_utf8_lossy(&buf).lines().next().map(str::to_string)
+    };
+    tokio::time::timeout(within, call).await.ok().flatten()
+}
+
+/// A client that declares a request body and never sends it must not hold
+/// one of the console's [`MAX_CONNECTIONS`] slots for ever: with every slot
+/// taken that way, the console still answers a new page within a bounded
+/// time (the stalled bodies are given up on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_bodies_do_not_starve_the_console() {
+    let opts = ClusterOptions { partitions: 1, console: true, ..ClusterOptions::default() };
+    let tc = TestCluster::start(opts).await;
+    let url = tc.cluster.console_url().expect("the console's URL");
+    let addr = url.trim_start_matches("http://").trim_end_matches('/').to_string();
+    assert_eq!(status_line(&addr, Duration::from_secs(10)).await.as_deref(), Some("HTTP/1.1 200 OK"));
+
+    // Every slot: an action's headers, then one byte of a 1000-byte body.
+    let mut stalled = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /api/abort HTTP/1.1\r\nHost: {addr}\r\nX-Twopc-Console: 1\r\n\
+             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        stalled.push(s);
+    }
+    // The console answers again within a bound (it gives up on the bodies),
+    // although the stalled clients keep their sockets open.
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(30);
+    let answered = loop {
+        if let Some(line) = status_line(&addr, Duration::from_secs(2)).await {
+            break Some(line);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+    };
+    assert_eq!(
+        answered.as_deref(),
+        Some("HTTP/1.1 200 OK"),
+        "{MAX_CONNECTIONS} clients that never send their declared bodies starve the console ({:?} waited)",
+        started.elapsed()
+    );
+    // Each stalled client was answered (or dropped), not kept waiting.
+    for mut s in stalled {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "a stalled client's connection is still held");
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    drop(tc);
+}
