@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use twopc::cluster::ClusterOptions;
@@ -77,4 +78,49 @@ async fn stalled_request_bodies_do_not_starve_the_console() {
         assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
     }
     drop(tc);
+}
+
+/// One action as the page sends it: the status code and the body.
+async fn post(addr: &str, path: &str, body: &serde_json::Value) -> (u16, String) {
+    let body = body.to_string();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nX-Twopc-Console: 1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, text)
+}
+
+/// A `panic` failpoint action unwinds only the task at that step and the
+/// process keeps serving with the step half done: armed at
+/// `coordinator::after_commit_acked` from the console, it left every
+/// transaction committed meanwhile `committing` in the live list for ever
+/// (its acknowledgement never recorded), with a deadline minutes in the
+/// past. The console (like every other way to arm a point) refuses it and
+/// names `return`, which kills the process as a crash does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_failpoint_action_is_refused() {
+    let opts = ClusterOptions { partitions: 2, console: true, ..ClusterOptions::default() };
+    let tc = TestCluster::start(opts).await;
+    let url = tc.cluster.console_url().expect("the console's URL");
+    let addr = url.trim_start_matches("http://").trim_end_matches('/').to_string();
+    for (target, name) in
+        [(json!("coordinator"), "coordinator::after_commit_acked"), (json!(1), "participant::after_commit_applied")]
+    {
+        for actions in ["panic", "panic(boom)", "50%panic", "1*sleep(1)->panic"] {
+            let arm = json!({ "target": target, "name": name, "actions": actions });
+            let (code, text) = post(&addr, "/api/failpoint", &arm).await;
+            assert!(code == 400 && text.contains("use return to kill the process"), "{arm}: {text}");
+        }
+    }
+    // Nothing was armed: a transaction over both partitions commits and leaves the live list.
+    let (_, outcome) = tc.write_txn(&[(&tc.key_on(0, "p"), "1"), (&tc.key_on(1, "p"), "1")]).await;
+    assert_eq!(outcome, twopc_client::Outcome::Committed);
+    tc.wait_settled().await;
 }
