@@ -124,3 +124,79 @@ async fn a_panic_failpoint_action_is_refused() {
     assert_eq!(outcome, twopc_client::Outcome::Committed);
     tc.wait_settled().await;
 }
+
+/// `twopc demo --keep-running` promises the web console's URL; with `--ha`
+/// it started no console at all and printed none, so a newcomer trying the
+/// replicated log had no page (and the "which coordinator leads" view was
+/// unreachable). Now every coordinator serves one and the survivors' URLs
+/// are printed; one of them leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ha_demo_prints_its_consoles() {
+    use tokio::io::AsyncBufReadExt;
+    let mut demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_twopc"))
+        .args(["demo", "--ha", "--keep-running", "--partitions", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = demo.id().unwrap().to_string();
+    // Ctrl-C on every exit path: the demo then stops its processes and removes its directory.
+    struct Interrupt(String);
+    impl Drop for Interrupt {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill").args(["-INT", &self.0]).status();
+        }
+    }
+    let interrupt = Interrupt(pid);
+    let mut lines = tokio::io::BufReader::new(demo.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    let ready = tokio::time::timeout(Duration::from_secs(180), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.contains("press Ctrl-C");
+            printed.push(line);
+            if done {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    let text = printed.join("\n");
+    assert!(matches!(ready, Ok(true)), "the demo did not reach its keep-running state:\n{text}");
+    let urls: Vec<String> = printed
+        .iter()
+        .filter(|l| l.starts_with("or open the web console"))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("http://")).map(str::to_string))
+        .collect();
+    assert_eq!(urls.len(), 2, "the two surviving coordinators' console URLs:\n{text}");
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let mut roles = Vec::new();
+        for url in &urls {
+            let addr = url.trim_start_matches("http://").trim_end_matches('/');
+            let body = tokio::time::timeout(Duration::from_secs(5), async {
+                let mut s = TcpStream::connect(addr).await.ok()?;
+                let req = format!("GET /api/status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+                s.write_all(req.as_bytes()).await.ok()?;
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf).await.ok()?;
+                Some(String::from_utf8_lossy(&buf).to_string())
+            })
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+            roles.push(body);
+        }
+        if roles.iter().any(|b| b.contains("\"role\":\"leader\""))
+            && roles.iter().any(|b| b.contains("\"role\":\"standby\""))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no leader and standby among the printed consoles: {roles:?}\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(interrupt);
+    let _ = tokio::time::timeout(Duration::from_secs(30), demo.wait()).await;
+}
