@@ -30,8 +30,9 @@ async fn status_line(addr: &str, within: Duration) -> Option<String> {
 
 /// A client that declares a request body and never sends it must not hold
 /// one of the console's [`MAX_CONNECTIONS`] slots for ever: with every slot
-/// taken that way, the console still answers a new page within a bounded
-/// time (the stalled bodies are given up on).
+/// it may hold taken that way (MAX_CONNECTIONS tried, the per-client share
+/// accepted), the console still answers that address again within a
+/// bounded time (the stalled bodies are given up on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_request_bodies_do_not_starve_the_console() {
     let opts = ClusterOptions { partitions: 1, console: true, ..ClusterOptions::default() };
@@ -199,4 +200,66 @@ async fn the_ha_demo_prints_its_consoles() {
     }
     drop(interrupt);
     let _ = tokio::time::timeout(Duration::from_secs(30), demo.wait()).await;
+}
+
+/// One client (one IP address) that keeps every connection slot busy
+/// with requests whose headers never end (each is dropped after the 10 s
+/// header timeout, and reopened at once) kept the console from everyone
+/// else for as long as it liked, before any token check. A client now gets
+/// at most a share of the slots: another address is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_every_connection_slot() {
+    let opts = ClusterOptions { partitions: 1, console: true, ..ClusterOptions::default() };
+    let tc = TestCluster::start(opts).await;
+    let url = tc.cluster.console_url().expect("the console's URL");
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
+    // The attacker: from 127.0.0.1, always MAX_CONNECTIONS connections
+    // sending a request line and no more (reopened when closed).
+    let attacker = tokio::spawn(async move {
+        let mut held: Vec<TcpStream> = Vec::new();
+        loop {
+            held.retain(|s| {
+                let mut b = [0u8; 1];
+                matches!(s.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            });
+            while held.len() < MAX_CONNECTIONS {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+                let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_millis(200), socket.connect(addr)).await else {
+                    break;
+                };
+                let _ = s.write_all(b"GET /api/status HTTP/1.1\r\n").await;
+                held.push(s);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Another client, from 127.0.0.2, over the next 15 s (past one header timeout).
+    let (mut answered, mut refused) = (0, 0);
+    let until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < until {
+        let call = async {
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            socket.bind("127.0.0.2:0".parse().unwrap()).ok()?;
+            let mut s = socket.connect(addr).await.ok()?;
+            s.write_all(format!("GET /api/status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+                .await
+                .ok()?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await.ok()?;
+            String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200").then_some(())
+        };
+        match tokio::time::timeout(Duration::from_secs(2), call).await {
+            Ok(Some(())) => answered += 1,
+            _ => refused += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    attacker.abort();
+    assert_eq!(
+        refused, 0,
+        "another client was kept out {refused} times (answered {answered}) by one client's stalled connections"
+    );
+    drop(tc);
 }
