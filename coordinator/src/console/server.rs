@@ -20,11 +20,12 @@ use super::api;
 
 /// Connections served at once; more wait in the listen queue.
 pub const MAX_CONNECTIONS: usize = 64;
-/// Connections one client (IP address) may hold at once: a browser opens
-/// at most 6 per site, and one client must not be able to hold every
-/// slot (before any token check) and keep the console from everyone else.
-/// More are closed at once.
-pub const MAX_CONNECTIONS_PER_CLIENT: usize = 16;
+/// Connections one client (IP address) may hold at once: half the slots.
+/// One client must not be able to hold every slot (before any token check)
+/// and keep the console from everyone else; a browser opens at most 6 per
+/// site, so half still serves several browsers behind one NAT or reverse
+/// proxy. More are closed at once.
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = MAX_CONNECTIONS / 2;
 /// Largest request body accepted (actions are a few dozen bytes).
 const MAX_BODY: usize = 16 * 1024;
 /// How long a request body may take to arrive. The header timeout does not
