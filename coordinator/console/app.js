@@ -6,6 +6,11 @@
   const POLL_MS = 1500;
   const HIDDEN_POLL_MS = 10000;
   const TOKEN_KEY = "twopc-admin-token";
+  // Longest wait for one answer (the slowest API, the in-doubt fan-out,
+  // takes about 1 s at worst). Without a limit a hung coordinator (which
+  // keeps its sockets open) left the poll waiting for ever and the page
+  // showing stale data as "updated".
+  const REQUEST_MS = 5000;
   const $ = (id) => document.getElementById(id);
 
   let status = null;           // last /api/status
@@ -29,12 +34,30 @@
       headers["X-Twopc-Console"] = "1";
       opts.body = JSON.stringify(body);
     }
-    const resp = await fetch(path, opts);
-    let data = null;
-    try { data = await resp.json(); } catch (e) { data = { error: "not JSON (HTTP " + resp.status + ")" }; }
-    if (resp.status === 401) showTokenForm(true);
-    return { ok: resp.ok, status: resp.status, data };
+    // Never throws: a request that fails or gets no answer in time is an
+    // answer with status 0 and the reason.
+    const ctl = new AbortController();
+    const timer = setTimeout(() => ctl.abort(), REQUEST_MS);
+    opts.signal = ctl.signal;
+    try {
+      const resp = await fetch(path, opts);
+      let data = null;
+      try { data = await resp.json(); } catch (e) {
+        if (ctl.signal.aborted) throw e;
+        data = { error: "not JSON (HTTP " + resp.status + ")" };
+      }
+      if (resp.status === 401) showTokenForm(true);
+      return { ok: resp.ok, status: resp.status, data };
+    } catch (e) {
+      const why = ctl.signal.aborted
+        ? "the coordinator did not answer within " + REQUEST_MS / 1000 + " s (hung or overloaded?)"
+        : "cannot reach the coordinator's console (" + e + ")";
+      return { ok: false, status: 0, data: { error: why + (lastOk ? "; last update " + lastOk : "") } };
+    } finally {
+      clearTimeout(timer);
+    }
   }
+  let lastOk = "";             // time of the last complete poll, shown while failing
 
   function showTokenForm(on) { $("token-form").hidden = !on; }
 
@@ -258,7 +281,7 @@
       if (t.ok) renderTopology(t.data);
       if (st.data.role === "standby") setStatus("ok", "this coordinator is a standby; the leader is " + (st.data.leader || "not known yet") + " (open its console for live data)");
       else if (errs.length) setStatus("error", errs[0]);
-      else setStatus("ok", "updated " + new Date().toLocaleTimeString());
+      else { lastOk = new Date().toLocaleTimeString(); setStatus("ok", "updated " + lastOk); }
     } catch (e) {
       setStatus("error", "cannot reach the coordinator's console: " + e);
     } finally {

@@ -24,6 +24,13 @@
 //! the point waits. A `sleep`/`delay` ends after its time or as soon as
 //! the point is disarmed or re-armed, whichever comes first; a `pause`
 //! ends when the point is disarmed or re-armed (as in fail-rs).
+//!
+//! Rule: **no `panic` action.** A panic unwinds only the tokio task that
+//! reached the point and the process keeps serving with that step half
+//! done (at `coordinator::after_commit_acked` a committed transaction stays
+//! `committing` in memory for ever, its acknowledgement never recorded):
+//! neither a crash nor a fault the protocol knows. [`configure`] refuses it
+//! and names `return`, which kills the process as a crash does.
 
 // Without failpoints nothing is armed: the rewriting and waiting below go unused.
 #![cfg_attr(not(feature = "failpoints"), allow(dead_code, unused_imports))]
@@ -76,7 +83,8 @@ async fn reconfigured(name: &str, since: u64) {
 /// Rewrites the blocking fail-rs tasks of an action chain
 /// (`[p%][cnt*]task[(arg)]` joined by `->`) into `return` tasks that
 /// [`hit`] awaits; everything else is passed through unchanged. A bad
-/// duration is refused here, as fail-rs would.
+/// duration is refused here, as fail-rs would, and so is `panic` (see the
+/// module docs).
 fn rewrite(actions: &str) -> Result<String, String> {
     let mut out = Vec::new();
     for action in actions.split("->") {
@@ -96,6 +104,12 @@ fn rewrite(actions: &str) -> Result<String, String> {
                 format!("{prefix}return({SLEEP_MARKER}{ms})")
             }
             "pause" => format!("{prefix}return({PAUSE_MARKER})"),
+            "panic" => {
+                return Err(format!(
+                    "{action:?}: panic would unwind only the task at that step and leave the process serving \
+                     with the step half done; use return to kill the process (a crash)"
+                ));
+            }
             _ => action.to_string(),
         };
         out.push(rewritten);
@@ -279,6 +293,9 @@ mod tests {
         assert_eq!(rewrite("return(error)").unwrap(), "return(error)");
         assert!(rewrite("sleep").is_err());
         assert!(rewrite("sleep(soon)").is_err());
+        for panics in ["panic", "panic(boom)", "50%panic", "1*return(error)->panic"] {
+            assert!(rewrite(panics).unwrap_err().contains("use return to kill the process"), "{panics}");
+        }
     }
 
     #[cfg(feature = "failpoints")]

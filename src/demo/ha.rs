@@ -80,14 +80,22 @@ pub(super) async fn run(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         cluster_name: "demo".into(),
         lease_ttl_secs: args.lease_ttl_secs,
     };
-    let opts = ClusterOptions { partitions: args.partitions, ha: Some(ha), ..ClusterOptions::default() };
+    // With --keep-running every coordinator serves its web console (as
+    // without --ha): a standby's page names the leader.
+    let opts = ClusterOptions {
+        partitions: args.partitions,
+        ha: Some(ha),
+        console: args.keep_running,
+        ..ClusterOptions::default()
+    };
     let mut cluster = LocalCluster::start(&exe, dir, opts)?;
     let leader = cluster.leader(SETTLE).await?;
     cluster.wait_registered(SETTLE).await?;
     let addrs = cluster.coordinator_addrs();
     println!("  etcd          {}", etcd.endpoints());
     for (i, a) in addrs.iter().enumerate() {
-        println!("  coordinator {i} {a} ({})", if i == leader { "leader" } else { "standby" });
+        let console = cluster.console_url_i(i).map(|u| format!(", web console {u}")).unwrap_or_default();
+        println!("  coordinator {i} {a} ({}{console})", if i == leader { "leader" } else { "standby" });
     }
     for (p, proc) in cluster.participants.iter().enumerate() {
         println!("  partition {p}   {}", proc.addr);
@@ -197,6 +205,11 @@ pub(super) async fn run(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         println!("\nthe cluster keeps running (coordinator {leader} stays dead); try, in another terminal:");
         println!("  twopc run --coordinator {coord} \"put greeting hello\" \"get acct-1\"");
         println!("  twopc transactions --coordinator {coord}");
+        for i in (0..COORDINATORS).filter(|&i| i != leader) {
+            if let Some(url) = cluster.console_url_i(i) {
+                println!("or open the web console of coordinator {i}: {url}");
+            }
+        }
         println!("press Ctrl-C to stop");
         tokio::signal::ctrl_c().await?;
     }

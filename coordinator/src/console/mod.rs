@@ -33,8 +33,13 @@
 //!   page, [`api::IN_DOUBT_TTL`]) and a failpoint action. Listings are
 //!   capped ([`api::MAX_LISTED`]); the history is a fixed ring
 //!   ([`history`]) and the page fetches only samples it has not seen;
-//!   connections are capped ([`server::MAX_CONNECTIONS`]) and requests
-//!   bodies limited.
+//!   connections are capped ([`server::MAX_CONNECTIONS`], and
+//!   [`server::MAX_CONNECTIONS_PER_CLIENT`] per IP address, so that one
+//!   client cannot hold every slot before any token check), so each is
+//!   bounded in time too: request headers must arrive within 10 s (idle
+//!   keep-alive included) and a body within 10 s more, or the connection
+//!   is closed (else a few dozen stalled clients would hold every slot);
+//!   request bodies are limited in size.
 //! - **A standby says so.** With a replicated log, a standby's console
 //!   answers its status (role `standby`, the leader's address) and refuses
 //!   the rest with 503 naming the leader, as its gRPC gate does.

@@ -20,8 +20,19 @@ use super::api;
 
 /// Connections served at once; more wait in the listen queue.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Connections one client (IP address) may hold at once: half the slots.
+/// One client must not be able to hold every slot (before any token check)
+/// and keep the console from everyone else; a browser opens at most 6 per
+/// site, so half still serves several browsers behind one NAT or reverse
+/// proxy. More are closed at once.
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = MAX_CONNECTIONS / 2;
 /// Largest request body accepted (actions are a few dozen bytes).
 const MAX_BODY: usize = 16 * 1024;
+/// How long a request body may take to arrive. The header timeout does not
+/// cover the body: without this, a client that declares a body and never
+/// sends it holds a connection slot for ever, and [`MAX_CONNECTIONS`] such
+/// clients starve the console.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The header every action must carry (see the module docs: CSRF).
 pub const ACTION_HEADER: &str = "x-twopc-console";
 
@@ -69,10 +80,17 @@ pub fn tls_config(args: &twopc_proto::tls::ServerTlsArgs) -> Result<Option<TlsAc
 /// Accepts connections until the process ends.
 pub async fn serve(console: Arc<Console>, listener: TcpListener, tls: Option<TlsAcceptor>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let clients = Arc::new(Clients::default());
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, client) = match listener.accept().await {
+            Ok((stream, peer)) => match clients.enter(peer.ip()) {
+                Some(client) => (stream, client),
+                None => {
+                    tracing::debug!(%peer, "web console: closing a connection over the per-client limit");
+                    continue;
+                }
+            },
             Err(e) => {
                 // E.g. out of file descriptors: try again shortly rather than spin.
                 tracing::warn!("web console: accept failed: {e}");
@@ -83,7 +101,7 @@ pub async fn serve(console: Arc<Console>, listener: TcpListener, tls: Option<Tls
         let _ = stream.set_nodelay(true);
         let (console, tls) = (console.clone(), tls.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slots = (permit, client);
             let service = hyper::service::service_fn(move |req| {
                 let console = console.clone();
                 async move { Ok::<_, Infallible>(handle(&console, req).await) }
@@ -106,6 +124,42 @@ pub async fn serve(console: Arc<Console>, listener: TcpListener, tls: Option<Tls
                 }
             }
         });
+    }
+}
+
+/// Open connections per client address ([`MAX_CONNECTIONS_PER_CLIENT`]).
+#[derive(Default)]
+struct Clients {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection of a client, counted until dropped.
+struct ClientSlot {
+    clients: Arc<Clients>,
+    ip: std::net::IpAddr,
+}
+
+impl Clients {
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<ClientSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= MAX_CONNECTIONS_PER_CLIENT {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot { clients: self.clone(), ip })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.clients.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -143,13 +197,22 @@ async fn handle(console: &Console, req: Request<Incoming>) -> Response<Body> {
     }
     let query = req.uri().query().unwrap_or("").to_string();
     let body = if method == Method::POST {
-        match Limited::new(req.into_body(), MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
+        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) => {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "INVALID_ARGUMENT",
                     &format!("{what}: cannot read the body ({e}); at most {MAX_BODY} bytes"),
+                );
+            }
+            Err(_) => {
+                // Answered and closed (the unread rest of the body makes
+                // hyper drop the connection), freeing the slot.
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "DEADLINE_EXCEEDED",
+                    &format!("{what}: the body did not arrive within {BODY_TIMEOUT:?}"),
                 );
             }
         }
