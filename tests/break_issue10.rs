@@ -38,3 +38,182 @@ async fn a_put_answered_ok_while_commit_runs_is_committed_or_the_commit_is_not()
     assert!(lost.is_empty(), "put answered OK and commit COMMITTED, but the put's key was never written: {lost:?}");
     tc.wait_settled().await;
 }
+
+// ---------------------------------------------------------------- a raw
+// client lying in its declaration (helpers as in tests/declared_commit.rs)
+
+use twopc_proto::pb;
+use twopc_proto::pb::coordinator_client::CoordinatorClient;
+use twopc_proto::pb::participant_client::ParticipantClient;
+
+async fn coordinator(tc: &TestCluster) -> CoordinatorClient<tonic::transport::Channel> {
+    let addr = tc.cluster.coordinator_addr();
+    let channel = tc.cluster.connect_options().tls.endpoint(&addr).unwrap().connect().await.unwrap();
+    CoordinatorClient::new(channel)
+}
+
+async fn participant(tc: &TestCluster, p: u32) -> ParticipantClient<tonic::transport::Channel> {
+    let addr = tc.cluster.participants[p as usize].addr.to_string();
+    let channel = tc.cluster.connect_options().tls.endpoint(&addr).unwrap().connect().await.unwrap();
+    ParticipantClient::new(channel)
+}
+
+async fn raw_put(
+    tc: &TestCluster,
+    p: u32,
+    tid: &str,
+    key: &str,
+    value: &str,
+    remaining_ms: u64,
+) -> Result<(), tonic::Status> {
+    let req = pb::PutRequest { tid: tid.into(), key: key.into(), value: value.into(), declared: true, remaining_ms };
+    participant(tc, p).await.put(req).await.map(drop)
+}
+
+async fn begin_declaring(tc: &TestCluster) -> (String, u64) {
+    let b = coordinator(tc).await.begin(pb::BeginRequest { timeout_ms: 30_000, declares: true }).await.unwrap();
+    let b = b.into_inner();
+    (b.tid, b.remaining_ms.expect("remaining_ms"))
+}
+
+async fn raw_commit(
+    tc: &TestCluster,
+    tid: &str,
+    wrote: bool,
+    declaration: &[(u32, u64)],
+) -> Result<pb::CommitResponse, tonic::Status> {
+    let declaration =
+        declaration.iter().map(|&(partition, operations)| pb::DeclaredPartition { partition, operations }).collect();
+    let req = pb::CommitRequest { tid: tid.into(), wrote, declared: true, declaration };
+    coordinator(tc).await.commit(req).await.map(|r| r.into_inner())
+}
+
+/// Whatever a raw client declares, the answer is honest: COMMITTED only
+/// when every write it had acknowledged is committed, ABORTED (or a
+/// refusal) with nothing of it committed anywhere.
+async fn honest(
+    tc: &TestCluster,
+    what: &str,
+    answer: Result<pb::CommitResponse, tonic::Status>,
+    writes: &[(&str, &str)],
+) {
+    match answer {
+        Ok(r) if r.outcome() == pb::Outcome::Committed => {
+            for (k, v) in writes {
+                tc.wait_value(k, Some(v)).await;
+            }
+            eprintln!("{what}: COMMITTED, every write there");
+        }
+        other => {
+            eprintln!("{what}: {other:?}");
+            let t = std::time::Instant::now();
+            tc.wait_settled().await;
+            eprintln!("{what}: settled in {:?}", t.elapsed());
+            for (k, _) in writes {
+                assert_eq!(tc.read(k).await, None, "{what}: {k} written, yet the commit answered {other:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_client_lying_in_its_declaration_gets_an_honest_answer() {
+    let tc = TestCluster::three().await;
+
+    // Over-declared count.
+    let (tid, left) = begin_declaring(&tc).await;
+    let a = tc.key_on(0, "over");
+    raw_put(&tc, 0, &tid, &a, "v", left).await.unwrap();
+    let r = raw_commit(&tc, &tid, true, &[(0, 2)]).await;
+    assert!(matches!(&r, Ok(r) if r.outcome() == pb::Outcome::Aborted), "{r:?}");
+    honest(&tc, "over-declared count", r, &[(&a, "v")]).await;
+
+    // A partition declared that was never touched.
+    let (tid, left) = begin_declaring(&tc).await;
+    let (a, b) = (tc.key_on(0, "untouched"), tc.key_on(1, "untouched"));
+    raw_put(&tc, 0, &tid, &a, "v", left).await.unwrap();
+    raw_put(&tc, 1, &tid, &b, "v", left).await.unwrap();
+    let r = raw_commit(&tc, &tid, true, &[(0, 1), (1, 1), (2, 1)]).await;
+    assert!(matches!(&r, Ok(r) if r.outcome() == pb::Outcome::Aborted), "{r:?}");
+    honest(&tc, "untouched partition declared", r, &[(&a, "v"), (&b, "v")]).await;
+
+    // Count 0 for a partition that applied one (and was enlisted).
+    let (tid, left) = begin_declaring(&tc).await;
+    let (a, b) = (tc.key_on(0, "zero"), tc.key_on(1, "zero"));
+    raw_put(&tc, 0, &tid, &a, "v", left).await.unwrap();
+    raw_put(&tc, 1, &tid, &b, "v", left).await.unwrap();
+    let r = raw_commit(&tc, &tid, true, &[(0, 1), (1, 0)]).await;
+    honest(&tc, "count 0 for a touched partition", r, &[(&a, "v"), (&b, "v")]).await;
+
+    // A partition that does not exist.
+    let (tid, left) = begin_declaring(&tc).await;
+    let a = tc.key_on(0, "nopart");
+    raw_put(&tc, 0, &tid, &a, "v", left).await.unwrap();
+    let r = raw_commit(&tc, &tid, true, &[(0, 1), (7, 1)]).await;
+    honest(&tc, "a partition that does not exist", r, &[(&a, "v")]).await;
+
+    // wrote = false with writes, on one partition (the fast path's hint).
+    let (tid, left) = begin_declaring(&tc).await;
+    let a = tc.key_on(0, "wrote-false");
+    raw_put(&tc, 0, &tid, &a, "v", left).await.unwrap();
+    let r = raw_commit(&tc, &tid, false, &[(0, 1)]).await;
+    honest(&tc, "wrote=false with a write", r, &[(&a, "v")]).await;
+
+    // An empty declaration after writes.
+    let (tid, left) = begin_declaring(&tc).await;
+    let a = tc.key_on(0, "empty");
+    raw_put(&tc, 0, &tid, &a, "v", left).await.unwrap();
+    let r = raw_commit(&tc, &tid, true, &[]).await;
+    honest(&tc, "empty declaration", r, &[(&a, "v")]).await;
+
+    // A declared put after the tid was decided, at a partition that took
+    // part (finished and forgot it) and at one that did not: never
+    // committed, the key keeps its committed value, nothing is left.
+    let (tid, left) = begin_declaring(&tc).await;
+    let (a, b) = (tc.key_on(0, "late"), tc.key_on(1, "late"));
+    raw_put(&tc, 0, &tid, &a, "committed", left).await.unwrap();
+    let r = raw_commit(&tc, &tid, true, &[(0, 1)]).await.unwrap();
+    assert_eq!(r.outcome(), pb::Outcome::Committed, "{r:?}");
+    tc.wait_value(&a, Some("committed")).await;
+    let late0 = raw_put(&tc, 0, &tid, &a, "late", left).await;
+    let late1 = raw_put(&tc, 1, &tid, &b, "late", left).await;
+    eprintln!("late puts: {late0:?} {late1:?}");
+    let again = raw_commit(&tc, &tid, true, &[(0, 2), (1, 1)]).await;
+    eprintln!("commit again: {again:?}");
+    tc.wait_settled().await;
+    assert_eq!(tc.read(&a).await.as_deref(), Some("committed"));
+    assert_eq!(tc.read(&b).await, None);
+    let d = tc.client.status(tid.parse().unwrap()).await.unwrap();
+    assert!(matches!(d, twopc_client::Decision::Committed), "{d:?}");
+}
+
+/// The proto says a client that under-declares breaks the protocol and the
+/// tid then aborts everywhere only if the left-out partition's enlistment
+/// reached the coordinator first; issue 10 item 6 asks that an
+/// under-declared commit is committed nowhere. Sent at once (as a buggy or
+/// hostile client would), without waiting for the enlistment to land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "design limit, not a contained fix: with the commit sent right after the puts (no wait for the \
+            background enlistment), about 1 in 5 under-declared commits (puts at partitions 0 and 1, declared \
+            [(0, 1)]) answer COMMITTED with partition 1's write dropped (its enlistment is refused after the \
+            decision). The proto's top comment documents this; issue 10 item 6 asks that an under-declared commit \
+            commits nowhere, and tests/declared_commit.rs only shows it after waiting for the enlistment. A fix \
+            needs the coordinator to learn of undeclared holders before deciding (e.g. prepare every registered \
+            partition of a declared tid, an undeclared one voting NO if it holds the tid)"]
+async fn an_under_declared_commit_sent_at_once_is_committed_nowhere() {
+    let tc = TestCluster::three().await;
+    let mut partial = Vec::new();
+    for i in 0..20 {
+        let (tid, left) = begin_declaring(&tc).await;
+        let (a, b) = (tc.key_on(0, &format!("under-{i}")), tc.key_on(1, &format!("under-{i}")));
+        let (ra, rb) = tokio::join!(raw_put(&tc, 0, &tid, &a, "v", left), raw_put(&tc, 1, &tid, &b, "v", left));
+        ra.unwrap();
+        rb.unwrap();
+        let r = raw_commit(&tc, &tid, true, &[(0, 1)]).await.unwrap();
+        if r.outcome() == pb::Outcome::Committed {
+            partial.push(tid);
+        }
+    }
+    tc.wait_settled().await;
+    assert!(partial.is_empty(), "under-declared commits answered COMMITTED (partition 1's write dropped): {partial:?}");
+}
