@@ -225,3 +225,104 @@ async fn an_under_declared_commit_sent_at_once_is_committed_nowhere() {
     tc.wait_settled().await;
     assert!(partial.is_empty(), "under-declared commits answered COMMITTED (partition 1's write dropped): {partial:?}");
 }
+
+/// Another process attached by tid (the CLI's enlist-first `put --tid`)
+/// writes into a tid the library begun and declares: the library's commit
+/// (which did not count those writes) is honest: all or nothing. And
+/// `abort --tid` / `status` from the CLI work on a declaring tid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_attached_to_a_declaring_tid_gets_all_or_nothing() {
+    let tc = TestCluster::three().await;
+    for (case, extra_partition) in [("same", 0u32), ("other", 1u32)] {
+        let a = tc.key_on(0, &format!("lib-{case}"));
+        let b = tc.key_on(extra_partition, &format!("cli-{case}"));
+        let txn = tc.client.begin(Some(Duration::from_secs(30))).await.unwrap();
+        assert!(txn.declares());
+        txn.put(a.as_bytes(), b"v").await.unwrap();
+        let tid = txn.tid().to_string();
+        let o = twopc_cli(&tc, &["put", "--tid", &tid, &b, "v"]);
+        eprintln!("{case}: cli put: {}", output_text(&o));
+        let outcome = txn.commit().await.unwrap();
+        eprintln!("{case}: {outcome:?}");
+        tc.wait_settled().await;
+        let (ra, rb) = (tc.read(&a).await, tc.read(&b).await);
+        if o.status.code() == Some(0) {
+            match outcome {
+                Outcome::Committed => assert_eq!((ra.as_deref(), rb.as_deref()), (Some("v"), Some("v")), "{case}"),
+                _ => assert_eq!((ra, rb), (None, None), "{case}"),
+            }
+        } else {
+            assert_eq!(rb, None, "{case}: a refused put is not written");
+        }
+    }
+
+    // abort --tid and status of a declaring tid.
+    let a = tc.key_on(0, "cli-abort");
+    let txn = tc.client.begin(Some(Duration::from_secs(30))).await.unwrap();
+    txn.put(a.as_bytes(), b"v").await.unwrap();
+    let tid = txn.tid().to_string();
+    let o = twopc_cli(&tc, &["status", &tid]);
+    eprintln!("status open: {}", output_text(&o));
+    let o = twopc_cli(&tc, &["abort", "--tid", &tid]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    match txn.commit().await.unwrap() {
+        Outcome::Aborted { .. } => {}
+        o => panic!("aborted from the CLI, then {o:?}"),
+    }
+    let o = twopc_cli(&tc, &["status", &tid]);
+    assert!(output_text(&o).to_lowercase().contains("abort"), "{}", output_text(&o));
+    tc.wait_settled().await;
+    assert_eq!(tc.read(&a).await, None);
+}
+
+/// `Txn::run` edge cases: one key put twice then read, a delete between,
+/// get_for_update after a put, and a large run (2,000 operations on three
+/// partitions): answers in order, the last write of each key commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_repeated_keys_and_a_large_run_commits_the_last_write_of_each_key() {
+    use twopc_client::{Op, OpResult};
+    let tc = TestCluster::three().await;
+    let (a, b) = (tc.key_on(0, "dup"), tc.key_on(1, "dup"));
+    let txn = tc.client.begin(None).await.unwrap();
+    let ops = [
+        Op::put(a.as_bytes(), b"1"),
+        Op::get(b.as_bytes()),
+        Op::put(a.as_bytes(), b"2"),
+        Op::get(a.as_bytes()),
+        Op::delete(a.as_bytes()),
+        Op::get_for_update(a.as_bytes()),
+        Op::put(b.as_bytes(), b"b"),
+        Op::put(a.as_bytes(), b"3"),
+        Op::get_for_update(a.as_bytes()),
+    ];
+    let r = txn.run(&ops).await.unwrap();
+    assert_eq!(
+        r,
+        vec![
+            OpResult::Done,
+            OpResult::Value(None),
+            OpResult::Done,
+            OpResult::Value(Some(b"2".to_vec())),
+            OpResult::Done,
+            OpResult::Value(None),
+            OpResult::Done,
+            OpResult::Done,
+            OpResult::Value(Some(b"3".to_vec())),
+        ]
+    );
+    assert_eq!(txn.commit().await.unwrap(), Outcome::Committed);
+    tc.wait_value(&a, Some("3")).await;
+    tc.wait_value(&b, Some("b")).await;
+
+    let txn = tc.client.begin(None).await.unwrap();
+    let keys: Vec<String> = (0..1000).map(|i| format!("big-{i}")).collect();
+    let mut ops: Vec<Op> = keys.iter().map(|k| Op::put(k.as_bytes(), b"x")).collect();
+    ops.extend(keys.iter().map(|k| Op::put(k.as_bytes(), k.as_bytes())));
+    let r = txn.run(&ops).await.unwrap();
+    assert_eq!(r.len(), 2000);
+    assert_eq!(txn.commit().await.unwrap(), Outcome::Committed);
+    for k in keys.iter().step_by(97) {
+        tc.wait_value(k, Some(k)).await;
+    }
+    tc.wait_settled().await;
+}
