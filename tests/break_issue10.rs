@@ -355,3 +355,98 @@ async fn a_pooled_tid_used_late_within_its_timeout_commits() {
     );
     tc.wait_value(&a, Some("v")).await;
 }
+
+/// The bank under crashes with everything issue 10 added on: a pooled,
+/// declaring client beside an old-style one (enlist first) on the same
+/// accounts, both reads at once and both writes at once
+/// (`Txn::run`), while the coordinator is SIGKILLed right after a COMMIT
+/// record (the crash matrix's C2 step), restarted, and a participant is
+/// SIGKILLed and restarted. Money is conserved, every tid a client heard
+/// COMMITTED is COMMITTED after the restarts, and the cluster settles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_with_pooled_declared_runs_conserve_money_across_crashes() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use twopc_client::{FailpointTarget, Op};
+    const ACCOUNTS: usize = 60;
+    let mut tc = TestCluster::three().await;
+    let accounts: Vec<String> = (0..ACCOUNTS).map(|i| format!("acct-{i}")).collect();
+    for chunk in accounts.chunks(20) {
+        let txn = tc.client.begin(None).await.unwrap();
+        let ops: Vec<Op> = chunk.iter().map(|k| Op::put(k.as_bytes(), b"1000")).collect();
+        txn.run(&ops).await.unwrap();
+        assert_eq!(txn.commit().await.unwrap(), Outcome::Committed);
+    }
+    let options = twopc_client::ConnectOptions { tid_pool: 16, ..tc.cluster.connect_options().clone() };
+    let client = twopc_client::Client::connect_with(&tc.cluster.coordinator_addr(), options.clone()).await.unwrap();
+    // Half the tasks on an old-style client (TWOPC_DECLARE=0: enlist first),
+    // on the same accounts.
+    let options = twopc_client::ConnectOptions { declare: false, tid_pool: 0, ..options };
+    let old = twopc_client::Client::connect_with(&tc.cluster.coordinator_addr(), options).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let client = if t % 2 == 0 { client.clone() } else { old.clone() };
+        let (stop, accounts) = (stop.clone(), accounts.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut committed = Vec::new();
+            let mut n = t;
+            while !stop.load(Ordering::Relaxed) {
+                n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let (i, j) = ((n >> 33) as usize % ACCOUNTS, (n >> 17) as usize % ACCOUNTS);
+                if i == j {
+                    continue;
+                }
+                let (a, b) = (&accounts[i], &accounts[j]);
+                let Ok(txn) = client.begin(None).await else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let reads = txn.run(&[Op::get_for_update(a.as_bytes()), Op::get_for_update(b.as_bytes())]).await;
+                let Ok(reads) = reads else {
+                    let _ = txn.commit().await;
+                    continue;
+                };
+                let bal = |r: &twopc_client::OpResult| -> i64 {
+                    std::str::from_utf8(r.value().unwrap()).unwrap().parse().unwrap()
+                };
+                let (x, y) = (bal(&reads[0]) - 1, bal(&reads[1]) + 1);
+                let writes =
+                    [Op::put(a.as_bytes(), x.to_string().as_bytes()), Op::put(b.as_bytes(), y.to_string().as_bytes())];
+                if txn.run(&writes).await.is_err() {
+                    let _ = txn.commit().await;
+                    continue;
+                }
+                if let Ok(Outcome::Committed) = txn.commit().await {
+                    committed.push(txn.tid());
+                }
+            }
+            committed
+        }));
+    }
+    // Some transfers first, then the coordinator dies right after a COMMIT
+    // record is durable.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    arm(&tc, FailpointTarget::Coordinator, "coordinator::after_decision_forced", KILL).await;
+    restart_coordinator(&mut tc).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // A participant SIGKILLed between operations and restarted.
+    tokio::task::block_in_place(|| tc.cluster.restart_participant(1, &[]).unwrap());
+    tc.reconnect().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut committed = Vec::new();
+    for t in tasks {
+        committed.extend(tokio::time::timeout(Duration::from_secs(60), t).await.expect("task ends").unwrap());
+    }
+    eprintln!("{} transfers heard COMMITTED", committed.len());
+    tc.wait_settled().await;
+    let mut total = 0i64;
+    for k in &accounts {
+        total += tc.read(k).await.expect("balance").parse::<i64>().unwrap();
+    }
+    assert_eq!(total, 1000 * ACCOUNTS as i64, "money not conserved");
+    for tid in committed {
+        assert_eq!(tc.client.status(tid).await.unwrap(), twopc_client::Decision::Committed, "{tid}");
+    }
+}
