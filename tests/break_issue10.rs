@@ -450,3 +450,27 @@ async fn transfers_with_pooled_declared_runs_conserve_money_across_crashes() {
         assert_eq!(tc.client.status(tid).await.unwrap(), twopc_client::Decision::Committed, "{tid}");
     }
 }
+
+/// A pooled tid drawn and left idle past its timeout: its next operation
+/// is refused (ABORTED, the deadline) and its commit is ABORTED; nothing
+/// of it is left anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_tid_idle_past_its_timeout_aborts_honestly() {
+    let tc = TestCluster::start(twopc::cluster::ClusterOptions {
+        coordinator_args: vec!["--default-timeout-ms".into(), "1500".into()],
+        ..Default::default()
+    })
+    .await;
+    let options = twopc_client::ConnectOptions { tid_pool: 4, ..tc.cluster.connect_options().clone() };
+    let client = twopc_client::Client::connect_with(&tc.cluster.coordinator_addr(), options).await.unwrap();
+    let (a, b) = (tc.key_on(0, "idle"), tc.key_on(1, "idle"));
+    let txn = client.begin(None).await.unwrap();
+    txn.put(a.as_bytes(), b"v").await.unwrap();
+    // Idle past the 1.5 s timeout (the scenario itself, not a wait for a condition).
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    let e = txn.put(b.as_bytes(), b"v").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Aborted, "{e}");
+    assert!(matches!(txn.commit().await.unwrap(), Outcome::Aborted { .. }));
+    tc.wait_settled().await;
+    assert_eq!((tc.read(&a).await, tc.read(&b).await), (None, None));
+}
