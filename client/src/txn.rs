@@ -207,6 +207,14 @@ pub struct Txn {
     /// would be taken there as a new one, answered, and only then dropped
     /// when its enlistment is refused.)
     commit_asked: Arc<AtomicBool>,
+    /// Held shared by every operation from its check of `commit_asked`
+    /// until its count is taken; `commit` takes it exclusively after
+    /// setting `commit_asked`, so its declaration includes every operation
+    /// that was let through (one joined with the commit, e.g.
+    /// `join!(txn.put(k, v), txn.commit())`, would otherwise be answered
+    /// OK at a partition the declaration left out, and dropped there when
+    /// its enlistment is refused after the decision).
+    in_flight: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Txn {
@@ -221,6 +229,7 @@ impl Txn {
             declaring: false,
             counts: Arc::default(),
             commit_asked: Arc::default(),
+            in_flight: Arc::default(),
         }
     }
 
@@ -375,6 +384,8 @@ impl Txn {
     /// Runs one operation; if it fails (see the module docs for what
     /// counts), the transaction is aborted before the error is returned.
     async fn operate(&self, kind: Kind, key: &[u8], value: Vec<u8>) -> Result<pb::OperationResult, ClientError> {
+        // Taken before `commit_asked` is read (see `in_flight`).
+        let _in_flight = self.in_flight.read().await;
         if let Some(first) = self.failed_operation() {
             let mut marks = tonic::metadata::MetadataMap::new();
             marks.insert(EARLIER_FAILED_MARK, tonic::metadata::MetadataValue::from_static("1"));
@@ -385,7 +396,7 @@ impl Txn {
             )
             .into());
         }
-        if self.commit_asked.load(Ordering::Relaxed) {
+        if self.commit_asked.load(Ordering::SeqCst) {
             return Err(tonic::Status::failed_precondition(format!(
                 "tid {}: commit was asked on this handle: no more operations are accepted after commit",
                 self.tid
@@ -545,12 +556,19 @@ impl Txn {
     /// [`crate::ConnectOptions::call_budget`]; if that runs out the error is
     /// UNAVAILABLE saying the outcome is unknown: ask [`Client::status`].
     ///
+    /// Operations of this handle (or its clones) already in flight when
+    /// `commit` is called are waited for, so the commit declares them;
+    /// those started after it are refused (FAILED_PRECONDITION).
+    ///
     /// After a failed operation (see the module docs) nothing is committed:
     /// the abort is sent again and the answer is ABORTED with the
     /// coordinator's reason (the operation's error, or the participant's
     /// own cause when it aborted the tid first).
     pub async fn commit(&self) -> Result<Outcome, ClientError> {
-        self.commit_asked.store(true, Ordering::Relaxed);
+        self.commit_asked.store(true, Ordering::SeqCst);
+        // Every operation let through before that has been answered and
+        // counted (see `in_flight`); later ones are refused.
+        drop(self.in_flight.write().await);
         if let Some(why) = self.failed_operation() {
             return self.aborted_after_failure(why).await;
         }

@@ -65,7 +65,8 @@
 //! Its deadline starts at its **first use** (the first enlistment, commit
 //! or abort of it), `timeout` after that moment, with the timeout given
 //! when the block was asked for (capped by the shell). A reserved tid never
-//! used within [`RESERVED_UNUSED_MS`] of its reservation is dropped by
+//! used within [`RESERVED_UNUSED_MS`] of its reservation (or half of it
+//! plus its timeout, when longer: [`Reserved::unused_until`]) is dropped by
 //! `expire` silently: no action, no decision, nothing remembered (it never
 //! held anything anywhere, and an unknown tid is presumed aborted, which is
 //! true of it). Like every begun tid, reserved ones are only in memory: a
@@ -225,6 +226,22 @@ pub struct Reserved {
     /// Whether the client that asked for the block declares its
     /// operations at commit (as `begin_declaring`'s `declares`).
     pub declares: bool,
+}
+
+impl Reserved {
+    /// When `expire` drops it if still unused: [`RESERVED_UNUSED_MS`]
+    /// after its reservation, or later for a long timeout. A client's pool
+    /// draws a tid up to half of that bound after the reservation and may
+    /// use it until `timeout` after the draw (its local deadline), so the
+    /// tid is kept at least that long: otherwise a tid drawn fresh and
+    /// first used within its timeout (e.g. `--default-timeout-ms 60000`,
+    /// first use 31 s after the draw) would be unknown here by then, its
+    /// declared operations answered and then dropped, and its commit
+    /// ABORTED as unknown.
+    pub fn unused_until(&self) -> Millis {
+        let bound = RESERVED_UNUSED_MS.max((RESERVED_UNUSED_MS / 2).saturating_add(self.timeout));
+        self.reserved_at.saturating_add(bound)
+    }
 }
 
 /// Why an event was refused.
@@ -842,7 +859,7 @@ impl Coordinator {
     /// C8), and drops, silently, every reserved tid unused for
     /// [`RESERVED_UNUSED_MS`] (see the module docs).
     pub fn expire(&mut self, now: Millis) -> Vec<Action> {
-        self.reserved.retain(|_, r| now < r.reserved_at.saturating_add(RESERVED_UNUSED_MS));
+        self.reserved.retain(|_, r| now < r.unused_until());
         let expired: Vec<Tid> = self
             .live
             .iter()

@@ -418,6 +418,23 @@ fn a_reserved_tid_counts_against_the_bound_and_starts_its_deadline_at_first_use(
     assert_eq!(c.reserved_count(), 0);
 }
 
+/// A pool draws a tid up to half the unused bound after its reservation
+/// and uses it until its timeout after that: with a long timeout the tid
+/// is kept that long.
+#[test]
+fn an_unused_reserved_tid_with_a_long_timeout_is_kept_until_a_late_draw_times_out() {
+    let mut c = Coordinator::new(10, 100);
+    c.reserve(&[tid(10)], 1_000, 60_000, false).unwrap();
+    let until = 1_000 + RESERVED_UNUSED_MS / 2 + 60_000;
+    assert!(c.expire(until - 1).is_empty());
+    assert_eq!(c.reserved_count(), 1);
+    assert_eq!(c.enlist(tid(10), 0, 1, until - 1).0, Ok(until - 1 + 60_000));
+    let mut c = Coordinator::new(10, 100);
+    c.reserve(&[tid(10)], 1_000, 60_000, false).unwrap();
+    assert!(c.expire(until).is_empty());
+    assert_eq!(c.reserved_count(), 0);
+}
+
 #[test]
 fn an_unused_reserved_tid_is_dropped_silently_and_then_presumed_aborted() {
     let mut c = Coordinator::new(10, 100);

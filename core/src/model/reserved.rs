@@ -36,7 +36,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
-use crate::coordinator::{Action, Coordinator, DecisionAnswer, Outcome, RESERVED_UNUSED_MS, Vote};
+use crate::coordinator::{Action, Coordinator, DecisionAnswer, Outcome, Vote};
 use crate::reason::{AbortKind, AbortReason};
 use crate::{Millis, Tid};
 
@@ -233,8 +233,7 @@ impl World {
                     self.broken = Some(format!("dropping an unused reserved tid made an action: {a:?}"));
                 }
                 self.run(actions);
-                if let Some((t, r)) = self.core.reserved().find(|(_, r)| self.now >= r.reserved_at + RESERVED_UNUSED_MS)
-                {
+                if let Some((t, r)) = self.core.reserved().find(|(_, r)| self.now >= r.unused_until()) {
                     self.broken = Some(format!("{t} reserved at {} outlived the sweep at {}", r.reserved_at, self.now));
                 }
             }
