@@ -571,8 +571,11 @@ impl Coordinator {
             }
             // Another incarnation of a partition in the prepare set lost the
             // tid's earlier operations: while preparing, that aborts it now
-            // (with the real cause) rather than at its vote.
-            if txn.phase == Phase::Preparing && txn.parts.get(&partition).is_some_and(|p| p.incarnation != 0) {
+            // (with the real cause) rather than at its vote. (A repeat of
+            // the same incarnation's enlistment is refused as before.)
+            if txn.phase == Phase::Preparing
+                && txn.parts.get(&partition).is_some_and(|p| p.incarnation != 0 && p.incarnation != incarnation)
+            {
                 return self.restarted(tid, partition);
             }
             return (Err(Refusal::NotActive(txn.phase.name())), vec![]);

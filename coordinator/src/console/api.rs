@@ -52,9 +52,15 @@ pub struct InDoubtCache {
 }
 
 /// The serving term's driver, or 503 naming the leader (a standby, or a
-/// leader still recovering).
+/// leader still recovering), or 503 while a leader's lease is not certain
+/// (PROTOCOL.md rule 14, as the gRPC gate: a leader paused past its lease
+/// must not answer from memory, e.g. a presumed ABORTED for a tid its
+/// successor committed).
 fn serving(console: &Console) -> Result<Arc<Driver>, Status> {
     if let Some(driver) = console.driver() {
+        if console.leadership.as_ref().is_some_and(|l| !l.certain()) {
+            return Err(twopc_leader::uncertain_status());
+        }
         return Ok(driver);
     }
     let leader = console.leadership.as_ref().and_then(|l| l.leader_hint());
@@ -175,7 +181,7 @@ async fn fan_out(console: &Console, driver: &Driver) -> Value {
             }
         }
     });
-    let answers = futures_join_all(calls).await;
+    let answers = futures::future::join_all(calls).await;
     let partitions: Vec<Value> = (0..console.partitions)
         .zip(answers)
         .map(|(p, answer)| {
@@ -209,26 +215,6 @@ async fn fan_out(console: &Console, driver: &Driver) -> Value {
         })
         .collect();
     json!({ "fetched_unix_ms": now_unix_ms(), "partitions": partitions })
-}
-
-/// Awaits every future (in parallel on this task; no spawn).
-async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, o) in pinned.iter_mut().zip(out.iter_mut()) {
-            if o.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *o = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
-    })
-    .await;
-    out.into_iter().map(|o| o.expect("every future finished")).collect()
 }
 
 /// Each partition's address and whether it answered the last fan-out.
@@ -371,15 +357,5 @@ mod tests {
         assert_eq!(since("a=1&since=5"), 5);
         assert_eq!(since(""), 0);
         assert_eq!(since("since=x"), 0);
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn join_all_waits_for_every_future_in_order() {
-        let out = futures_join_all((0..3u64).map(|i| async move {
-            tokio::time::sleep(Duration::from_millis(10 * (3 - i))).await;
-            i
-        }))
-        .await;
-        assert_eq!(out, vec![0, 1, 2]);
     }
 }

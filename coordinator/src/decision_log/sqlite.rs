@@ -281,7 +281,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, keep_finished: usiz
         // Trimming in the batch made the batch that crossed the threshold,
         // forced records and all, wait for 256 deletes: it is done after
         // the answer instead.
-        let result = write_batch(&mut conn, &batch, forced, &mut synchronous_full, &finished, usize::MAX);
+        let result = write_batch(&mut conn, &batch, forced, &mut synchronous_full);
         if forced && result.is_ok() {
             metrics::counter!("twopc_decision_log_fsyncs_total").increment(1);
             metrics::histogram!("twopc_decision_log_batch_size").record(batch.len() as f64);
@@ -289,9 +289,8 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, keep_finished: usiz
             stats.forced_records.fetch_add(batch.iter().filter(|r| r.forced()).count() as u64, Ordering::Relaxed);
         }
         let result = match result {
-            Ok((newly_finished, trimmed)) => {
+            Ok(newly_finished) => {
                 finished.extend(newly_finished);
-                finished.drain(..trimmed.min(finished.len()));
                 Ok(())
             }
             Err(e) => Err(write_failed(&conn, e, path)),
@@ -429,18 +428,16 @@ fn finished_seqs(conn: &Connection) -> Result<VecDeque<i64>, rusqlite::Error> {
 }
 
 /// Writes one batch in one SQLite transaction. Returns the seqs of the rows
-/// it marked finished and how many of the oldest finished rows (those in
-/// `finished` first) it deleted: once `keep_finished + TRIM_EVERY` are
-/// kept, back down to `keep_finished` (`usize::MAX`: never; the writer
-/// then trims in a transaction of its own, see [`trim`]).
+/// it marked finished. (Old finished rows are trimmed by the writer in a
+/// transaction of its own after the batch is answered, see [`trim`]: in
+/// the batch, the forced records that crossed the threshold waited for
+/// the deletes.)
 fn write_batch(
     conn: &mut Connection,
     batch: &[Request],
     forced: bool,
     synchronous_full: &mut bool,
-    finished: &VecDeque<i64>,
-    keep_finished: usize,
-) -> Result<(Vec<i64>, usize), rusqlite::Error> {
+) -> Result<Vec<i64>, rusqlite::Error> {
     // A batch with a forced record is fsynced at commit; one with only
     // "finished" marks is not (WAL with synchronous=NORMAL).
     if *synchronous_full != forced {
@@ -476,11 +473,8 @@ fn write_batch(
             }
         }
     }
-    let total = finished.len() + newly_finished.len();
-    let trimmed = if total >= keep_finished.saturating_add(TRIM_EVERY) { total - keep_finished } else { 0 };
-    trim_rows(&txn, finished.iter().chain(&newly_finished), trimmed)?;
     txn.commit()?;
-    Ok((newly_finished, trimmed))
+    Ok(newly_finished)
 }
 
 #[cfg(test)]

@@ -528,3 +528,17 @@ fn a_declared_single_partition_not_yet_enlisted_commits_in_one_phase() {
         c.commit_declared(t2, 20, true, Some(&declared(&[]))).unwrap().contains(&Action::Reply(t2, Outcome::Committed))
     );
 }
+
+#[test]
+fn a_repeated_enlistment_while_preparing_is_refused_not_taken_for_a_restart() {
+    // Rule 11: the same incarnation enlisting again (a retried EnlistBatch,
+    // two first operations at once) changes nothing; only another
+    // incarnation means the partition restarted.
+    let (mut c, t) = coord_with(&[0, 1]);
+    c.commit_requested(t, 20, true).unwrap();
+    assert_eq!(c.enlist(t, 0, 7, 25), (Err(Refusal::NotActive("preparing")), vec![]));
+    assert_eq!(c.decision(t), DecisionAnswer::Pending);
+    let (r, a) = c.enlist(t, 0, 8, 25);
+    assert!(matches!(r, Err(Refusal::Aborted(why)) if why.kind == AbortKind::ParticipantRestarted));
+    assert!(a.contains(&Action::SendAbort(t, 1)), "{a:?}");
+}
