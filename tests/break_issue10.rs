@@ -43,20 +43,6 @@ async fn a_put_answered_ok_while_commit_runs_is_committed_or_the_commit_is_not()
 // client lying in its declaration (helpers as in tests/declared_commit.rs)
 
 use twopc_proto::pb;
-use twopc_proto::pb::coordinator_client::CoordinatorClient;
-use twopc_proto::pb::participant_client::ParticipantClient;
-
-async fn coordinator(tc: &TestCluster) -> CoordinatorClient<tonic::transport::Channel> {
-    let addr = tc.cluster.coordinator_addr();
-    let channel = tc.cluster.connect_options().tls.endpoint(&addr).unwrap().connect().await.unwrap();
-    CoordinatorClient::new(channel)
-}
-
-async fn participant(tc: &TestCluster, p: u32) -> ParticipantClient<tonic::transport::Channel> {
-    let addr = tc.cluster.participants[p as usize].addr.to_string();
-    let channel = tc.cluster.connect_options().tls.endpoint(&addr).unwrap().connect().await.unwrap();
-    ParticipantClient::new(channel)
-}
 
 async fn raw_put(
     tc: &TestCluster,
@@ -67,11 +53,11 @@ async fn raw_put(
     remaining_ms: u64,
 ) -> Result<(), tonic::Status> {
     let req = pb::PutRequest { tid: tid.into(), key: key.into(), value: value.into(), declared: true, remaining_ms };
-    participant(tc, p).await.put(req).await.map(drop)
+    tc.raw_participant(p).await.put(req).await.map(drop)
 }
 
 async fn begin_declaring(tc: &TestCluster) -> (String, u64) {
-    let b = coordinator(tc).await.begin(pb::BeginRequest { timeout_ms: 30_000, declares: true }).await.unwrap();
+    let b = tc.raw_coordinator().await.begin(pb::BeginRequest { timeout_ms: 30_000, declares: true }).await.unwrap();
     let b = b.into_inner();
     (b.tid, b.remaining_ms.expect("remaining_ms"))
 }
@@ -85,7 +71,7 @@ async fn raw_commit(
     let declaration =
         declaration.iter().map(|&(partition, operations)| pb::DeclaredPartition { partition, operations }).collect();
     let req = pb::CommitRequest { tid: tid.into(), wrote, declared: true, declaration };
-    coordinator(tc).await.commit(req).await.map(|r| r.into_inner())
+    tc.raw_coordinator().await.commit(req).await.map(|r| r.into_inner())
 }
 
 /// Whatever a raw client declares, the answer is honest: COMMITTED only
@@ -146,7 +132,7 @@ async fn a_raw_client_lying_in_its_declaration_gets_an_honest_answer() {
     // Refused before anything happened: the tid is still open (a corrected
     // commit could follow); the client gives up and aborts it.
     let abort = pb::AbortRequest { tid: tid.clone(), ..Default::default() };
-    coordinator(&tc).await.abort(abort).await.unwrap();
+    tc.raw_coordinator().await.abort(abort).await.unwrap();
     let r = raw_commit(&tc, &tid, true, &[(0, 1)]).await;
     assert!(matches!(&r, Ok(r) if r.outcome() == pb::Outcome::Aborted), "{r:?}");
     honest(&tc, "a partition that does not exist", r, &[(&a, "v")]).await;

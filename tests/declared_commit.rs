@@ -20,25 +20,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use twopc_client::{AbortKind, Outcome};
 use twopc_proto::pb;
-use twopc_proto::pb::coordinator_client::CoordinatorClient;
-use twopc_proto::pb::participant_client::ParticipantClient;
-
-async fn coordinator(tc: &TestCluster) -> CoordinatorClient<tonic::transport::Channel> {
-    let addr = tc.cluster.coordinator_addr();
-    let channel = tc.cluster.connect_options().tls.endpoint(&addr).unwrap().connect().await.unwrap();
-    CoordinatorClient::new(channel)
-}
-
-async fn participant(tc: &TestCluster, p: u32) -> ParticipantClient<tonic::transport::Channel> {
-    let addr = tc.cluster.participants[p as usize].addr.to_string();
-    let channel = tc.cluster.connect_options().tls.endpoint(&addr).unwrap().connect().await.unwrap();
-    ParticipantClient::new(channel)
-}
 
 /// A declared put of `key` at partition `p`, as the library sends it.
 async fn declared_put(tc: &TestCluster, p: u32, tid: &str, key: &str, remaining_ms: u64) {
     let req = pb::PutRequest { tid: tid.into(), key: key.into(), value: b"new".to_vec(), declared: true, remaining_ms };
-    participant(tc, p).await.put(req).await.unwrap_or_else(|e| panic!("declared put at partition {p}: {e}"));
+    tc.raw_participant(p).await.put(req).await.unwrap_or_else(|e| panic!("declared put at partition {p}: {e}"));
 }
 
 /// Polls the coordinator's listing until `tid` has `parts` enlisted: the
@@ -61,7 +47,7 @@ async fn wait_enlisted(tc: &TestCluster, tid: &str, parts: &[u32]) {
 }
 
 async fn begin_declaring(tc: &TestCluster) -> (String, u64) {
-    let b = coordinator(tc).await.begin(pb::BeginRequest { timeout_ms: 30_000, declares: true }).await.unwrap();
+    let b = tc.raw_coordinator().await.begin(pb::BeginRequest { timeout_ms: 30_000, declares: true }).await.unwrap();
     let b = b.into_inner();
     (b.tid, b.remaining_ms.expect("remaining_ms"))
 }
@@ -70,7 +56,7 @@ async fn commit(tc: &TestCluster, tid: &str, declaration: &[(u32, u64)]) -> pb::
     let declaration =
         declaration.iter().map(|&(partition, operations)| pb::DeclaredPartition { partition, operations }).collect();
     let req = pb::CommitRequest { tid: tid.into(), wrote: true, declared: true, declaration };
-    coordinator(tc).await.commit(req).await.unwrap().into_inner()
+    tc.raw_coordinator().await.commit(req).await.unwrap().into_inner()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,7 +114,8 @@ async fn an_under_declared_commit_is_committed_nowhere() {
 
     // Bad declarations are refused before anything happens.
     let (tid4, left) = begin_declaring(&tc).await;
-    let e = participant(&tc, 0)
+    let e = tc
+        .raw_participant(0)
         .await
         .put(pb::PutRequest { tid: tid4.clone(), key: a.clone().into(), declared: true, ..Default::default() })
         .await
@@ -145,7 +132,7 @@ async fn an_under_declared_commit_is_committed_nowhere() {
             pb::DeclaredPartition { partition: 0, operations: 1 },
         ],
     };
-    let e = coordinator(&tc).await.commit(req).await.unwrap_err();
+    let e = tc.raw_coordinator().await.commit(req).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("declared twice"), "{e:?}");
     // The right declaration then commits it.

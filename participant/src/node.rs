@@ -262,13 +262,7 @@ impl Node {
                 return Err(ParticipantError::Aborted { tid, reason: format!("it was aborted earlier: {why}") });
             }
         }
-        if self.fence.mismatched().is_some() {
-            // Lifts the fence if no prepared tid is left (`crate::fence`).
-            self.recheck_fence().await;
-            if let Some(theirs) = self.fence.mismatched() {
-                return Err(ParticipantError::Fenced { ours: self.store.cluster_id().unwrap_or_default(), theirs });
-            }
-        }
+        self.refuse_if_fenced().await?;
         let (deadline, cluster_id, term) = self.send_enlistment(tid).await?;
         // The coordinator's log must be the one our prepared tids voted
         // under (`crate::fence`): a participant that restarted, or that has
@@ -281,6 +275,18 @@ impl Node {
         }
         self.heard_term(term);
         self.core().enlisted_under(tid, deadline, term).map_err(|e| ParticipantError::from_op(tid, e, b""))
+    }
+
+    /// A new tid is refused while a fence is known (`crate::fence`), after
+    /// lifting it if no prepared tid is left.
+    async fn refuse_if_fenced(&self) -> Result<(), ParticipantError> {
+        if self.fence.mismatched().is_some() {
+            self.recheck_fence().await;
+            if let Some(theirs) = self.fence.mismatched() {
+                return Err(ParticipantError::Fenced { ours: self.store.cluster_id().unwrap_or_default(), theirs });
+            }
+        }
+        Ok(())
     }
 
     /// Rule 2, declared: the tid's state is created at once with the
@@ -300,12 +306,7 @@ impl Node {
                 return Err(ParticipantError::Aborted { tid, reason: format!("it was aborted earlier: {why}") });
             }
         }
-        if self.fence.mismatched().is_some() {
-            self.recheck_fence().await;
-            if let Some(theirs) = self.fence.mismatched() {
-                return Err(ParticipantError::Fenced { ours: self.store.cluster_id().unwrap_or_default(), theirs });
-            }
-        }
+        self.refuse_if_fenced().await?;
         let start = self
             .core()
             .begin_declared(tid, remaining_ms, clock::now_ms())

@@ -89,6 +89,26 @@ pub fn fp(spec: &str) -> Vec<(String, String)> {
 }
 
 impl TestCluster {
+    /// A raw gRPC client of the coordinator (for requests the library
+    /// never sends, e.g. a lying declaration), with the cluster's TLS.
+    pub async fn raw_coordinator(
+        &self,
+    ) -> twopc_proto::pb::coordinator_client::CoordinatorClient<tonic::transport::Channel> {
+        let addr = self.cluster.coordinator_addr();
+        let channel = self.cluster.connect_options().tls.endpoint(&addr).unwrap().connect().await.unwrap();
+        twopc_proto::pb::coordinator_client::CoordinatorClient::new(channel)
+    }
+
+    /// A raw gRPC client of partition `p`'s participant, with the cluster's TLS.
+    pub async fn raw_participant(
+        &self,
+        p: u32,
+    ) -> twopc_proto::pb::participant_client::ParticipantClient<tonic::transport::Channel> {
+        let addr = self.cluster.participants[p as usize].addr.to_string();
+        let channel = self.cluster.connect_options().tls.endpoint(&addr).unwrap().connect().await.unwrap();
+        twopc_proto::pb::participant_client::ParticipantClient::new(channel)
+    }
+
     /// A cluster started by the test kit (`twopc_testkit::Cluster`) from
     /// `opts`, taken apart into this harness's fields.
     pub async fn start(opts: ClusterOptions) -> Self {
