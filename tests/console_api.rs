@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,6 @@ use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose as Eku, IsCa, Issuer, KeyPair};
 use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -308,28 +306,10 @@ async fn every_api_answers_json_and_actions_are_refused_like_the_cli() {
     tc.wait_settled().await;
 }
 
-fn pki(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf, String) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(rcgen::DnType::CommonName, "console test CA");
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_pem = params.self_signed(&ca_key).unwrap().pem();
-    let issuer = Issuer::new(params, ca_key);
-    let mut leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    leaf.extended_key_usages = vec![Eku::ServerAuth, Eku::ClientAuth];
-    let key = KeyPair::generate().unwrap();
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    let (ca, cert_path, key_path) = (dir.join("ca.pem"), dir.join("node.pem"), dir.join("node-key.pem"));
-    std::fs::write(&ca, &ca_pem).unwrap();
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (ca, cert_path, key_path, ca_pem)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_guards_every_api_call_and_the_console_serves_https_with_tls() {
     let dir = tempfile::Builder::new().prefix("twopc-console-pki-").tempdir().unwrap();
-    let (ca, cert, key, ca_pem) = pki(dir.path());
+    let common::Pki { ca, cert, key, ca_pem } = common::pki(dir.path());
     let token = "console-secret";
     let env: Vec<(String, String)> = [
         ("TWOPC_TLS_CERT", cert.display().to_string()),

@@ -10,7 +10,6 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose as Eku, IsCa, Issuer, KeyPair};
 use twopc::cluster::{ClusterOptions, Proc};
 use twopc_client::FailpointTarget;
 
@@ -29,26 +28,6 @@ fn stderr(o: &Output) -> String {
     let e = format!("exit {:?}: {}", o.status.code(), String::from_utf8_lossy(&o.stderr));
     eprintln!("{e}");
     e
-}
-
-/// A CA and a certificate it signed for 127.0.0.1, as PEM files in `dir`:
-/// (ca, cert, key).
-fn pki(dir: &Path) -> (String, String, String) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_pem = params.self_signed(&ca_key).unwrap().pem();
-    let issuer = Issuer::new(params, ca_key);
-    let mut leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    leaf.extended_key_usages = vec![Eku::ServerAuth, Eku::ClientAuth];
-    let key = KeyPair::generate().unwrap();
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    let path = |name: &str, body: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, body).unwrap();
-        p.display().to_string()
-    };
-    (path("ca.pem", ca_pem), path("node.pem", cert.pem()), path("node-key.pem", key.serialize_pem()))
 }
 
 /// A dead port: refused, never a TLS hint.
@@ -82,7 +61,8 @@ async fn a_coordinator_killed_mid_call_is_not_a_tls_problem_but_a_tls_mismatch_i
     let mut tc = TestCluster::start(opts).await;
     let addr = tc.cluster.coordinator_addr();
     let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = pki(certs.path());
+    let pki = common::pki(certs.path());
+    let [ca, cert, key] = [&pki.ca, &pki.cert, &pki.key].map(|p| p.display().to_string());
 
     // TLS client, plaintext server.
     let tid = uuid::Uuid::now_v7().to_string();
